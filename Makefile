@@ -1,0 +1,29 @@
+# lamflow — the two commands:  `make quickstart` (set up + run the main job), `make test`.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+RUN    ?= runs/quickstart
+
+.PHONY: setup quickstart test test-fast clean
+
+# One install for everything (engines, tests); pins and their reasons are in constraints.txt.
+$(BIN)/.lamflow-installed: pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -c constraints.txt -e '.[prefect,test]'
+	$(BIN)/pip check
+	touch $@
+
+setup: $(BIN)/.lamflow-installed
+
+quickstart: setup
+	$(BIN)/python examples/steps_demo.py --workdir $(RUN)
+
+test: setup
+	$(BIN)/python -m pytest
+
+test-fast: setup
+	$(BIN)/python -m pytest -m "not slow"
+
+clean:
+	rm -rf runs .pytest_cache

@@ -1,0 +1,136 @@
+"""DeePMD-kit training inputs: a template from ``templates/`` + user overrides + lamflow's data.
+
+Users know DeePMD-kit's JSON; lamflow does not invent another model language. A template is a
+complete ``dp train`` input without data paths; overrides are deep-merged into it (a ``null``
+value deletes a key); lamflow fills in ``type_map``, the systems, the step count and the seeds.
+The multi-task input is derived from a single-task template so that pretraining and
+fine-tuning share one descriptor definition.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from .errors import InputError
+
+
+def template_names() -> list[str]:
+    return sorted(
+        p.name[: -len(".json")]
+        for p in resources.files("lamflow.templates").iterdir()
+        if p.name.endswith(".json")
+    )
+
+
+def load_template(name_or_path: str | Path) -> dict[str, Any]:
+    """A template by name (``dpa3``, ``se_e2_a``, ...) or a path to a user's JSON file."""
+    text = str(name_or_path)
+    if text.endswith(".json") or "/" in text:
+        path = Path(text)
+        if not path.is_file():
+            raise InputError(text, "template file not found")
+        try:
+            return json.loads(path.read_text())
+        except json.JSONDecodeError as exc:
+            raise InputError(text, f"is not valid JSON ({exc})") from None
+    if text not in template_names():
+        raise InputError("template", f"unknown template '{text}'; expected one of {template_names()} or a .json path")
+    return json.loads(resources.files("lamflow.templates").joinpath(f"{text}.json").read_text())
+
+
+def deep_merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """``base`` updated recursively with ``overrides``; ``None`` removes a key."""
+    out = copy.deepcopy(base)
+    for key, value in (overrides or {}).items():
+        if value is None:
+            out.pop(key, None)
+        elif isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def _fit_schedule(config: dict[str, Any], numb_steps: int) -> None:
+    """Keep an exponential schedule meaningful for short runs (decay_steps < numb_steps)."""
+    lr = config.get("learning_rate", {})
+    if lr.get("type", "exp") == "exp" and lr.get("decay_steps", 0) * 10 > numb_steps:
+        lr["decay_steps"] = max(1, numb_steps // 10)
+    training = config["training"]
+    training["save_freq"] = min(training.get("save_freq", numb_steps), numb_steps)
+    training["disp_freq"] = min(training.get("disp_freq", 100), max(1, numb_steps // 10))
+
+
+def _data(systems: list[Path], batch_size: Any) -> dict[str, Any]:
+    return {"systems": [str(Path(s).resolve()) for s in systems], "batch_size": batch_size}
+
+
+def render_single(
+    template: dict[str, Any],
+    overrides: dict[str, Any],
+    type_map: list[str],
+    train: list[Path],
+    valid: list[Path],
+    numb_steps: int,
+    seed: int,
+) -> dict[str, Any]:
+    config = deep_merge(template, overrides)
+    config["model"]["type_map"] = list(type_map)
+    training = config["training"]
+    batch = training.get("training_data", {}).get("batch_size", "auto")
+    training["training_data"] = _data(train, batch)
+    if valid:
+        training["validation_data"] = _data(valid, batch) | {"numb_btch": 1}
+    else:
+        training.pop("validation_data", None)
+    training["numb_steps"] = numb_steps
+    training["seed"] = seed
+    _fit_schedule(config, numb_steps)
+    return config
+
+
+def render_multitask(
+    template: dict[str, Any],
+    overrides: dict[str, Any],
+    type_map: list[str],
+    branches: dict[str, dict[str, Any]],
+    numb_steps: int,
+    seed: int,
+) -> dict[str, Any]:
+    """One shared descriptor, one fitting net and loss per branch, ``model_prob`` from weights.
+
+    ``branches`` maps a branch name to ``{"train": [...], "valid": [...], "weight": w}``.
+    """
+    single = deep_merge(template, overrides)
+    model = single["model"]
+    batch = single["training"].get("training_data", {}).get("batch_size", "auto")
+    config = {k: v for k, v in single.items() if k not in ("model", "loss", "training")}
+    config["model"] = {
+        "shared_dict": {"type_map_all": list(type_map), "shared_descriptor": model["descriptor"]},
+        "model_dict": {
+            name: {
+                "type_map": "type_map_all",
+                "descriptor": "shared_descriptor",
+                "fitting_net": copy.deepcopy(model["fitting_net"]),
+            }
+            for name in branches
+        },
+    }
+    config["loss_dict"] = {name: copy.deepcopy(single["loss"]) for name in branches}
+    training = {k: v for k, v in single["training"].items() if k not in ("training_data", "validation_data")}
+    training["model_prob"] = {name: float(b.get("weight", 1.0)) for name, b in branches.items()}
+    training["data_dict"] = {}
+    for name, b in branches.items():
+        entry = {"training_data": _data(b["train"], batch)}
+        if b.get("valid"):
+            entry["validation_data"] = _data(b["valid"], batch) | {"numb_btch": 1}
+        training["data_dict"][name] = entry
+    training["numb_steps"] = numb_steps
+    training["seed"] = seed
+    config["training"] = training
+    _fit_schedule(config, numb_steps)
+    return config

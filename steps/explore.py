@@ -1,0 +1,176 @@
+"""explore — MD with LAMMPS and ``pair_style deepmd``, recording the model deviation.
+
+The first model drives the dynamics; every ``trj_freq`` steps LAMMPS also evaluates the other
+models and writes their force disagreement to ``model_devi.out`` (DeePMD-kit's standard file).
+In distillation the student drives and the teacher is the second model, so the deviation is a
+direct measure of the student's error against the teacher (for two models, DeePMD-kit's
+``max_devi_f`` is half the largest per-atom force difference).
+
+One task per (temperature, pressure) point: ``task.NNN/`` holds ``in.lammps``, ``conf.lmp``,
+``traj.dump``, ``model_devi.out``, ``log.lammps`` and ``status.json``. A trajectory that blows up
+(lost atoms, NaN) is marked ``failed`` and the step goes on with the next task.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from importlib import resources
+from pathlib import Path
+from string import Template
+from typing import Literal
+
+import numpy as np
+from pydantic import BaseModel, Field, model_validator
+
+from .base import Params
+
+from .artifacts import atomic_dir, write_json
+from .errors import InputError
+from .runtime import library_env, tail
+from .structures import read_system
+
+
+class ExploreParams(Params):
+    output: Path
+    models: list[Path] = Field(min_length=1, description="first drives the MD; all are compared")
+    type_map: list[str] = Field(min_length=1)
+    structure: Path
+    fmt: str | None = None
+    frame: int = 0
+    ensemble: Literal["nvt", "npt", "nve"] = "nvt"
+    temps: list[float] = Field(min_length=1)
+    pressures: list[float] = Field(default_factory=lambda: [1.0], description="bar")
+    nsteps: int = Field(1000, ge=1)
+    trj_freq: int = Field(10, ge=1)
+    dt: float = Field(0.001, gt=0, description="ps")
+    tau_t: float = Field(0.1, gt=0)
+    tau_p: float = Field(0.5, gt=0)
+    seed: int = Field(1, ge=1)
+    skin: float = 1.0
+    threads: int | None = Field(None, ge=1)
+    timeout: float | None = Field(None, gt=0, description="seconds per task")
+    lammps_template: Path | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> "ExploreParams":
+        if any(t <= 0 for t in self.temps):
+            raise ValueError(f"temps must be positive kelvin, got {self.temps}")
+        return self
+
+
+class ExploreTask(BaseModel):
+    path: Path
+    temp: float
+    pressure: float | None
+    status: Literal["ok", "failed"]
+    reason: str = ""
+    seconds: float = 0.0
+
+
+class ExploreResult(BaseModel):
+    tasks: list[ExploreTask]
+
+    @property
+    def ok(self) -> list[ExploreTask]:
+        return [t for t in self.tasks if t.status == "ok"]
+
+
+def _masses(type_map: list[str]) -> str:
+    from ase.data import atomic_masses, atomic_numbers
+
+    lines = []
+    for i, name in enumerate(type_map, start=1):
+        if name not in atomic_numbers:
+            raise InputError("type_map", f"'{name}' is not a chemical element; LAMMPS needs its mass")
+        lines.append(f"mass            {i} {atomic_masses[atomic_numbers[name]]:.4f}")
+    return "\n".join(lines)
+
+
+def _fix(params: ExploreParams, temp: float, pressure: float | None) -> str:
+    if params.ensemble == "nve":
+        return "nve"
+    nvt = f"nvt temp {temp} {temp} {params.tau_t}"
+    if params.ensemble == "nvt":
+        return nvt
+    return f"npt temp {temp} {temp} {params.tau_t} iso {pressure} {pressure} {params.tau_p}"
+
+
+def _template(params: ExploreParams) -> Template:
+    if params.lammps_template is not None:
+        if not Path(params.lammps_template).is_file():
+            raise InputError(str(params.lammps_template), "lammps_template: file not found")
+        return Template(Path(params.lammps_template).read_text())
+    return Template(resources.files("lamflow.templates").joinpath("lammps/md.in").read_text())
+
+
+def _write_conf(params: ExploreParams, path: Path) -> None:
+    system = read_system(params.structure, params.type_map, params.fmt)
+    if not 0 <= params.frame < len(system):
+        raise InputError(str(params.structure), f"has {len(system)} frames; frame {params.frame} requested")
+    if system.nopbc:
+        raise InputError(str(params.structure), "exploration needs a periodic cell")
+    system.sub_system([params.frame]).to("lammps/lmp", str(path))
+
+
+def _check_models(models: list[Path]) -> list[str]:
+    out = []
+    for m in models:
+        if not Path(m).is_file():
+            raise InputError(str(m), "model file not found")
+        out.append(str(Path(m).resolve()))
+    return out
+
+
+def _lammps_error(task: Path, proc: subprocess.CompletedProcess) -> str:
+    """The ``ERROR: ...`` line LAMMPS wrote (log first, then stderr), else the exit code."""
+    text = tail(task / "log.lammps", 40) + "\n" + (proc.stderr or "")
+    errors = [line.strip() for line in text.splitlines() if "ERROR" in line]
+    return errors[0] if errors else f"LAMMPS exited with code {proc.returncode}"
+
+
+def _md_failed(task: Path) -> str:
+    devi = task / "model_devi.out"
+    if devi.exists():
+        data = np.loadtxt(devi, ndmin=2)
+        if data.size and not np.all(np.isfinite(data)):
+            return "model deviation is NaN"
+    return ""
+
+
+def run(params: ExploreParams) -> ExploreResult:
+    models = _check_models(params.models)
+    template = _template(params)
+    env = library_env(params.threads)
+    points = [(t, p if params.ensemble == "npt" else None) for t in params.temps
+              for p in (params.pressures if params.ensemble == "npt" else [None])]
+    tasks: list[ExploreTask] = []
+    with atomic_dir(params.output) as work:
+        for index, (temp, pressure) in enumerate(points):
+            task = work / f"task.{index:03d}"
+            task.mkdir()
+            _write_conf(params, task / "conf.lmp")
+            (task / "in.lammps").write_text(template.substitute(
+                skin=params.skin, masses=_masses(params.type_map), models=" ".join(models),
+                trj_freq=params.trj_freq, type_names=" ".join(params.type_map), temp=temp,
+                seed=params.seed + index, ensemble_fix=_fix(params, temp, pressure), dt=params.dt,
+                nsteps=params.nsteps,
+            ))
+            t0 = time.perf_counter()
+            try:
+                proc = subprocess.run(
+                    [sys.executable, "-m", "lamflow.steps.lammps_runner", "in.lammps"],
+                    cwd=task, env=env, capture_output=True, text=True, timeout=params.timeout,
+                )
+                reason = "" if proc.returncode == 0 else _lammps_error(task, proc)
+            except subprocess.TimeoutExpired:
+                reason = f"timed out after {params.timeout} s"
+            reason = reason or _md_failed(task)
+            status = "failed" if reason else "ok"
+            record = ExploreTask(path=params.output / task.name, temp=temp, pressure=pressure,
+                                 status=status, reason=reason[:500],
+                                 seconds=time.perf_counter() - t0)
+            write_json(task / "status.json", record.model_dump(mode="json"))
+            tasks.append(record)
+    return ExploreResult(tasks=tasks)

@@ -1,0 +1,107 @@
+"""label — reference energies, forces and virials for structures, with any ASE calculator.
+
+The output is DeePMD-kit's ``deepmd/npy`` (written by dpdata), one folder per composition, so it
+feeds ``dp train`` directly. ``chunk``/``n_chunks`` select a contiguous slice of the frames so a
+flow can fan the labelling out over many workers; the chunks' outputs are simply listed together
+as training systems.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from pydantic import BaseModel, Field, field_validator
+
+from .base import Params
+
+from .artifacts import atomic_dir
+from .calculators import make_calculator
+from .errors import InputError
+from .structures import deepmd_systems, read_atoms
+
+log = logging.getLogger(__name__)
+
+
+class LabelParams(Params):
+    """Label the frames of ``structures`` with ``calculator``; write deepmd/npy to ``output``."""
+
+    structures: list[Path] = Field(min_length=1)
+    type_map: list[str] = Field(min_length=1)
+    output: Path
+    calculator: str = "emt"
+    calculator_kwargs: dict[str, Any] = Field(default_factory=dict)
+    fmt: str | None = None
+    chunk: int = Field(0, ge=0)
+    n_chunks: int = Field(1, ge=1)
+    max_force: float | None = Field(
+        None, gt=0, description="drop frames whose largest force (eV/Å) exceeds this"
+    )
+
+    @field_validator("type_map")
+    @classmethod
+    def _unique(cls, v: list[str]) -> list[str]:
+        if len(set(v)) != len(v):
+            raise ValueError(f"type_map has duplicates: {v}")
+        return v
+
+
+class LabelResult(BaseModel):
+    systems: list[Path]
+    n_frames: int
+    n_dropped: int
+
+
+def _labelled_frame(atoms, calc):
+    """Evaluate one frame; return a copy carrying a single-point calculator (or None)."""
+    from ase.calculators.singlepoint import SinglePointCalculator
+
+    atoms = atoms.copy()
+    atoms.calc = calc
+    energy = atoms.get_potential_energy()
+    forces = atoms.get_forces()
+    results = {"energy": energy, "forces": forces}
+    if atoms.pbc.all() and atoms.get_volume() > 1e-6:
+        try:
+            results["stress"] = atoms.get_stress()
+        except Exception:  # calculators without stress still give usable E/F labels
+            pass
+    frame = atoms.copy()
+    frame.calc = SinglePointCalculator(frame, **results)
+    return frame
+
+
+def run(params: LabelParams) -> LabelResult:
+    import dpdata
+
+    if params.chunk >= params.n_chunks:
+        raise InputError("chunk", f"must be < n_chunks ({params.n_chunks}), got {params.chunk}")
+    calc = make_calculator(params.calculator, params.calculator_kwargs)  # cheap checks first
+    frames = [a for path in params.structures for a in read_atoms(path, params.type_map, params.fmt)]
+    mine = np.array_split(np.arange(len(frames)), params.n_chunks)[params.chunk]
+    multi = dpdata.MultiSystems(type_map=list(params.type_map))
+    dropped = 0
+    for index in mine:
+        try:
+            frame = _labelled_frame(frames[index], calc)
+        except InputError:
+            raise
+        except Exception as exc:  # SCF not converged and the like: drop the frame, keep going
+            log.warning("label: frame %d dropped: %s", index, exc)
+            dropped += 1
+            continue
+        forces = frame.calc.results["forces"]
+        energy = frame.calc.results["energy"]
+        if not (np.isfinite(energy) and np.all(np.isfinite(forces))) or (
+            params.max_force is not None and np.abs(forces).max() > params.max_force
+        ):
+            dropped += 1
+            continue
+        multi.append(dpdata.LabeledSystem(frame, fmt="ase/structure", type_map=params.type_map))
+    with atomic_dir(params.output) as out:
+        if multi.get_nframes():
+            multi.to_deepmd_npy(str(out))
+    systems = deepmd_systems(params.output)
+    return LabelResult(systems=systems, n_frames=multi.get_nframes(), n_dropped=dropped)

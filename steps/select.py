@@ -1,0 +1,125 @@
+"""select — classify explored frames by model deviation and pick the ones worth labelling.
+
+With trust levels ``lo < hi`` on the largest atomic force deviation: ``< lo`` the student is
+already accurate there, ``[lo, hi)`` a *candidate* worth a teacher label, ``>= hi`` a *failed*
+frame, too far from anything sensible to learn from (often unphysical). The caps keep one
+iteration's labelling budget bounded; ``highest`` picks the frames the student gets most wrong
+first, ``random`` (seeded) samples the candidate region evenly, as dpgen2 does by default.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+from pydantic import BaseModel, Field, model_validator
+
+from .base import Params
+
+from .artifacts import atomic_dir, write_json
+from .errors import InputError
+from .structures import deepmd_systems
+
+
+class SelectParams(Params):
+    output: Path
+    tasks: list[Path] = Field(description="explore task folders (task.NNN)")
+    type_map: list[str] = Field(min_length=1)
+    trust_lo: float = Field(0.05, ge=0, description="eV/Å")
+    trust_hi: float = Field(0.30, gt=0, description="eV/Å")
+    max_candidates: int = Field(100, ge=0)
+    strategy: Literal["random", "highest"] = "random"
+    deviation_scale: float = Field(
+        1.0, gt=0, description="multiplies max_devi_f; 2.0 turns a 2-model deviation into the force error"
+    )
+    seed: int = 1
+
+    @model_validator(mode="after")
+    def _levels(self) -> "SelectParams":
+        if self.trust_lo >= self.trust_hi:
+            raise ValueError(f"trust_lo ({self.trust_lo}) must be below trust_hi ({self.trust_hi})")
+        return self
+
+
+class SelectResult(BaseModel):
+    candidates: list[Path]
+    n_frames: int
+    n_accurate: int
+    n_candidate: int
+    n_failed: int
+    n_selected: int
+    n_failed_tasks: int
+    accurate_ratio: float
+    candidate_ratio: float
+    failed_ratio: float
+    deviations: Path
+
+
+def max_force_deviation(task: Path) -> np.ndarray:
+    """The ``max_devi_f`` column of a task's ``model_devi.out``."""
+    path = Path(task) / "model_devi.out"
+    if not path.is_file():
+        raise InputError(str(path), "not found: explore with at least two models to get deviations")
+    header = path.read_text().splitlines()[0].lstrip("#").split()
+    data = np.loadtxt(path, ndmin=2)
+    return data[:, header.index("max_devi_f")] if data.size else np.zeros(0)
+
+
+def _task_failed(task: Path) -> bool:
+    status = Path(task) / "status.json"
+    return status.is_file() and json.loads(status.read_text()).get("status") == "failed"
+
+
+def run(params: SelectParams) -> SelectResult:
+    import dpdata
+
+    rng = np.random.default_rng(params.seed)
+    all_devi, pool = [], []  # pool: (deviation, task index, frame index)
+    n_failed_frames = n_failed_tasks = 0
+    for ti, task in enumerate(params.tasks):
+        devi = max_force_deviation(task) * params.deviation_scale
+        if _task_failed(task) or not np.all(np.isfinite(devi)):
+            n_failed_tasks += 1
+            n_failed_frames += len(devi)
+            continue
+        all_devi.append(devi)
+        for fi, d in enumerate(devi):
+            if params.trust_lo <= d < params.trust_hi:
+                pool.append((float(d), ti, fi))
+    devi = np.concatenate(all_devi) if all_devi else np.zeros(0)
+    n_acc = int(np.sum(devi < params.trust_lo))
+    n_cand = int(np.sum((devi >= params.trust_lo) & (devi < params.trust_hi)))
+    n_fail = int(np.sum(devi >= params.trust_hi)) + n_failed_frames
+    if len(pool) > params.max_candidates:
+        if params.strategy == "highest":
+            pool = sorted(pool, key=lambda x: -x[0])[: params.max_candidates]
+        else:
+            keep = rng.choice(len(pool), size=params.max_candidates, replace=False)
+            pool = [pool[i] for i in sorted(keep)]
+    multi = dpdata.MultiSystems(type_map=list(params.type_map))
+    by_task: dict[int, list[int]] = {}
+    for _, ti, fi in pool:
+        by_task.setdefault(ti, []).append(fi)
+    for ti, frames in sorted(by_task.items()):
+        traj = dpdata.System(str(Path(params.tasks[ti]) / "traj.dump"), fmt="lammps/dump",
+                             type_map=list(params.type_map))
+        frames = [f for f in frames if f < len(traj)]
+        if frames:
+            multi.append(traj.sub_system(frames))
+    total = len(devi) + n_failed_frames
+    with atomic_dir(params.output) as work:
+        np.save(work / "deviations.npy", devi)
+        if multi.get_nframes():
+            multi.to_deepmd_npy(str(work / "candidates"))
+        summary = dict(
+            n_frames=total, n_accurate=n_acc, n_candidate=n_cand, n_failed=n_fail,
+            n_selected=multi.get_nframes(), n_failed_tasks=n_failed_tasks,
+            accurate_ratio=n_acc / total if total else 0.0,
+            candidate_ratio=n_cand / total if total else 0.0,
+            failed_ratio=n_fail / total if total else 0.0,
+        )
+        write_json(work / "select.json", summary)
+    return SelectResult(candidates=deepmd_systems(params.output / "candidates"),
+                        deviations=params.output / "deviations.npy", **summary)

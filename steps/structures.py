@@ -1,0 +1,167 @@
+"""Reading structures and labelled data, in every format users bring, through dpdata and ASE.
+
+Users arrive with extxyz trajectories, POSCARs, LAMMPS data or dump files, or DeePMD-kit
+``deepmd/npy`` folders. One function turns any of them into ASE ``Atoms`` (for calculators and
+LAMMPS inputs) and one into dpdata systems (for training data), so no step parses formats itself.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from .errors import InputError
+
+#: lamflow format name -> dpdata format name, for the formats that need a type map.
+_DPDATA_FORMATS = {
+    "lammps/lmp": "lammps/lmp",
+    "lammps/dump": "lammps/dump",
+    "deepmd/npy": "deepmd/npy",
+    "deepmd/raw": "deepmd/raw",
+    "vasp/outcar": "vasp/outcar",
+    "cp2k/output": "cp2k/output",
+    "abacus/scf": "abacus/scf",
+    "qe/pw/scf": "qe/pw/scf",
+}
+
+
+def guess_format(path: Path) -> str:
+    """Guess the format from the path; ``ase`` means "let ASE decide"."""
+    if path.is_dir():
+        if (path / "type.raw").exists():
+            return "deepmd/npy" if any(path.glob("set.*")) else "deepmd/raw"
+        raise InputError(str(path), "is a folder but not a deepmd/npy system (no type.raw)")
+    name = path.name.lower()
+    if name.endswith((".lmp", ".data")) or name.startswith("data."):
+        return "lammps/lmp"
+    if name.endswith((".dump", ".lammpstrj")):
+        return "lammps/dump"
+    if name == "outcar":
+        return "vasp/outcar"
+    return "ase"
+
+
+def _check_exists(path: Path) -> Path:
+    path = Path(path)
+    if not path.exists():
+        raise InputError(str(path), "file not found")
+    return path
+
+
+def read_atoms(path: Path, type_map: list[str], fmt: str | None = None) -> list:
+    """All frames of ``path`` as a list of ``ase.Atoms``."""
+    import ase.io
+
+    path = _check_exists(path)
+    fmt = fmt or guess_format(path)
+    if fmt == "ase":
+        try:
+            frames = ase.io.read(str(path), index=":")
+        except Exception as exc:  # ASE raises many types for unreadable files
+            raise InputError(str(path), f"could not be read as a structure file ({exc})") from None
+        frames = frames if isinstance(frames, list) else [frames]
+    else:
+        frames = read_system(path, type_map, fmt).to("ase/structure")
+    if not frames:
+        raise InputError(str(path), "contains no structure")
+    unknown = sorted({s for a in frames for s in a.get_chemical_symbols()} - set(type_map))
+    if unknown:
+        raise InputError(str(path), f"has elements {unknown} that are not in type_map {type_map}")
+    return frames
+
+
+def read_system(path: Path, type_map: list[str], fmt: str | None = None):
+    """``path`` as a dpdata ``System``/``LabeledSystem`` whose atom names follow ``type_map``."""
+    import dpdata
+
+    path = _check_exists(path)
+    fmt = fmt or guess_format(path)
+    labeled = fmt in ("vasp/outcar", "cp2k/output", "abacus/scf", "qe/pw/scf") or (
+        fmt.startswith("deepmd/")
+        and any(path.glob("set.*/energy.npy") if fmt == "deepmd/npy" else path.glob("energy.raw"))
+    )
+    cls = dpdata.LabeledSystem if labeled else dpdata.System
+    kwargs = {}
+    if fmt in ("lammps/lmp", "lammps/dump"):
+        kwargs["type_map"] = type_map  # LAMMPS files carry type numbers only
+    try:
+        if fmt == "ase":
+            import ase.io
+
+            systems = [dpdata.System(a, fmt="ase/structure") for a in ase.io.read(str(path), ":")]
+            system = systems[0]
+            for other in systems[1:]:
+                system.append(other)
+        else:
+            system = cls(str(path), fmt=_DPDATA_FORMATS.get(fmt, fmt), **kwargs)
+    except InputError:
+        raise
+    except Exception as exc:
+        raise InputError(str(path), f"could not be read as {fmt} ({type(exc).__name__}: {exc})") from None
+    names = list(system["atom_names"])
+    unknown = [n for n, c in zip(names, system["atom_numbs"]) if c and n not in type_map]
+    if unknown:
+        raise InputError(str(path), f"has elements {unknown} that are not in type_map {type_map}")
+    system.apply_type_map(list(type_map))
+    return system
+
+
+def load_labeled(paths: list[Path], type_map: list[str]):
+    """Labelled systems (deepmd/npy folders or DFT outputs) as one dpdata ``MultiSystems``."""
+    import dpdata
+
+    multi = dpdata.MultiSystems(type_map=list(type_map))
+    for path in paths:
+        system = read_system(Path(path), type_map)
+        if "energies" not in system.data or len(system) == 0:
+            raise InputError(str(path), "has no labelled frames")
+        for key in ("energies", "forces"):
+            if not np.all(np.isfinite(system.data[key])):
+                raise InputError(str(path), f"contains NaN or infinite {key}")
+        multi.append(system)
+    return multi
+
+
+def deepmd_systems(root: Path) -> list[Path]:
+    """The deepmd/npy system folders below ``root`` (a folder holding ``type.raw``)."""
+    root = Path(root)
+    return sorted(p.parent for p in root.rglob("type.raw"))
+
+
+def count_frames(systems: list[Path]) -> int:
+    return sum(
+        int(np.load(s).shape[0]) for p in systems for s in Path(p).glob("set.*/energy.npy")
+    )
+
+
+def check_systems(systems: list[Path], type_map: list[str], field: str) -> list[Path]:
+    """Fail early, naming the folder, when training data cannot be used with ``type_map``."""
+    if not systems:
+        raise InputError(field, "no training systems given")
+    for system in map(Path, systems):
+        if not (system / "type.raw").is_file():
+            raise InputError(str(system), f"({field}) is not a deepmd/npy system: no type.raw")
+        names_file = system / "type_map.raw"
+        if names_file.is_file():
+            names = names_file.read_text().split()
+            unknown = sorted(set(names) - set(type_map))
+            used = {names[int(t)] for t in (system / "type.raw").read_text().split()}
+            if unknown and used & set(unknown):
+                raise InputError(
+                    str(system), f"({field}) has elements {sorted(used & set(unknown))} not in type_map {type_map}"
+                )
+        sets = sorted(system.glob("set.*"))
+        if not sets:
+            raise InputError(str(system), f"({field}) has no set.* folders (empty dataset)")
+        for s in sets:
+            for key in ("energy", "force", "coord"):
+                f = s / f"{key}.npy"
+                if key != "coord" and not f.exists():
+                    continue
+                arr = np.load(f)
+                if arr.size == 0:
+                    raise InputError(str(f), f"({field}) is empty")
+                if not np.all(np.isfinite(arr)):
+                    raise InputError(str(f), f"({field}) contains NaN or infinite values")
+    return [Path(s) for s in systems]

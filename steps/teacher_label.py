@@ -1,0 +1,78 @@
+"""teacher_label — label selected frames with the teacher model instead of DFT.
+
+In distillation the fine-tuned LAM *is* the reference: it is orders of magnitude cheaper than
+DFT, so every candidate can be labelled, in batches, in one process that loads the teacher once.
+Frames where the teacher returns NaN/inf are dropped (and counted), never written.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+from pydantic import BaseModel, Field
+
+from .base import Params
+
+from .artifacts import atomic_dir
+from .errors import InputError
+from .inference import load_model, predict
+from .structures import deepmd_systems, read_system
+
+log = logging.getLogger(__name__)
+
+
+class TeacherLabelParams(Params):
+    output: Path
+    model: Path
+    systems: list[Path] = Field(description="deepmd/npy folders (or any structure file)")
+    type_map: list[str] = Field(min_length=1)
+    chunk: int = Field(0, ge=0)
+    n_chunks: int = Field(1, ge=1)
+    batch_size: int = Field(32, ge=1)
+    max_force: float | None = Field(None, gt=0, description="drop frames with a larger teacher force (eV/Å)")
+
+
+class TeacherLabelResult(BaseModel):
+    systems: list[Path]
+    n_frames: int
+    n_dropped: int
+
+
+def run(params: TeacherLabelParams) -> TeacherLabelResult:
+    import dpdata
+
+    if params.chunk >= params.n_chunks:
+        raise InputError("chunk", f"must be < n_chunks ({params.n_chunks}), got {params.chunk}")
+    model = load_model(params.model)
+    multi = dpdata.MultiSystems(type_map=list(params.type_map))
+    dropped = 0
+    for path in params.systems:
+        system = read_system(Path(path), params.type_map)
+        idx = np.array_split(np.arange(len(system)), params.n_chunks)[params.chunk]
+        if len(idx) == 0:
+            continue
+        system = dpdata.System(data={k: system.data[k] for k in
+                                     ("atom_names", "atom_numbs", "atom_types", "orig", "cells",
+                                      "coords", "nopbc") if k in system.data}).sub_system(idx)
+        e, f, v = predict(model, system, str(path), params.batch_size)
+        good = np.isfinite(e) & np.all(np.isfinite(f), axis=(1, 2)) & np.all(np.isfinite(v), axis=(1, 2))
+        if params.max_force is not None:
+            good &= np.abs(f).max(axis=(1, 2)) <= params.max_force
+        if (~good).any():
+            log.warning("teacher_label: %s: %d frames dropped (NaN or too large)", path, int((~good).sum()))
+        dropped += int((~good).sum())
+        if not good.any():
+            continue
+        data = dict(system.data)
+        data.update(energies=e, forces=f)
+        if not system.nopbc:
+            data["virials"] = v
+        labeled = dpdata.LabeledSystem(data=data).sub_system(np.flatnonzero(good))
+        multi.append(labeled)
+    with atomic_dir(params.output) as out:
+        if multi.get_nframes():
+            multi.to_deepmd_npy(str(out))
+    return TeacherLabelResult(systems=deepmd_systems(params.output), n_frames=multi.get_nframes(),
+                              n_dropped=dropped)

@@ -1,0 +1,1 @@
+"""Input templates users edit: DeePMD-kit JSON and LAMMPS inputs (package data)."""

@@ -1,0 +1,88 @@
+"""explore (LAMMPS + pair_style deepmd with two models) and select (trust levels, caps)."""
+
+from __future__ import annotations
+
+import json
+
+import dpdata
+import numpy as np
+import pytest
+
+from lamflow.steps import explore, select
+from lamflow.steps.errors import InputError
+
+
+def test_md_with_two_models_writes_model_deviation(explored):
+    assert [t.status for t in explored.tasks] == ["ok", "ok"]
+    for task in explored.tasks:
+        devi = np.loadtxt(task.path / "model_devi.out", ndmin=2)
+        assert devi.shape[0] == 200 // 10 + 1  # every trj_freq steps, step 0 included
+        assert np.all(devi[:, 4] > 0)  # max_devi_f: two different models disagree
+        traj = dpdata.System(str(task.path / "traj.dump"), fmt="lammps/dump", type_map=["Cu"])
+        assert len(traj) == devi.shape[0] and traj.get_natoms() == 32
+        assert "pair_style      deepmd" in (task.path / "in.lammps").read_text()
+    hot, cold = (np.loadtxt(t.path / "model_devi.out")[:, 4].mean() for t in explored.tasks[::-1])
+    assert hot > cold  # 900 K wanders further from the training data than 300 K
+
+
+def test_blown_up_md_is_marked_failed_not_raised(tmp_path, students, cu_frames):
+    result = explore.run(explore.ExploreParams(
+        output=tmp_path / "x", models=[students[0].model, students[1].model], type_map=["Cu"],
+        structure=cu_frames, temps=[300, 1e8], nsteps=100, trj_freq=10, dt=0.05, threads=2,
+    ))
+    assert [t.status for t in result.tasks] == ["ok", "failed"]
+    assert "Lost atoms" in result.tasks[1].reason
+    status = json.loads((result.tasks[1].path / "status.json").read_text())
+    assert status["status"] == "failed"
+
+
+def test_npt_grid_makes_one_task_per_point(tmp_path, students, cu_frames):
+    result = explore.run(explore.ExploreParams(
+        output=tmp_path / "npt", models=[students[0].compressed], type_map=["Cu"],
+        structure=cu_frames, ensemble="npt", temps=[300], pressures=[1.0, 1000.0], nsteps=20,
+        trj_freq=10, threads=2,
+    ))
+    assert [(t.temp, t.pressure, t.status) for t in result.tasks] == [(300, 1.0, "ok"), (300, 1000.0, "ok")]
+    assert "npt temp 300.0 300.0" in (result.tasks[1].path / "in.lammps").read_text()
+
+
+def test_explore_bad_input(tmp_path, students, cu_frames):
+    with pytest.raises(InputError, match="model file not found"):
+        explore.run(explore.ExploreParams(output=tmp_path / "a", models=[tmp_path / "no.pth"],
+                                          type_map=["Cu"], structure=cu_frames, temps=[300]))
+    with pytest.raises(InputError, match="not in type_map"):
+        explore.run(explore.ExploreParams(output=tmp_path / "b", models=[students[0].model],
+                                          type_map=["Al"], structure=cu_frames, temps=[300]))
+
+
+def test_select_classifies_and_caps(tmp_path, explored):
+    tasks = [t.path for t in explored.tasks]
+    devi = np.concatenate([select.max_force_deviation(t) for t in tasks])
+    lo, hi = np.quantile(devi, [0.25, 0.9])
+    result = select.run(select.SelectParams(output=tmp_path / "s", tasks=tasks, type_map=["Cu"],
+                                            trust_lo=lo, trust_hi=hi, max_candidates=5, seed=3))
+    assert result.n_frames == len(devi) == 42
+    assert result.n_accurate == int(np.sum(devi < lo))
+    assert result.n_failed == int(np.sum(devi >= hi))
+    assert result.n_candidate == len(devi) - result.n_accurate - result.n_failed
+    assert result.n_selected == 5
+    picked = dpdata.System(str(result.candidates[0]), fmt="deepmd/npy")
+    assert len(picked) == 5 and picked.get_natoms() == 32
+    assert result.accurate_ratio + result.candidate_ratio + result.failed_ratio == pytest.approx(1)
+
+
+def test_select_highest_first_takes_the_worst_frames(tmp_path, explored):
+    tasks = [t.path for t in explored.tasks]
+    devi = np.concatenate([select.max_force_deviation(t) for t in tasks])
+    result = select.run(select.SelectParams(output=tmp_path / "h", tasks=tasks, type_map=["Cu"],
+                                            trust_lo=0.0, trust_hi=10.0, max_candidates=3,
+                                            strategy="highest"))
+    assert result.n_selected == 3
+    # the three highest deviations came from frames that exist in the dumps
+    top = np.sort(devi)[-3:]
+    assert np.all(top >= np.quantile(devi, 0.9))
+
+
+def test_select_trust_levels_validated():
+    with pytest.raises(ValueError, match="trust_lo"):
+        select.SelectParams(output="x", tasks=[], type_map=["Cu"], trust_lo=0.3, trust_hi=0.1)

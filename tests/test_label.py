@@ -1,0 +1,74 @@
+"""label: real EMT and GFN2-xTB labels written as deepmd/npy."""
+
+from __future__ import annotations
+
+import ase.io
+import dpdata
+import numpy as np
+import pytest
+from ase.build import molecule
+from ase.calculators.emt import EMT
+
+from lamflow.steps import label
+from lamflow.steps.errors import InputError
+
+
+def test_emt_labels_match_ase(cu_frames, cu_data):
+    assert cu_data.n_frames == 24 and cu_data.n_dropped == 0
+    system = dpdata.LabeledSystem(str(cu_data.systems[0]), fmt="deepmd/npy")
+    assert system.get_natoms() == 32 and len(system) == 24
+    atoms = ase.io.read(cu_frames, index=3)
+    atoms.calc = EMT()
+    assert system["energies"][3] == pytest.approx(atoms.get_potential_energy(), abs=1e-6)
+    np.testing.assert_allclose(system["forces"][3], atoms.get_forces(), atol=1e-6)
+    virial = -atoms.get_volume() * atoms.get_stress(voigt=False)
+    np.testing.assert_allclose(system["virials"][3], virial, atol=1e-5)
+
+
+def test_xtb_water_molecule(tmp_path):
+    from tblite.ase import TBLite
+
+    water = molecule("H2O")
+    ase.io.write(tmp_path / "h2o.xyz", water)
+    result = label.run(label.LabelParams(structures=[tmp_path / "h2o.xyz"], type_map=["O", "H"],
+                                         output=tmp_path / "out", calculator="xtb"))
+    system = dpdata.LabeledSystem(str(result.systems[0]), fmt="deepmd/npy")
+    ref = water.copy()
+    ref.calc = TBLite(method="GFN2-xTB", verbosity=0)
+    assert system.nopbc
+    assert system["energies"][0] == pytest.approx(ref.get_potential_energy(), abs=1e-5)
+    assert system["energies"][0] < -130  # GFN2-xTB total energy of water, about -137.97 eV
+    np.testing.assert_allclose(system["forces"][0], ref.get_forces(), atol=1e-5)
+
+
+def test_chunks_partition_the_frames(tmp_path, cu_frames):
+    counts = []
+    for chunk in range(3):
+        r = label.run(label.LabelParams(structures=[cu_frames], type_map=["Cu"], calculator="emt",
+                                        output=tmp_path / f"c{chunk}", chunk=chunk, n_chunks=3))
+        counts.append(r.n_frames)
+    assert counts == [8, 8, 8]
+    first = dpdata.LabeledSystem(str(tmp_path / "c1" / "Cu32"), fmt="deepmd/npy")
+    whole = ase.io.read(cu_frames, index=8)
+    np.testing.assert_allclose(first["coords"][0], whole.positions, atol=1e-8)
+
+
+def test_max_force_drops_frames(tmp_path, cu_frames):
+    r = label.run(label.LabelParams(structures=[cu_frames], type_map=["Cu"], calculator="emt",
+                                    output=tmp_path / "o", max_force=1e-6))
+    assert r.n_frames == 0 and r.n_dropped == 24 and r.systems == []
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"calculator": "nonsense"}, "unknown calculator 'nonsense'"),
+        ({"structures": ["missing.xyz"]}, "missing.xyz: file not found"),
+        ({"type_map": ["O", "H"]}, "not in type_map"),
+        ({"chunk": 3, "n_chunks": 2}, "chunk: must be < n_chunks"),
+    ],
+)
+def test_bad_input_is_one_clear_error(tmp_path, cu_frames, change, message):
+    params = {"structures": [cu_frames], "type_map": ["Cu"], "output": tmp_path / "o", **change}
+    with pytest.raises(InputError, match=message):
+        label.run(label.LabelParams(**params))

@@ -1,0 +1,94 @@
+"""train: student (+freeze, compress), multi-task pretraining and fine-tuning with dp --pt."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from conftest import TINY_DPA3, write_cu_frames
+from lamflow.steps import evaluate, label, train
+from lamflow.steps.errors import InputError
+from lamflow.steps.inference import load_model
+
+
+def test_student_trains_freezes_and_compresses(students, cu_data):
+    first = students[0]
+    assert first.model.is_file() and first.compressed.is_file() and first.lcurve.is_file()
+    rendered = json.loads(first.input.read_text())
+    assert rendered["model"]["type_map"] == ["Cu"]
+    assert rendered["model"]["descriptor"]["neuron"] == [8, 16]
+    assert rendered["training"]["numb_steps"] == 40
+    lcurve = np.loadtxt(first.lcurve, ndmin=2)
+    assert lcurve[-1, 0] == 40  # trained to the last step
+    # the compressed model tabulates the embedding net: same physics within interpolation error
+    plain = evaluate.run(evaluate.EvaluateParams(model=first.model, systems=cu_data.systems, type_map=["Cu"]))
+    fast = evaluate.run(evaluate.EvaluateParams(model=first.compressed, systems=cu_data.systems, type_map=["Cu"]))
+    assert fast.rmse_f == pytest.approx(plain.rmse_f, rel=1e-2)
+    assert load_model(first.compressed).get_type_map() == ["Cu"]
+
+
+def test_student_init_from_previous_model_starts_closer(tmp_path, students, cu_data):
+    """init_model continues from the previous student: 1 step later it is as good as before."""
+    prev = students[0]
+    again = train.run(train.TrainParams(
+        output=tmp_path / "again", type_map=["Cu"], template=str(prev.input),
+        train=cu_data.systems, numb_steps=1, init_model=prev.checkpoint, threads=2,
+    ))
+    before = evaluate.run(evaluate.EvaluateParams(model=prev.model, systems=cu_data.systems, type_map=["Cu"]))
+    after = evaluate.run(evaluate.EvaluateParams(model=again.model, systems=cu_data.systems, type_map=["Cu"]))
+    assert after.rmse_f < 1.5 * before.rmse_f
+
+
+def test_multitask_pretrain_then_finetune(tmp_path, cu_data):
+    alloy = write_cu_frames(tmp_path / "cuau.extxyz", 8, seed=3, symbols_every="Au")
+    alloy_data = label.run(label.LabelParams(structures=[alloy], type_map=["Cu", "Au"],
+                                             output=tmp_path / "cuau", calculator="emt"))
+    pre = train.run(train.TrainParams(
+        output=tmp_path / "pretrain", type_map=["Cu", "Au"], template="dpa3", overrides=TINY_DPA3,
+        branches={"bulk_cu": {"train": cu_data.systems, "weight": 3.0},
+                  "cuau": {"train": alloy_data.systems, "weight": 1.0}},
+        numb_steps=10, threads=2,
+    ))
+    rendered = json.loads(pre.input.read_text())
+    assert set(rendered["model"]["model_dict"]) == {"bulk_cu", "cuau"}
+    assert rendered["model"]["shared_dict"]["shared_descriptor"]["type"] == "dpa3"
+    assert rendered["training"]["model_prob"] == {"bulk_cu": 3.0, "cuau": 1.0}
+    assert pre.model.is_file() and pre.checkpoint.exists()
+
+    for branch in ("bulk_cu", "RANDOM"):
+        ft = train.run(train.TrainParams(
+            output=tmp_path / f"ft-{branch}", type_map=["Cu", "Au"], template="dpa3",
+            overrides=TINY_DPA3, train=cu_data.systems, finetune_from=pre.checkpoint,
+            model_branch=branch, numb_steps=10, threads=2,
+        ))
+        metrics = evaluate.run(evaluate.EvaluateParams(model=ft.model, systems=cu_data.systems, type_map=["Cu"]))
+        assert np.isfinite(metrics.rmse_f) and metrics.n_frames == 24
+        log = (ft.model.parent / "train.log").read_text()
+        assert f"Resuming from {pre.checkpoint.resolve().parent}" in log  # weights from the pretrained model
+        if branch != "RANDOM":
+            assert f"pretrained branch '{branch}'" in log
+
+
+def test_dpa3_cannot_be_compressed_one_line(tmp_path, cu_data):
+    with pytest.raises(InputError, match="cannot be compressed"):
+        train.run(train.TrainParams(output=tmp_path / "t", type_map=["Cu"], template="dpa3",
+                                    overrides=TINY_DPA3, train=cu_data.systems, numb_steps=2,
+                                    compress=True, threads=2))
+    assert not (tmp_path / "t").exists()  # no half-written output folder is left as if complete
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"template": "no_such_template"}, "unknown template 'no_such_template'"),
+        ({"train": ["/nonexistent/system"]}, "not a deepmd/npy system"),
+        ({"type_map": ["O"]}, "not in type_map"),
+        ({"init_model": "/nonexistent/model.pt"}, "init_model: model file not found"),
+    ],
+)
+def test_bad_train_input(tmp_path, cu_data, change, message):
+    params = {"output": tmp_path / "o", "type_map": ["Cu"], "train": cu_data.systems, **change}
+    with pytest.raises(InputError, match=message):
+        train.run(train.TrainParams(**params))
