@@ -17,7 +17,7 @@ $(BIN)/.lamflow-installed: pyproject.toml constraints.txt
 setup: $(BIN)/.lamflow-installed
 
 quickstart: setup
-	$(BIN)/python examples/steps_demo.py --workdir $(RUN)
+	$(BIN)/lamflow distill examples/cu-emt/config.yaml --workdir $(RUN)
 
 test: setup
 	$(BIN)/python -m pytest

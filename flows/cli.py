@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -78,6 +79,93 @@ def cmd_templates(args: argparse.Namespace) -> int:
     return 0
 
 
+def quiet_libraries(debug: bool) -> None:
+    """Keep the terminal for lamflow's own progress: Prefect and deepmd-kit talk at WARNING+.
+
+    Prefect's telemetry is off too (these machines often have no route out, and its failed
+    attempts only add noise); users can set the variables themselves to override.
+    """
+    if debug:
+        return
+    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("DP_INFER_BATCH_SIZE", "4096")
+    for var in ("OMP_NUM_THREADS", "DP_INTRA_OP_PARALLELISM_THREADS"):
+        os.environ.setdefault(var, str(os.cpu_count() or 1))
+    os.environ.setdefault("DP_INTER_OP_PARALLELISM_THREADS", "1")
+    for name in ("deepmd", "prefect"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
+def cmd_distill(args: argparse.Namespace) -> int:
+    from .config import load_config
+
+    cfg = load_config(Path(args.config))
+    if args.max_iterations:
+        cfg = cfg.model_copy(update={"max_iterations": args.max_iterations})
+    quiet_libraries(args.debug)
+    from rich.console import Console
+
+    from .progress import Progress
+    from .runner import LocalRunner
+
+    console = Console(width=None if sys.stdout.isatty() else 140)
+    run_dir = cfg.run_dir(args.workdir)
+    _check_writable(run_dir)
+    with Progress(console) as progress:
+        if args.engine == "prefect":
+            from .prefect_engine import distill_with_prefect
+
+            report = distill_with_prefect(cfg, run_dir, progress.on_batch, progress.on_iteration,
+                                          progress.on_done)
+        else:
+            from .distill import run_distill
+
+            report = run_distill(cfg, run_dir, LocalRunner(cfg.max_workers, progress.on_done),
+                                 progress.on_batch, progress.on_iteration)
+        progress.report = report
+    _summary(console, report)
+    return 0
+
+
+def _check_writable(run_dir: Path) -> None:
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        probe = run_dir / ".write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as exc:
+        raise InputError(str(run_dir), f"run directory is not writable ({exc.strerror})") from None
+
+
+def _summary(console, report) -> None:
+    console.print()
+    last = report.iterations[-1] if report.iterations else None
+    state = "[green]converged[/green]" if report.converged else f"[yellow]{report.status}[/yellow]"
+    console.print(f"{state} after {len(report.iterations)} iterations in {report.wall_seconds:,.0f} s")
+    if last is not None:
+        rmse = "-" if last.rmse_f is None else f"{last.rmse_f:.4f} eV/Å"
+        ratio = "-" if last.speed_ratio is None else f"{last.speed_ratio:.1f}x"
+        console.print(f"student: {report.final_student}")
+        console.print(f"student force RMSE vs teacher on unseen explored frames: {rmse}; "
+                      f"MD speed vs teacher: {ratio}")
+    console.print(f"report: {Path(report.run_dir) / 'report.json'} (plots beside it)")
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    from .config import DistillConfig, check_files, load_config
+
+    if args.schema:
+        print(json.dumps(DistillConfig.model_json_schema(), indent=2))
+        return 0
+    if not args.check:
+        raise InputError("config", "give --schema or --check FILE")
+    cfg = load_config(Path(args.check))
+    check_files(cfg)
+    print(f"{args.check}: valid ({len(cfg.iterations)} exploration settings, up to {cfg.max_iterations} iterations)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from lamflow.steps.registry import STEPS
 
@@ -91,6 +179,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="set/override a parameter")
     p.add_argument("--result", help="also write the result JSON here")
     p.set_defaults(func=cmd_step)
+
+    p = sub.add_parser("distill", help="distil a teacher into a fast student (the loop)")
+    p.add_argument("config", help="distillation config (YAML)")
+    p.add_argument("--workdir", help="run directory (default: config's workdir, else runs/<name>)")
+    p.add_argument("--engine", choices=["prefect", "local"], default="prefect",
+                   help="prefect (embedded, no server needed) or local (no engine, for debugging)")
+    p.add_argument("--max-iterations", type=int, help="override max_iterations")
+    p.set_defaults(func=cmd_distill)
+
+    p = sub.add_parser("config", help="print the config schema, or check a config")
+    p.add_argument("--schema", action="store_true", help="JSON schema of the distill config")
+    p.add_argument("--check", metavar="FILE", help="validate FILE and the files it names")
+    p.set_defaults(func=cmd_config)
 
     p = sub.add_parser("templates", help="list the DeePMD-kit templates, or print one")
     p.add_argument("name", nargs="?")

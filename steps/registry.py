@@ -12,7 +12,7 @@ from typing import Callable
 
 from pydantic import BaseModel
 
-from . import evaluate, explore, label, select, teacher_label, train
+from . import evaluate, explore, label, perturb, select, speed, teacher_label, train
 
 
 @dataclass(frozen=True)
@@ -33,10 +33,14 @@ STEPS: dict[str, Step] = {
     for s in (
         _step("label", label, label.LabelParams, label.LabelResult),
         _step("train", train, train.TrainParams, train.TrainResult),
+        Step("freeze", train.FreezeParams, train.FreezeResult, train.freeze,
+             (train.freeze.__doc__ or "").strip().splitlines()[0]),
+        _step("perturb", perturb, perturb.PerturbParams, perturb.PerturbResult),
         _step("explore", explore, explore.ExploreParams, explore.ExploreResult),
         _step("select", select, select.SelectParams, select.SelectResult),
         _step("teacher_label", teacher_label, teacher_label.TeacherLabelParams,
               teacher_label.TeacherLabelResult),
         _step("evaluate", evaluate, evaluate.EvaluateParams, evaluate.EvaluateResult),
+        _step("speed", speed, speed.SpeedParams, speed.SpeedResult),
     )
 }

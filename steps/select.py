@@ -34,6 +34,8 @@ class SelectParams(Params):
     deviation_scale: float = Field(
         1.0, gt=0, description="multiplies max_devi_f; 2.0 turns a 2-model deviation into the force error"
     )
+    n_validation: int = Field(
+        0, ge=0, description="random frames below trust_hi, kept apart to measure the error on unseen frames")
     seed: int = 1
 
     @model_validator(mode="after")
@@ -45,6 +47,7 @@ class SelectParams(Params):
 
 class SelectResult(BaseModel):
     candidates: list[Path]
+    validation: list[Path] = []
     n_frames: int
     n_accurate: int
     n_candidate: int
@@ -73,10 +76,8 @@ def _task_failed(task: Path) -> bool:
 
 
 def run(params: SelectParams) -> SelectResult:
-    import dpdata
-
     rng = np.random.default_rng(params.seed)
-    all_devi, pool = [], []  # pool: (deviation, task index, frame index)
+    all_devi, pool, sane = [], [], []  # (deviation, task index, frame index)
     n_failed_frames = n_failed_tasks = 0
     for ti, task in enumerate(params.tasks):
         devi = max_force_deviation(task) * params.deviation_scale
@@ -86,6 +87,8 @@ def run(params: SelectParams) -> SelectResult:
             continue
         all_devi.append(devi)
         for fi, d in enumerate(devi):
+            if d < params.trust_hi:
+                sane.append((float(d), ti, fi))
             if params.trust_lo <= d < params.trust_hi:
                 pool.append((float(d), ti, fi))
     devi = np.concatenate(all_devi) if all_devi else np.zeros(0)
@@ -98,21 +101,16 @@ def run(params: SelectParams) -> SelectResult:
         else:
             keep = rng.choice(len(pool), size=params.max_candidates, replace=False)
             pool = [pool[i] for i in sorted(keep)]
-    multi = dpdata.MultiSystems(type_map=list(params.type_map))
-    by_task: dict[int, list[int]] = {}
-    for _, ti, fi in pool:
-        by_task.setdefault(ti, []).append(fi)
-    for ti, frames in sorted(by_task.items()):
-        traj = dpdata.System(str(Path(params.tasks[ti]) / "traj.dump"), fmt="lammps/dump",
-                             type_map=list(params.type_map))
-        frames = [f for f in frames if f < len(traj)]
-        if frames:
-            multi.append(traj.sub_system(frames))
+    n_val = min(params.n_validation, len(sane))
+    validation = [sane[i] for i in sorted(rng.choice(len(sane), size=n_val, replace=False))] if n_val else []
+    multi = _frames(params, pool)
     total = len(devi) + n_failed_frames
     with atomic_dir(params.output) as work:
         np.save(work / "deviations.npy", devi)
         if multi.get_nframes():
             multi.to_deepmd_npy(str(work / "candidates"))
+        if validation:
+            _frames(params, validation).to_deepmd_npy(str(work / "validation"))
         summary = dict(
             n_frames=total, n_accurate=n_acc, n_candidate=n_cand, n_failed=n_fail,
             n_selected=multi.get_nframes(), n_failed_tasks=n_failed_tasks,
@@ -122,4 +120,22 @@ def run(params: SelectParams) -> SelectResult:
         )
         write_json(work / "select.json", summary)
     return SelectResult(candidates=deepmd_systems(params.output / "candidates"),
+                        validation=deepmd_systems(params.output / "validation"),
                         deviations=params.output / "deviations.npy", **summary)
+
+
+def _frames(params: SelectParams, picks: list[tuple[float, int, int]]):
+    """The picked (task, frame) pairs read from the tasks' LAMMPS dumps."""
+    import dpdata
+
+    multi = dpdata.MultiSystems(type_map=list(params.type_map))
+    by_task: dict[int, list[int]] = {}
+    for _, ti, fi in picks:
+        by_task.setdefault(ti, []).append(fi)
+    for ti, frames in sorted(by_task.items()):
+        traj = dpdata.System(str(Path(params.tasks[ti]) / "traj.dump"), fmt="lammps/dump",
+                             type_map=list(params.type_map))
+        frames = [f for f in frames if f < len(traj)]
+        if frames:
+            multi.append(traj.sub_system(frames))
+    return multi

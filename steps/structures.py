@@ -130,9 +130,8 @@ def deepmd_systems(root: Path) -> list[Path]:
 
 
 def count_frames(systems: list[Path]) -> int:
-    return sum(
-        int(np.load(s).shape[0]) for p in systems for s in Path(p).glob("set.*/energy.npy")
-    )
+    """Frames in deepmd/npy systems, labelled or not."""
+    return sum(int(np.load(s).shape[0]) for p in systems for s in Path(p).glob("set.*/coord.npy"))
 
 
 def check_systems(systems: list[Path], type_map: list[str], field: str) -> list[Path]:

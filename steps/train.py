@@ -27,7 +27,7 @@ from .base import Params
 
 from . import dp_input
 from .artifacts import atomic_dir, write_json
-from .errors import InputError
+from .errors import InputError, StepFailed
 from .runtime import dp_command, library_env, run_logged
 from .structures import check_systems
 
@@ -156,6 +156,7 @@ def run(params: TrainParams) -> TrainResult:
         head = ["--head", params.head or next(iter(params.branches))] if params.branches else []
         t0 = time.perf_counter()
         run_logged([*dp, "--pt", "freeze", "-o", "model.pth", *head], work, "freeze.log", env)
+        model_name = frozen_file(work).name
         seconds["freeze"] = time.perf_counter() - t0
         compressed = None
         if params.compress:
@@ -163,7 +164,7 @@ def run(params: TrainParams) -> TrainResult:
                 _check_compressible(json.loads((work / "out.json").read_text()))
             t0 = time.perf_counter()
             run_logged(
-                [*dp, "--pt", "compress", "-i", "model.pth", "-o", "model-compressed.pth", "-t", "input.json"],
+                [*dp, "--pt", "compress", "-i", model_name, "-o", "model-compressed.pth", "-t", "input.json"],
                 work, "compress.log", env,
             )
             seconds["compress"] = time.perf_counter() - t0
@@ -171,10 +172,47 @@ def run(params: TrainParams) -> TrainResult:
         write_json(work / "timings.json", seconds)
     out = params.output
     return TrainResult(
-        model=out / "model.pth",
+        model=out / model_name,
         compressed=compressed,
         checkpoint=out / "model.ckpt.pt",
         input=out / "input.json",
         lcurve=out / "lcurve.out",
         seconds=seconds,
     )
+
+
+def frozen_file(folder: Path) -> Path:
+    """The model ``dp freeze`` wrote: ``model.pth`` (TorchScript) or, for DPA-4, ``model.pt2``."""
+    for name in ("model.pth", "model.pt2"):
+        if (folder / name).is_file():
+            return folder / name
+    raise StepFailed(f"dp freeze wrote no model in {folder}")
+
+
+class FreezeParams(Params):
+    checkpoint: Path
+    output: Path
+    head: str | None = None
+    threads: int | None = Field(None, ge=1)
+
+
+class FreezeResult(BaseModel):
+    model: Path
+    seconds: float
+
+
+def freeze(params: FreezeParams) -> FreezeResult:
+    """A training checkpoint (``.pt``) as a model LAMMPS can run (``.pth``, or ``.pt2`` for DPA-4).
+
+    LAMMPS' ``pair_style deepmd`` reads frozen models only; teachers often arrive as checkpoints.
+    """
+    src = Path(params.checkpoint)
+    if not src.is_file():
+        raise InputError(str(src), "checkpoint file not found")
+    t0 = time.perf_counter()
+    head = ["--head", params.head] if params.head else []
+    with atomic_dir(params.output) as work:
+        run_logged([*dp_command(), "--pt", "freeze", "-c", str(src.resolve()), "-o", "model.pth", *head],
+                   work, "freeze.log", library_env(params.threads))
+        name = frozen_file(work).name
+    return FreezeResult(model=Path(params.output) / name, seconds=time.perf_counter() - t0)

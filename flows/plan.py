@@ -1,0 +1,172 @@
+"""The distillation iteration, defined once: which steps run, with which parameters, where.
+
+Pure functions from (config, run directory, previous results) to :class:`StepCall` lists. The
+loop in :mod:`lamflow.flows.distill` and every engine adapter use them, so Prefect and dflow run
+the very same iteration and lay out the very same run directory::
+
+    RUN/init/{teacher-label-data/, teacher/, perturb/, label/chunk-000/, speed-teacher/, train-00/}
+    RUN/iter-000/{explore/task-000/, select/, label/chunk-000/, validation/, evaluate.json,
+                  speed/, train-00/}
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+from lamflow.steps.evaluate import EvaluateParams
+from lamflow.steps.explore import ExploreParams
+from lamflow.steps.label import LabelParams
+from lamflow.steps.perturb import PerturbParams
+from lamflow.steps.select import SelectParams
+from lamflow.steps.speed import SpeedParams
+from lamflow.steps.structures import count_frames
+from lamflow.steps.teacher_label import TeacherLabelParams
+from lamflow.steps.train import FreezeParams, TrainParams
+
+from .config import DistillConfig
+from .runner import StepCall
+
+
+@dataclass(frozen=True)
+class Layout:
+    root: Path
+
+    @property
+    def init(self) -> Path:
+        return self.root / "init"
+
+    def iteration(self, k: int) -> Path:
+        return self.root / f"iter-{k:03d}"
+
+
+def _call(cfg: DistillConfig, step: str, params, label: str) -> StepCall:
+    res = cfg.resources_for(step)
+    return StepCall(step=step, params=params, label=label, threads=res.threads, retries=res.retries,
+                    timeout=res.timeout)
+
+
+# -- preparation -------------------------------------------------------------------------------
+
+def reference_structures(cfg: DistillConfig, lay: Layout) -> list[StepCall]:
+    """Perturbed copies of the structures the teacher's reference labels are computed on."""
+    spec = cfg.teacher.train.label if cfg.teacher.train else None
+    if spec is None or spec.perturbed_frames == 0:
+        return []
+    return [_call(cfg, "perturb", PerturbParams(
+        structures=spec.structures, type_map=cfg.type_map, output=lay.init / "reference-structures",
+        n_per_structure=spec.perturbed_frames, cell_fraction=spec.cell_fraction,
+        atom_distance=spec.atom_distance, seed=cfg.seed + 17), "init/reference-structures")]
+
+
+def reference_labels(cfg: DistillConfig, lay: Layout, perturbed: list[Path]) -> list[StepCall]:
+    spec = cfg.teacher.train.label if cfg.teacher.train else None
+    if spec is None:
+        return []
+    return [
+        _call(cfg, "label", LabelParams(
+            structures=perturbed or spec.structures, type_map=cfg.type_map, calculator=spec.calculator,
+            calculator_kwargs=spec.calculator_kwargs, chunk=c, n_chunks=spec.chunks,
+            output=lay.init / "reference" / f"chunk-{c:03d}"), f"init/reference/chunk-{c:03d}")
+        for c in range(spec.chunks)
+    ]
+
+
+def teacher_model(cfg: DistillConfig, lay: Layout, reference: list[Path]) -> StepCall | None:
+    """Train the teacher, or freeze a checkpoint so LAMMPS can run it; None for a frozen file."""
+    if cfg.teacher.train is not None:
+        t = cfg.teacher.train
+        return _call(cfg, "train", TrainParams(
+            output=lay.init / "teacher", type_map=cfg.type_map, template=t.template, overrides=t.overrides,
+            train=[*t.data, *reference], numb_steps=t.numb_steps, seed=cfg.seed), "init/teacher")
+    model = Path(cfg.teacher.model)
+    if model.suffix == ".pt":
+        return _call(cfg, "freeze", FreezeParams(checkpoint=model, head=cfg.teacher.head,
+                                                 output=lay.init / "teacher-frozen"), "init/teacher-frozen")
+    return None
+
+
+def initial_structures(cfg: DistillConfig, lay: Layout) -> list[StepCall]:
+    if cfg.initial_data.perturbed_frames == 0:
+        return []
+    d = cfg.initial_data
+    return [_call(cfg, "perturb", PerturbParams(
+        structures=cfg.configurations.files, type_map=cfg.type_map, output=lay.init / "perturbed",
+        n_per_structure=d.perturbed_frames, cell_fraction=d.cell_fraction, atom_distance=d.atom_distance,
+        seed=cfg.seed), "init/perturbed")]
+
+
+def teacher_labels(cfg: DistillConfig, teacher: Path, systems: list[Path], out: Path, label: str) -> list[StepCall]:
+    """Teacher labelling fanned out in chunks of ``label_chunk_size`` frames."""
+    if not systems:
+        return []
+    n = max(1, math.ceil(count_frames(systems) / cfg.label_chunk_size))
+    return [
+        _call(cfg, "teacher_label", TeacherLabelParams(
+            output=out / f"chunk-{c:03d}", model=teacher, systems=systems, type_map=cfg.type_map,
+            chunk=c, n_chunks=n), f"{label}/chunk-{c:03d}")
+        for c in range(n)
+    ]
+
+
+def speed(cfg: DistillConfig, model: Path, out: Path, label: str) -> StepCall:
+    return _call(cfg, "speed", SpeedParams(model=model, structure=cfg.configurations.files[0],
+                                           type_map=cfg.type_map, output=out, nsteps=200), label)
+
+
+# -- students ----------------------------------------------------------------------------------
+
+def students(cfg: DistillConfig, where: Path, data: list[Path], previous: list[Path] | None) -> list[StepCall]:
+    """Train ``student.count`` students (different seeds) on all data so far."""
+    s = cfg.student
+    calls = []
+    for m in range(s.count):
+        init = previous[m] if previous and s.init_from_previous else None
+        calls.append(_call(cfg, "train", TrainParams(
+            output=where / f"train-{m:02d}", type_map=cfg.type_map, template=s.template,
+            overrides=s.overrides, train=data, numb_steps=s.numb_steps_next if init else s.numb_steps,
+            seed=cfg.seed + 1000 * m, init_model=init, compress=s.compress), f"{where.name}/train-{m:02d}"))
+    return calls
+
+
+# -- one iteration -----------------------------------------------------------------------------
+
+def explore(cfg: DistillConfig, lay: Layout, k: int, models: list[Path]) -> list[StepCall]:
+    """One task per initial configuration frame × temperature (pressures inside the task)."""
+    e = cfg.exploration(k)
+    where = lay.iteration(k) / "explore"
+    calls, n = [], 0
+    for f_index, path in enumerate(cfg.configurations.files):
+        n_frames = configuration_frames(path, cfg)
+        for frame in range(n_frames):
+            for temp in e.temps:
+                calls.append(_call(cfg, "explore", ExploreParams(
+                    output=where / f"task-{n:03d}", models=models, type_map=cfg.type_map, structure=path,
+                    fmt=cfg.configurations.fmt, frame=frame, ensemble=e.ensemble, temps=[temp],
+                    pressures=e.pressures, nsteps=e.nsteps, trj_freq=e.trj_freq, dt=e.dt,
+                    seed=cfg.seed + 7919 * k + n + 1), f"iter-{k:03d}/explore/task-{n:03d}"))
+                n += 1
+    return calls
+
+
+def configuration_frames(path: Path, cfg: DistillConfig) -> int:
+    from lamflow.steps.structures import read_system
+
+    return len(read_system(path, cfg.type_map, cfg.configurations.fmt))
+
+
+def select(cfg: DistillConfig, lay: Layout, k: int, task_dirs: list[Path]) -> StepCall:
+    s = cfg.selection
+    return _call(cfg, "select", SelectParams(
+        output=lay.iteration(k) / "select", tasks=task_dirs, type_map=cfg.type_map, trust_lo=s.trust_lo,
+        trust_hi=s.trust_hi, max_candidates=s.max_candidates, strategy=s.strategy,
+        # with the teacher as second model, DeePMD-kit's deviation is half the force error
+        deviation_scale=2.0 if cfg.student.count == 1 else 1.0,
+        n_validation=s.validation_frames, seed=cfg.seed + k), f"iter-{k:03d}/select")
+
+
+def evaluate(cfg: DistillConfig, lay: Layout, k: int, model: Path, systems: list[Path]) -> StepCall:
+    return _call(cfg, "evaluate", EvaluateParams(
+        model=model, systems=systems, type_map=cfg.type_map,
+        output=lay.iteration(k) / "evaluate.json"), f"iter-{k:03d}/evaluate")

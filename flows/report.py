@@ -1,0 +1,100 @@
+"""The run report: ``report.json`` after every iteration, PNG plots, and the terminal table.
+
+Written atomically so a crashed or still-running distillation always has a readable report.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from lamflow.steps.artifacts import write_json
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .distill import DistillReport
+
+
+def write_report(report: "DistillReport", run_dir: Path, plots: bool = True) -> Path:
+    path = write_json(Path(run_dir) / "report.json", report.as_dict())
+    if plots and report.iterations:
+        plot_deviations(report, Path(run_dir) / "deviations.png")
+        plot_convergence(report, Path(run_dir) / "convergence.png")
+    return path
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_deviations(report: "DistillReport", path: Path) -> None:
+    """Histogram of the student's max force error (vs teacher) per iteration."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=110)
+    arrays = [(r.iteration, np.load(r.deviations)) for r in report.iterations
+              if r.deviations and Path(r.deviations).is_file()]
+    finite = [a for _, a in arrays if a.size]
+    if finite:
+        hi = max(float(np.quantile(np.concatenate(finite), 0.995)), 1e-3)
+        bins = np.linspace(0, hi, 40)
+        for k, devi in arrays:
+            ax.hist(np.clip(devi, 0, hi), bins=bins, histtype="step", lw=1.5, label=f"iteration {k}")
+        ax.legend()
+    ax.set_xlabel("max atomic force deviation (eV/Å)")
+    ax.set_ylabel("explored frames")
+    ax.set_title(f"{report.name}: model deviation per iteration")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def plot_convergence(report: "DistillReport", path: Path) -> None:
+    """Accurate/candidate/failed ratios and the student's force RMSE over iterations."""
+    plt = _pyplot()
+    its = [r.iteration for r in report.iterations]
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 4), dpi=110)
+    for key, colour in (("accurate_ratio", "tab:green"), ("candidate_ratio", "tab:orange"),
+                        ("failed_ratio", "tab:red")):
+        a1.plot(its, [getattr(r, key) for r in report.iterations], "o-", color=colour,
+                label=key.replace("_ratio", ""))
+    a1.set_ylim(-0.02, 1.02)
+    a1.set_xlabel("iteration")
+    a1.set_ylabel("fraction of explored frames")
+    a1.legend()
+    rmse = [r.rmse_f if r.rmse_f is not None else np.nan for r in report.iterations]
+    a2.plot(its, rmse, "o-", color="tab:blue")
+    a2.set_xlabel("iteration")
+    a2.set_ylabel("student force RMSE vs teacher (eV/Å)")
+    for a in (a1, a2):
+        a.set_xticks(its)
+    fig.suptitle(f"{report.name}: distillation progress")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def table(report: "DistillReport"):
+    """The per-iteration table shown in the terminal."""
+    from rich.table import Table
+
+    t = Table(title=f"lamflow distill · {report.name}", title_justify="left")
+    for col in ("iter", "frames", "accurate", "candidate", "failed", "labels +", "train frames",
+                "RMSE F (eV/Å)", "speed × teacher", "explore s", "label s", "train s", "wall s"):
+        t.add_column(col, justify="right")
+    for r in report.iterations:
+        s = r.seconds
+        t.add_row(
+            str(r.iteration), str(r.n_frames), f"{r.accurate_ratio:.3f}", f"{r.candidate_ratio:.3f}",
+            f"{r.failed_ratio:.3f}", str(r.labels_added), str(r.n_train_frames),
+            "-" if r.rmse_f is None else f"{r.rmse_f:.4f}",
+            "-" if r.speed_ratio is None else f"{r.speed_ratio:.1f}",
+            f"{s.get('explore', 0):.0f}", f"{s.get('teacher_label', 0):.0f}", f"{s.get('train', 0):.0f}",
+            f"{r.wall:.0f}",
+        )
+    return t

@@ -1,0 +1,138 @@
+"""Running a step from any engine: validated parameters in, result out, cached by input hash.
+
+Every engine (Prefect task, dflow OP, plain loop) calls :func:`execute`. A step whose result
+record exists with the same key — the hash of the step name, its parameters and the content of
+its input files — is not run again. That is what makes *retry* cheap on every engine: a failed
+iteration re-runs from the failed step, nothing finished is recomputed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Protocol
+
+from pydantic import BaseModel
+
+from lamflow.steps.artifacts import write_json
+from lamflow.steps.registry import STEPS
+
+#: written next to a step's output; its presence (with a matching key) means "done".
+RECORD_SUFFIX = ".result.json"
+
+
+@dataclass
+class StepCall:
+    """One step to run: which, with what, and how it is shown (``iter-001/explore/task-003``)."""
+
+    step: str
+    params: BaseModel
+    label: str
+    threads: int | None = None
+    retries: int = 0
+    timeout: float | None = None
+
+
+@dataclass
+class StepRecord:
+    step: str
+    label: str
+    seconds: float
+    cached: bool
+    result: dict[str, Any] = field(default_factory=dict)
+
+
+def _hash_path(h, path: Path) -> None:
+    if path.is_file():
+        h.update(path.name.encode())
+        with path.open("rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                h.update(block)
+    elif path.is_dir():
+        for child in sorted(path.rglob("*")):
+            if child.is_file() and not child.name.endswith(RECORD_SUFFIX):
+                h.update(str(child.relative_to(path)).encode())
+                _hash_path(h, child)
+
+
+def _input_paths(params: BaseModel) -> list[Path]:
+    data = params.model_dump()
+    out: list[Path] = []
+    for key, value in data.items():
+        if key == "output":
+            continue
+        values = value if isinstance(value, list) else [value]
+        out += [Path(v) for v in values if isinstance(v, Path)]
+    return out
+
+
+def cache_key(step: str, params: BaseModel) -> str:
+    """Step name + parameters + content of every existing input file or folder."""
+    h = hashlib.sha256(step.encode())
+    h.update(params.model_dump_json().encode())
+    for path in _input_paths(params):
+        if path.exists():
+            _hash_path(h, path)
+    return h.hexdigest()
+
+
+def record_path(params: BaseModel) -> Path:
+    output = getattr(params, "output", None)
+    if output is None:
+        raise ValueError("a cached step needs an 'output' parameter")
+    return Path(str(output) + RECORD_SUFFIX)
+
+
+def execute(step: str, params: dict[str, Any] | BaseModel, threads: int | None = None) -> StepRecord:
+    """Run ``step`` (or return its cached result). Safe to call from any engine or process."""
+    spec = STEPS[step]
+    model = spec.params.model_validate(params if isinstance(params, dict) else params.model_dump())
+    if threads and "threads" in spec.params.model_fields and getattr(model, "threads") is None:
+        model = model.model_copy(update={"threads": threads})
+    key = cache_key(step, model)
+    rec_file = record_path(model)
+    if rec_file.is_file():
+        saved = json.loads(rec_file.read_text())
+        if saved.get("key") == key:
+            return StepRecord(step, saved["label"], saved["seconds"], True, saved["result"])
+    t0 = time.perf_counter()
+    result = spec.run(model)
+    seconds = time.perf_counter() - t0
+    payload = json.loads(result.model_dump_json())
+    write_json(rec_file, {"key": key, "step": step, "label": str(rec_file.name), "seconds": seconds,
+                          "result": payload, "pid": os.getpid()})
+    return StepRecord(step, str(rec_file.name), seconds, False, payload)
+
+
+def result_of(call: StepCall, record: StepRecord) -> BaseModel:
+    return STEPS[call.step].result.model_validate(record.result)
+
+
+class Runner(Protocol):
+    """What the distillation loop needs from an engine: run a batch of independent steps."""
+
+    def map(self, calls: list[StepCall]) -> list[StepRecord]: ...
+
+
+class LocalRunner:
+    """No engine at all: a thread pool. For tests of the loop and for debugging."""
+
+    def __init__(self, max_workers: int = 1, on_done: Callable[[StepCall, StepRecord], None] | None = None):
+        self.max_workers = max_workers
+        self.on_done = on_done
+
+    def map(self, calls: list[StepCall]) -> list[StepRecord]:
+        def one(call: StepCall) -> StepRecord:
+            record = execute(call.step, call.params, call.threads)
+            record.label = call.label
+            if self.on_done:
+                self.on_done(call, record)
+            return record
+
+        with ThreadPoolExecutor(max_workers=self.max_workers) as pool:
+            return list(pool.map(one, calls))

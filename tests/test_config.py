@@ -1,0 +1,116 @@
+"""The distill config: every bad input is one line naming the field, exit code 2."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from lamflow.flows.config import load_config, parse_config
+from lamflow.steps.errors import InputError
+
+REPO = Path(__file__).resolve().parents[1]
+QUICKSTART = REPO / "examples" / "cu-emt" / "config.yaml"
+
+
+def base() -> dict:
+    return yaml.safe_load(QUICKSTART.read_text())
+
+
+def test_quickstart_config_is_valid_and_paths_resolve():
+    cfg = load_config(QUICKSTART)
+    assert cfg.configurations.files[0] == QUICKSTART.parent / "cu-fcc-32.extxyz"
+    assert cfg.teacher.train.template == "dpa3"  # a template name stays a name
+    assert cfg.exploration(0).temps == [300, 600]
+    assert cfg.exploration(99) == cfg.iterations[-1]  # the last setting repeats
+
+
+def _set(raw: dict, dotted: str, value):
+    node = raw
+    *parents, leaf = dotted.split(".")
+    for p in parents:
+        node = node[int(p)] if p.isdigit() else node[p]
+    if value is _DELETE:
+        del node[leaf]
+    else:
+        node[leaf] = value
+
+
+_DELETE = object()
+
+CASES = [
+    ("iterations.0.temps", "300K", "iterations[0].temps: expected a list, got '300K'"),
+    ("iterations.0.temps", ["300K"], "iterations[0].temps[0]: expected a number, got '300K'"),
+    ("iterations.0.temps", [], "iterations[0].temps: list should have at least 1 item"),
+    ("iterations.0.temps", [-5], "iterations[0].temps: temperatures must be positive kelvin"),
+    ("iterations.0.ensemble", "nph", "iterations[0].ensemble: input should be 'nvt', 'npt' or 'nve'"),
+    ("iterations.0.nsteps", 0, "iterations[0].nsteps: input should be greater than or equal to 1"),
+    ("iterations", [], "iterations: list should have at least 1 item"),
+    ("selection.trust_lo", 5.0, "selection: trust_lo (5.0) must be below trust_hi"),
+    ("selection.trust_hgh", 0.5, "selection.trust_hgh: unknown key"),
+    ("selection.max_candidates", "many", "selection.max_candidates: expected a number, got 'many'"),
+    ("convergence.accurate_ratio", 1.5, "convergence.accurate_ratio: input should be less than or equal to 1"),
+    ("type_map", ["Cu", "Cu"], "type_map: duplicate elements"),
+    ("type_map", [], "type_map: list should have at least 1 item"),
+    ("teacher.model", "t.pth", "teacher: give exactly one of 'model' (a file) or 'train'"),
+    ("teacher.train.label", _DELETE, "teacher.train: give 'data' (labelled systems) and/or 'label'"),
+    ("student.count", 0, "student.count: input should be greater than or equal to 1"),
+    ("student.colour", "red", "student.colour: unknown key"),
+    ("resources", {"explroe": {"threads": 2}}, "resources: unknown steps ['explroe']"),
+    ("initial_data.perturbed_frames", 0, "initial_data: no initial data"),
+    ("max_iterations", 0, "max_iterations: input should be greater than or equal to 1"),
+    ("configurations", _DELETE, "configurations: required but missing"),
+]
+
+
+@pytest.mark.parametrize("field, value, message", CASES, ids=[c[0] + "=" + repr(c[1])[:12] for c in CASES])
+def test_bad_field_one_line(field, value, message):
+    raw = base()
+    _set(raw, field, value)
+    with pytest.raises(InputError) as err:
+        parse_config(raw, QUICKSTART.parent, "config.yaml")
+    text = str(err.value)
+    assert "\n" not in text
+    assert text.startswith("config.yaml: ") and message in text, text
+
+
+def test_missing_files_are_named(tmp_path):
+    raw = base()
+    raw["configurations"]["files"] = ["nowhere.xyz"]
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(raw))
+    proc = subprocess.run([sys.executable, "-m", "lamflow.flows.cli", "config", "--check", str(tmp_path / "c.yaml")],
+                          capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().startswith("lamflow: error: configurations.files[0]: file not found")
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [("iterations: [", "is not valid YAML"), ("- a\n- b\n", "expected a mapping at the top level")],
+)
+def test_unreadable_config(tmp_path, content, message):
+    path = tmp_path / "bad.yaml"
+    path.write_text(content)
+    proc = subprocess.run([sys.executable, "-m", "lamflow.flows.cli", "distill", str(path)],
+                          capture_output=True, text=True)
+    assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_unwritable_run_directory(tmp_path):
+    """A run directory that cannot be created (here: below a file) fails before any work."""
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    proc = subprocess.run([sys.executable, "-m", "lamflow.flows.cli", "distill", str(QUICKSTART),
+                           "--workdir", str(blocker / "run")], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    assert "run directory is not writable" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_schema_lists_fields():
+    proc = subprocess.run([sys.executable, "-m", "lamflow.flows.cli", "config", "--schema"],
+                          capture_output=True, text=True, check=True)
+    assert '"trust_lo"' in proc.stdout and '"max_candidates"' in proc.stdout

@@ -1,0 +1,97 @@
+"""The distillation loop end to end (real training, MD and labelling), through the CLI and
+Prefect's embedded engine; then the same command again, which must recompute nothing."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from conftest import TINY_SE_E2_A, write_cu_frames
+from lamflow.flows.runner import execute
+from lamflow.steps.evaluate import EvaluateParams
+from lamflow.steps.evaluate import run as evaluate_run
+from lamflow.steps.label import LabelParams
+from lamflow.steps.train import FreezeParams
+
+
+def tiny_config(tmp_path) -> dict:
+    write_cu_frames(tmp_path / "start.extxyz", 1, seed=11)
+    return {
+        "name": "tiny",
+        "type_map": ["Cu"],
+        "teacher": {"train": {
+            "label": {"structures": ["start.extxyz"], "calculator": "emt", "perturbed_frames": 10},
+            "template": "se_e2_a", "overrides": TINY_SE_E2_A, "numb_steps": 60}},
+        "student": {"template": "se_e2_a", "numb_steps": 40, "numb_steps_next": 20, "compress": True,
+                    "overrides": {"model": {"descriptor": {"neuron": [6, 12], "axis_neuron": 4, "rcut": 4.5},
+                                            "fitting_net": {"neuron": [12, 12]}}}},
+        "configurations": {"files": ["start.extxyz"]},
+        "initial_data": {"perturbed_frames": 8},
+        "iterations": [{"temps": [300], "nsteps": 100, "trj_freq": 10},
+                       {"temps": [300, 600], "nsteps": 100, "trj_freq": 10}],
+        "selection": {"trust_lo": 0.0001, "trust_hi": 50.0, "max_candidates": 8, "validation_frames": 5},
+        "convergence": {"accurate_ratio": 1.0, "consecutive": 2},
+        "max_iterations": 2,
+        "label_chunk_size": 5,
+    }
+
+
+@pytest.mark.slow
+def test_two_iterations_with_prefect_then_resume_recomputes_nothing(tmp_path):
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(tiny_config(tmp_path)))
+    cmd = [sys.executable, "-m", "lamflow.flows.cli", "distill", str(tmp_path / "config.yaml"),
+           "--workdir", str(tmp_path / "run")]
+    first = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    run = tmp_path / "run"
+    report = json.loads((run / "report.json").read_text())
+    assert report["status"] == "max_iterations" and len(report["iterations"]) == 2
+    it0, it1 = report["iterations"]
+    assert it0["labels_added"] == 8 and it1["labels_added"] == 8  # capped candidates, all labelled
+    assert (it0["n_train_frames"], it1["n_train_frames"]) == (8 + 8, 8 + 16)
+    assert it0["n_frames"] == 11 and it1["n_frames"] == 22  # 1 and 2 temperatures × 11 frames
+    assert it0["rmse_f"] > 0 and it0["n_eval_frames"] == 5
+    assert it1["speed_ratio"] > 0 and report["teacher_speed"] > 0
+    assert set(it0["seconds"]) >= {"explore", "select", "teacher_label", "evaluate", "speed", "train"}
+    # the layout users look into
+    assert (run / "iter-000/explore/task-000/task.000/model_devi.out").is_file()
+    assert sorted(p.name for p in (run / "iter-000/label").iterdir() if p.is_dir()) == \
+        ["chunk-000", "chunk-001"]  # 8 candidates fanned out in chunks of 5
+    assert (run / "iter-000/train-00/model-compressed.pth").is_file()
+    assert report["final_student"].endswith("iter-000/train-00/model-compressed.pth")
+    # student 1 continued from student 0's checkpoint
+    assert str(run / "init/train-00") in (run / "iter-000/train-00/train.log").read_text()
+    for png in ("deviations.png", "convergence.png"):
+        assert (run / png).read_bytes()[:4] == b"\x89PNG"
+    assert "lamflow distill" in first.stdout and "max_iterations after 2 iterations" in first.stdout
+
+    again = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr[-3000:]
+    second = json.loads((run / "report.json").read_text())
+    assert second["step_seconds"] == 0.0  # every step came from its record
+    assert second["cached_steps"] >= 20
+    assert second["iterations"][1]["rmse_f"] == it1["rmse_f"]
+
+
+def test_step_records_skip_finished_work_and_notice_changed_inputs(tmp_path):
+    frames = write_cu_frames(tmp_path / "s.extxyz", 3)
+    params = LabelParams(structures=[frames], type_map=["Cu"], output=tmp_path / "lab")
+    first = execute("label", params)
+    again = execute("label", params)
+    assert not first.cached and again.cached and again.result == first.result
+    write_cu_frames(frames, 4)  # the input changed: the record no longer applies
+    changed = execute("label", params)
+    assert not changed.cached and changed.result["n_frames"] == 4
+
+
+def test_checkpoint_teacher_is_frozen_for_lammps(tmp_path, students, cu_data):
+    frozen = execute("freeze", FreezeParams(checkpoint=students[1].checkpoint, output=tmp_path / "t"))
+    model = frozen.result["model"]
+    assert model.endswith("model.pth")
+    a = evaluate_run(EvaluateParams(model=model, systems=cu_data.systems, type_map=["Cu"]))
+    b = evaluate_run(EvaluateParams(model=students[1].model, systems=cu_data.systems, type_map=["Cu"]))
+    assert a.rmse_f == pytest.approx(b.rmse_f, rel=1e-6)
