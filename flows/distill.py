@@ -56,6 +56,8 @@ class DistillReport:
     run_dir: str
     teacher: str = ""
     teacher_speed: float | None = None
+    trust_lo: float = 0.0
+    trust_hi: float = 0.0
     init_seconds: dict[str, float] = field(default_factory=dict)
     iterations: list[IterationRecord] = field(default_factory=list)
     converged: bool = False
@@ -122,7 +124,8 @@ def run_distill(
     run_dir = Path(run_dir).resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
     lay = plan.Layout(run_dir)
-    report = DistillReport(name=cfg.name, run_dir=str(run_dir))
+    report = DistillReport(name=cfg.name, run_dir=str(run_dir), trust_lo=cfg.selection.trust_lo,
+                           trust_hi=cfg.selection.trust_hi)
     book = _Book(runner, report, on_batch)
     t_start = time.perf_counter()
     init_s = report.init_seconds

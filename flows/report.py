@@ -45,6 +45,10 @@ def plot_deviations(report: "DistillReport", path: Path) -> None:
         bins = np.linspace(0, hi, 40)
         for k, devi in arrays:
             ax.hist(np.clip(devi, 0, hi), bins=bins, histtype="step", lw=1.5, label=f"iteration {k}")
+        for level, name in ((report.trust_lo, "trust_lo"), (report.trust_hi, "trust_hi")):
+            if 0 < level <= hi:
+                ax.axvline(level, color="grey", ls="--", lw=1)
+                ax.text(level, ax.get_ylim()[1] * 0.95, f" {name}", color="grey", va="top")
         ax.legend()
     ax.set_xlabel("max atomic force deviation (eV/Å)")
     ax.set_ylabel("explored frames")
