@@ -13,6 +13,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from lamflow.steps.base import ordered_trust_levels, unique_elements
 from lamflow.steps.errors import InputError
 
 from .errors import one_line
@@ -124,8 +125,7 @@ class Selection(Section):
 
     @model_validator(mode="after")
     def _levels(self) -> "Selection":
-        if self.trust_lo >= self.trust_hi:
-            raise ValueError(f"trust_lo ({self.trust_lo}) must be below trust_hi ({self.trust_hi})")
+        ordered_trust_levels(self.trust_lo, self.trust_hi)
         return self
 
 
@@ -169,12 +169,7 @@ class DistillConfig(Section):
     resources: dict[str, Resources] = Field(default_factory=dict)
     workdir: Path | None = Field(None, description="run directory (default: runs/<name>)")
 
-    @field_validator("type_map")
-    @classmethod
-    def _unique(cls, v: list[str]) -> list[str]:
-        if len(set(v)) != len(v):
-            raise ValueError(f"duplicate elements in {v}")
-        return v
+    _unique = field_validator("type_map")(classmethod(lambda cls, v: unique_elements(v)))
 
     @field_validator("resources")
     @classmethod

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, Field, field_validator
 
-from .base import Params
+from .base import Params, unique_elements
 
 from .artifacts import atomic_dir
 from .calculators import make_calculator
@@ -40,12 +40,7 @@ class LabelParams(Params):
         None, gt=0, description="drop frames whose largest force (eV/Å) exceeds this"
     )
 
-    @field_validator("type_map")
-    @classmethod
-    def _unique(cls, v: list[str]) -> list[str]:
-        if len(set(v)) != len(v):
-            raise ValueError(f"type_map has duplicates: {v}")
-        return v
+    _unique = field_validator("type_map")(classmethod(lambda cls, v: unique_elements(v)))
 
 
 class LabelResult(BaseModel):

@@ -16,7 +16,7 @@ from typing import Literal
 import numpy as np
 from pydantic import BaseModel, Field, model_validator
 
-from .base import Params
+from .base import Params, ordered_trust_levels
 
 from .artifacts import atomic_dir, write_json
 from .errors import InputError
@@ -40,8 +40,7 @@ class SelectParams(Params):
 
     @model_validator(mode="after")
     def _levels(self) -> "SelectParams":
-        if self.trust_lo >= self.trust_hi:
-            raise ValueError(f"trust_lo ({self.trust_lo}) must be below trust_hi ({self.trust_hi})")
+        ordered_trust_levels(self.trust_lo, self.trust_hi)
         return self
 
 
