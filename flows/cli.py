@@ -22,20 +22,6 @@ from lamflow.steps.errors import InputError, StepFailed
 from .errors import one_line
 
 
-def _load_mapping(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        raise InputError(str(path), "file not found")
-    try:
-        data = yaml.safe_load(path.read_text())  # JSON is YAML too
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark else ""
-        raise InputError(str(path), f"is not valid YAML/JSON{where}") from None
-    if not isinstance(data, dict):
-        raise InputError(str(path), "expected a mapping of keys to values")
-    return data
-
-
 def _parse_sets(sets: list[str]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for item in sets:
@@ -55,7 +41,9 @@ def cmd_step(args: argparse.Namespace) -> int:
     from lamflow.steps.registry import STEPS
 
     step = STEPS[args.name]
-    raw = _load_mapping(Path(args.params)) if args.params else {}
+    from .config import read_mapping
+
+    raw = read_mapping(Path(args.params)) if args.params else {}
     raw = deep_merge(raw, _parse_sets(args.set or []))
     try:
         params = step.params.model_validate(raw)

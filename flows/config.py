@@ -223,10 +223,11 @@ def parse_config(raw: dict[str, Any], base: Path, source: str = "config") -> Dis
         raise InputError(source, one_line(exc)) from None
 
 
-def load_config(path: Path) -> DistillConfig:
+def read_mapping(path: Path) -> dict[str, Any]:
+    """A YAML (or JSON) file whose top level is a mapping, or one clear line naming the file."""
     path = Path(path)
     if not path.is_file():
-        raise InputError(str(path), "config file not found")
+        raise InputError(str(path), "file not found")
     try:
         raw = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
@@ -234,7 +235,12 @@ def load_config(path: Path) -> DistillConfig:
         raise InputError(str(path), f"is not valid YAML{f' (line {mark.line + 1})' if mark else ''}") from None
     if not isinstance(raw, dict):
         raise InputError(str(path), "expected a mapping at the top level")
-    return parse_config(raw, path.resolve().parent, str(path))
+    return raw
+
+
+def load_config(path: Path) -> DistillConfig:
+    path = Path(path)
+    return parse_config(read_mapping(path), path.resolve().parent, str(path))
 
 
 def check_files(cfg: DistillConfig) -> None:

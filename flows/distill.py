@@ -94,6 +94,10 @@ class _Book:
     def one(self, call: StepCall, seconds: dict[str, float]) -> dict[str, Any]:
         return self.run([call], seconds)[0].result
 
+    def systems(self, calls: list[StepCall], seconds: dict[str, float]) -> list[Path]:
+        """Run a batch of data-producing steps; the deepmd/npy systems they wrote, in order."""
+        return _paths([r.result for r in self.run(calls, seconds)], "systems")
+
 
 def _paths(results: list[dict[str, Any]], key: str) -> list[Path]:
     return [Path(p) for r in results for p in r.get(key, [])]
@@ -131,18 +135,17 @@ def run_distill(
     init_s = report.init_seconds
     try:
         # --- the teacher
-        ref_structures = _paths([r.result for r in book.run(plan.reference_structures(cfg, lay), init_s)], "systems")
-        reference = _paths([r.result for r in book.run(plan.reference_labels(cfg, lay, ref_structures), init_s)],
-                           "systems")
+        ref_structures = book.systems(plan.reference_structures(cfg, lay), init_s)
+        reference = book.systems(plan.reference_labels(cfg, lay, ref_structures), init_s)
         call = plan.teacher_model(cfg, lay, reference)
         teacher = Path(book.one(call, init_s)["model"]) if call else Path(cfg.teacher.model)
         report.teacher = str(teacher)
         report.teacher_speed = book.one(plan.speed(cfg, teacher, lay.init / "speed-teacher", "init/speed-teacher"),
                                         init_s)["timesteps_per_second"]
         # --- initial data and the first student(s)
-        perturbed = _paths([r.result for r in book.run(plan.initial_structures(cfg, lay), init_s)], "systems")
-        labelled = book.run(plan.teacher_labels(cfg, teacher, perturbed, lay.init / "label", "init/label"), init_s)
-        data = [*cfg.initial_data.systems, *_paths([r.result for r in labelled], "systems")]
+        perturbed = book.systems(plan.initial_structures(cfg, lay), init_s)
+        labelled = book.systems(plan.teacher_labels(cfg, teacher, perturbed, lay.init / "label", "init/label"), init_s)
+        data = [*cfg.initial_data.systems, *labelled]
         if not data:
             raise StepFailed("the teacher labelled no initial frame (all NaN or dropped)")
         trained = book.run(plan.students(cfg, lay.init, data, None), init_s)
