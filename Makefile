@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 RUN    ?= runs/quickstart
 
-.PHONY: setup quickstart test test-fast clean
+.PHONY: setup quickstart test test-fast prefect-up clean
 
 # One install for everything (engines, tests); pins and their reasons are in constraints.txt.
 $(BIN)/.lamflow-installed: pyproject.toml constraints.txt
@@ -24,6 +24,10 @@ test: setup
 
 test-fast: setup
 	$(BIN)/python -m pytest -m "not slow"
+
+# A local Prefect server (UI on http://127.0.0.1:4200) with lamflow's deployments and a worker.
+prefect-up: setup
+	$(BIN)/lamflow prefect up
 
 clean:
 	rm -rf runs .pytest_cache

@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -154,6 +155,39 @@ def cmd_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_prefect_up(args: argparse.Namespace) -> int:
+    from .prefect_server import LocalPrefect
+
+    local = LocalPrefect(project=Path(args.project).resolve(), home=Path(args.home).resolve(), port=args.port)
+    print(f"starting Prefect server on {local.ui_url} (state: {local.home}) ...", flush=True)
+    local.up()
+    print(f"""Prefect UI:   {local.ui_url}
+deployments:  distill/local, step/local (pool 'local', worker running here)
+              distill/k8s-gpu, step/k8s-gpu (pool 'k8s-gpu': start its worker in the cluster)
+in another shell:
+  export PREFECT_API_URL={local.api_url}
+  prefect deployment run 'distill/local' -p config=$PWD/examples/cu-emt/config.yaml
+Ctrl-C stops the server and the worker (logs in {local.home}).""", flush=True)
+    try:
+        while all(p.poll() is None for p in local.processes):
+            time.sleep(1)
+        print("lamflow: a Prefect process exited; see the logs above", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        local.down()
+
+
+def cmd_prefect_job(args: argparse.Namespace) -> int:
+    from .prefect_k8s import deployment_job_variables, render_job
+
+    variables = deployment_job_variables(Path(args.prefect_yaml), args.deployment)
+    variables.update(_parse_sets(args.set or []))
+    print(yaml.safe_dump(render_job(variables, flow_run_name=args.deployment.replace("/", "-")), sort_keys=False))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from lamflow.steps.registry import STEPS
 
@@ -180,6 +214,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--schema", action="store_true", help="JSON schema of the distill config")
     p.add_argument("--check", metavar="FILE", help="validate FILE and the files it names")
     p.set_defaults(func=cmd_config)
+
+    p = sub.add_parser("prefect", help="a local Prefect server with lamflow's deployments; k8s job preview")
+    psub = p.add_subparsers(dest="prefect_command", required=True)
+    q = psub.add_parser("up", help="start server + pools + local worker, deploy prefect.yaml (Ctrl-C stops)")
+    q.add_argument("--port", type=int, default=4200)
+    q.add_argument("--home", default=".prefect", help="PREFECT_HOME: the SQLite database and logs")
+    q.add_argument("--project", default=".", help="folder with prefect.yaml (the lamflow checkout)")
+    q.set_defaults(func=cmd_prefect_up)
+    q = psub.add_parser("job", help="print the Kubernetes Job a deployment's flow run would create")
+    q.add_argument("deployment", help="e.g. step/k8s-gpu")
+    q.add_argument("--prefect-yaml", default="prefect.yaml")
+    q.add_argument("--set", action="append", metavar="VAR=VALUE", help="override a job variable (gpu_count=2)")
+    q.set_defaults(func=cmd_prefect_job)
 
     p = sub.add_parser("templates", help="list the DeePMD-kit templates, or print one")
     p.add_argument("name", nargs="?")

@@ -17,6 +17,7 @@ from lamflow.steps.base import ordered_trust_levels, unique_elements
 from lamflow.steps.errors import InputError
 
 from .errors import one_line
+from .resources import Resources
 
 
 class Section(BaseModel):
@@ -134,18 +135,6 @@ class Convergence(Section):
     consecutive: int = Field(2, ge=1, description="iterations in a row that must meet the rule")
     max_rmse_f: float | None = Field(
         None, gt=0, description="eV/Å: student-vs-teacher force RMSE on unseen explored frames")
-
-
-class Resources(Section):
-    """Per-step resources; the local engine uses ``threads``, cluster engines all of them."""
-
-    threads: int = Field(2, ge=1)
-    cpu: float = Field(2, gt=0)
-    memory: str = "4Gi"
-    gpu: int = Field(0, ge=0)
-    image: str | None = None
-    retries: int = Field(0, ge=0)
-    timeout: float | None = Field(None, gt=0, description="seconds")
 
 
 STEP_NAMES = ("label", "train", "freeze", "perturb", "explore", "select", "teacher_label", "evaluate", "speed")

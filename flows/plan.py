@@ -42,9 +42,7 @@ class Layout:
 
 
 def _call(cfg: DistillConfig, step: str, params, label: str) -> StepCall:
-    res = cfg.resources_for(step)
-    return StepCall(step=step, params=params, label=label, threads=res.threads, retries=res.retries,
-                    timeout=res.timeout)
+    return StepCall(step=step, params=params, label=label, resources=cfg.resources_for(step))
 
 
 # -- preparation -------------------------------------------------------------------------------

@@ -22,20 +22,26 @@ from pydantic import BaseModel
 from lamflow.steps.artifacts import write_json
 from lamflow.steps.registry import STEPS
 
+from .faults import inject
+from .resources import Resources
+
 #: written next to a step's output; its presence (with a matching key) means "done".
 RECORD_SUFFIX = ".result.json"
 
 
 @dataclass
 class StepCall:
-    """One step to run: which, with what, and how it is shown (``iter-001/explore/task-003``)."""
+    """One step to run: which, with what, how it is shown (``iter-001/explore/task-003``) and
+    with which resources."""
 
     step: str
     params: BaseModel
     label: str
-    threads: int | None = None
-    retries: int = 0
-    timeout: float | None = None
+    resources: Resources = field(default_factory=Resources)
+
+    @property
+    def threads(self) -> int:
+        return self.resources.threads
 
 
 @dataclass
@@ -45,6 +51,7 @@ class StepRecord:
     seconds: float
     cached: bool
     result: dict[str, Any] = field(default_factory=dict)
+    finished: float = 0.0  # epoch seconds when the step finished
 
 
 def _hash_path(h, path: Path) -> None:
@@ -88,25 +95,47 @@ def record_path(params: BaseModel) -> Path:
     return Path(str(output) + RECORD_SUFFIX)
 
 
-def execute(step: str, params: dict[str, Any] | BaseModel, threads: int | None = None) -> StepRecord:
-    """Run ``step`` (or return its cached result). Safe to call from any engine or process."""
+def lookup(step: str, params: dict[str, Any] | BaseModel, threads: int | None = None) -> StepRecord | None:
+    """The finished record of this exact step (same parameters, same input content), if any."""
+    model = _validated(step, params, threads)
+    return _read_record(step, model, cache_key(step, model))
+
+
+def _validated(step: str, params: dict[str, Any] | BaseModel, threads: int | None) -> BaseModel:
     spec = STEPS[step]
     model = spec.params.model_validate(params if isinstance(params, dict) else params.model_dump())
     if threads and "threads" in spec.params.model_fields and getattr(model, "threads") is None:
         model = model.model_copy(update={"threads": threads})
-    key = cache_key(step, model)
+    return model
+
+
+def _read_record(step: str, model: BaseModel, key: str) -> StepRecord | None:
     rec_file = record_path(model)
     if rec_file.is_file():
         saved = json.loads(rec_file.read_text())
         if saved.get("key") == key:
-            return StepRecord(step, saved["label"], saved["seconds"], True, saved["result"])
+            return StepRecord(step, saved["label"], saved["seconds"], True, saved["result"],
+                              saved.get("finished", 0.0))
+    return None
+
+
+def execute(step: str, params: dict[str, Any] | BaseModel, threads: int | None = None) -> StepRecord:
+    """Run ``step`` (or return its cached result). Safe to call from any engine or process."""
+    model = _validated(step, params, threads)
+    key = cache_key(step, model)
+    done = _read_record(step, model, key)
+    if done is not None:
+        return done
+    inject(step, model.output)
     t0 = time.perf_counter()
-    result = spec.run(model)
+    result = STEPS[step].run(model)
     seconds = time.perf_counter() - t0
     payload = json.loads(result.model_dump_json())
+    rec_file = record_path(model)
+    finished = time.time()
     write_json(rec_file, {"key": key, "step": step, "label": str(rec_file.name), "seconds": seconds,
-                          "result": payload, "pid": os.getpid()})
-    return StepRecord(step, str(rec_file.name), seconds, False, payload)
+                          "finished": finished, "result": payload, "pid": os.getpid()})
+    return StepRecord(step, str(rec_file.name), seconds, False, payload, finished)
 
 
 def result_of(call: StepCall, record: StepRecord) -> BaseModel:

@@ -53,6 +53,29 @@ def write_cu_frames(path: Path, n: int, seed: int = 0, symbols_every: str | None
     return path
 
 
+def tiny_config(tmp_path) -> dict:
+    """A 2-iteration distillation of a tiny EMT-trained teacher: ~1 min end to end."""
+    write_cu_frames(tmp_path / "start.extxyz", 1, seed=11)
+    return {
+        "name": "tiny",
+        "type_map": ["Cu"],
+        "teacher": {"train": {
+            "label": {"structures": ["start.extxyz"], "calculator": "emt", "perturbed_frames": 10},
+            "template": "se_e2_a", "overrides": TINY_SE_E2_A, "numb_steps": 60}},
+        "student": {"template": "se_e2_a", "numb_steps": 40, "numb_steps_next": 20, "compress": True,
+                    "overrides": {"model": {"descriptor": {"neuron": [6, 12], "axis_neuron": 4, "rcut": 4.5},
+                                            "fitting_net": {"neuron": [12, 12]}}}},
+        "configurations": {"files": ["start.extxyz"]},
+        "initial_data": {"perturbed_frames": 8},
+        "iterations": [{"temps": [300], "nsteps": 100, "trj_freq": 10},
+                       {"temps": [300, 600], "nsteps": 100, "trj_freq": 10}],
+        "selection": {"trust_lo": 0.0001, "trust_hi": 50.0, "max_candidates": 8, "validation_frames": 5},
+        "convergence": {"accurate_ratio": 1.0, "consecutive": 2},
+        "max_iterations": 2,
+        "label_chunk_size": 5,
+    }
+
+
 @pytest.fixture(scope="session")
 def work(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("lamflow")

@@ -10,34 +10,12 @@ import sys
 import pytest
 import yaml
 
-from conftest import TINY_SE_E2_A, write_cu_frames
+from conftest import tiny_config, write_cu_frames
 from lamflow.flows.runner import execute
 from lamflow.steps.evaluate import EvaluateParams
 from lamflow.steps.evaluate import run as evaluate_run
 from lamflow.steps.label import LabelParams
 from lamflow.steps.train import FreezeParams
-
-
-def tiny_config(tmp_path) -> dict:
-    write_cu_frames(tmp_path / "start.extxyz", 1, seed=11)
-    return {
-        "name": "tiny",
-        "type_map": ["Cu"],
-        "teacher": {"train": {
-            "label": {"structures": ["start.extxyz"], "calculator": "emt", "perturbed_frames": 10},
-            "template": "se_e2_a", "overrides": TINY_SE_E2_A, "numb_steps": 60}},
-        "student": {"template": "se_e2_a", "numb_steps": 40, "numb_steps_next": 20, "compress": True,
-                    "overrides": {"model": {"descriptor": {"neuron": [6, 12], "axis_neuron": 4, "rcut": 4.5},
-                                            "fitting_net": {"neuron": [12, 12]}}}},
-        "configurations": {"files": ["start.extxyz"]},
-        "initial_data": {"perturbed_frames": 8},
-        "iterations": [{"temps": [300], "nsteps": 100, "trj_freq": 10},
-                       {"temps": [300, 600], "nsteps": 100, "trj_freq": 10}],
-        "selection": {"trust_lo": 0.0001, "trust_hi": 50.0, "max_candidates": 8, "validation_frames": 5},
-        "convergence": {"accurate_ratio": 1.0, "consecutive": 2},
-        "max_iterations": 2,
-        "label_chunk_size": 5,
-    }
 
 
 @pytest.mark.slow

@@ -1,0 +1,134 @@
+"""A real Prefect server on this machine: server, work pools, a worker and lamflow's deployments.
+
+``lamflow prefect up`` (``make prefect-up``) is what a user runs once to get the Prefect UI and
+``prefect deployment run 'distill/local'``; the tests start the very same thing on a free
+loopback port. The server keeps its state in SQLite under ``PREFECT_HOME`` (default
+``.prefect/`` in the project); set ``PREFECT_API_DATABASE_CONNECTION_URL`` to a
+``postgresql+asyncpg://`` URL for a shared, long-lived server.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from lamflow.steps.errors import InputError, StepFailed
+
+from .prefect_k8s import TEMPLATE
+
+#: the pools prefect.yaml's deployments use: name → (type, base job template or None)
+POOLS = {"local": ("process", None), "k8s-gpu": ("kubernetes", TEMPLATE)}
+
+
+def _prefect_cli() -> list[str]:
+    exe = Path(sys.executable).with_name("prefect")
+    return [str(exe)] if exe.exists() else [shutil.which("prefect") or "prefect"]
+
+
+@dataclass
+class LocalPrefect:
+    """Server + worker processes for one Prefect home; ``up()`` starts, ``down()`` stops them."""
+
+    project: Path
+    home: Path
+    port: int = 4200
+    host: str = "127.0.0.1"
+    worker_poll_seconds: float | None = None
+    extra_env: dict[str, str] = field(default_factory=dict)
+    processes: list[subprocess.Popen] = field(default_factory=list)
+
+    @property
+    def api_url(self) -> str:
+        return f"http://{self.host}:{self.port}/api"
+
+    @property
+    def ui_url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def env(self) -> dict[str, str]:
+        """Environment for anything talking to this server (CLI, worker, flows, tests)."""
+        env = {**os.environ, "PREFECT_HOME": str(self.home), "PREFECT_API_URL": self.api_url,
+               "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_CLI_PROMPT": "false",
+               **self.extra_env}
+        if self.worker_poll_seconds is not None:
+            env["PREFECT_WORKER_QUERY_SECONDS"] = str(self.worker_poll_seconds)
+            env["PREFECT_WORKER_PREFETCH_SECONDS"] = str(self.worker_poll_seconds)
+        return env
+
+    def _log(self, name: str):
+        self.home.mkdir(parents=True, exist_ok=True)
+        return open(self.home / f"{name}.log", "ab")
+
+    def prefect(self, *args: str, timeout: float = 120) -> str:
+        """Run a ``prefect`` CLI command against this server; its output, or StepFailed."""
+        out = subprocess.run([*_prefect_cli(), *args], cwd=self.project, env=self.env(),
+                             capture_output=True, text=True, timeout=timeout)
+        if out.returncode != 0:
+            tail = (out.stdout + out.stderr).strip().splitlines()[-15:]
+            raise StepFailed(f"prefect {' '.join(args)} failed:\n" + "\n".join(tail))
+        return out.stdout
+
+    def start_server(self, timeout: float = 90) -> None:
+        proc = subprocess.Popen([*_prefect_cli(), "server", "start", "--host", self.host, "--port", str(self.port)],
+                                cwd=self.project, env=self.env(), stdout=self._log("server"),
+                                stderr=subprocess.STDOUT, start_new_session=True)
+        self.processes.append(proc)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise StepFailed(f"prefect server exited with {proc.returncode}; see {self.home / 'server.log'}")
+            try:
+                with urllib.request.urlopen(f"{self.api_url}/health", timeout=2) as resp:
+                    if resp.status == 200:
+                        return
+            except OSError:
+                time.sleep(0.5)
+        raise StepFailed(f"prefect server not healthy after {timeout:.0f} s; see {self.home / 'server.log'}")
+
+    def create_pools(self) -> None:
+        for name, (kind, template) in POOLS.items():
+            args = ["work-pool", "create", name, "--type", kind, "--overwrite"]
+            if template is not None:
+                args += ["--base-job-template", str(template)]
+            self.prefect(*args)
+
+    def deploy(self) -> str:
+        if not (self.project / "prefect.yaml").is_file():
+            raise InputError(str(self.project), "no prefect.yaml here: run from the lamflow project root")
+        return self.prefect("--no-prompt", "deploy", "--all")
+
+    def start_worker(self, pool: str = "local") -> None:
+        proc = subprocess.Popen([*_prefect_cli(), "worker", "start", "--pool", pool, "--type", "process"],
+                                cwd=self.project, env=self.env(), stdout=self._log(f"worker-{pool}"),
+                                stderr=subprocess.STDOUT, start_new_session=True)
+        self.processes.append(proc)
+
+    def up(self) -> "LocalPrefect":
+        try:
+            self.start_server()
+            self.create_pools()
+            self.deploy()
+            self.start_worker("local")
+        except BaseException:
+            self.down()
+            raise
+        return self
+
+    def down(self) -> None:
+        """Stop the worker (and the flow runs it started: its process group), then the server."""
+        for proc in reversed(self.processes):
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGTERM)
+                try:
+                    proc.wait(timeout=20)
+                except subprocess.TimeoutExpired:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                    proc.wait()
+        self.processes.clear()

@@ -1,0 +1,266 @@
+"""Prefect: Kubernetes job templates, retry policy, fault injection — and, against a real
+Prefect server on loopback, `prefect deployment run 'distill/local'` and a failed run retried
+the way the UI's Retry button does it, which must recompute nothing that had finished."""
+
+from __future__ import annotations
+
+import json
+import re
+import socket
+import subprocess
+import time
+import uuid
+from pathlib import Path
+
+import kubernetes_validate
+import numpy as np
+import pytest
+import yaml
+from prefect.states import Completed, Failed
+
+from conftest import REPO, tiny_config, write_cu_frames
+from lamflow.flows.faults import ENV as FAULTS_ENV
+from lamflow.flows.prefect_engine import PrefectRunner, _retry_unless_bad_input
+from lamflow.flows.prefect_k8s import deployment_job_variables, job_template, render_job
+from lamflow.flows.resources import Resources
+from lamflow.flows.runner import StepCall, execute
+from lamflow.steps.errors import InputError, StepFailed
+from lamflow.steps.label import LabelParams
+
+K8S_VERSION = "1.33"
+
+
+def _pod(manifest: dict) -> dict:
+    return manifest["spec"]["template"]["spec"]
+
+
+def test_gpu_step_job_is_a_valid_kubernetes_job_with_its_gpu():
+    manifest = render_job(deployment_job_variables(REPO / "prefect.yaml", "step/k8s-gpu"))
+    kubernetes_validate.validate(manifest, K8S_VERSION, strict=True)
+    container = _pod(manifest)["containers"][0]
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == 1
+    assert container["resources"]["requests"]["nvidia.com/gpu"] == 1
+    assert container["image"].endswith("cuda12")
+    assert _pod(manifest)["nodeSelector"] == {"nvidia.com/gpu.present": "true"}
+    assert _pod(manifest)["tolerations"][0]["key"] == "nvidia.com/gpu"
+    assert _pod(manifest)["volumes"][0]["persistentVolumeClaim"]["claimName"] == "lamflow-runs"
+    assert container["volumeMounts"][0]["mountPath"] == "/runs"
+    assert manifest["spec"]["completions"] == 1  # on the Job, not (as upstream has it) on the pod
+
+
+def test_parent_flow_job_holds_no_gpu():
+    manifest = render_job(deployment_job_variables(REPO / "prefect.yaml", "distill/k8s-gpu"))
+    kubernetes_validate.validate(manifest, K8S_VERSION, strict=True)
+    resources = _pod(manifest)["containers"][0]["resources"]
+    assert "nvidia.com/gpu" not in resources.get("limits", {})
+    assert "nvidia.com/gpu" not in resources.get("requests", {})
+
+
+def test_step_resources_become_the_pods_requests():
+    """What the parent passes to run_deployment for `resources: {train: {gpu: 2, memory: 64Gi}}`."""
+    base = deployment_job_variables(REPO / "prefect.yaml", "step/k8s-gpu")
+    step = Resources(gpu=2, memory="64Gi", cpu=16, image="registry/lamflow:cuda")
+    manifest = render_job({**base, **step.job_variables()})
+    kubernetes_validate.validate(manifest, K8S_VERSION, strict=True)
+    container = _pod(manifest)["containers"][0]
+    assert container["resources"]["limits"] == {"memory": "64Gi", "nvidia.com/gpu": 2}
+    assert container["resources"]["requests"]["cpu"] == "16"
+    assert container["image"] == "registry/lamflow:cuda"
+    assert Resources().job_variables() == {}  # nothing set: the deployment decides
+
+
+def test_job_template_keeps_every_prefect_kubernetes_variable():
+    from prefect_kubernetes.worker import KubernetesWorker
+
+    upstream = set(KubernetesWorker.get_default_base_job_template()["variables"]["properties"])
+    ours = set(job_template()["variables"]["properties"])
+    assert upstream <= ours
+    assert {"gpu_count", "node_selector", "tolerations", "runs_claim"} <= ours
+
+
+def test_bad_input_is_not_retried_other_failures_are():
+    assert _retry_unless_bad_input(None, None, Failed(data=InputError("teacher.model", "file not found"))) is False
+    assert _retry_unless_bad_input(None, None, Failed(data=StepFailed("dp train: killed"))) is True
+    assert _retry_unless_bad_input(None, None, Failed(data=MemoryError())) is True
+
+
+def test_heavy_steps_get_a_retry_unless_the_config_says_otherwise():
+    assert Resources().retries_for("train") == 1 and Resources().retries_for("select") == 0
+    assert Resources(retries=0).retries_for("train") == 0
+
+
+def test_compute_steps_dispatch_light_ones_stay_in_the_flow():
+    runner = PrefectRunner(step_deployment="step/k8s-gpu")
+    call = lambda step, **res: StepCall(step, None, step, Resources(**res))  # noqa: E731
+    assert runner.deployment_for(call("train")) == "step/k8s-gpu"
+    assert runner.deployment_for(call("select")) is None
+    assert runner.deployment_for(call("select", deployment="step/cpu")) == "step/cpu"
+    assert PrefectRunner().deployment_for(call("train")) is None
+
+
+def test_injected_fault_fails_the_step_once_then_lets_it_run(tmp_path, monkeypatch):
+    faults = tmp_path / "faults.yaml"
+    faults.write_text(yaml.safe_dump([{"step": "label", "where": "lab-b", "times": 1}]))
+    monkeypatch.setenv(FAULTS_ENV, str(faults))
+    frames = write_cu_frames(tmp_path / "s.extxyz", 2)
+    a = execute("label", LabelParams(structures=[frames], type_map=["Cu"], output=tmp_path / "lab-a"))
+    assert not a.cached  # not matched: runs
+    params = LabelParams(structures=[frames], type_map=["Cu"], output=tmp_path / "lab-b")
+    with pytest.raises(StepFailed, match="injected failure"):
+        execute("label", params)
+    assert not (tmp_path / "lab-b").exists()  # nothing half-written
+    assert yaml.safe_load(faults.read_text())[0]["times"] == 0
+    assert execute("label", params).result["n_frames"] == 2
+
+
+# --- a real Prefect server ---------------------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    from lamflow.flows.prefect_server import LocalPrefect
+
+    home = tmp_path_factory.mktemp("prefect-home")
+    faults = home / "faults.yaml"
+    faults.write_text("[]\n")
+    local = LocalPrefect(project=REPO, home=home, port=_free_port(), worker_poll_seconds=1,
+                         extra_env={FAULTS_ENV: str(faults), "OMP_NUM_THREADS": "2"})
+    local.up()
+    local.faults = faults
+    yield local
+    local.down()
+
+
+def _client(server):
+    from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    class _Ctx:
+        def __enter__(self):
+            self.settings = temporary_settings({PREFECT_API_URL: server.api_url})
+            self.settings.__enter__()
+            self.client = get_client(sync_client=True)
+            return self.client.__enter__()
+
+        def __exit__(self, *exc):
+            self.client.__exit__(*exc)
+            self.settings.__exit__(*exc)
+
+    return _Ctx()
+
+
+def _run_deployment(server, config: Path, workdir: Path) -> uuid.UUID:
+    """`prefect deployment run 'distill/local' -p config=… -p workdir=…`, as a user types it."""
+    out = server.prefect("deployment", "run", "distill/local", "-p", f"config={config}",
+                         "-p", f"workdir={workdir}")
+    return uuid.UUID(re.search(r"UUID:\s*([0-9a-f-]{36})", out).group(1))
+
+
+def _wait(server, run_id: uuid.UUID, timeout: float = 900):
+    deadline = time.monotonic() + timeout
+    with _client(server) as client:
+        while time.monotonic() < deadline:
+            run = client.read_flow_run(run_id)
+            if run.state is not None and run.state.is_final():
+                return run
+            time.sleep(2)
+    raise AssertionError(f"flow run {run_id} not finished after {timeout} s; logs in {server.home}")
+
+
+def _records(run_dir: Path) -> dict[str, str]:
+    return {str(p.relative_to(run_dir)): p.read_text() for p in run_dir.rglob("*.result.json")}
+
+
+def _step_runs_for(server, run_dir: Path) -> list[str]:
+    """Outputs of the `step` flow runs (dispatched steps) that belong to this run directory."""
+    from prefect.client.schemas.filters import FlowFilter, FlowFilterName
+
+    with _client(server) as client:
+        runs = client.read_flow_runs(flow_filter=FlowFilter(name=FlowFilterName(any_=["step"])), limit=200)
+    return sorted(r.parameters["params"]["output"] for r in runs
+                  if str(r.parameters["params"]["output"]).startswith(str(run_dir)))
+
+
+def _student_forces(report: dict) -> np.ndarray:
+    from deepmd.infer import DeepPot
+
+    import ase.io
+
+    atoms = ase.io.read(Path(report["run_dir"]).parent / "start.extxyz")
+    dp = DeepPot(report["final_student"])
+    _, forces, _ = dp.eval(atoms.positions[None], atoms.cell.array[None], [0] * len(atoms))
+    return forces
+
+
+@pytest.mark.slow
+def test_deployment_run_then_a_failed_run_retried_from_the_ui_recomputes_nothing(server, tmp_path):
+    cfg = tiny_config(tmp_path)
+    # teacher-label fails the flow at once (no task retry); speed runs as its own flow run of
+    # step/local — how GPU steps reach their own pods on Kubernetes.
+    cfg["resources"] = {"teacher_label": {"retries": 0}, "speed": {"deployment": "step/local"}}
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump(cfg))
+
+    # 1. `prefect deployment run 'distill/local'`, uninterrupted
+    run_a = tmp_path / "run-a"
+    flow_a = _wait(server, _run_deployment(server, config, run_a))
+    assert flow_a.state.is_completed(), flow_a.state.message
+    report_a = json.loads((run_a / "report.json").read_text())
+    assert report_a["status"] == "max_iterations" and len(report_a["iterations"]) == 2
+    assert Path(report_a["final_student"]).is_file()
+    assert len(_step_runs_for(server, run_a)) == 3  # speed: teacher, student 0, student 1
+
+    # 2. the same run, but iteration 2's teacher-label fails once
+    run_b = tmp_path / "run-b"
+    server.faults.write_text(yaml.safe_dump(
+        [{"step": "teacher_label", "where": f"{run_b.name}/iter-001/label", "times": 1}]))
+    flow_b = _wait(server, _run_deployment(server, config, run_b))
+    assert flow_b.state.is_failed(), flow_b.state
+    done_before = _records(run_b)
+    assert "iter-000/train-00.result.json" in done_before
+    assert not any(k.startswith("iter-001/label") for k in done_before)
+    assert len(_step_runs_for(server, run_b)) == 2  # iteration 2's speed was never reached
+
+    # 3. Retry, as the UI's button does it: the failed run goes back to Scheduled
+    from prefect.states import Scheduled
+
+    with _client(server) as client:
+        client.set_flow_run_state(flow_b.id, Scheduled(name="AwaitingRetry", message="Retry from the UI"),
+                                  force=True)
+    flow_b = _wait(server, flow_b.id)
+    assert flow_b.state.is_completed(), flow_b.state.message
+    assert flow_b.run_count == 2
+
+    done_after = _records(run_b)
+    unchanged = {k for k in done_before if done_after.get(k) == done_before[k]}
+    assert unchanged == set(done_before), "a finished step ran again"
+    assert set(done_after) - set(done_before) >= {"iter-001/label/chunk-000.result.json",
+                                                   "iter-001/speed.result.json"}
+    assert len(_step_runs_for(server, run_b)) == 3  # finished steps were not dispatched again
+
+    # 4. the resumed run ends where the uninterrupted one did (same seeds)
+    report_b = json.loads((run_b / "report.json").read_text())
+    assert report_b["status"] == report_a["status"]
+    for it_a, it_b in zip(report_a["iterations"], report_b["iterations"]):
+        for key in ("n_frames", "n_selected", "labels_added", "n_train_frames", "accurate_ratio"):
+            assert it_b[key] == it_a[key], key
+        assert it_b["rmse_f"] == pytest.approx(it_a["rmse_f"], rel=1e-6)
+    np.testing.assert_allclose(_student_forces(report_b), _student_forces(report_a), rtol=1e-6, atol=1e-8)
+
+
+def test_flow_takes_the_config_itself_with_paths_relative_to_the_working_directory(tmp_path, monkeypatch):
+    from lamflow.flows.prefect_engine import config_from
+
+    raw = tiny_config(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    cfg = config_from(raw)
+    assert cfg.configurations.files == [tmp_path / "start.extxyz"]
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump({**raw, "max_iterations": "two"}))
+    with pytest.raises(InputError, match="max_iterations"):
+        config_from(str(tmp_path / "c.yaml"))
