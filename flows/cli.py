@@ -158,7 +158,11 @@ def cmd_config(args: argparse.Namespace) -> int:
 def cmd_prefect_up(args: argparse.Namespace) -> int:
     from .prefect_server import LocalPrefect
 
+    import signal
+
     local = LocalPrefect(project=Path(args.project).resolve(), home=Path(args.home).resolve(), port=args.port)
+    # a `kill`/`timeout` stops the server and worker too, as Ctrl-C does
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     print(f"starting Prefect server on {local.ui_url} (state: {local.home}) ...", flush=True)
     local.up()
     print(f"""Prefect UI:   {local.ui_url}
