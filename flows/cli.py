@@ -86,15 +86,12 @@ def quiet_libraries(debug: bool) -> None:
         logging.getLogger(name).setLevel(logging.ERROR)
 
 
-def cmd_distill(args: argparse.Namespace) -> int:
-    from .config import load_config
-
-    cfg = load_config(Path(args.config))
-    if args.max_iterations:
-        cfg = cfg.model_copy(update={"max_iterations": args.max_iterations})
+def _run_with_progress(cfg, args: argparse.Namespace, flow_name: str, run):
+    """Run ``run`` (the loop or the pipeline) on the chosen engine with live progress."""
     quiet_libraries(args.debug)
     from rich.console import Console
 
+    from .distill import DistillReport
     from .progress import Progress
     from .runner import LocalRunner
 
@@ -103,17 +100,45 @@ def cmd_distill(args: argparse.Namespace) -> int:
     _check_writable(run_dir)
     with Progress(console) as progress:
         if args.engine == "prefect":
-            from .prefect_engine import distill_with_prefect
+            from .prefect_engine import run_in_flow
 
-            report = distill_with_prefect(cfg, run_dir, progress.on_batch, progress.on_iteration,
-                                          progress.on_done)
+            report = run_in_flow(flow_name, run, cfg, run_dir, progress.on_batch, progress.on_iteration,
+                                 progress.on_done)
         else:
-            from .distill import run_distill
+            report = run(cfg, run_dir, LocalRunner(cfg.max_workers, progress.on_done), progress.on_batch,
+                         progress.on_iteration)
+        if isinstance(report, DistillReport):  # the pipeline's distill stage already reported its own
+            progress.report = report
+    return console, run_dir, report
 
-            report = run_distill(cfg, run_dir, LocalRunner(cfg.max_workers, progress.on_done),
-                                 progress.on_batch, progress.on_iteration)
-        progress.report = report
+
+def cmd_distill(args: argparse.Namespace) -> int:
+    from .config import load_config
+    from .distill import run_distill
+
+    cfg = load_config(Path(args.config))
+    if args.max_iterations:
+        cfg = cfg.model_copy(update={"max_iterations": args.max_iterations})
+    console, _, report = _run_with_progress(cfg, args, "distill", run_distill)
     _summary(console, report)
+    return 0
+
+
+def cmd_lam(args: argparse.Namespace) -> int:
+    from .lam import run_lam
+    from .lam_config import load_lam_config
+
+    cfg = load_lam_config(Path(args.config))
+    console, run_dir, report = _run_with_progress(cfg, args, "lam", run_lam)
+    console.print()
+    for name, rmse in report.branch_rmse_f.items():
+        console.print(f"pretrained branch {name}: force RMSE {rmse:.4f} eV/Å")
+    if report.downstream:
+        console.print(f"finetuned on {cfg.finetune.dataset}: force RMSE {report.downstream['rmse_f']:.4f} eV/Å, "
+                      f"energy {report.downstream['rmse_e_per_atom'] * 1000:.2f} meV/atom")
+    d = report.distill
+    console.print(f"distill: {d.get('status')}; student {d.get('final_student')}")
+    console.print(f"report: {run_dir / 'lam-report.json'} and {d.get('report')}")
     return 0
 
 
@@ -166,8 +191,8 @@ def cmd_prefect_up(args: argparse.Namespace) -> int:
     print(f"starting Prefect server on {local.ui_url} (state: {local.home}) ...", flush=True)
     local.up()
     print(f"""Prefect UI:   {local.ui_url}
-deployments:  distill/local, step/local (pool 'local', worker running here)
-              distill/k8s-gpu, step/k8s-gpu (pool 'k8s-gpu': start its worker in the cluster)
+deployments:  distill/local, lam/local, step/local (pool 'local', worker running here)
+              distill/k8s-gpu, lam/k8s-gpu, step/k8s-gpu (pool 'k8s-gpu': start its worker in the cluster)
 in another shell:
   export PREFECT_API_URL={local.api_url}
   prefect deployment run 'distill/local' -p config=$PWD/examples/cu-emt/config.yaml
@@ -213,6 +238,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="prefect (embedded, no server needed) or local (no engine, for debugging)")
     p.add_argument("--max-iterations", type=int, help="override max_iterations")
     p.set_defaults(func=cmd_distill)
+
+    p = sub.add_parser("lam", help="the full pipeline: label → pretrain → finetune → distill")
+    p.add_argument("config", help="pipeline config (YAML)")
+    p.add_argument("--workdir", help="run directory (default: config's workdir, else runs/<name>)")
+    p.add_argument("--engine", choices=["prefect", "local"], default="prefect")
+    p.set_defaults(func=cmd_lam)
 
     p = sub.add_parser("config", help="print the config schema, or check a config")
     p.add_argument("--schema", action="store_true", help="JSON schema of the distill config")

@@ -137,7 +137,8 @@ class Convergence(Section):
         None, gt=0, description="eV/Å: student-vs-teacher force RMSE on unseen explored frames")
 
 
-STEP_NAMES = ("label", "train", "freeze", "perturb", "explore", "select", "teacher_label", "evaluate", "speed")
+STEP_NAMES = ("label", "train", "freeze", "perturb", "explore", "select", "teacher_label", "evaluate", "speed",
+              "import_data", "change_bias")
 
 
 class DistillConfig(Section):

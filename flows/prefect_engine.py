@@ -143,23 +143,46 @@ class PrefectRunner:
         return records
 
 
-def distill_with_prefect(
-    cfg: DistillConfig,
+def run_in_flow(
+    name: str,
+    run: Callable[..., Any],
+    cfg: Any,
     run_dir: Path,
     on_batch: Callable[[str], None] | None = None,
     on_iteration: Callable[[DistillReport], None] | None = None,
     on_done: Callable[[StepCall, StepRecord], None] | None = None,
-) -> DistillReport:
-    """Run the loop as a Prefect flow in this process, with progress callbacks for the CLI."""
-    out: dict[str, DistillReport] = {}
+) -> Any:
+    """``run(cfg, run_dir, runner, on_batch, on_iteration)`` — the distill loop or the LAM
+    pipeline — as a Prefect flow in this process, with the CLI's progress callbacks."""
+    out: dict[str, Any] = {}
 
-    @flow(name="distill", flow_run_name=cfg.name, persist_result=False)
-    def distill() -> None:
-        out["report"] = run_distill(cfg, run_dir, PrefectRunner(cfg.max_workers, on_done), on_batch,
-                                    on_iteration)
+    @flow(name=name, flow_run_name=cfg.name, persist_result=False)
+    def wrapper() -> None:
+        out["report"] = run(cfg, run_dir, PrefectRunner(cfg.max_workers, on_done), on_batch, on_iteration)
 
-    distill()
+    wrapper()
     return out["report"]
+
+
+def _lam_config_from(config: str | dict[str, Any]):
+    from .lam_config import load_lam_config, parse_lam_config
+
+    if isinstance(config, dict):
+        return parse_lam_config(config, Path.cwd(), "config")
+    return load_lam_config(Path(config))
+
+
+@flow(name="lam", persist_result=False)
+def lam_flow(config: str | dict[str, Any], workdir: str | None = None,
+             step_deployment: str | None = None) -> dict[str, Any]:
+    """The full pipeline (label → pretrain → finetune → distill): ``prefect deployment run 'lam/local'``."""
+    from dataclasses import asdict
+
+    from .lam import run_lam
+
+    cfg = _lam_config_from(config)
+    runner = PrefectRunner(cfg.max_workers, step_deployment=step_deployment)
+    return asdict(run_lam(cfg, cfg.run_dir(workdir), runner))
 
 
 def config_from(config: str | dict[str, Any]) -> DistillConfig:

@@ -12,7 +12,7 @@ from typing import Callable
 
 from pydantic import BaseModel
 
-from . import evaluate, explore, label, perturb, select, speed, teacher_label, train
+from . import change_bias, evaluate, explore, import_data, label, perturb, select, speed, teacher_label, train
 
 
 @dataclass(frozen=True)
@@ -42,5 +42,7 @@ STEPS: dict[str, Step] = {
               teacher_label.TeacherLabelResult),
         _step("evaluate", evaluate, evaluate.EvaluateParams, evaluate.EvaluateResult),
         _step("speed", speed, speed.SpeedParams, speed.SpeedResult),
+        _step("import_data", import_data, import_data.ImportParams, import_data.ImportResult),
+        _step("change_bias", change_bias, change_bias.ChangeBiasParams, change_bias.ChangeBiasResult),
     )
 }

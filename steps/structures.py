@@ -113,14 +113,18 @@ def load_labeled(paths: list[Path], type_map: list[str]):
 
     multi = dpdata.MultiSystems(type_map=list(type_map))
     for path in paths:
-        system = read_system(Path(path), type_map)
-        if "energies" not in system.data or len(system) == 0:
-            raise InputError(str(path), "has no labelled frames")
-        for key in ("energies", "forces"):
-            if not np.all(np.isfinite(system.data[key])):
-                raise InputError(str(path), f"contains NaN or infinite {key}")
-        multi.append(system)
+        multi.append(check_labelled(read_system(Path(path), type_map), path))
     return multi
+
+
+def check_labelled(system, path: Path | str):
+    """``system`` if it has frames with finite energies and forces, else one line naming ``path``."""
+    if "energies" not in system.data or len(system) == 0:
+        raise InputError(str(path), "has no labelled frames (energies and forces)")
+    for key in ("energies", "forces"):
+        if not np.all(np.isfinite(system.data[key])):
+            raise InputError(str(path), f"contains NaN or infinite {key}")
+    return system
 
 
 def deepmd_systems(root: Path) -> list[Path]:

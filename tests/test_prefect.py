@@ -48,8 +48,9 @@ def test_gpu_step_job_is_a_valid_kubernetes_job_with_its_gpu():
     assert manifest["spec"]["completions"] == 1  # on the Job, not (as upstream has it) on the pod
 
 
-def test_parent_flow_job_holds_no_gpu():
-    manifest = render_job(deployment_job_variables(REPO / "prefect.yaml", "distill/k8s-gpu"))
+@pytest.mark.parametrize("deployment", ["distill/k8s-gpu", "lam/k8s-gpu"])
+def test_parent_flow_job_holds_no_gpu(deployment):
+    manifest = render_job(deployment_job_variables(REPO / "prefect.yaml", deployment))
     kubernetes_validate.validate(manifest, K8S_VERSION, strict=True)
     resources = _pod(manifest)["containers"][0]["resources"]
     assert "nvidia.com/gpu" not in resources.get("limits", {})
@@ -206,6 +207,10 @@ def test_deployment_run_then_a_failed_run_retried_from_the_ui_recomputes_nothing
     cfg["resources"] = {"teacher_label": {"retries": 0}, "speed": {"deployment": "step/local"}}
     config = tmp_path / "config.yaml"
     config.write_text(yaml.safe_dump(cfg))
+
+    listed = server.prefect("deployment", "ls")
+    for name in ("distill/local", "lam/local", "step/local", "distill/k8s-gpu", "lam/k8s-gpu", "step/k8s-gpu"):
+        assert name in listed
 
     # 1. `prefect deployment run 'distill/local'`, uninterrupted
     run_a = tmp_path / "run-a"

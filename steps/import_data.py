@@ -1,0 +1,65 @@
+"""import_data — existing DFT outputs (VASP OUTCAR, CP2K, ABACUS, QE, labelled extxyz) as deepmd/npy.
+
+Groups arrive with years of DFT already computed; relabelling it would waste the most expensive
+part of the pipeline. dpdata reads the formats, the output is what ``train`` consumes.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import BaseModel, Field, field_validator
+
+from .artifacts import atomic_dir
+from .base import Params, unique_elements
+from .errors import InputError
+from .structures import check_labelled, deepmd_systems, read_system
+
+#: labelled extxyz (energy and forces per frame, as ASE writes them) in dpdata's name
+_EXTXYZ = "quip/gap/xyz"
+
+
+class ImportParams(Params):
+    files: list[Path] = Field(min_length=1, description="OUTCARs, CP2K/ABACUS/QE outputs, labelled extxyz")
+    fmt: str | None = Field(None, description="dpdata format, e.g. vasp/outcar (default: guessed per file)")
+    type_map: list[str] = Field(min_length=1)
+    output: Path
+
+    _unique = field_validator("type_map")(classmethod(lambda cls, v: unique_elements(v)))
+
+
+class ImportResult(BaseModel):
+    systems: list[Path]
+    n_frames: int
+
+
+def _read(path: Path, fmt: str | None, type_map: list[str]):
+    import dpdata
+
+    if (fmt or "").lower() in (_EXTXYZ, "extxyz") or (fmt is None and path.suffix in (".xyz", ".extxyz")):
+        try:
+            multi = dpdata.MultiSystems.from_file(str(path), fmt=_EXTXYZ)
+        except Exception as exc:
+            raise InputError(str(path), f"could not be read as labelled extxyz ({type(exc).__name__}: {exc})") from None
+        out = []
+        for system in multi:
+            unknown = sorted(set(system["atom_names"]) - set(type_map))
+            if unknown:
+                raise InputError(str(path), f"has elements {unknown} that are not in type_map {type_map}")
+            system.apply_type_map(list(type_map))
+            out.append(system)
+        return out
+    return [read_system(path, type_map, fmt)]
+
+
+def run(params: ImportParams) -> ImportResult:
+    import dpdata
+
+    multi = dpdata.MultiSystems(type_map=list(params.type_map))
+    for path in map(Path, params.files):
+        for system in _read(path, params.fmt, params.type_map):
+            multi.append(check_labelled(system, path))
+    with atomic_dir(params.output) as work:
+        multi.to_deepmd_npy(str(work))
+    systems = deepmd_systems(params.output)
+    return ImportResult(systems=systems, n_frames=multi.get_nframes())
