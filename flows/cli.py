@@ -112,13 +112,35 @@ def _run_with_progress(cfg, args: argparse.Namespace, flow_name: str, run):
     return console, run_dir, report
 
 
+def _run_dflow(cfg, args: argparse.Namespace, flow: str):
+    """dflow's debug mode: the Argo workflow's steps as local processes, no cluster."""
+    quiet_libraries(args.debug)
+    from rich.console import Console
+
+    from .dflow_engine import run_debug
+
+    console = Console(width=None if sys.stdout.isatty() else 140)
+    run_dir = cfg.run_dir(args.workdir)
+    _check_writable(run_dir)
+    run = run_debug(flow, cfg, run_dir)
+    console.print(f"dflow workflow {run.workflow_id}: {run.status} (steps in {run.run_dir / 'dflow' / run.workflow_id})")
+    if run.status != "Succeeded":
+        raise StepFailed(f"workflow {run.workflow_id} {run.status.lower()}; fix the cause, then "
+                         f"`lamflow resume {run.workflow_id} --workdir {run.run_dir}` reuses every finished step")
+    return console, run.run_dir
+
+
 def cmd_distill(args: argparse.Namespace) -> int:
     from .config import load_config
-    from .distill import run_distill
+    from .distill import DistillReport, run_distill
 
     cfg = load_config(Path(args.config))
     if args.max_iterations:
         cfg = cfg.model_copy(update={"max_iterations": args.max_iterations})
+    if args.engine == "dflow":
+        console, run_dir = _run_dflow(cfg, args, "distill")
+        _summary(console, DistillReport.from_json(run_dir / "report.json"))
+        return 0
     console, _, report = _run_with_progress(cfg, args, "distill", run_distill)
     _summary(console, report)
     return 0
@@ -129,6 +151,10 @@ def cmd_lam(args: argparse.Namespace) -> int:
     from .lam_config import load_lam_config
 
     cfg = load_lam_config(Path(args.config))
+    if args.engine == "dflow":
+        console, run_dir = _run_dflow(cfg, args, "lam")
+        console.print(f"report: {run_dir / 'lam-report.json'}")
+        return 0
     console, run_dir, report = _run_with_progress(cfg, args, "lam", run_lam)
     console.print()
     for name, rmse in report.branch_rmse_f.items():
@@ -164,6 +190,56 @@ def _summary(console, report) -> None:
         console.print(f"student force RMSE vs teacher on unseen explored frames: {rmse}; "
                       f"MD speed vs teacher: {ratio}")
     console.print(f"report: {Path(report.run_dir) / 'report.json'} (plots beside it)")
+
+
+def _load_any(path: Path):
+    """A distill or a pipeline config (a pipeline config has a ``finetune`` section)."""
+    from .config import load_config, read_mapping
+    from .lam_config import load_lam_config
+
+    return ("lam", load_lam_config(path)) if "finetune" in read_mapping(path) else ("distill", load_config(path))
+
+
+def _argo_settings(args: argparse.Namespace):
+    from .dflow_engine import ArgoSettings
+
+    return ArgoSettings.from_env(host=args.host, token=args.token, namespace=args.namespace,
+                                 runs_claim=args.runs_claim, image_pull_secrets=args.image_pull_secret)
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from .dflow_engine import RUNS_MOUNT, export
+
+    flow, cfg = _load_any(Path(args.config))
+    run_dir = Path(args.workdir or f"{RUNS_MOUNT}/{cfg.name}")
+    settings = _argo_settings(args)
+    text = yaml.safe_dump(export(flow, cfg, run_dir, settings), sort_keys=False)
+    if args.output:
+        Path(args.output).write_text(text)
+        print(f"{args.output}: Argo Workflow of the {flow} flow (run directory {run_dir} on volume {settings.runs_claim})")
+    else:
+        print(text)
+    return 0
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    from .dflow_engine import RUNS_MOUNT, submit
+
+    flow, cfg = _load_any(Path(args.config))
+    run_dir = Path(args.workdir or f"{RUNS_MOUNT}/{cfg.name}")
+    workflow_id = submit(flow, cfg, run_dir, _argo_settings(args))
+    print(f"submitted {workflow_id}; watch it in the Argo UI; after a failure: lamflow resume {workflow_id}")
+    return 0
+
+
+def cmd_resume(args: argparse.Namespace) -> int:
+    from .dflow_engine import resume
+
+    quiet_libraries(args.debug)
+    run = resume(args.workflow_id, Path(args.workdir) if args.workdir else None,
+                 None if args.workdir else _argo_settings(args))
+    print(f"workflow {run.workflow_id} (resumed from {args.workflow_id}): {run.status}")
+    return 0 if run.status in ("Succeeded", "Running", "Pending") else 1
 
 
 def cmd_config(args: argparse.Namespace) -> int:
@@ -208,6 +284,17 @@ Ctrl-C stops the server and the worker (logs in {local.home}).""", flush=True)
         local.down()
 
 
+def cmd_prefect_retry(args: argparse.Namespace) -> int:
+    from prefect.client.orchestration import get_client
+
+    from .prefect_server import retry_flow_run
+
+    with get_client(sync_client=True) as client:
+        retry_flow_run(client, args.flow_run_id)
+    print(f"flow run {args.flow_run_id} scheduled again: finished steps will be read back, the rest run")
+    return 0
+
+
 def cmd_prefect_job(args: argparse.Namespace) -> int:
     from .prefect_k8s import deployment_job_variables, render_job
 
@@ -234,16 +321,45 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("distill", help="distil a teacher into a fast student (the loop)")
     p.add_argument("config", help="distillation config (YAML)")
     p.add_argument("--workdir", help="run directory (default: config's workdir, else runs/<name>)")
-    p.add_argument("--engine", choices=["prefect", "local"], default="prefect",
-                   help="prefect (embedded, no server needed) or local (no engine, for debugging)")
+    p.add_argument("--engine", choices=["prefect", "dflow", "local"], default="prefect",
+                   help="prefect (embedded, no server needed), dflow (its local debug mode: the Argo "
+                        "workflow's steps as local processes) or local (no engine, for debugging)")
     p.add_argument("--max-iterations", type=int, help="override max_iterations")
     p.set_defaults(func=cmd_distill)
 
     p = sub.add_parser("lam", help="the full pipeline: label → pretrain → finetune → distill")
     p.add_argument("config", help="pipeline config (YAML)")
     p.add_argument("--workdir", help="run directory (default: config's workdir, else runs/<name>)")
-    p.add_argument("--engine", choices=["prefect", "local"], default="prefect")
+    p.add_argument("--engine", choices=["prefect", "dflow", "local"], default="prefect")
     p.set_defaults(func=cmd_lam)
+
+    def argo_flags(q):
+        q.add_argument("--engine", choices=["argo"], default="argo", help="Argo Workflows, through dflow")
+        q.add_argument("--host", help="Argo server URL (or LAMFLOW_ARGO_HOST)")
+        q.add_argument("--token", help="Argo token (or LAMFLOW_ARGO_TOKEN)")
+        q.add_argument("--namespace", help="Kubernetes namespace (or LAMFLOW_ARGO_NAMESPACE)")
+        q.add_argument("--runs-claim", help="ReadWriteMany PVC holding run directories (or LAMFLOW_RUNS_CLAIM; default lamflow-runs)")
+        q.add_argument("--image-pull-secret", action="append",
+                       help="docker-registry Secret for private images (repeatable; or LAMFLOW_IMAGE_PULL_SECRETS=a,b)")
+
+    p = sub.add_parser("export", help="write the Argo Workflow manifest of a distill or pipeline config")
+    p.add_argument("config")
+    p.add_argument("-o", "--output", help="file to write (default: stdout)")
+    p.add_argument("--workdir", help="run directory in the pods (default: /runs/<name>)")
+    argo_flags(p)
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("submit", help="submit a distill or pipeline config to an Argo server")
+    p.add_argument("config")
+    p.add_argument("--workdir", help="run directory in the pods (default: /runs/<name>)")
+    argo_flags(p)
+    p.set_defaults(func=cmd_submit)
+
+    p = sub.add_parser("resume", help="resubmit a failed dflow/Argo workflow, reusing its finished steps")
+    p.add_argument("workflow_id")
+    p.add_argument("--workdir", help="the run directory of a local (debug-mode) workflow; omit for Argo")
+    argo_flags(p)
+    p.set_defaults(func=cmd_resume)
 
     p = sub.add_parser("config", help="print the config schema, or check a config")
     p.add_argument("--schema", action="store_true", help="JSON schema of the distill config")
@@ -257,6 +373,9 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--home", default=".prefect", help="PREFECT_HOME: the SQLite database and logs")
     q.add_argument("--project", default=".", help="folder with prefect.yaml (the lamflow checkout)")
     q.set_defaults(func=cmd_prefect_up)
+    q = psub.add_parser("retry", help="retry a failed flow run, as the UI's Retry button does (uses PREFECT_API_URL)")
+    q.add_argument("flow_run_id")
+    q.set_defaults(func=cmd_prefect_retry)
     q = psub.add_parser("job", help="print the Kubernetes Job a deployment's flow run would create")
     q.add_argument("deployment", help="e.g. step/k8s-gpu")
     q.add_argument("--prefect-yaml", default="prefect.yaml")

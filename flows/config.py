@@ -7,6 +7,7 @@ with ``selection.trust_hgh: unknown key`` instead of silently running a day with
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any, Literal
 
@@ -173,8 +174,8 @@ class DistillConfig(Section):
         return self.resources.get(step) or self.resources.get("default") or Resources()
 
     def run_dir(self, workdir: str | Path | None = None) -> Path:
-        """``workdir`` if given, else the config's ``workdir``, else ``runs/<name>``."""
-        return Path(workdir or self.workdir or Path("runs") / self.name)
+        """``workdir`` if given, else the config's ``workdir``, else ``$LAMFLOW_RUNS/<name>`` (``runs/<name>``)."""
+        return Path(workdir or self.workdir or Path(os.environ.get("LAMFLOW_RUNS", "runs")) / self.name)
 
     def exploration(self, iteration: int) -> Exploration:
         return self.iterations[min(iteration, len(self.iterations) - 1)]

@@ -23,7 +23,7 @@ from lamflow.steps.structures import count_frames
 from . import plan
 from .config import DistillConfig, check_files
 from .report import write_report
-from .runner import Runner, StepCall, StepRecord
+from .runner import Pending, Runner, StepCall, StepRecord
 
 
 @dataclass
@@ -69,6 +69,14 @@ class DistillReport:
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    @classmethod
+    def from_json(cls, path: Path) -> "DistillReport":
+        import json
+
+        data = json.loads(Path(path).read_text())
+        data["iterations"] = [IterationRecord(**it) for it in data.get("iterations", [])]
+        return cls(**data)
 
 
 class _Book:
@@ -199,6 +207,9 @@ def run_distill(
             if report.converged:
                 break
         report.status = "converged" if report.converged else "max_iterations"
+    except Pending:
+        report.status = "running"  # a planner stopped at steps still to run (dflow engine)
+        raise
     except BaseException:
         report.status = "failed"
         raise

@@ -30,7 +30,7 @@ from lamflow.steps.train import Branch, FreezeParams, TrainParams
 
 from .distill import DistillReport, _Book, run_distill
 from .lam_config import LamConfig, check_lam_files
-from .runner import Runner, StepCall
+from .runner import Pending, Runner, StepCall
 
 
 @dataclass
@@ -155,6 +155,9 @@ def run_lam(cfg: LamConfig, run_dir: Path, runner: Runner, on_batch: Callable[[s
                           "rmse_f": distilled.iterations[-1].rmse_f if distilled.iterations else None,
                           "speed_ratio": distilled.iterations[-1].speed_ratio if distilled.iterations else None}
         report.status = distilled.status
+    except Pending:
+        report.status = "running"
+        raise
     except BaseException:
         report.status = "failed"
         raise

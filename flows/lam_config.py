@@ -9,6 +9,7 @@ one at load time, so a typo in iteration 3's temperatures fails before hours of 
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -111,7 +112,7 @@ class LamConfig(Section):
         return self.resources.get(step) or self.resources.get("default") or Resources()
 
     def run_dir(self, workdir: str | Path | None = None) -> Path:
-        return Path(workdir or self.workdir or Path("runs") / self.name)
+        return Path(workdir or self.workdir or Path(os.environ.get("LAMFLOW_RUNS", "runs")) / self.name)
 
     def distill_config(self, teacher: Path) -> DistillConfig:
         """The distillation stage as a distill config whose teacher is ``teacher``."""

@@ -9,6 +9,7 @@ loopback port. The server keeps its state in SQLite under ``PREFECT_HOME`` (defa
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -18,6 +19,7 @@ import time
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Iterator
 
 from lamflow.steps.errors import InputError, StepFailed
 
@@ -110,6 +112,15 @@ class LocalPrefect:
                                 stderr=subprocess.STDOUT, start_new_session=True)
         self.processes.append(proc)
 
+    @contextlib.contextmanager
+    def client(self) -> Iterator[Any]:
+        """A synchronous Prefect client for this server, from within this process."""
+        from prefect.client.orchestration import get_client
+        from prefect.settings import PREFECT_API_URL, temporary_settings
+
+        with temporary_settings({PREFECT_API_URL: self.api_url}), get_client(sync_client=True) as client:
+            yield client
+
     def up(self) -> "LocalPrefect":
         try:
             self.start_server()
@@ -132,3 +143,21 @@ class LocalPrefect:
                     os.killpg(proc.pid, signal.SIGKILL)
                     proc.wait()
         self.processes.clear()
+
+
+def retry_flow_run(client: Any, run_id: str) -> None:
+    """What the UI's Retry button does: a finished flow run goes back to Scheduled (AwaitingRetry)
+    and a worker runs it again — which, in lamflow, resumes it from its run directory."""
+    import uuid
+
+    from prefect.client.schemas.actions import StateCreate
+    from prefect.results import ResultRecordMetadata  # noqa: F401  (StateCreate refers to it)
+    from prefect.states import Scheduled
+
+    StateCreate.model_rebuild()  # Prefect 3.4 leaves it incomplete until an engine import does this
+
+    run = client.read_flow_run(uuid.UUID(str(run_id)))
+    if run.state is None or not run.state.is_final():
+        state = run.state.type.value if run.state else "UNKNOWN"
+        raise InputError(f"flow run {run_id}", f"is {state}; only a finished (failed, crashed, cancelled) run can be retried")
+    client.set_flow_run_state(run.id, Scheduled(name="AwaitingRetry", message="Retry from lamflow"), force=True)

@@ -32,6 +32,8 @@ class Resources(BaseModel):
     retries: int | None = Field(None, ge=0, description="task retries (default: 1 for label/train/explore/teacher_label)")
     retry_delay: float = Field(30, ge=0, description="seconds between task retries")
     timeout: float | None = Field(None, gt=0, description="seconds")
+    node_selector: dict[str, str] = Field(default_factory=dict, description="Kubernetes node selector")
+    tolerations: list[dict[str, str]] = Field(default_factory=list, description="Kubernetes tolerations")
     deployment: str | None = Field(
         None, description="Prefect: run this step as a flow run of this deployment (e.g. step/k8s-gpu)")
 
@@ -43,5 +45,6 @@ class Resources(BaseModel):
         what the config leaves unset is left to the deployment's job variables."""
         out: dict[str, object] = {"cpu_request": None if self.cpu is None else f"{self.cpu:g}",
                                   "memory_request": self.memory, "memory_limit": self.memory,
-                                  "gpu_count": self.gpu, "image": self.image}
+                                  "gpu_count": self.gpu, "image": self.image,
+                                  "node_selector": self.node_selector or None, "tolerations": self.tolerations or None}
         return {k: v for k, v in out.items() if v is not None}

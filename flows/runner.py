@@ -165,3 +165,32 @@ class LocalRunner:
 
         with ThreadPoolExecutor(max_workers=self.max_workers) as pool:
             return list(pool.map(one, calls))
+
+
+class Pending(Exception):
+    """Raised by :class:`PlanningRunner`: the loop needs these steps run before it can go on."""
+
+    def __init__(self, calls: list[StepCall]):
+        super().__init__(f"{len(calls)} step(s) to run: {calls[0].label} ...")
+        self.calls = calls
+
+
+class PlanningRunner:
+    """Replays the loop from the step records and stops at the first batch that has not run.
+
+    This is how a static workflow engine (dflow/Argo) runs a loop whose shape depends on its
+    results: a planner step replays :func:`run_distill` (or the LAM pipeline) with this runner;
+    finished batches come back from their records, the first unfinished one is returned as
+    :class:`Pending` and fanned out by the engine, then the planner runs again. The loop is
+    still written once, in Python, for every engine.
+    """
+
+    def map(self, calls: list[StepCall]) -> list[StepRecord]:
+        records = [lookup(c.step, c.params, c.threads) for c in calls]
+        missing = [c for c, r in zip(calls, records) if r is None]
+        if missing:
+            raise Pending(missing)
+        for call, rec in zip(calls, records):
+            # run by the engine, not read back from an earlier run: count its time in the report
+            rec.label, rec.cached = call.label, False
+        return records

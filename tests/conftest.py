@@ -77,6 +77,24 @@ def tiny_config(tmp_path) -> dict:
 
 
 @pytest.fixture(scope="session")
+def prefect_cli_run(tmp_path_factory):
+    """`lamflow distill` of :func:`tiny_config` on the embedded Prefect engine, run once: the
+    reference other engines must reproduce (same seeds, same steps, same numbers)."""
+    import subprocess
+    import sys
+    from types import SimpleNamespace
+
+    import yaml
+
+    base = tmp_path_factory.mktemp("prefect-cli")
+    (base / "config.yaml").write_text(yaml.safe_dump(tiny_config(base)))
+    cmd = [sys.executable, "-m", "lamflow.flows.cli", "distill", str(base / "config.yaml"), "--workdir", str(base / "run")]
+    first = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    return SimpleNamespace(base=base, cmd=cmd, first=first, run=base / "run")
+
+
+@pytest.fixture(scope="session")
 def work(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("lamflow")
 

@@ -5,12 +5,9 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 
 import pytest
-import yaml
-
-from conftest import tiny_config, write_cu_frames
+from conftest import write_cu_frames
 from lamflow.flows.runner import execute
 from lamflow.steps.evaluate import EvaluateParams
 from lamflow.steps.evaluate import run as evaluate_run
@@ -19,13 +16,8 @@ from lamflow.steps.train import FreezeParams
 
 
 @pytest.mark.slow
-def test_two_iterations_with_prefect_then_resume_recomputes_nothing(tmp_path):
-    (tmp_path / "config.yaml").write_text(yaml.safe_dump(tiny_config(tmp_path)))
-    cmd = [sys.executable, "-m", "lamflow.flows.cli", "distill", str(tmp_path / "config.yaml"),
-           "--workdir", str(tmp_path / "run")]
-    first = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
-    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
-    run = tmp_path / "run"
+def test_two_iterations_with_prefect_then_resume_recomputes_nothing(prefect_cli_run):
+    cmd, first, run = prefect_cli_run.cmd, prefect_cli_run.first, prefect_cli_run.run
     report = json.loads((run / "report.json").read_text())
     assert report["status"] == "max_iterations" and len(report["iterations"]) == 2
     it0, it1 = report["iterations"]

@@ -21,6 +21,7 @@ from prefect.states import Completed, Failed
 from conftest import REPO, tiny_config, write_cu_frames
 from lamflow.flows.faults import ENV as FAULTS_ENV
 from lamflow.flows.prefect_engine import PrefectRunner, _retry_unless_bad_input
+from lamflow.flows.prefect_server import retry_flow_run
 from lamflow.flows.prefect_k8s import deployment_job_variables, job_template, render_job
 from lamflow.flows.resources import Resources
 from lamflow.flows.runner import StepCall, execute
@@ -138,24 +139,6 @@ def server(tmp_path_factory):
     local.down()
 
 
-def _client(server):
-    from prefect.client.orchestration import get_client
-    from prefect.settings import PREFECT_API_URL, temporary_settings
-
-    class _Ctx:
-        def __enter__(self):
-            self.settings = temporary_settings({PREFECT_API_URL: server.api_url})
-            self.settings.__enter__()
-            self.client = get_client(sync_client=True)
-            return self.client.__enter__()
-
-        def __exit__(self, *exc):
-            self.client.__exit__(*exc)
-            self.settings.__exit__(*exc)
-
-    return _Ctx()
-
-
 def _run_deployment(server, config: Path, workdir: Path) -> uuid.UUID:
     """`prefect deployment run 'distill/local' -p config=… -p workdir=…`, as a user types it."""
     out = server.prefect("deployment", "run", "distill/local", "-p", f"config={config}",
@@ -164,12 +147,18 @@ def _run_deployment(server, config: Path, workdir: Path) -> uuid.UUID:
 
 
 def _wait(server, run_id: uuid.UUID, timeout: float = 900):
+    """The flow run once it is final *and* its process has exited: the process worker reports a
+    run whose process exits non-zero as crashed, and that report must not land on the retry."""
     deadline = time.monotonic() + timeout
-    with _client(server) as client:
+    with server.client() as client:
         while time.monotonic() < deadline:
             run = client.read_flow_run(run_id)
             if run.state is not None and run.state.is_final():
-                return run
+                pid = int(str(run.infrastructure_pid or "0").rsplit(":", 1)[-1] or 0)
+                while pid and Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
+                    time.sleep(0.5)
+                time.sleep(2)
+                return client.read_flow_run(run_id)
             time.sleep(2)
     raise AssertionError(f"flow run {run_id} not finished after {timeout} s; logs in {server.home}")
 
@@ -182,7 +171,7 @@ def _step_runs_for(server, run_dir: Path) -> list[str]:
     """Outputs of the `step` flow runs (dispatched steps) that belong to this run directory."""
     from prefect.client.schemas.filters import FlowFilter, FlowFilterName
 
-    with _client(server) as client:
+    with server.client() as client:
         runs = client.read_flow_runs(flow_filter=FlowFilter(name=FlowFilterName(any_=["step"])), limit=200)
     return sorted(r.parameters["params"]["output"] for r in runs
                   if str(r.parameters["params"]["output"]).startswith(str(run_dir)))
@@ -232,12 +221,9 @@ def test_deployment_run_then_a_failed_run_retried_from_the_ui_recomputes_nothing
     assert not any(k.startswith("iter-001/label") for k in done_before)
     assert len(_step_runs_for(server, run_b)) == 2  # iteration 2's speed was never reached
 
-    # 3. Retry, as the UI's button does it: the failed run goes back to Scheduled
-    from prefect.states import Scheduled
-
-    with _client(server) as client:
-        client.set_flow_run_state(flow_b.id, Scheduled(name="AwaitingRetry", message="Retry from the UI"),
-                                  force=True)
+    # 3. Retry, as the UI's button does it (`lamflow prefect retry <id>`): back to Scheduled
+    with server.client() as client:
+        retry_flow_run(client, str(flow_b.id))
     flow_b = _wait(server, flow_b.id)
     assert flow_b.state.is_completed(), flow_b.state.message
     assert flow_b.run_count == 2

@@ -1,0 +1,350 @@
+"""The dflow engine: the same loop as an Argo Workflow of containerised steps (or dflow's local
+debug mode where no cluster exists).
+
+Argo wants a static DAG; the distillation decides its next steps from its results (how many
+frames to label, whether the student converged). dpgen2 solves this with a hand-written
+recursive ``Steps`` template per stage. lamflow uses the pattern once, generically::
+
+    advance(level):  plan ─▶ [explore | select | teacher_label | train | ... ]  ─▶ advance(level+1)
+                             (one runs: Slices fan-out over the planned calls)      when not done
+
+``plan`` replays :func:`~lamflow.flows.distill.run_distill` (or the LAM pipeline) with a
+:class:`~lamflow.flows.runner.PlanningRunner`: finished batches come back from their step
+records, the first unfinished batch is returned as the calls to fan out. So the loop stays
+written once in Python for every engine, each batch becomes one Argo fan-out with its own
+image, GPU and retries, and the recursion ends when the loop does (``when: done == false``).
+
+Every step kind is a dflow ``OP`` generated from the step registry (no per-step classes): its
+input is the planned call (the step's pydantic parameters as JSON, validated in the pod), its
+outputs are the step's result fields plus ``cached``. Steps exchange paths in the run
+directory, which pods share on a ReadWriteMany volume (``/runs``), exactly like the Prefect
+Kubernetes deployment.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+from dflow import InputParameter, Step, Steps, Workflow, argo_len, argo_range
+from dflow import config as dflow_config
+from dflow.python import OP, OPIO, OPIOSign, Parameter, PythonOPTemplate, Slices
+
+from lamflow.steps.errors import InputError
+from lamflow.steps.registry import STEPS
+
+from .runner import Pending, PlanningRunner, execute
+
+#: the images built from images/ (issue: containers); a step asking for a GPU gets the CUDA one
+DEFAULT_IMAGE = {"cpu": "lamflow/lamflow:0.1.0-cpu", "gpu": "lamflow/lamflow:0.1.0-cuda12"}
+RUNS_MOUNT = "/runs"
+
+
+# --- OPs ------------------------------------------------------------------------------------
+
+
+def _step_op(step: str) -> type[OP]:
+    """The dflow OP of a registered step: ``call`` in, the step's result fields out."""
+    spec = STEPS[step]
+
+    def get_input_sign(cls) -> OPIOSign:
+        return OPIOSign({"call": Parameter(dict, description=f"{spec.params.__name__} as JSON, and threads")})
+
+    def get_output_sign(cls) -> OPIOSign:
+        fields = {name: Parameter(object, default=None) for name in spec.result.model_fields}
+        return OPIOSign({**fields, "cached": Parameter(bool), "seconds": Parameter(float)})
+
+    @OP.exec_sign_check
+    def execute_op(self, ip: OPIO) -> OPIO:
+        call = ip["call"]
+        record = execute(step, call["params"], call.get("threads"))
+        return OPIO({**record.result, "cached": record.cached, "seconds": float(record.seconds)})
+
+    name = "".join(part.title() for part in step.split("_")) + "OP"
+    cls = type(name, (OP,), {"__doc__": spec.doc, "__module__": __name__, "__qualname__": name,
+                             "get_input_sign": classmethod(get_input_sign),
+                             "get_output_sign": classmethod(get_output_sign), "execute": execute_op})
+    return cls
+
+
+#: one OP class per step, importable by name (``lamflow.flows.dflow_engine.ExploreOP``) so that
+#: pods and debug-mode worker processes import them instead of unpickling them
+STEP_OPS: dict[str, type[OP]] = {step: _step_op(step) for step in STEPS}
+globals().update({cls.__name__: cls for cls in STEP_OPS.values()})
+
+
+def _replay(flow: str, config: dict[str, Any], run_dir: str) -> Any:
+    """Run the loop (``distill``) or the pipeline (``lam``) with the planning runner."""
+    if flow == "lam":
+        from .lam import run_lam
+        from .lam_config import LamConfig
+
+        return run_lam(LamConfig.model_validate(config), Path(run_dir), PlanningRunner())
+    from .config import DistillConfig
+    from .distill import run_distill
+
+    return run_distill(DistillConfig.model_validate(config), Path(run_dir), PlanningRunner())
+
+
+class PlanOP(OP):
+    """Replays the loop from the step records; the next batch to fan out, or done."""
+
+    @classmethod
+    def get_input_sign(cls) -> OPIOSign:
+        return OPIOSign({"flow": str, "config": dict, "run_dir": str, "level": int})
+
+    @classmethod
+    def get_output_sign(cls) -> OPIOSign:
+        return OPIOSign({"done": bool, "step": str, "calls": list, "next_level": int, "status": str})
+
+    @OP.exec_sign_check
+    def execute(self, ip: OPIO) -> OPIO:
+        try:
+            report = _replay(ip["flow"], ip["config"], ip["run_dir"])
+        except Pending as pending:
+            calls = [{"params": c.params.model_dump(mode="json"), "threads": c.threads, "label": c.label}
+                     for c in pending.calls]
+            return OPIO({"done": False, "step": pending.calls[0].step, "calls": calls,
+                         "next_level": ip["level"] + 1, "status": "running"})
+        return OPIO({"done": True, "step": "none", "calls": [], "next_level": ip["level"] + 1,
+                     "status": report.status})
+
+
+# --- the workflow ----------------------------------------------------------------------------
+
+
+@dataclass
+class ArgoSettings:
+    """Where and how an Argo workflow runs (from CLI flags or ``LAMFLOW_ARGO_*`` / dflow's env)."""
+
+    host: str | None = None
+    token: str | None = None
+    namespace: str | None = None
+    runs_claim: str = "lamflow-runs"
+    image_pull_secrets: list[str] = field(default_factory=list)  # names of docker-registry Secrets
+    s3: dict[str, str] = field(default_factory=dict)  # endpoint, access_key, secret_key, bucket_name
+
+    @classmethod
+    def from_env(cls, **overrides: Any) -> "ArgoSettings":
+        env = os.environ.get
+        s3 = {k: env(f"LAMFLOW_S3_{k.upper()}") for k in ("endpoint", "access_key", "secret_key", "bucket_name")}
+        base = cls(host=env("LAMFLOW_ARGO_HOST"), token=env("LAMFLOW_ARGO_TOKEN"),
+                   namespace=env("LAMFLOW_ARGO_NAMESPACE"), runs_claim=env("LAMFLOW_RUNS_CLAIM", "lamflow-runs"),
+                   image_pull_secrets=[n for n in env("LAMFLOW_IMAGE_PULL_SECRETS", "").split(",") if n],
+                   s3={k: v for k, v in s3.items() if v})
+        for key, value in overrides.items():
+            if value is not None:
+                setattr(base, key, value)
+        return base
+
+    def apply(self) -> None:
+        """Into dflow's ``config``/``s3_config``, the way dflow expects them."""
+        from dflow import s3_config
+
+        for key in ("host", "token", "namespace"):
+            if getattr(self, key):
+                dflow_config[key] = getattr(self, key)
+        for key, value in self.s3.items():
+            s3_config[key] = value
+
+
+def _template(step: str, cfg: Any, claim: str | None) -> PythonOPTemplate:
+    """The container of one step kind: image, requests, GPU, retries, timeout from its resources."""
+    res = cfg.resources_for(step)
+    requests: dict[str, str] = {}
+    if res.cpu:
+        requests["cpu"] = f"{res.cpu:g}"
+    if res.memory:
+        requests["memory"] = res.memory
+    if res.gpu:
+        requests["nvidia.com/gpu"] = str(res.gpu)
+    limits = {k: v for k, v in requests.items() if k != "cpu"}
+    kwargs: dict[str, Any] = {}
+    if claim:  # on a cluster: the shared run directory volume, scheduling constraints
+        from kubernetes.client import (V1PersistentVolumeClaimVolumeSource, V1Toleration, V1Volume,
+                                       V1VolumeMount)
+
+        kwargs = dict(
+            volumes=[V1Volume(name="runs", persistent_volume_claim=V1PersistentVolumeClaimVolumeSource(
+                claim_name=claim))],
+            mounts=[V1VolumeMount(name="runs", mount_path=RUNS_MOUNT)],
+            node_selector=res.node_selector or None,
+            tolerations=[V1Toleration(**t) for t in res.tolerations] or None,
+        )
+    return PythonOPTemplate(
+        STEP_OPS[step] if step != "plan" else PlanOP,
+        image=res.image or DEFAULT_IMAGE["gpu" if res.gpu else "cpu"],
+        requests=requests or None, limits=limits or None, timeout=int(res.timeout) if res.timeout else None,
+        retry_on_failure=res.retries_for(step) or None, upload_dflow=False,
+        envs={"OMP_NUM_THREADS": str(res.threads)},
+        slices=None if step == "plan" else Slices(input_parameter=["call"]),
+        # debug mode runs each step's script here: with this interpreter, not whatever python3 is
+        command=None if claim else [sys.executable],
+        **kwargs,
+    )
+
+
+def build_workflow(flow: str, cfg: Any, run_dir: Path, cluster: bool = False,
+                   settings: ArgoSettings | None = None) -> Workflow:
+    """The workflow of ``flow`` (``distill`` or ``lam``) for ``cfg``, writing to ``run_dir``."""
+    settings = settings or ArgoSettings()
+    claim = settings.runs_claim if cluster else None
+    steps_used = sorted(STEPS)
+    advance = Steps("advance")
+    for name in ("flow", "config", "run_dir", "level"):
+        advance.inputs.parameters[name] = InputParameter()
+    level = advance.inputs.parameters["level"]
+    plan = Step("plan", template=_template("plan", cfg, claim), key=f"plan-{level}",
+                parameters={k: advance.inputs.parameters[k] for k in ("flow", "config", "run_dir", "level")})
+    advance.add(plan)
+    calls, kind = plan.outputs.parameters["calls"], plan.outputs.parameters["step"]
+    advance.add([
+        Step(step.replace("_", "-"), template=_template(step, cfg, claim), parameters={"call": calls},
+             with_param=argo_range(argo_len(calls)), when=f"{kind} == {step}",
+             key=f"{step.replace('_', '-')}-{level}-{{{{item}}}}")
+        for step in steps_used
+    ])
+    advance.add(Step("next", template=advance, when=f"{plan.outputs.parameters['done']} == false",
+                     parameters={"flow": advance.inputs.parameters["flow"],
+                                 "config": advance.inputs.parameters["config"],
+                                 "run_dir": advance.inputs.parameters["run_dir"],
+                                 "level": plan.outputs.parameters["next_level"]}))
+    pull_secrets = None
+    if cluster and settings.image_pull_secrets:
+        from argo.workflows.client import V1LocalObjectReference
+
+        pull_secrets = [V1LocalObjectReference(name=n) for n in settings.image_pull_secrets]
+    wf = Workflow(name=f"lamflow-{flow}-{cfg.name}".lower().replace("_", "-"), parallelism=cfg.max_workers,
+                  image_pull_secrets=pull_secrets)
+    wf.add(Step("start", template=advance, parameters={
+        "flow": flow, "config": cfg.model_dump(mode="json", by_alias=True), "run_dir": str(run_dir),
+        "level": 0}))
+    return wf
+
+
+# --- running, exporting, resuming --------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def dflow_mode(mode: str, workdir: Path | None = None, workers: int = 1) -> Iterator[None]:
+    """dflow keeps its mode in a module-level dict; set it for one call and put it back.
+
+    ``debug``: no Argo, steps run as local processes, workflows kept in ``workdir``.
+    """
+    keys = ("mode", "debug_workdir", "debug_pool_workers")
+    saved = {k: dflow_config.get(k) for k in keys}
+    dflow_config["mode"] = mode
+    if mode == "debug":
+        workdir.mkdir(parents=True, exist_ok=True)
+        dflow_config["debug_workdir"] = str(workdir)
+        dflow_config["debug_pool_workers"] = workers
+    try:
+        yield
+    finally:
+        dflow_config.update(saved)
+
+
+def _finish(wf: Workflow, run_dir: Path) -> "DflowRun":
+    status = wf.query_status()
+    return DflowRun(workflow_id=wf.id, status=status, run_dir=run_dir)
+
+
+@dataclass
+class DflowRun:
+    workflow_id: str
+    status: str
+    run_dir: Path
+
+
+def run_debug(flow: str, cfg: Any, run_dir: Path) -> DflowRun:
+    """Run the workflow here in dflow's debug mode; returns when it has finished or failed."""
+    run_dir = Path(run_dir).resolve()
+    with dflow_mode("debug", run_dir / "dflow", cfg.max_workers):
+        wf = build_workflow(flow, cfg, run_dir)
+        try:
+            wf.submit()
+        except RuntimeError:
+            pass  # debug mode raises when a step fails; the workflow's status says so
+        return _finish(wf, run_dir)
+
+
+def export(flow: str, cfg: Any, run_dir: Path, settings: ArgoSettings | None = None) -> dict[str, Any]:
+    """The Argo ``Workflow`` manifest, without submitting it."""
+    with dflow_mode("default"):
+        manifest = build_workflow(flow, cfg, run_dir, cluster=True, settings=settings).to_dict()
+    manifest.pop("status", None)
+    manifest = {"apiVersion": "argoproj.io/v1alpha1", "kind": "Workflow", **manifest}  # `argo submit`-able
+    for template in manifest["spec"]["templates"]:
+        retry = template.get("retryStrategy")
+        if retry and isinstance(retry.get("limit"), int):
+            retry["limit"] = str(retry["limit"])  # IntOrString: Argo's schema wants the string form
+    return manifest
+
+
+def submit(flow: str, cfg: Any, run_dir: Path, settings: ArgoSettings) -> str:
+    settings.apply()
+    with dflow_mode("default"):
+        wf = build_workflow(flow, cfg, run_dir, cluster=True, settings=settings)
+        wf.submit()
+        return wf.id
+
+
+def _inputs_of_start(wf: Workflow) -> dict[str, Any]:
+    plan = wf.query_step(key="plan-0")
+    if not plan:
+        raise InputError(f"workflow {wf.id}", "has no planner step: not a lamflow workflow")
+    params = plan[0].inputs.parameters
+    return {k: _plain(params[k].value) for k in ("flow", "config", "run_dir")}
+
+
+def _plain(value: Any) -> Any:
+    """A step parameter as plain Python: Argo gives JSON text, debug mode dflow's dict wrappers."""
+    if isinstance(value, (str, bytes)):
+        with contextlib.suppress(ValueError):
+            return json.loads(value)
+        return value
+    return value.recover() if hasattr(value, "recover") else value
+
+
+def resume(workflow_id: str, workdir: Path | None = None, settings: ArgoSettings | None = None) -> DflowRun:
+    """Resubmit a failed workflow, reusing every step that succeeded (dflow's ``reuse_step``).
+
+    ``workdir`` (a run directory) selects debug mode, where the workflow lives in
+    ``RUN/dflow/<id>``; without it the workflow is looked up on the Argo server.
+    """
+    if workdir is not None:
+        wf_dir = Path(workdir).resolve() / "dflow"
+        if not (wf_dir / workflow_id).is_dir():
+            raise InputError(workflow_id, f"no such workflow in {wf_dir}")
+        mode = dflow_mode("debug", wf_dir)
+    else:
+        (settings or ArgoSettings.from_env()).apply()
+        mode = dflow_mode("default")
+    with mode:
+        old = Workflow(id=workflow_id)
+        start = _inputs_of_start(old)
+        reused = [s for s in old.query_step(phase="Succeeded", type="Pod")
+                  if s.key and not s.key.startswith("plan-")]
+        flow, raw, run_dir = start["flow"], start["config"], Path(start["run_dir"])
+        cfg = _config_model(flow).model_validate(raw)
+        wf = build_workflow(flow, cfg, run_dir, cluster=workdir is None, settings=settings)
+        try:
+            wf.submit(reuse_step=reused)
+        except RuntimeError:
+            pass  # debug mode raises when a step fails; the status says so
+        return _finish(wf, run_dir)
+
+
+def _config_model(flow: str):
+    if flow == "lam":
+        from .lam_config import LamConfig
+
+        return LamConfig
+    from .config import DistillConfig
+
+    return DistillConfig

@@ -1,0 +1,160 @@
+"""dflow / Argo: OPs generated from the step registry, the planner, the exported Workflow
+(validated against Argo's JSON schema), and a full distillation in dflow's debug mode that
+fails in iteration 2, is resumed with `lamflow resume` reusing every finished step, and ends
+with the same numbers as the Prefect engine."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import jsonschema
+import pytest
+import yaml
+
+from conftest import tiny_config
+from lamflow.flows.config import parse_config
+from lamflow.flows.dflow_engine import STEP_OPS, ArgoSettings, PlanOP, export
+from lamflow.flows.faults import ENV as FAULTS_ENV
+from lamflow.flows.runner import execute
+from lamflow.steps.registry import STEPS
+
+SCHEMA = Path(__file__).parent / "data" / "argo-workflows.schema.json"  # Argo's api/jsonschema/schema.json
+GPU = {"train": {"gpu": 1, "memory": "16Gi", "retries": 2, "timeout": 7200},
+       "explore": {"gpu": 1, "node_selector": {"nvidia.com/gpu.present": "true"},
+                   "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]}}
+
+
+def test_every_step_is_an_op_whose_outputs_are_its_result_fields():
+    assert set(STEP_OPS) == set(STEPS)
+    for step, op in STEP_OPS.items():
+        outputs = set(op.get_output_sign())
+        assert set(STEPS[step].result.model_fields) <= outputs and "cached" in outputs
+        assert set(op.get_input_sign()) == {"call"}
+        assert op.__module__ == "lamflow.flows.dflow_engine"  # importable in pods, not pickled
+
+
+def test_planner_returns_the_first_unfinished_batch_then_the_next(tmp_path):
+    cfg = parse_config(tiny_config(tmp_path), tmp_path)
+    ip = {"flow": "distill", "config": cfg.model_dump(mode="json"), "run_dir": str(tmp_path / "run"), "level": 0}
+    first = PlanOP().execute(ip)
+    assert first["done"] is False and first["step"] == "perturb" and len(first["calls"]) == 1
+    assert first["calls"][0]["label"] == "init/reference-structures"
+    execute("perturb", first["calls"][0]["params"])  # what the fanned-out step does in its pod
+    second = PlanOP().execute({**ip, "level": 1})
+    assert second["step"] == "label" and second["next_level"] == 2
+    assert second["calls"][0]["params"]["calculator"] == "emt"
+
+
+def _manifest(tmp_path) -> dict:
+    raw = tiny_config(tmp_path)
+    raw["resources"] = GPU
+    return export("distill", parse_config(raw, tmp_path), Path("/runs/tiny"), ArgoSettings(image_pull_secrets=["regcred"]))
+
+
+def test_exported_workflow_is_valid_argo_with_gpus_images_and_the_recursive_loop(tmp_path):
+    manifest = _manifest(tmp_path)
+    schema = json.loads(SCHEMA.read_text())
+    schema = {**{k: v for k, v in schema.items() if k != "oneOf"},
+              "$ref": "#/definitions/io.argoproj.workflow.v1alpha1.Workflow"}
+    errors = list(jsonschema.validators.validator_for(schema)(schema).iter_errors(manifest))
+    assert not errors, [f"{list(e.path)}: {e.message[:150]}" for e in errors[:5]]
+
+    templates = {t["name"].rsplit("-", 1)[0] if "op-" in t["name"] else t["name"]: t
+                 for t in manifest["spec"]["templates"]}
+    train, explore, select = templates["trainop"], templates["exploreop"], templates["selectop"]
+    assert train["script"]["resources"]["requests"]["nvidia.com/gpu"] == "1"
+    assert train["script"]["resources"]["limits"] == {"memory": "16Gi", "nvidia.com/gpu": "1"}
+    assert train["script"]["image"].endswith("cuda12") and select["script"]["image"].endswith("-cpu")
+    assert "from lamflow.flows.dflow_engine import TrainOP" in train["script"]["source"]
+    assert train["retryStrategy"]["limit"] == "2" and train["timeout"] == "7200s"
+    assert explore["nodeSelector"] == {"nvidia.com/gpu.present": "true"}
+    assert explore["tolerations"][0]["key"] == "nvidia.com/gpu"
+    assert explore["volumes"][0]["persistentVolumeClaim"]["claimName"] == "lamflow-runs"
+    # CPU steps (and the planner) never hold a GPU; private registries get their pull secret
+    gpu_free = [t for name, t in templates.items() if name not in ("trainop", "exploreop") and "script" in t]
+    assert gpu_free and not [t["name"] for t in gpu_free if "nvidia.com/gpu" in str(t["script"].get("resources"))]
+    assert manifest["spec"]["imagePullSecrets"] == [{"name": "regcred"}]
+    # the loop: `advance` plans, fans out one step kind, and calls itself until the plan is done
+    advance = templates["advance"]
+    inner = [s for group in advance["steps"] for s in group]
+    recursive = [s for s in inner if s["template"] == "advance"]
+    assert len(recursive) == 1 and recursive[0]["when"].endswith("== false")
+    fanned = [s for s in inner if s.get("withParam")]
+    assert {s["name"] for s in fanned} >= {"explore", "teacher-label", "train", "select"}
+
+
+def test_cli_exports_the_manifest(tmp_path):
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(tiny_config(tmp_path)))
+    out = subprocess.run([sys.executable, "-m", "lamflow.flows.cli", "export", str(tmp_path / "config.yaml"),
+                          "--engine", "argo", "-o", str(tmp_path / "wf.yaml")], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-2000:]
+    wf = yaml.safe_load((tmp_path / "wf.yaml").read_text())
+    assert wf["kind"] == "Workflow" and wf["spec"]["entrypoint"]
+
+
+def _steps(workflow_dir: Path) -> dict[str, dict]:
+    """Pod steps of a debug-mode workflow: key → phase and outputs."""
+    out = {}
+    for d in workflow_dir.iterdir():
+        if (d / "type").is_file() and (d / "type").read_text() == "Pod" and not d.name.startswith("plan-"):
+            outs = d / "outputs" / "parameters"
+            out[d.name] = {"phase": (d / "phase").read_text(),
+                           "cached": (outs / "cached").read_text() if (outs / "cached").is_file() else None}
+    return out
+
+
+@pytest.mark.slow
+def test_debug_mode_fails_in_iteration_2_resumes_reusing_finished_steps_and_matches_prefect(
+        tmp_path, monkeypatch, prefect_cli_run):
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(tiny_config(tmp_path)))
+    faults = tmp_path / "faults.yaml"
+    faults.write_text(yaml.safe_dump([{"step": "teacher_label", "where": "iter-001/label", "times": 9}]))
+    monkeypatch.setenv(FAULTS_ENV, str(faults))
+    cli = [sys.executable, "-m", "lamflow.flows.cli"]
+    run = tmp_path / "run"
+
+    failed = subprocess.run([*cli, "distill", str(tmp_path / "config.yaml"), "--engine", "dflow", "--workdir", str(run)],
+                            capture_output=True, text=True, timeout=900)
+    assert failed.returncode == 1, failed.stdout[-2000:] + failed.stderr[-2000:]
+    assert "lamflow resume" in failed.stderr
+    (first_id,) = [p.name for p in (run / "dflow").iterdir() if p.is_dir()]
+    before = _steps(run / "dflow" / first_id)
+    done_before = {k for k, v in before.items() if v["phase"] == "Succeeded"}
+    assert {"train-2-0", "explore-7-0", "select-8-0"} <= done_before  # init and iteration 1 ran
+    assert any(v["phase"] == "Failed" for k, v in before.items() if k.startswith("teacher-label"))
+
+    faults.write_text("[]\n")  # the cause is fixed
+    resumed = subprocess.run([*cli, "resume", first_id, "--workdir", str(run)], capture_output=True, text=True,
+                             timeout=900)
+    assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-2000:]
+    (second_id,) = [p.name for p in (run / "dflow").iterdir() if p.is_dir() and p.name != first_id]
+    after = _steps(run / "dflow" / second_id)
+    assert done_before <= {k for k, v in after.items() if v["phase"] == "Succeeded"}
+    # a finished step that ran again would have found its record and said cached=true
+    assert not [k for k, v in after.items() if v["cached"] == "true"]
+    assert all(after[k]["cached"] == before[k]["cached"] for k in done_before)
+
+    ours = json.loads((run / "report.json").read_text())
+    reference = json.loads((prefect_cli_run.run / "report.json").read_text())
+    assert ours["status"] == reference["status"] == "max_iterations"
+    for a, b in zip(ours["iterations"], reference["iterations"]):
+        for key in ("n_frames", "n_selected", "labels_added", "n_train_frames", "accurate_ratio", "failed_tasks"):
+            assert a[key] == b[key], key
+        assert a["rmse_f"] == pytest.approx(b["rmse_f"], rel=1e-6)
+
+
+def test_planner_drives_the_lam_pipeline_too(tmp_path):
+    from test_lam import lam_config
+
+    from lamflow.flows.lam_config import parse_lam_config
+
+    cfg = parse_lam_config(lam_config(tmp_path), tmp_path)
+    ip = {"flow": "lam", "config": cfg.model_dump(mode="json", by_alias=True), "run_dir": str(tmp_path / "run"),
+          "level": 0}
+    first = PlanOP().execute(ip)
+    assert first["step"] == "perturb" and first["calls"][0]["label"] == "data/cu_bulk-structures"
+    manifest = export("lam", cfg, Path("/runs/lam"))
+    assert manifest["kind"] == "Workflow"
