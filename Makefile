@@ -10,7 +10,7 @@ RUN    ?= runs/quickstart
 $(BIN)/.lamflow-installed: pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -c constraints.txt -e '.[prefect,dflow,test]'
+	$(BIN)/pip install --quiet -c constraints.txt -e '.[prefect,dflow,s3,test]'
 	$(BIN)/pip check
 	touch $@
 

@@ -22,6 +22,7 @@ from pydantic import BaseModel
 from lamflow.steps.artifacts import write_json
 from lamflow.steps.registry import STEPS
 
+from .artifact_store import ArtifactStore
 from .faults import inject
 from .resources import Resources
 
@@ -97,8 +98,21 @@ def record_path(params: BaseModel) -> Path:
 
 def lookup(step: str, params: dict[str, Any] | BaseModel, threads: int | None = None) -> StepRecord | None:
     """The finished record of this exact step (same parameters, same input content), if any."""
+    return _prepare(step, params, threads)[3]
+
+
+def _prepare(step: str, params: dict[str, Any] | BaseModel, threads: int | None):
+    """Validated parameters, artifact store, cache key and, if the step already ran, its record.
+
+    With an artifact store, inputs another pod or machine produced are fetched first: the key
+    hashes their content."""
     model = _validated(step, params, threads)
-    return _read_record(step, model, cache_key(step, model))
+    store = ArtifactStore.from_env()
+    if store is not None:
+        for path in _input_paths(model):
+            store.pull(path)
+    key = cache_key(step, model)
+    return model, store, key, _read_record(step, model, key, store)
 
 
 def _validated(step: str, params: dict[str, Any] | BaseModel, threads: int | None) -> BaseModel:
@@ -109,8 +123,13 @@ def _validated(step: str, params: dict[str, Any] | BaseModel, threads: int | Non
     return model
 
 
-def _read_record(step: str, model: BaseModel, key: str) -> StepRecord | None:
+def _read_record(step: str, model: BaseModel, key: str, store: ArtifactStore | None) -> StepRecord | None:
     rec_file = record_path(model)
+    if store is not None and not rec_file.is_file() and store.pull(rec_file):
+        if json.loads(rec_file.read_text()).get("key") == key:
+            store.pull(Path(model.output))  # the step finished elsewhere: fetch its output too
+        else:
+            rec_file.unlink()  # a record of other inputs: the step runs again here
     if rec_file.is_file():
         saved = json.loads(rec_file.read_text())
         if saved.get("key") == key:
@@ -121,9 +140,7 @@ def _read_record(step: str, model: BaseModel, key: str) -> StepRecord | None:
 
 def execute(step: str, params: dict[str, Any] | BaseModel, threads: int | None = None) -> StepRecord:
     """Run ``step`` (or return its cached result). Safe to call from any engine or process."""
-    model = _validated(step, params, threads)
-    key = cache_key(step, model)
-    done = _read_record(step, model, key)
+    model, store, key, done = _prepare(step, params, threads)
     if done is not None:
         return done
     inject(step, model.output)
@@ -135,6 +152,9 @@ def execute(step: str, params: dict[str, Any] | BaseModel, threads: int | None =
     finished = time.time()
     write_json(rec_file, {"key": key, "step": step, "label": str(rec_file.name), "seconds": seconds,
                           "finished": finished, "result": payload, "pid": os.getpid()})
+    if store is not None:  # the output first, its record last: a record in the store means complete
+        store.push(Path(model.output))
+        store.push(rec_file)
     return StepRecord(step, str(rec_file.name), seconds, False, payload, finished)
 
 
