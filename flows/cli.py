@@ -243,7 +243,8 @@ def cmd_resume(args: argparse.Namespace) -> int:
 
 
 def cmd_config(args: argparse.Namespace) -> int:
-    from .config import DistillConfig, check_files, load_config
+    from .config import DistillConfig, load_config
+    from .preflight import preflight
 
     if args.schema:
         print(json.dumps(DistillConfig.model_json_schema(), indent=2))
@@ -251,7 +252,7 @@ def cmd_config(args: argparse.Namespace) -> int:
     if not args.check:
         raise InputError("config", "give --schema or --check FILE")
     cfg = load_config(Path(args.check))
-    check_files(cfg)
+    preflight(cfg)
     print(f"{args.check}: valid ({len(cfg.iterations)} exploration settings, up to {cfg.max_iterations} iterations)")
     return 0
 
@@ -392,7 +393,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.debug else logging.WARNING,
-                        format="%(levelname)s %(name)s: %(message)s")
+                        format="%(levelname)s %(name)s: %(message)s", force=True)
+    quiet_libraries(args.debug)  # every command: an error must stay one line, not follow library chatter
     try:
         return args.func(args)
     except InputError as exc:

@@ -21,7 +21,8 @@ from lamflow.steps.errors import StepFailed
 from lamflow.steps.structures import count_frames
 
 from . import plan
-from .config import DistillConfig, check_files
+from .config import DistillConfig
+from .preflight import preflight
 from .report import write_report
 from .runner import Pending, Runner, StepCall, StepRecord
 
@@ -132,7 +133,7 @@ def run_distill(
     on_batch: Callable[[str], None] | None = None,
     on_iteration: Callable[[DistillReport], None] | None = None,
 ) -> DistillReport:
-    check_files(cfg)
+    preflight(cfg)
     run_dir = Path(run_dir).resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
     lay = plan.Layout(run_dir)

@@ -90,3 +90,16 @@ def test_external_dpa4_teacher_labels_water(tmp_path):
     e, f, _ = dp.eval(frames["coords"][3:4].reshape(1, -1), frames["cells"][3:4].reshape(1, 9), types)[:3]
     assert labeled["energies"][3] == pytest.approx(float(e.reshape(-1)[0]), abs=1e-4)
     np.testing.assert_allclose(labeled["forces"][3], f.reshape(192, 3), atol=1e-4)
+
+
+def test_batches_are_sized_to_the_memory_a_frame_takes():
+    """A teacher whose frame takes GBs must not be batched into an OOM kill."""
+    import psutil
+
+    from lamflow.steps.inference import _fitting_batch, _measured
+
+    array, added = _measured(lambda: np.ones(25_000_000))  # 200 MB touched
+    assert array.sum() == 25_000_000 and added >= 150e6
+    assert _fitting_batch(32, psutil.virtual_memory().available) == 1  # one frame fills the machine
+    assert _fitting_batch(32, 10_000_000) == 32  # 10 MB a frame: the cap rules
+    assert _fitting_batch(32, None) == 32  # unknown (no /proc): the cap

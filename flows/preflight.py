@@ -1,0 +1,83 @@
+"""Everything a distillation needs, checked before any work.
+
+A run lasts hours; a wrong file found in iteration 3 wastes them. So before the first step the
+loop reads what it will use — every initial configuration (readable, elements in ``type_map``,
+finite coordinates), every labelled dataset (a deepmd/npy system, not empty, no NaN), the
+teacher (loads, knows every element, and evaluates one configuration to finite numbers: a model
+from an incompatible DeePMD-kit version fails here, not inside LAMMPS) — and stops at the first
+problem with one line naming the field or the file.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from lamflow.steps.dp_input import load_template
+from lamflow.steps.errors import InputError
+from lamflow.steps.inference import load_model, model_type_indices
+from lamflow.steps.structures import check_systems, read_atoms, read_system
+
+from .config import DistillConfig, check_files
+
+
+def preflight(cfg: DistillConfig) -> None:
+    check_files(cfg)
+    type_map = list(cfg.type_map)
+    first = None
+    for i, path in enumerate(cfg.configurations.files):
+        system = read_system(Path(path), type_map, cfg.configurations.fmt)
+        if len(system) == 0 or system.get_natoms() == 0:
+            raise InputError(str(path), f"(configurations.files[{i}]) contains no atoms")
+        if not np.all(np.isfinite(system["coords"])) or not np.all(np.isfinite(system["cells"])):
+            raise InputError(str(path), f"(configurations.files[{i}]) has NaN or infinite coordinates")
+        first = first if first is not None else (path, system)
+    if cfg.initial_data.systems:
+        _labelled(cfg.initial_data.systems, type_map, "initial_data.systems")
+    if cfg.teacher.train is not None:
+        if cfg.teacher.train.data:
+            _labelled(cfg.teacher.train.data, type_map, "teacher.train.data")
+        if cfg.teacher.train.label is not None:
+            for path in cfg.teacher.train.label.structures:
+                read_atoms(Path(path), type_map)
+    _template(cfg.student.template, "student.template")
+    if cfg.teacher.train is not None:
+        _template(cfg.teacher.train.template, "teacher.train.template")
+    if cfg.teacher.model is not None and not cfg.teacher.head:  # a multi-task checkpoint is frozen first
+        check_teacher(Path(cfg.teacher.model), type_map, *first)
+
+
+def _template(name: str, field: str) -> None:
+    try:
+        load_template(name)
+    except InputError as exc:
+        raise InputError(field if exc.where == "template" else exc.where, exc.problem) from None
+
+
+def _labelled(systems: list[Path], type_map: list[str], field: str) -> None:
+    check_systems(systems, type_map, field)
+    for system in map(Path, systems):
+        if not any(system.glob("set.*/energy.npy")) or not any(system.glob("set.*/force.npy")):
+            raise InputError(str(system), f"({field}) has no labels: expected energy.npy and force.npy in set.*")
+
+
+def check_teacher(model_path: Path, type_map: list[str], probe_path: Path, probe) -> None:
+    """The teacher loads, knows every element of ``type_map`` and evaluates ``probe``'s first frame."""
+    model = load_model(model_path)
+    known = list(model.get_type_map())
+    missing = [e for e in type_map if e not in known]
+    if missing:
+        raise InputError(str(model_path), f"(teacher.model) does not know elements {missing} of type_map "
+                                          f"{type_map}; its type_map is {known}")
+    frame = probe.sub_system([0])
+    types = model_type_indices(model, list(frame["atom_names"]), np.asarray(frame["atom_types"]), str(probe_path))
+    cells = None if frame.nopbc else frame["cells"].reshape(1, 9)
+    try:
+        energy, force = model.eval(frame["coords"].reshape(1, -1), cells, types)[:2]
+    except Exception as exc:  # deepmd-kit/TorchScript raise anything when a model does not fit
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
+        raise InputError(str(model_path), f"(teacher.model) could not evaluate {probe_path.name}: {reason} — "
+                                          "a model from an incompatible DeePMD-kit version?") from None
+    if not (np.all(np.isfinite(energy)) and np.all(np.isfinite(force))):
+        raise InputError(str(model_path), f"(teacher.model) returns NaN or infinite values on {probe_path.name}")
