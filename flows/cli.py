@@ -192,6 +192,31 @@ def _summary(console, report) -> None:
     console.print(f"report: {Path(report.run_dir) / 'report.json'} (plots beside it)")
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from .distill import DistillReport
+    from .html_report import render_html
+    from .report import table
+
+    run_dir = Path(args.run_dir)
+    for candidate in (run_dir / "report.json", run_dir / "distill" / "report.json"):  # a distill or a lam run
+        if candidate.is_file():
+            break
+    else:
+        raise InputError(str(run_dir), "no report.json (nor distill/report.json): not a lamflow run directory")
+    try:
+        report = DistillReport.from_json(candidate)
+    except (ValueError, TypeError) as exc:
+        raise InputError(str(candidate), f"is not a lamflow report ({str(exc).splitlines()[0][:120]})") from None
+    page = render_html(report, candidate.parent)
+    console = Console(width=None if sys.stdout.isatty() else 160)
+    console.print(table(report))
+    _summary(console, report)
+    console.print(f"html: {page}")
+    return 0
+
+
 def _load_any(path: Path):
     """A distill or a pipeline config (a pipeline config has a ``finetune`` section)."""
     from .config import load_config, read_mapping
@@ -361,6 +386,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workdir", help="the run directory of a local (debug-mode) workflow; omit for Argo")
     argo_flags(p)
     p.set_defaults(func=cmd_resume)
+
+    p = sub.add_parser("report", help="a run's summary in the terminal and as a self-contained HTML page")
+    p.add_argument("run_dir", help="run directory (of `lamflow distill` or `lamflow lam`)")
+    p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("config", help="print the config schema, or check a config")
     p.add_argument("--schema", action="store_true", help="JSON schema of the distill config")

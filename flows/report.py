@@ -21,6 +21,7 @@ def write_report(report: "DistillReport", run_dir: Path, plots: bool = True) -> 
     if plots and report.iterations:
         plot_deviations(report, Path(run_dir) / "deviations.png")
         plot_convergence(report, Path(run_dir) / "convergence.png")
+        plot_speed(report, Path(run_dir) / "speed.png")
     return path
 
 
@@ -78,6 +79,26 @@ def plot_convergence(report: "DistillReport", path: Path) -> None:
     for a in (a1, a2):
         a.set_xticks(its)
     fig.suptitle(f"{report.name}: distillation progress")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def plot_speed(report: "DistillReport", path: Path) -> None:
+    """The student's LAMMPS speed over iterations, against the teacher's (the point of distilling)."""
+    plt = _pyplot()
+    its = [r.iteration for r in report.iterations]
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=110)
+    speeds = [r.student_speed if r.student_speed is not None else np.nan for r in report.iterations]
+    ax.plot(its, speeds, "o-", color="tab:purple", label="student")
+    if report.teacher_speed:
+        ax.axhline(report.teacher_speed, color="grey", ls="--", lw=1, label="teacher")
+    ax.set_ylim(bottom=0)
+    ax.set_xticks(its)
+    ax.set_xlabel("iteration")
+    ax.set_ylabel("LAMMPS timesteps/s (same cell, same build)")
+    ax.set_title(f"{report.name}: MD speed")
+    ax.legend()
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)

@@ -30,11 +30,16 @@ def atomic_dir(final: Path) -> Iterator[Path]:
     os.replace(scratch, final)
 
 
-def write_json(path: Path, data) -> Path:
-    """Write JSON atomically (temp file + rename)."""
+def atomic_write_text(path: Path, text: str) -> Path:
+    """Write a text file atomically (temp file + rename)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str))
+    tmp.write_text(text)
     os.replace(tmp, path)
     return path
+
+
+def write_json(path: Path, data) -> Path:
+    """Write JSON atomically (temp file + rename)."""
+    return atomic_write_text(path, json.dumps(data, indent=2, default=str))
