@@ -7,6 +7,7 @@ a failing library call (dp, LAMMPS) ends with its log's tail and exit code 1.
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import logging
 import os
@@ -21,6 +22,7 @@ from pydantic import ValidationError
 from lamflow.steps.errors import InputError, StepFailed
 
 from .errors import one_line
+from .run_lock import run_lock
 
 
 def _parse_sets(sets: list[str]) -> dict[str, Any]:
@@ -84,6 +86,10 @@ def quiet_libraries(debug: bool) -> None:
     os.environ.setdefault("DP_INTER_OP_PARALLELISM_THREADS", "1")
     for name in ("deepmd", "prefect"):
         logging.getLogger(name).setLevel(logging.ERROR)
+    # A failed step's traceback stays in the Prefect UI (the run loggers' API handler), not on
+    # the terminal, where lamflow says what failed in one line.
+    for name in ("prefect.flow_runs", "prefect.task_runs"):
+        logging.getLogger(name).propagate = False
 
 
 def _run_with_progress(cfg, args: argparse.Namespace, flow_name: str, run):
@@ -98,7 +104,7 @@ def _run_with_progress(cfg, args: argparse.Namespace, flow_name: str, run):
     console = Console(width=None if sys.stdout.isatty() else 140)
     run_dir = cfg.run_dir(args.workdir)
     _check_writable(run_dir)
-    with Progress(console) as progress:
+    with run_lock(run_dir), Progress(console) as progress:
         if args.engine == "prefect":
             from .prefect_engine import run_in_flow
 
@@ -122,7 +128,8 @@ def _run_dflow(cfg, args: argparse.Namespace, flow: str):
     console = Console(width=None if sys.stdout.isatty() else 140)
     run_dir = cfg.run_dir(args.workdir)
     _check_writable(run_dir)
-    run = run_debug(flow, cfg, run_dir)
+    with run_lock(run_dir):
+        run = run_debug(flow, cfg, run_dir)
     console.print(f"dflow workflow {run.workflow_id}: {run.status} (steps in {run.run_dir / 'dflow' / run.workflow_id})")
     if run.status != "Succeeded":
         raise StepFailed(f"workflow {run.workflow_id} {run.status.lower()}; fix the cause, then "
@@ -261,8 +268,11 @@ def cmd_resume(args: argparse.Namespace) -> int:
     from .dflow_engine import resume
 
     quiet_libraries(args.debug)
-    run = resume(args.workflow_id, Path(args.workdir) if args.workdir else None,
-                 None if args.workdir else _argo_settings(args))
+    if args.workdir:  # debug mode drives the run directory from here: one run at a time
+        with run_lock(Path(args.workdir)):
+            run = resume(args.workflow_id, Path(args.workdir), None)
+    else:
+        run = resume(args.workflow_id, None, _argo_settings(args))
     print(f"workflow {run.workflow_id} (resumed from {args.workflow_id}): {run.status}")
     return 0 if run.status in ("Succeeded", "Running", "Pending") else 1
 
@@ -435,6 +445,12 @@ def main(argv: list[str] | None = None) -> int:
         if args.debug:
             raise
         print(f"lamflow: failed: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        if args.debug or exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        print(f"lamflow: failed: {exc.strerror} writing {exc.filename}; free space, then run the same command "
+              "again: every finished step is kept", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130

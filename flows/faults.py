@@ -5,7 +5,8 @@ Point ``LAMFLOW_FAULTS`` at a YAML file listing the failures to inject::
     - step: teacher_label      # registry name of the step
       where: iter-001/label    # a substring of the step's output path
       times: 1                 # fail this many executions, then let it pass
-      kind: error              # error: the step raises; kill: its process dies (a lost node, OOM)
+      kind: error              # error: the step raises; kill: its process dies (a lost node, OOM);
+                               # disk_full: writing its output fails with ENOSPC
 
 The file is the counter: each injected failure decrements ``times`` in place under a file lock,
 so "fail once" holds across processes, retries and pods sharing the file. Without the variable
@@ -14,6 +15,7 @@ this module does nothing.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
 import signal
@@ -34,7 +36,7 @@ class Fault(BaseModel):
     step: str
     where: str = ""
     times: int = Field(1, ge=0)
-    kind: Literal["error", "kill"] = "error"
+    kind: Literal["error", "kill", "disk_full"] = "error"
 
     def matches(self, step: str, output: str) -> bool:
         return self.times > 0 and self.step == step and self.where in output
@@ -59,4 +61,6 @@ def inject(step: str, output: Path | str) -> None:
         os.fsync(fh.fileno())
     if hit.kind == "kill":
         os.kill(os.getpid(), signal.SIGKILL)
+    if hit.kind == "disk_full":  # what a full volume does to the first write of the output
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(output))
     raise StepFailed(f"{step} {output}: injected failure ({ENV}={path})")

@@ -22,6 +22,8 @@ and a finished step is never dispatched again: no pod starts for it.
 
 from __future__ import annotations
 
+import errno
+
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -35,6 +37,7 @@ from lamflow.steps.errors import InputError, StepFailed
 
 from .config import DistillConfig, load_config, parse_config
 from .distill import DistillReport, run_distill
+from .run_lock import run_lock
 from .resources import LIGHT_STEPS
 from .runner import StepCall, StepRecord, execute, lookup
 
@@ -43,11 +46,14 @@ POLL_SECONDS = 2.0
 
 
 def _retry_unless_bad_input(task, task_run, state) -> bool:
-    """Bad input fails the same way every time: retrying it only wastes the retry delay."""
+    """Bad input fails the same way every time, and a full disk does not empty itself within a
+    retry delay: retrying either only wastes time."""
     try:
         state.result()
     except InputError:
         return False
+    except OSError as exc:
+        return exc.errno not in (errno.ENOSPC, errno.EDQUOT)
     except BaseException:
         return True
     return True
@@ -182,7 +188,8 @@ def lam_flow(config: str | dict[str, Any], workdir: str | None = None,
 
     cfg = _lam_config_from(config)
     runner = PrefectRunner(cfg.max_workers, step_deployment=step_deployment)
-    return asdict(run_lam(cfg, cfg.run_dir(workdir), runner))
+    with run_lock(cfg.run_dir(workdir)):
+        return asdict(run_lam(cfg, cfg.run_dir(workdir), runner))
 
 
 def config_from(config: str | dict[str, Any]) -> DistillConfig:
@@ -203,4 +210,5 @@ def distill_flow(config: str | dict[str, Any], workdir: str | None = None,
     cfg = config_from(config)
     run_dir = cfg.run_dir(workdir)
     runner = PrefectRunner(cfg.max_workers, step_deployment=step_deployment)
-    return run_distill(cfg, run_dir, runner).as_dict()
+    with run_lock(run_dir):
+        return run_distill(cfg, run_dir, runner).as_dict()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -25,6 +26,8 @@ from lamflow.steps.registry import STEPS
 from .artifact_store import ArtifactStore
 from .faults import inject
 from .resources import Resources
+
+log = logging.getLogger(__name__)
 
 #: written next to a step's output; its presence (with a matching key) means "done".
 RECORD_SUFFIX = ".result.json"
@@ -123,6 +126,14 @@ def _validated(step: str, params: dict[str, Any] | BaseModel, threads: int | Non
     return model
 
 
+def output_manifest(output: Path) -> dict[str, int]:
+    """Every file of a step's output and its size: what its record promises is there."""
+    output = Path(output)
+    if output.is_file():
+        return {".": output.stat().st_size}
+    return {str(p.relative_to(output)): p.stat().st_size for p in sorted(output.rglob("*")) if p.is_file()}
+
+
 def _read_record(step: str, model: BaseModel, key: str, store: ArtifactStore | None) -> StepRecord | None:
     rec_file = record_path(model)
     if store is not None and not rec_file.is_file() and store.pull(rec_file):
@@ -132,6 +143,10 @@ def _read_record(step: str, model: BaseModel, key: str, store: ArtifactStore | N
             rec_file.unlink()  # a record of other inputs: the step runs again here
     if rec_file.is_file():
         saved = json.loads(rec_file.read_text())
+        if saved.get("key") == key and "outputs" in saved and output_manifest(model.output) != saved["outputs"]:
+            log.warning("%s: output differs from its record (missing or truncated files): running the step again",
+                        model.output)
+            return None
         if saved.get("key") == key:
             return StepRecord(step, saved["label"], saved["seconds"], True, saved["result"],
                               saved.get("finished", 0.0))
@@ -151,7 +166,8 @@ def execute(step: str, params: dict[str, Any] | BaseModel, threads: int | None =
     rec_file = record_path(model)
     finished = time.time()
     write_json(rec_file, {"key": key, "step": step, "label": str(rec_file.name), "seconds": seconds,
-                          "finished": finished, "result": payload, "pid": os.getpid()})
+                          "finished": finished, "result": payload, "pid": os.getpid(),
+                          "outputs": output_manifest(model.output)})
     if store is not None:  # the output first, its record last: a record in the store means complete
         store.push(Path(model.output))
         store.push(rec_file)

@@ -41,11 +41,21 @@ class TeacherLabelResult(BaseModel):
 
 
 def run(params: TeacherLabelParams) -> TeacherLabelResult:
-    import dpdata
-
     if params.chunk >= params.n_chunks:
         raise InputError("chunk", f"must be < n_chunks ({params.n_chunks}), got {params.chunk}")
     model = load_model(params.model)
+    with atomic_dir(params.output) as out:  # in progress: RUN/.../chunk-000.partial
+        multi, dropped = _label(params, model)
+        if multi.get_nframes():
+            multi.to_deepmd_npy(str(out))
+    return TeacherLabelResult(systems=deepmd_systems(params.output), n_frames=multi.get_nframes(),
+                              n_dropped=dropped)
+
+
+def _label(params: TeacherLabelParams, model):
+    """This chunk's frames of every system with the teacher's labels; NaN frames dropped, counted."""
+    import dpdata
+
     multi = dpdata.MultiSystems(type_map=list(params.type_map))
     dropped = 0
     for path in params.systems:
@@ -69,10 +79,5 @@ def run(params: TeacherLabelParams) -> TeacherLabelResult:
         data.update(energies=e, forces=f)
         if not system.nopbc:
             data["virials"] = v
-        labeled = dpdata.LabeledSystem(data=data).sub_system(np.flatnonzero(good))
-        multi.append(labeled)
-    with atomic_dir(params.output) as out:
-        if multi.get_nframes():
-            multi.to_deepmd_npy(str(out))
-    return TeacherLabelResult(systems=deepmd_systems(params.output), n_frames=multi.get_nframes(),
-                              n_dropped=dropped)
+        multi.append(dpdata.LabeledSystem(data=data).sub_system(np.flatnonzero(good)))
+    return multi, dropped
