@@ -30,6 +30,10 @@ def main() -> None:
     parser.add_argument("--run-dir", help="read this finished run instead of running afresh")
     args = parser.parse_args()
 
+    from lamflow.flows.cli import quiet_libraries
+
+    quiet_libraries(debug=False)  # deepmd-kit's hints would bury the figures
+
     from lamflow.flows.config import load_config
     from lamflow.flows.runner import execute
     from lamflow.steps.evaluate import EvaluateParams

@@ -28,6 +28,10 @@ def main() -> None:
     parser.add_argument("--workdir", default=str(REPO / "runs" / "bench-student-speed"))
     args = parser.parse_args()
 
+    from lamflow.flows.cli import quiet_libraries
+
+    quiet_libraries(debug=False)  # deepmd-kit's hints would bury the figures
+
     from lamflow.flows.runner import execute
     from lamflow.steps.evaluate import EvaluateParams
     from lamflow.steps.speed import SpeedParams

@@ -42,6 +42,10 @@ def main() -> None:
     parser.add_argument("--workdir", default=str(REPO / "runs" / "bench-teacher-label"))
     args = parser.parse_args()
 
+    from lamflow.flows.cli import quiet_libraries
+
+    quiet_libraries(debug=False)  # deepmd-kit's hints would bury the figures
+
     work = Path(args.workdir).resolve()
     model = Path(args.model).resolve() if args.model else example_teacher(args.teacher_steps)
     (system,) = frames(200, args.frames, work / f"frames-{args.frames}")
