@@ -16,7 +16,7 @@ import numpy as np
 
 from lamflow.steps.dp_input import load_template
 from lamflow.steps.errors import InputError
-from lamflow.steps.inference import load_model, model_type_indices
+from lamflow.steps.inference import eval_frames, first_sentence, load_model, model_type_indices
 from lamflow.steps.structures import check_systems, read_atoms, read_system
 
 from .config import DistillConfig, check_files
@@ -35,14 +35,13 @@ def preflight(cfg: DistillConfig) -> None:
         first = first if first is not None else (path, system)
     if cfg.initial_data.systems:
         _labelled(cfg.initial_data.systems, type_map, "initial_data.systems")
+    _template(cfg.student.template, "student.template")
     if cfg.teacher.train is not None:
         if cfg.teacher.train.data:
             _labelled(cfg.teacher.train.data, type_map, "teacher.train.data")
         if cfg.teacher.train.label is not None:
             for path in cfg.teacher.train.label.structures:
                 read_atoms(Path(path), type_map)
-    _template(cfg.student.template, "student.template")
-    if cfg.teacher.train is not None:
         _template(cfg.teacher.train.template, "teacher.train.template")
     if cfg.teacher.model is not None and not cfg.teacher.head:  # a multi-task checkpoint is frozen first
         check_teacher(Path(cfg.teacher.model), type_map, *first)
@@ -74,10 +73,10 @@ def check_teacher(model_path: Path, type_map: list[str], probe_path: Path, probe
     types = model_type_indices(model, list(frame["atom_names"]), np.asarray(frame["atom_types"]), str(probe_path))
     cells = None if frame.nopbc else frame["cells"].reshape(1, 9)
     try:
-        energy, force = model.eval(frame["coords"].reshape(1, -1), cells, types)[:2]
+        energy, force, _ = eval_frames(model, frame["coords"].reshape(1, -1), cells, types, [0])
     except Exception as exc:  # deepmd-kit/TorchScript raise anything when a model does not fit
-        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
-        raise InputError(str(model_path), f"(teacher.model) could not evaluate {probe_path.name}: {reason} — "
-                                          "a model from an incompatible DeePMD-kit version?") from None
+        raise InputError(str(model_path), f"(teacher.model) could not evaluate {probe_path.name}: "
+                                          f"{first_sentence(exc)} — a model from an incompatible DeePMD-kit "
+                                          "version?") from None
     if not (np.all(np.isfinite(energy)) and np.all(np.isfinite(force))):
         raise InputError(str(model_path), f"(teacher.model) returns NaN or infinite values on {probe_path.name}")

@@ -141,16 +141,16 @@ def _read_record(step: str, model: BaseModel, key: str, store: ArtifactStore | N
             store.pull(Path(model.output))  # the step finished elsewhere: fetch its output too
         else:
             rec_file.unlink()  # a record of other inputs: the step runs again here
-    if rec_file.is_file():
-        saved = json.loads(rec_file.read_text())
-        if saved.get("key") == key and "outputs" in saved and output_manifest(model.output) != saved["outputs"]:
-            log.warning("%s: output differs from its record (missing or truncated files): running the step again",
-                        model.output)
-            return None
-        if saved.get("key") == key:
-            return StepRecord(step, saved["label"], saved["seconds"], True, saved["result"],
-                              saved.get("finished", 0.0))
-    return None
+    if not rec_file.is_file():
+        return None
+    saved = json.loads(rec_file.read_text())
+    if saved.get("key") != key:
+        return None
+    if "outputs" in saved and output_manifest(model.output) != saved["outputs"]:
+        log.warning("%s: output differs from its record (missing or truncated files): running the step again",
+                    model.output)
+        return None
+    return StepRecord(step, saved["label"], saved["seconds"], True, saved["result"], saved.get("finished", 0.0))
 
 
 def execute(step: str, params: dict[str, Any] | BaseModel, threads: int | None = None) -> StepRecord:

@@ -35,11 +35,15 @@ def load_model(path: Path):
     try:
         return _load(str(path.resolve()), path.stat().st_mtime)
     except Exception as exc:
-        text = str(exc).strip()
-        reason = text.splitlines()[0].split(". ")[0][:200] if text else type(exc).__name__
         raise InputError(
-            str(path), f"is not a DeePMD-kit model that deepmd-kit 3.2 can load ({reason})"
+            str(path), f"is not a DeePMD-kit model that deepmd-kit 3.2 can load ({first_sentence(exc)})"
         ) from None
+
+
+def first_sentence(exc: BaseException) -> str:
+    """What a library exception says, cut to one short line for a one-line error."""
+    text = str(exc).strip()
+    return text.splitlines()[0].split(". ")[0][:200] if text else type(exc).__name__
 
 
 def model_type_indices(model, atom_names: list[str], atom_types: np.ndarray, where: str) -> np.ndarray:
@@ -72,19 +76,20 @@ def predict(model, system, where: str, batch_size: int = 32):
     energies[:], forces[:], virials[:] = np.nan, np.nan, np.nan
     good = np.flatnonzero(finite)
     if len(good) > 1 and batch_size > 1:
-        first, per_frame = _measured(lambda: _eval(model, coords, cells, types, good[:1]))
+        first, per_frame = _measured(lambda: eval_frames(model, coords, cells, types, good[:1]))
         energies[good[0]], forces[good[0]], virials[good[0]] = (a[0] for a in first)
         batch_size = _fitting_batch(batch_size, per_frame)
         good = good[1:]
     for start in range(0, len(good), batch_size):
         idx = good[start : start + batch_size]
         try:
-            e, f, v = _eval(model, coords, cells, types, idx)
+            e, f, v = eval_frames(model, coords, cells, types, idx)
         except Exception as exc:  # one bad frame must not cost the batch: retry frame by frame
             log.warning("batch evaluation failed (%s); retrying frame by frame", exc)
             for i in idx:
                 try:
-                    energies[i], forces[i], virials[i] = (a[0] for a in _eval(model, coords, cells, types, [i]))
+                    one = eval_frames(model, coords, cells, types, [i])
+                    energies[i], forces[i], virials[i] = (a[0] for a in one)
                 except Exception as frame_exc:
                     log.warning("%s: frame %d could not be evaluated: %s", where, i, frame_exc)
             continue
@@ -131,7 +136,7 @@ def _fitting_batch(cap: int, per_frame: int | None) -> int:
     return min(cap, fitting)
 
 
-def _eval(model, coords, cells, types, idx):
+def eval_frames(model, coords, cells, types, idx):
     natoms = len(types)
     e, f, v = model.eval(coords[idx], None if cells is None else cells[idx], types)[:3]
     return (np.asarray(e).reshape(-1), np.asarray(f).reshape(-1, natoms, 3),
