@@ -78,21 +78,26 @@ STEP_OPS: dict[str, type[OP]] = {step: _step_op(step) for step in STEPS}
 globals().update({cls.__name__: cls for cls in STEP_OPS.values()})
 
 
-def _replay(flow: str, config: dict[str, Any], run_dir: str) -> Any:
+def _replay(flow: str, config: dict[str, Any], run_dir: str, check_inputs: bool) -> Any:
     """Run the loop (``distill``) or the pipeline (``lam``) with the planning runner."""
     if flow == "lam":
         from .lam import run_lam
         from .lam_config import LamConfig
 
-        return run_lam(LamConfig.model_validate(config), Path(run_dir), PlanningRunner())
+        return run_lam(LamConfig.model_validate(config), Path(run_dir), PlanningRunner(), check_inputs=check_inputs)
     from .config import DistillConfig
     from .distill import run_distill
 
-    return run_distill(DistillConfig.model_validate(config), Path(run_dir), PlanningRunner())
+    return run_distill(DistillConfig.model_validate(config), Path(run_dir), PlanningRunner(),
+                       check_inputs=check_inputs)
 
 
 class PlanOP(OP):
-    """Replays the loop from the step records; the next batch to fan out, or done."""
+    """Replays the loop from the step records; the next batch to fan out, or done.
+
+    Only the first level checks the inputs (preflight): later levels re-enter a run whose
+    inputs were already checked, and re-checking cost one teacher evaluation per level.
+    """
 
     @classmethod
     def get_input_sign(cls) -> OPIOSign:
@@ -105,7 +110,7 @@ class PlanOP(OP):
     @OP.exec_sign_check
     def execute(self, ip: OPIO) -> OPIO:
         try:
-            report = _replay(ip["flow"], ip["config"], ip["run_dir"])
+            report = _replay(ip["flow"], ip["config"], ip["run_dir"], check_inputs=ip["level"] == 0)
         except Pending as pending:
             calls = [{"params": c.params.model_dump(mode="json"), "threads": c.threads, "label": c.label}
                      for c in pending.calls]

@@ -132,8 +132,16 @@ def run_distill(
     runner: Runner,
     on_batch: Callable[[str], None] | None = None,
     on_iteration: Callable[[DistillReport], None] | None = None,
+    check_inputs: bool = True,
 ) -> DistillReport:
-    preflight(cfg)
+    """The distillation loop on any engine's runner.
+
+    ``check_inputs=False`` is for replays (dflow's planner re-enters the loop once per level):
+    the inputs were checked when the run started, and checking the teacher again would load
+    and evaluate it once per level.
+    """
+    if check_inputs:
+        preflight(cfg)
     run_dir = Path(run_dir).resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
     lay = plan.Layout(run_dir)

@@ -74,7 +74,8 @@ def dataset_calls(cfg: LamConfig, root: Path, name: str, perturbed: list[Path] |
 
 
 def run_lam(cfg: LamConfig, run_dir: Path, runner: Runner, on_batch: Callable[[str], None] | None = None,
-            on_iteration: Callable[[DistillReport], None] | None = None) -> LamReport:
+            on_iteration: Callable[[DistillReport], None] | None = None, check_inputs: bool = True) -> LamReport:
+    """The pipeline; ``check_inputs`` as for :func:`run_distill` (off in a replay)."""
     check_lam_files(cfg)
     run_dir = Path(run_dir).resolve()
     root = run_dir / "lam"
@@ -149,7 +150,7 @@ def run_lam(cfg: LamConfig, run_dir: Path, runner: Runner, on_batch: Callable[[s
         save()
         # --- distill
         distilled = run_distill(cfg.distill_config(Path(teacher)), run_dir / "distill", runner, on_batch,
-                                on_iteration)
+                                on_iteration, check_inputs)
         report.distill = {"status": distilled.status, "final_student": distilled.final_student,
                           "report": str(run_dir / "distill" / "report.json"),
                           "rmse_f": distilled.iterations[-1].rmse_f if distilled.iterations else None,
