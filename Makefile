@@ -3,6 +3,8 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 RUN    ?= runs/quickstart
+# pytest-xdist workers: one per CI core (each step process uses its own threads on top).
+TEST_WORKERS ?= 2
 
 .PHONY: setup quickstart test test-fast prefect-up clean
 
@@ -20,10 +22,10 @@ quickstart: setup
 	$(BIN)/lamflow distill examples/cu-emt/config.yaml --workdir $(RUN)
 
 test: setup
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --maxschedchunk 1
 
 test-fast: setup
-	$(BIN)/python -m pytest -m "not slow"
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --maxschedchunk 1 -m "not slow"
 
 # A local Prefect server (UI on http://127.0.0.1:4200) with lamflow's deployments and a worker.
 prefect-up: setup

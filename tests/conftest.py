@@ -6,11 +6,20 @@ Everything here runs the real libraries (ASE EMT labels, ``dp --pt train``, LAMM
 
 from __future__ import annotations
 
+import fcntl
 import os
+import pickle
+import shutil
+import subprocess
+import sys
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Callable, TypeVar
 
 import numpy as np
 import pytest
+import yaml
+
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
@@ -34,6 +43,12 @@ TINY_DPA3 = {
 }
 
 os.environ.setdefault("OMP_NUM_THREADS", "2")
+# Two xdist workers each run 2-thread steps on 2 cores: OpenMP threads that spin while they
+# wait (libgomp's default) then burn the CPU the other worker needs — measured: twice the CPU
+# time for the same suite. Passive waiting hands the core over at once.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+T = TypeVar("T")
 
 
 def write_cu_frames(path: Path, n: int, seed: int = 0, symbols_every: str | None = None) -> Path:
@@ -76,64 +91,153 @@ def tiny_config(tmp_path) -> dict:
     }
 
 
+def _labelled_extxyz(path: Path, n: int, seed: int) -> Path:
+    """Cu/Au frames with EMT energies and forces, as a DFT code's extxyz export would hold them."""
+    import ase.io
+    from ase.calculators.emt import EMT
+    from ase.calculators.singlepoint import SinglePointCalculator
+
+    frames = ase.io.read(write_cu_frames(path, n, seed=seed, symbols_every="Au"), ":")
+    for atoms in frames:
+        atoms.calc = EMT()
+        e, f = atoms.get_potential_energy(), atoms.get_forces()
+        atoms.calc = SinglePointCalculator(atoms, energy=e, forces=f)
+    ase.io.write(path, frames)
+    return path
+
+
+def lam_config(tmp_path: Path) -> dict:
+    """The whole LAM pipeline on Cu/Au: two EMT-labelled datasets and one imported "DFT" export →
+    multi-task DPA-3 → finetune (+ change-bias) on the import → a 1-iteration distillation."""
+    distill = {k: v for k, v in tiny_config(tmp_path).items() if k not in ("name", "type_map", "teacher")}
+    distill["max_iterations"] = 1
+    distill["convergence"] = {"accurate_ratio": 1.0, "consecutive": 1}
+    write_cu_frames(tmp_path / "cu.extxyz", 1, seed=3)
+    write_cu_frames(tmp_path / "cuau.extxyz", 1, seed=4, symbols_every="Au")
+    _labelled_extxyz(tmp_path / "alloy-dft.extxyz", 12, seed=5)
+    return {
+        "name": "tiny-lam",
+        "type_map": ["Cu", "Au"],
+        "datasets": [
+            {"name": "cu_bulk", "label": {"structures": ["cu.extxyz"], "perturbed_frames": 10}, "weight": 2.0},
+            {"name": "cuau", "label": {"structures": ["cuau.extxyz"], "perturbed_frames": 10}},
+            {"name": "alloy", "import": {"files": ["alloy-dft.extxyz"]}},
+        ],
+        "pretrain": {"template": "dpa3", "overrides": TINY_DPA3, "numb_steps": 40},
+        "finetune": {"dataset": "alloy", "branch": "cuau", "change_bias": True, "numb_steps": 20},
+        "distill": distill,
+    }
+
+
+def _shared(tmp_path_factory, name: str, make: Callable[[Path], T]) -> T:
+    """``make(folder)`` once per test session, shared by every pytest-xdist worker.
+
+    The first worker to take the lock makes it in ``<session tmp>/<name>`` and pickles what
+    ``make`` returned; the others wait and read that. Only the session's own temporary root is
+    shared (xdist gives each worker a folder inside it), so nothing leaks between sessions.
+    """
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent
+    folder, saved = root / name, root / f"{name}.pickle"
+    with open(root / f"{name}.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not saved.is_file():
+            shutil.rmtree(folder, ignore_errors=True)
+            folder.mkdir(parents=True)
+            value = make(folder)
+            saved.with_suffix(".tmp").write_bytes(pickle.dumps(value))
+            saved.with_suffix(".tmp").replace(saved)
+        return pickle.loads(saved.read_bytes())
+
+
+def _cli_run(command: str, config_of: Callable[[Path], dict]) -> Callable[[Path], SimpleNamespace]:
+    """``lamflow COMMAND config.yaml`` on the embedded Prefect engine, in a folder: a reference
+    run that other engines must reproduce number for number."""
+    def make(base: Path) -> SimpleNamespace:
+        (base / "config.yaml").write_text(yaml.safe_dump(config_of(base)))
+        cmd = [sys.executable, "-m", "lamflow.flows.cli", command, str(base / "config.yaml"),
+               "--workdir", str(base / "run")]
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+        assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+        return SimpleNamespace(base=base, cmd=cmd, stdout=out.stdout, run=base / "run")
+    return make
+
+
 @pytest.fixture(scope="session")
-def prefect_cli_run(tmp_path_factory):
-    """`lamflow distill` of :func:`tiny_config` on the embedded Prefect engine, run once: the
-    reference other engines must reproduce (same seeds, same steps, same numbers)."""
-    import subprocess
-    import sys
-    from types import SimpleNamespace
-
-    import yaml
-
-    base = tmp_path_factory.mktemp("prefect-cli")
-    (base / "config.yaml").write_text(yaml.safe_dump(tiny_config(base)))
-    cmd = [sys.executable, "-m", "lamflow.flows.cli", "distill", str(base / "config.yaml"), "--workdir", str(base / "run")]
-    first = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
-    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
-    return SimpleNamespace(base=base, cmd=cmd, first=first, run=base / "run")
+def prefect_cli_run(tmp_path_factory) -> SimpleNamespace:
+    """`lamflow distill` of :func:`tiny_config` (2 iterations) on the embedded Prefect engine."""
+    return _shared(tmp_path_factory, "prefect-cli", _cli_run("distill", tiny_config))
 
 
 @pytest.fixture(scope="session")
-def work(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("lamflow")
+def prefect_lam_run(tmp_path_factory) -> SimpleNamespace:
+    """`lamflow lam` of :func:`lam_config` on the embedded Prefect engine."""
+    return _shared(tmp_path_factory, "prefect-lam", _cli_run("lam", lam_config))
 
 
 @pytest.fixture(scope="session")
-def cu_frames(work) -> Path:
-    return write_cu_frames(work / "cu.extxyz", 24)
+def cu_frames(tmp_path_factory) -> Path:
+    return _shared(tmp_path_factory, "cu-frames", lambda d: write_cu_frames(d / "cu.extxyz", 24))
 
 
 @pytest.fixture(scope="session")
-def cu_data(work, cu_frames):
+def cu_data(tmp_path_factory, cu_frames):
     from lamflow.steps import label
 
-    return label.run(label.LabelParams(structures=[cu_frames], type_map=["Cu"],
-                                       output=work / "cu-emt", calculator="emt"))
+    return _shared(tmp_path_factory, "cu-emt", lambda d: label.run(label.LabelParams(
+        structures=[cu_frames], type_map=["Cu"], output=d / "data", calculator="emt")))
+
+
+def _two_students(cu_data) -> Callable[[Path], list]:
+    def make(d: Path) -> list:
+        from lamflow.steps import train
+
+        out = []
+        for i, seed in enumerate((1, 2)):
+            overrides = {"model": {**TINY_SE_E2_A["model"],
+                                   "descriptor": {**TINY_SE_E2_A["model"]["descriptor"], "seed": seed},
+                                   "fitting_net": {**TINY_SE_E2_A["model"]["fitting_net"], "seed": seed}}}
+            out.append(train.run(train.TrainParams(
+                output=d / f"student-{i}", type_map=["Cu"], template="se_e2_a", overrides=overrides,
+                train=cu_data.systems, numb_steps=40, seed=seed, compress=(i == 0), threads=2,
+            )))
+        return out
+    return make
 
 
 @pytest.fixture(scope="session")
-def students(work, cu_data):
+def students(tmp_path_factory, cu_data):
     """Two tiny se_e2_a models of different seeds; the first also compressed."""
-    from lamflow.steps import train
-
-    out = []
-    for i, seed in enumerate((1, 2)):
-        overrides = {"model": {**TINY_SE_E2_A["model"],
-                               "descriptor": {**TINY_SE_E2_A["model"]["descriptor"], "seed": seed},
-                               "fitting_net": {**TINY_SE_E2_A["model"]["fitting_net"], "seed": seed}}}
-        out.append(train.run(train.TrainParams(
-            output=work / f"student-{i}", type_map=["Cu"], template="se_e2_a", overrides=overrides,
-            train=cu_data.systems, numb_steps=40, seed=seed, compress=(i == 0), threads=2,
-        )))
-    return out
+    return _shared(tmp_path_factory, "students", _two_students(cu_data))
 
 
 @pytest.fixture(scope="session")
-def explored(work, students, cu_frames):
+def explored(tmp_path_factory, students, cu_frames):
     from lamflow.steps import explore
 
-    return explore.run(explore.ExploreParams(
-        output=work / "explore", models=[students[0].model, students[1].model], type_map=["Cu"],
+    return _shared(tmp_path_factory, "explore", lambda d: explore.run(explore.ExploreParams(
+        output=d / "md", models=[students[0].model, students[1].model], type_map=["Cu"],
         structure=cu_frames, temps=[300, 900], nsteps=200, trj_freq=10, threads=2,
-    ))
+    )))
+
+
+def _slow_seconds(item) -> float:
+    mark = item.get_closest_marker("slow")
+    return -1.0 if mark is None else float(mark.kwargs.get("seconds", 60))
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    """Slow end-to-end tests first, longest first, so that under pytest-xdist they run side by
+    side on both workers while the many short tests fill the gaps (instead of one long test
+    running alone at the end). ``@pytest.mark.slow(seconds=…)`` is a rough estimate, reference
+    runs included, that orders them; nothing asserts on it.
+
+    xdist starts each worker with two consecutive tests (``--maxschedchunk 1`` then hands out
+    one at a time), so the shortest slow test is moved to second place: the longest test shares
+    its worker with it, not with the second longest.
+    """
+    items.sort(key=_slow_seconds, reverse=True)  # stable: file order within equal estimates
+    slow = [i for i, item in enumerate(items) if _slow_seconds(item) >= 0]
+    if len(slow) > 2:
+        items.insert(1, items.pop(slow[-1]))

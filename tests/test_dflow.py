@@ -1,7 +1,8 @@
-"""dflow / Argo: OPs generated from the step registry, the planner, the exported Workflow
-(validated against Argo's JSON schema), and a full distillation in dflow's debug mode that
-fails in iteration 2, is resumed with `lamflow resume` reusing every finished step, and ends
-with the same numbers as the Prefect engine."""
+"""dflow / Argo: OPs generated from the step registry, the planner (distill and LAM pipeline),
+the exported Workflow (validated against Argo's JSON schema), and the whole LAM pipeline —
+datasets, pretraining, finetuning and the distillation loop — in dflow's debug mode: it fails in
+the distillation, is resumed with `lamflow resume` reusing every finished step, and ends with
+the same numbers as the Prefect engine."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import jsonschema
 import pytest
 import yaml
 
-from conftest import tiny_config
+from conftest import lam_config, tiny_config
 from lamflow.flows.config import parse_config
 from lamflow.flows.dflow_engine import STEP_OPS, ArgoSettings, PlanOP, export
 from lamflow.flows.faults import ENV as FAULTS_ENV
@@ -106,48 +107,7 @@ def _steps(workflow_dir: Path) -> dict[str, dict]:
     return out
 
 
-@pytest.mark.slow
-def test_debug_mode_fails_in_iteration_2_resumes_reusing_finished_steps_and_matches_prefect(
-        tmp_path, monkeypatch, prefect_cli_run):
-    (tmp_path / "config.yaml").write_text(yaml.safe_dump(tiny_config(tmp_path)))
-    faults = tmp_path / "faults.yaml"
-    faults.write_text(yaml.safe_dump([{"step": "teacher_label", "where": "iter-001/label", "times": 9}]))
-    monkeypatch.setenv(FAULTS_ENV, str(faults))
-    cli = [sys.executable, "-m", "lamflow.flows.cli"]
-    run = tmp_path / "run"
-
-    failed = subprocess.run([*cli, "distill", str(tmp_path / "config.yaml"), "--engine", "dflow", "--workdir", str(run)],
-                            capture_output=True, text=True, timeout=900)
-    assert failed.returncode == 1, failed.stdout[-2000:] + failed.stderr[-2000:]
-    assert "lamflow resume" in failed.stderr
-    (first_id,) = [p.name for p in (run / "dflow").iterdir() if p.is_dir()]
-    before = _steps(run / "dflow" / first_id)
-    done_before = {k for k, v in before.items() if v["phase"] == "Succeeded"}
-    assert {"train-2-0", "explore-7-0", "select-8-0"} <= done_before  # init and iteration 1 ran
-    assert any(v["phase"] == "Failed" for k, v in before.items() if k.startswith("teacher-label"))
-
-    faults.write_text("[]\n")  # the cause is fixed
-    resumed = subprocess.run([*cli, "resume", first_id, "--workdir", str(run)], capture_output=True, text=True,
-                             timeout=900)
-    assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-2000:]
-    (second_id,) = [p.name for p in (run / "dflow").iterdir() if p.is_dir() and p.name != first_id]
-    after = _steps(run / "dflow" / second_id)
-    assert done_before <= {k for k, v in after.items() if v["phase"] == "Succeeded"}
-    # a finished step that ran again would have found its record and said cached=true
-    assert not [k for k, v in after.items() if v["cached"] == "true"]
-    assert all(after[k]["cached"] == before[k]["cached"] for k in done_before)
-
-    ours = json.loads((run / "report.json").read_text())
-    reference = json.loads((prefect_cli_run.run / "report.json").read_text())
-    assert ours["status"] == reference["status"] == "max_iterations"
-    for a, b in zip(ours["iterations"], reference["iterations"]):
-        for key in ("n_frames", "n_selected", "labels_added", "n_train_frames", "accurate_ratio", "failed_tasks"):
-            assert a[key] == b[key], key
-        assert a["rmse_f"] == pytest.approx(b["rmse_f"], rel=1e-6)
-
-
 def test_planner_drives_the_lam_pipeline_too(tmp_path):
-    from test_lam import lam_config
 
     from lamflow.flows.lam_config import parse_lam_config
 
@@ -158,3 +118,58 @@ def test_planner_drives_the_lam_pipeline_too(tmp_path):
     assert first["step"] == "perturb" and first["calls"][0]["label"] == "data/cu_bulk-structures"
     manifest = export("lam", cfg, Path("/runs/lam"))
     assert manifest["kind"] == "Workflow"
+
+
+@pytest.mark.slow(seconds=600)
+@pytest.mark.timeout(1800)  # a failed run and its resume, each a subprocess with its own 900 s limit
+def test_lam_pipeline_in_debug_mode_fails_resumes_reusing_finished_steps_and_matches_prefect(
+        tmp_path, monkeypatch, prefect_lam_run):
+    """`lamflow lam --engine dflow`: the whole pipeline as one Argo workflow, run by dflow's debug
+    mode, each step its own process. The distillation's teacher-label fails after the datasets,
+    the pretraining, the finetuning and the first iteration's MD have run; `lamflow resume` runs
+    only what had not finished, and the run ends with the embedded Prefect run's numbers."""
+
+    (tmp_path / "lam.yaml").write_text(yaml.safe_dump(lam_config(tmp_path)))
+    faults = tmp_path / "faults.yaml"
+    faults.write_text(yaml.safe_dump([{"step": "teacher_label", "where": "distill/iter-000/label", "times": 9}]))
+    monkeypatch.setenv(FAULTS_ENV, str(faults))
+    cli = [sys.executable, "-m", "lamflow.flows.cli"]
+    run = tmp_path / "run"
+
+    failed = subprocess.run([*cli, "lam", str(tmp_path / "lam.yaml"), "--engine", "dflow", "--workdir", str(run)],
+                            capture_output=True, text=True, timeout=900)
+    assert failed.returncode == 1, failed.stdout[-2000:] + failed.stderr[-2000:]
+    assert "lamflow resume" in failed.stderr
+    (first_id,) = [p.name for p in (run / "dflow").iterdir() if p.is_dir()]
+    before = _steps(run / "dflow" / first_id)
+    done_before = {k for k, v in before.items() if v["phase"] == "Succeeded"}
+    kinds = {name.rsplit("-", 2)[0] for name in done_before}  # pods are named <op>-<level>-<index>
+    assert kinds == {"perturb", "label", "import-data", "train", "freeze", "evaluate", "change-bias", "speed",
+                     "teacher-label", "explore", "select"}, kinds
+    assert any(v["phase"] == "Failed" for k, v in before.items() if k.startswith("teacher-label"))
+
+    faults.write_text("[]\n")  # the cause is fixed
+    resumed = subprocess.run([*cli, "resume", first_id, "--workdir", str(run)], capture_output=True, text=True,
+                             timeout=900)
+    assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-2000:]
+    (second_id,) = [p.name for p in (run / "dflow").iterdir() if p.is_dir() and p.name != first_id]
+    after = _steps(run / "dflow" / second_id)
+    assert all(v["phase"] == "Succeeded" for v in after.values())
+    assert done_before <= set(after)
+    # a finished step that ran again would have found its record and said cached=true
+    assert not [k for k, v in after.items() if v["cached"] == "true"]
+    assert all(after[k]["cached"] == before[k]["cached"] for k in done_before)
+
+    ours = json.loads((run / "lam-report.json").read_text())
+    reference = json.loads((prefect_lam_run.run / "lam-report.json").read_text())
+    assert ours["datasets"] == reference["datasets"]
+    assert ours["branch_rmse_f"] == pytest.approx(reference["branch_rmse_f"], rel=1e-6)
+    for key in ("rmse_f", "rmse_e_per_atom", "n_frames"):
+        assert ours["downstream"][key] == pytest.approx(reference["downstream"][key], rel=1e-6), key
+    assert ours["distill"]["status"] == reference["distill"]["status"]
+    mine, theirs = (json.loads((r / "distill/report.json").read_text()) for r in (run, prefect_lam_run.run))
+    assert mine["teacher"] == ours["finetuned"]
+    for a, b in zip(mine["iterations"], theirs["iterations"], strict=True):
+        for key in ("n_frames", "n_selected", "labels_added", "n_train_frames", "accurate_ratio", "failed_tasks"):
+            assert a[key] == b[key], key
+        assert a["rmse_f"] == pytest.approx(b["rmse_f"], rel=1e-6)

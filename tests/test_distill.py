@@ -15,9 +15,9 @@ from lamflow.steps.label import LabelParams
 from lamflow.steps.train import FreezeParams
 
 
-@pytest.mark.slow
+@pytest.mark.slow(seconds=30)
 def test_two_iterations_with_prefect_then_resume_recomputes_nothing(prefect_cli_run):
-    cmd, first, run = prefect_cli_run.cmd, prefect_cli_run.first, prefect_cli_run.run
+    cmd, stdout, run = prefect_cli_run.cmd, prefect_cli_run.stdout, prefect_cli_run.run
     report = json.loads((run / "report.json").read_text())
     assert report["status"] == "max_iterations" and len(report["iterations"]) == 2
     it0, it1 = report["iterations"]
@@ -37,7 +37,7 @@ def test_two_iterations_with_prefect_then_resume_recomputes_nothing(prefect_cli_
     assert str(run / "init/train-00") in (run / "iter-000/train-00/train.log").read_text()
     for png in ("deviations.png", "convergence.png"):
         assert (run / png).read_bytes()[:4] == b"\x89PNG"
-    assert "lamflow distill" in first.stdout and "max_iterations after 2 iterations" in first.stdout
+    assert "lamflow distill" in stdout and "max_iterations after 2 iterations" in stdout
 
     again = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stderr[-3000:]

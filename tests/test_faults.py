@@ -46,7 +46,7 @@ def _kill_when(cmd: list[str], partial: str, run: Path, env=None, timeout: float
     proc.wait()
 
 
-@pytest.mark.slow
+@pytest.mark.slow(seconds=260)
 def test_killed_mid_training_md_and_labelling_then_a_full_disk_resumes_to_the_same_numbers(tmp_path, prefect_cli_run):
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(tiny_config(tmp_path)))
     run = tmp_path / "run"

@@ -1,6 +1,7 @@
 """Prefect: Kubernetes job templates, retry policy, fault injection — and, against a real
-Prefect server on loopback, `prefect deployment run 'distill/local'` and a failed run retried
-the way the UI's Retry button does it, which must recompute nothing that had finished."""
+Prefect server on loopback, `prefect deployment run 'distill/local'` with a failed run retried
+the way the UI's Retry button does it, which must recompute nothing that had finished, and
+`prefect deployment run 'lam/local'`, the whole LAM pipeline."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ import pytest
 import yaml
 from prefect.states import Completed, Failed
 
-from conftest import REPO, tiny_config, write_cu_frames
+from conftest import REPO, lam_config, tiny_config, write_cu_frames
 from lamflow.flows.faults import ENV as FAULTS_ENV
 from lamflow.flows.prefect_engine import PrefectRunner, _retry_unless_bad_input
 from lamflow.flows.prefect_server import retry_flow_run
@@ -139,9 +140,9 @@ def server(tmp_path_factory):
     local.down()
 
 
-def _run_deployment(server, config: Path, workdir: Path) -> uuid.UUID:
+def _run_deployment(server, config: Path, workdir: Path, name: str = "distill/local") -> uuid.UUID:
     """`prefect deployment run 'distill/local' -p config=… -p workdir=…`, as a user types it."""
-    out = server.prefect("deployment", "run", "distill/local", "-p", f"config={config}",
+    out = server.prefect("deployment", "run", name, "-p", f"config={config}",
                          "-p", f"workdir={workdir}")
     return uuid.UUID(re.search(r"UUID:\s*([0-9a-f-]{36})", out).group(1))
 
@@ -188,8 +189,8 @@ def _student_forces(report: dict) -> np.ndarray:
     return forces
 
 
-@pytest.mark.slow
-def test_deployment_run_then_a_failed_run_retried_from_the_ui_recomputes_nothing(server, tmp_path):
+@pytest.mark.slow(seconds=180)
+def test_deployment_run_then_a_failed_run_retried_from_the_ui_recomputes_nothing(server, tmp_path, prefect_cli_run):
     cfg = tiny_config(tmp_path)
     # teacher-label fails the flow at once (no task retry); speed runs as its own flow run of
     # step/local — how GPU steps reach their own pods on Kubernetes.
@@ -201,16 +202,7 @@ def test_deployment_run_then_a_failed_run_retried_from_the_ui_recomputes_nothing
     for name in ("distill/local", "lam/local", "step/local", "distill/k8s-gpu", "lam/k8s-gpu", "step/k8s-gpu"):
         assert name in listed
 
-    # 1. `prefect deployment run 'distill/local'`, uninterrupted
-    run_a = tmp_path / "run-a"
-    flow_a = _wait(server, _run_deployment(server, config, run_a))
-    assert flow_a.state.is_completed(), flow_a.state.message
-    report_a = json.loads((run_a / "report.json").read_text())
-    assert report_a["status"] == "max_iterations" and len(report_a["iterations"]) == 2
-    assert Path(report_a["final_student"]).is_file()
-    assert len(_step_runs_for(server, run_a)) == 3  # speed: teacher, student 0, student 1
-
-    # 2. the same run, but iteration 2's teacher-label fails once
+    # 1. `prefect deployment run 'distill/local'`; iteration 2's teacher-label fails once
     run_b = tmp_path / "run-b"
     server.faults.write_text(yaml.safe_dump(
         [{"step": "teacher_label", "where": f"{run_b.name}/iter-001/label", "times": 1}]))
@@ -221,7 +213,7 @@ def test_deployment_run_then_a_failed_run_retried_from_the_ui_recomputes_nothing
     assert not any(k.startswith("iter-001/label") for k in done_before)
     assert len(_step_runs_for(server, run_b)) == 2  # iteration 2's speed was never reached
 
-    # 3. Retry, as the UI's button does it (`lamflow prefect retry <id>`): back to Scheduled
+    # 2. Retry, as the UI's button does it (`lamflow prefect retry <id>`): back to Scheduled
     with server.client() as client:
         retry_flow_run(client, str(flow_b.id))
     flow_b = _wait(server, flow_b.id)
@@ -235,14 +227,36 @@ def test_deployment_run_then_a_failed_run_retried_from_the_ui_recomputes_nothing
                                                    "iter-001/speed.result.json"}
     assert len(_step_runs_for(server, run_b)) == 3  # finished steps were not dispatched again
 
-    # 4. the resumed run ends where the uninterrupted one did (same seeds)
+    # 3. the resumed run ends where an uninterrupted one (`lamflow distill`, embedded) did
     report_b = json.loads((run_b / "report.json").read_text())
-    assert report_b["status"] == report_a["status"]
-    for it_a, it_b in zip(report_a["iterations"], report_b["iterations"]):
+    report_a = json.loads((prefect_cli_run.run / "report.json").read_text())
+    assert report_b["status"] == report_a["status"] == "max_iterations"
+    assert Path(report_b["final_student"]).is_file()
+    for it_a, it_b in zip(report_a["iterations"], report_b["iterations"], strict=True):
         for key in ("n_frames", "n_selected", "labels_added", "n_train_frames", "accurate_ratio"):
             assert it_b[key] == it_a[key], key
         assert it_b["rmse_f"] == pytest.approx(it_a["rmse_f"], rel=1e-6)
     np.testing.assert_allclose(_student_forces(report_b), _student_forces(report_a), rtol=1e-6, atol=1e-8)
+
+
+@pytest.mark.slow(seconds=190)
+def test_lam_deployment_runs_the_whole_pipeline_like_the_cli(server, tmp_path, prefect_lam_run):
+    """`prefect deployment run 'lam/local'`: label → pretrain → finetune → evaluate → distill as
+    one Prefect flow run on a worker, ending with the numbers of `lamflow lam` (embedded)."""
+    config = tmp_path / "lam.yaml"
+    config.write_text(yaml.safe_dump(lam_config(tmp_path)))
+    run = tmp_path / "run"
+    flow = _wait(server, _run_deployment(server, config, run, name="lam/local"))
+    assert flow.state.is_completed(), flow.state.message
+    ours = json.loads((run / "lam-report.json").read_text())
+    reference = json.loads((prefect_lam_run.run / "lam-report.json").read_text())
+    assert ours["datasets"] == reference["datasets"] == {"cu_bulk": 10, "cuau": 10, "alloy": 12}
+    assert ours["branch_rmse_f"] == pytest.approx(reference["branch_rmse_f"], rel=1e-6)
+    assert ours["downstream"]["rmse_f"] == pytest.approx(reference["downstream"]["rmse_f"], rel=1e-6)
+    assert ours["distill"]["status"] == reference["distill"]["status"]
+    distill = json.loads((run / "distill/report.json").read_text())
+    assert distill["teacher"] == ours["finetuned"] and Path(distill["final_student"]).is_file()
+    assert {"pretrain", "finetune", "change-bias"} <= {p.name for p in (run / "lam").iterdir()}
 
 
 def test_flow_takes_the_config_itself_with_paths_relative_to_the_working_directory(tmp_path, monkeypatch):

@@ -13,7 +13,7 @@ import pytest
 CLI = [sys.executable, "-m", "lamflow.flows.cli"]
 
 
-@pytest.mark.slow
+@pytest.mark.slow(seconds=15)
 def test_report_of_a_real_run_is_one_self_contained_page(prefect_cli_run):
     run = prefect_cli_run.run
     out = subprocess.run([*CLI, "report", str(run)], capture_output=True, text=True, timeout=300)
