@@ -5,6 +5,7 @@ BIN    := $(VENV)/bin
 RUN    ?= runs/quickstart
 # pytest-xdist workers: one per CI core (each step process uses its own threads on top).
 TEST_WORKERS ?= 2
+PYTEST := $(BIN)/python -m pytest -n $(TEST_WORKERS) --maxschedchunk 1
 
 .PHONY: setup quickstart test test-fast prefect-up clean
 
@@ -22,10 +23,10 @@ quickstart: setup
 	$(BIN)/lamflow distill examples/cu-emt/config.yaml --workdir $(RUN)
 
 test: setup
-	$(BIN)/python -m pytest -n $(TEST_WORKERS) --maxschedchunk 1
+	$(PYTEST)
 
 test-fast: setup
-	$(BIN)/python -m pytest -n $(TEST_WORKERS) --maxschedchunk 1 -m "not slow"
+	$(PYTEST) -m "not slow"
 
 # A local Prefect server (UI on http://127.0.0.1:4200) with lamflow's deployments and a worker.
 prefect-up: setup

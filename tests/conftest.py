@@ -7,6 +7,7 @@ Everything here runs the real libraries (ASE EMT labels, ``dp --pt train``, LAMM
 from __future__ import annotations
 
 import fcntl
+import json
 import os
 import pickle
 import shutil
@@ -189,10 +190,12 @@ def cu_data(tmp_path_factory, cu_frames):
         structures=[cu_frames], type_map=["Cu"], output=d / "data", calculator="emt")))
 
 
-def _two_students(cu_data) -> Callable[[Path], list]:
-    def make(d: Path) -> list:
-        from lamflow.steps import train
+@pytest.fixture(scope="session")
+def students(tmp_path_factory, cu_data):
+    """Two tiny se_e2_a models of different seeds; the first also compressed."""
+    from lamflow.steps import train
 
+    def make(d: Path) -> list:
         out = []
         for i, seed in enumerate((1, 2)):
             overrides = {"model": {**TINY_SE_E2_A["model"],
@@ -203,13 +206,8 @@ def _two_students(cu_data) -> Callable[[Path], list]:
                 train=cu_data.systems, numb_steps=40, seed=seed, compress=(i == 0), threads=2,
             )))
         return out
-    return make
 
-
-@pytest.fixture(scope="session")
-def students(tmp_path_factory, cu_data):
-    """Two tiny se_e2_a models of different seeds; the first also compressed."""
-    return _shared(tmp_path_factory, "students", _two_students(cu_data))
+    return _shared(tmp_path_factory, "students", make)
 
 
 @pytest.fixture(scope="session")
@@ -220,6 +218,29 @@ def explored(tmp_path_factory, students, cu_frames):
         output=d / "md", models=[students[0].model, students[1].model], type_map=["Cu"],
         structure=cu_frames, temps=[300, 900], nsteps=200, trj_freq=10, threads=2,
     )))
+
+
+def assert_same_distillation(ours: dict, reference: dict) -> None:
+    """Two distillation reports of one config (another engine, a resumed run) agree: the same
+    outcome and counts in every iteration, the same force RMSE to 1e-6 (same seeds)."""
+    assert ours["status"] == reference["status"]
+    for a, b in zip(ours["iterations"], reference["iterations"], strict=True):
+        for key in ("n_frames", "n_selected", "labels_added", "n_train_frames", "accurate_ratio", "failed_tasks"):
+            assert a[key] == b[key], key
+        assert a["rmse_f"] == pytest.approx(b["rmse_f"], rel=1e-6)
+
+
+def assert_same_lam(run: Path, reference: Path) -> dict:
+    """Two LAM pipeline runs of one config agree stage by stage; returns ``run``'s lam report."""
+    ours, theirs = (json.loads((r / "lam-report.json").read_text()) for r in (run, reference))
+    assert ours["datasets"] == theirs["datasets"]
+    assert ours["branch_rmse_f"] == pytest.approx(theirs["branch_rmse_f"], rel=1e-6)
+    for key in ("rmse_f", "rmse_e_per_atom", "n_frames"):
+        assert ours["downstream"][key] == pytest.approx(theirs["downstream"][key], rel=1e-6), key
+    mine, ref = (json.loads((r / "distill/report.json").read_text()) for r in (run, reference))
+    assert mine["teacher"] == ours["finetuned"]
+    assert_same_distillation(mine, ref)
+    return ours
 
 
 def _slow_seconds(item) -> float:

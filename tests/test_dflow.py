@@ -15,7 +15,7 @@ import jsonschema
 import pytest
 import yaml
 
-from conftest import lam_config, tiny_config
+from conftest import assert_same_lam, lam_config, tiny_config
 from lamflow.flows.config import parse_config
 from lamflow.flows.dflow_engine import STEP_OPS, ArgoSettings, PlanOP, export
 from lamflow.flows.faults import ENV as FAULTS_ENV
@@ -108,7 +108,6 @@ def _steps(workflow_dir: Path) -> dict[str, dict]:
 
 
 def test_planner_drives_the_lam_pipeline_too(tmp_path):
-
     from lamflow.flows.lam_config import parse_lam_config
 
     cfg = parse_lam_config(lam_config(tmp_path), tmp_path)
@@ -128,7 +127,6 @@ def test_lam_pipeline_in_debug_mode_fails_resumes_reusing_finished_steps_and_mat
     mode, each step its own process. The distillation's teacher-label fails after the datasets,
     the pretraining, the finetuning and the first iteration's MD have run; `lamflow resume` runs
     only what had not finished, and the run ends with the embedded Prefect run's numbers."""
-
     (tmp_path / "lam.yaml").write_text(yaml.safe_dump(lam_config(tmp_path)))
     faults = tmp_path / "faults.yaml"
     faults.write_text(yaml.safe_dump([{"step": "teacher_label", "where": "distill/iter-000/label", "times": 9}]))
@@ -160,16 +158,4 @@ def test_lam_pipeline_in_debug_mode_fails_resumes_reusing_finished_steps_and_mat
     assert not [k for k, v in after.items() if v["cached"] == "true"]
     assert all(after[k]["cached"] == before[k]["cached"] for k in done_before)
 
-    ours = json.loads((run / "lam-report.json").read_text())
-    reference = json.loads((prefect_lam_run.run / "lam-report.json").read_text())
-    assert ours["datasets"] == reference["datasets"]
-    assert ours["branch_rmse_f"] == pytest.approx(reference["branch_rmse_f"], rel=1e-6)
-    for key in ("rmse_f", "rmse_e_per_atom", "n_frames"):
-        assert ours["downstream"][key] == pytest.approx(reference["downstream"][key], rel=1e-6), key
-    assert ours["distill"]["status"] == reference["distill"]["status"]
-    mine, theirs = (json.loads((r / "distill/report.json").read_text()) for r in (run, prefect_lam_run.run))
-    assert mine["teacher"] == ours["finetuned"]
-    for a, b in zip(mine["iterations"], theirs["iterations"], strict=True):
-        for key in ("n_frames", "n_selected", "labels_added", "n_train_frames", "accurate_ratio", "failed_tasks"):
-            assert a[key] == b[key], key
-        assert a["rmse_f"] == pytest.approx(b["rmse_f"], rel=1e-6)
+    assert_same_lam(run, prefect_lam_run.run)
