@@ -30,17 +30,17 @@ def main() -> None:
     parser.add_argument("--run-dir", help="read this finished run instead of running afresh")
     args = parser.parse_args()
 
-    from lamflow.flows.cli import quiet_libraries
+    from lamflow.flows.cli.main import quiet_libraries
 
     quiet_libraries(debug=False)  # deepmd-kit's hints would bury the figures
 
-    from lamflow.flows.config import load_config
-    from lamflow.flows.runner import execute
+    from lamflow.flows.pipelines.distill.config import DistillConfig
+    from lamflow.flows.core.execute import execute
     from lamflow.steps.evaluate import EvaluateParams
     from lamflow.steps.label import LabelParams
     from lamflow.steps.structures import deepmd_systems
 
-    cfg = load_config(Path(args.config))
+    cfg = DistillConfig.load(Path(args.config))
     run_dir = Path(args.run_dir) if args.run_dir else Path(tempfile.mkdtemp(prefix="lamflow-convergence-")) / "run"
     wall = None
     if not args.run_dir:
@@ -76,7 +76,7 @@ def main() -> None:
     ref = execute("label", LabelParams(structures=held_out, type_map=cfg.type_map, calculator=label.calculator,
                                        calculator_kwargs=label.calculator_kwargs,
                                        output=run_dir / "bench" / f"validation-{label.calculator}"))
-    systems = [Path(p) for p in ref.result["systems"]]
+    systems = [Path(p) for p in ref.result.systems]
     errors = {}
     for who, model in (("student", report["final_student"]), ("teacher", report["teacher"])):
         ev = execute("evaluate", EvaluateParams(model=model, systems=systems, type_map=cfg.type_map,

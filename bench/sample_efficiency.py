@@ -31,16 +31,16 @@ TYPE_MAP = ["Cu", "Au"]
 
 
 def labelled(work: Path, name: str, structure: str, frames: int, seed: int) -> list[Path]:
-    from lamflow.flows.runner import execute
+    from lamflow.flows.core.execute import execute
     from lamflow.steps.label import LabelParams
     from lamflow.steps.perturb import PerturbParams
 
     pert = execute("perturb", PerturbParams(structures=[EXAMPLE / structure], type_map=TYPE_MAP,
                                             output=work / f"{name}-structures", n_per_structure=frames,
                                             cell_fraction=0.04, atom_distance=0.2, seed=seed))
-    lab = execute("label", LabelParams(structures=pert.result["systems"], type_map=TYPE_MAP,
+    lab = execute("label", LabelParams(structures=pert.result.systems, type_map=TYPE_MAP,
                                        output=work / name, calculator="emt"))
-    return [Path(p) for p in lab.result["systems"]]
+    return [Path(p) for p in lab.result.systems]
 
 
 def subset(systems: list[Path], n: int, out: Path) -> list[Path]:
@@ -73,11 +73,11 @@ def main() -> None:
     parser.add_argument("--workdir", default=str(REPO / "runs" / "bench-sample-efficiency"))
     args = parser.parse_args()
 
-    from lamflow.flows.cli import quiet_libraries
+    from lamflow.flows.cli.main import quiet_libraries
 
     quiet_libraries(debug=False)  # deepmd-kit's hints would bury the figures
 
-    from lamflow.flows.runner import execute
+    from lamflow.flows.core.execute import execute
     from lamflow.steps.evaluate import EvaluateParams
     from lamflow.steps.train import TrainParams
 
@@ -87,20 +87,20 @@ def main() -> None:
     pool = labelled(work / "data", "cu3au", "cu3au-32.extxyz", max(args.frames), 3)
     test = labelled(work / "data", "cu3au_test", "cu3au-32.extxyz", 50, 4)
 
-    pre = execute("train", TrainParams(output=work / "pretrain", type_map=TYPE_MAP, template="dpa3", overrides=DPA3,
+    pre = execute("train", TrainParams(compress=False, output=work / "pretrain", type_map=TYPE_MAP, template="dpa3", overrides=DPA3,
                                        branches={"cu_bulk": {"train": cu, "weight": 2.0}, "au_bulk": {"train": au}},
                                        numb_steps=args.pretrain_steps))
     rows = []
     for n in args.frames:
         data = subset(pool, n, work / "data" / f"cu3au-{n}")
         rmse = {}
-        for kind, extra in (("finetuned", {"finetune_from": pre.result["checkpoint"], "model_branch": "cu_bulk"}),
+        for kind, extra in (("finetuned", {"finetune_from": pre.result.checkpoint, "model_branch": "cu_bulk"}),
                             ("scratch", {})):
-            trained = execute("train", TrainParams(output=work / f"{kind}-{n}", type_map=TYPE_MAP, template="dpa3",
+            trained = execute("train", TrainParams(compress=False, output=work / f"{kind}-{n}", type_map=TYPE_MAP, template="dpa3",
                                                    overrides=DPA3, train=data, numb_steps=args.steps, **extra))
-            ev = execute("evaluate", EvaluateParams(model=trained.result["model"], systems=test, type_map=TYPE_MAP,
+            ev = execute("evaluate", EvaluateParams(model=trained.result.model, systems=test, type_map=TYPE_MAP,
                                                     output=work / f"{kind}-{n}.evaluate.json"))
-            rmse[kind] = ev.result["rmse_f"]
+            rmse[kind] = ev.result.rmse_f
         rows.append((n, rmse["finetuned"], rmse["scratch"]))
 
     print(f"downstream Cu3Au force RMSE (eV/Å) on 50 held-out frames; {args.steps} training steps each")

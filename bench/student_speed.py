@@ -28,44 +28,46 @@ def main() -> None:
     parser.add_argument("--workdir", default=str(REPO / "runs" / "bench-student-speed"))
     args = parser.parse_args()
 
-    from lamflow.flows.cli import quiet_libraries
+    from lamflow.flows.cli.main import quiet_libraries
 
     quiet_libraries(debug=False)  # deepmd-kit's hints would bury the figures
 
-    from lamflow.flows.runner import execute
+    from lamflow.flows.core.execute import execute
+    from lamflow.flows.core.resources import Resources
     from lamflow.steps.evaluate import EvaluateParams
     from lamflow.steps.speed import SpeedParams
     from lamflow.steps.teacher_label import TeacherLabelParams
     from lamflow.steps.train import TrainParams
 
     work = Path(args.workdir).resolve()
+    cores = Resources(threads=args.threads)
     teacher = example_teacher(args.teacher_steps)
 
     def labelled(name: str, start: int, count: int) -> list[Path]:
         rec = execute("teacher_label", TeacherLabelParams(
             output=work / f"{name}-labels", model=teacher, type_map=TYPE_MAP, batch_size=8,
-            systems=frames(start, count, work / f"{name}-frames")), args.threads)
-        return [Path(p) for p in rec.result["systems"]]
+            systems=frames(start, count, work / f"{name}-frames")), cores)
+        return [Path(p) for p in rec.result.systems]
 
     train = labelled("train", 0, args.train_frames)
     test = labelled("test", 400 - args.test_frames, args.test_frames)  # the last frames: another system
     student = execute("train", TrainParams(output=work / f"student-se_e2_a-{args.student_steps}", type_map=TYPE_MAP,
                                            template="se_e2_a", train=train, numb_steps=args.student_steps,
-                                           compress=True, overrides={"training": {"disp_freq": 100}}), args.threads)
-    models = {"teacher DPA-3": teacher, "student se_e2_a": Path(student.result["model"]),
-              "student se_e2_a compressed": Path(student.result["compressed"])}
+                                           compress=True, overrides={"training": {"disp_freq": 100}}), cores)
+    models = {"teacher DPA-3": teacher, "student se_e2_a": Path(student.result.model),
+              "student se_e2_a compressed": Path(student.result.compressed)}
 
     speed, rmse = {}, {}
     for name, model in models.items():
         slug = name.replace(" ", "-")
         nsteps = 20 if name.startswith("teacher") else 200
         rec = execute("speed", SpeedParams(model=model, structure=water_box(), type_map=TYPE_MAP, nsteps=nsteps,
-                                           output=work / f"speed-{slug}", threads=args.threads))
-        speed[name] = rec.result["timesteps_per_second"]
+                                           output=work / f"speed-{slug}"), cores)
+        speed[name] = rec.result.timesteps_per_second
         if not name.startswith("teacher"):
             ev = execute("evaluate", EvaluateParams(model=model, systems=test, type_map=TYPE_MAP,
                                                     output=work / f"evaluate-{slug}.json"))
-            rmse[name] = ev.result["rmse_f"]
+            rmse[name] = ev.result.rmse_f
 
     base = speed["teacher DPA-3"]
     print(f"water, 192 atoms, LAMMPS on {args.threads} threads; teacher trained {args.teacher_steps} steps, "

@@ -42,7 +42,7 @@ def main() -> None:
     parser.add_argument("--workdir", default=str(REPO / "runs" / "bench-teacher-label"))
     args = parser.parse_args()
 
-    from lamflow.flows.cli import quiet_libraries
+    from lamflow.flows.cli.main import quiet_libraries
 
     quiet_libraries(debug=False)  # deepmd-kit's hints would bury the figures
 

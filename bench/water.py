@@ -50,10 +50,10 @@ def example_teacher(steps: int) -> Path:
 
     Kept in ``runs/bench-teachers`` and shared by the benches (training it takes ~10 s a step on
     2 CPU cores); a cached step, so it is trained once."""
-    from lamflow.flows.runner import execute
+    from lamflow.flows.core.execute import execute
     from lamflow.steps.train import TrainParams
 
-    record = execute("train", TrainParams(output=REPO / "runs" / "bench-teachers" / f"dpa3-{steps}", type_map=TYPE_MAP, template="dpa3",
+    record = execute("train", TrainParams(compress=False, output=REPO / "runs" / "bench-teachers" / f"dpa3-{steps}", type_map=TYPE_MAP, template="dpa3",
                                           train=water_systems(), numb_steps=steps,
                                           overrides={"training": {"disp_freq": 10}}))
-    return Path(record.result["model"])
+    return Path(record.result.model)

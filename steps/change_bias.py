@@ -28,7 +28,6 @@ class ChangeBiasParams(Params):
     output: Path
     mode: Literal["change", "set"] = "change"
     model_branch: str | None = None
-    threads: int | None = Field(None, ge=1)
 
 
 class ChangeBiasResult(BaseModel):
@@ -47,5 +46,5 @@ def run(params: ChangeBiasParams) -> ChangeBiasResult:
     with atomic_dir(params.output) as work:
         (work / "systems.txt").write_text("\n".join(str(Path(s).resolve()) for s in systems) + "\n")
         run_logged([*dp_command(), "--pt", "change-bias", str(src.resolve()), "-f", "systems.txt",
-                    "-m", params.mode, "-o", name, *branch], work, "change-bias.log", library_env(params.threads))
+                    "-m", params.mode, "-o", name, *branch], work, "change-bias.log", library_env())
     return ChangeBiasResult(model=Path(params.output) / name, seconds=time.perf_counter() - t0)

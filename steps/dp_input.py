@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -134,3 +135,63 @@ def render_multitask(
     config["training"] = training
     _fit_schedule(config, numb_steps)
     return config
+
+
+# --- DeePMD-kit's own input check ------------------------------------------------------------
+
+_KEY = re.compile(r"(?:undefined key|flag key|key) `([^`]+)`")
+_SHORT = [  # dargs' wording -> one short phrase
+    (re.compile(r"^undefined key `[^`]+` is not allowed in strict mode\.\s*(?:Did you mean: (.+))?$"),
+     lambda m: "unknown key" + (f" (did you mean {m[1].rstrip('?')}?)" if m[1] else "")),
+    (re.compile(r"^key `[^`]+` gets wrong value type, (.*)$"), lambda m: "wrong type, " + m[1]),
+    (re.compile(r"^get invalid choice `([^`]+)` for flag key `[^`]+`\.\s*(?:Did you mean: (.+))?$"),
+     lambda m: f"invalid choice {m[1]!r}" + (f" (did you mean {m[2].rstrip('?')}?)" if m[2] else "")),
+    (re.compile(r"^key `[^`]+` is required .*not found\.?$"), lambda m: "required key missing"),
+]
+
+
+def check_input(config: dict[str, Any], where: str) -> None:
+    """Run ``dp --pt train``'s own input check (compat update, shared-dict expansion for
+    multi-task, dargs' strict ``normalize``) on a rendered input, without touching its data.
+
+    A misspelt descriptor key in the overrides then fails in seconds, before the teacher work,
+    as ``where: model.descriptor.rcutt: unknown key (did you mean rcut?)``, instead of a dargs
+    traceback from ``dp train`` an hour later.
+    """
+    from dargs.dargs import ArgumentError
+    from deepmd.utils.argcheck import normalize
+    from deepmd.utils.compat import update_deepmd_input
+
+    cfg = copy.deepcopy(config)  # deepmd's preprocessing changes its input in place
+    for key in ("model", "training"):
+        if not isinstance(cfg.get(key), dict):
+            raise InputError(where, f"{key}: required section missing")
+    multi_task = "model_dict" in cfg["model"]
+    refs: dict[tuple[str, str], str] = {}
+    if multi_task:
+        from deepmd.pt.utils.multi_task import preprocess_shared_params
+
+        branches = cfg["model"]["model_dict"]
+        refs = {(b, k): v.split(":")[0] for b, br in branches.items() if isinstance(br, dict)
+                for k, v in br.items() if k in ("descriptor", "fitting_net") and isinstance(v, str)}
+        try:
+            cfg["model"], _ = preprocess_shared_params(cfg["model"])
+        except Exception as exc:  # a bad shared reference or an unknown shared descriptor type
+            raise InputError(where, "model.shared_dict: " + " ".join(str(exc).split())) from None
+    try:
+        normalize(update_deepmd_input(cfg, warning=False, dump=None), multi_task=multi_task)
+    except ArgumentError as exc:
+        parts = [p for p in exc.path.split("/") if p]
+        if len(parts) >= 4 and parts[:2] == ["model", "model_dict"] and (parts[2], parts[3]) in refs:
+            parts = ["model", "shared_dict", refs[(parts[2], parts[3])], *parts[4:]]
+        msg = " ".join(str(exc.message).split())
+        key = _KEY.search(msg)
+        if key and (not parts or parts[-1] != key[1]):
+            parts.append(key[1])
+        for pattern, short in _SHORT:
+            if found := pattern.match(msg):
+                msg = short(found)
+                break
+        raise InputError(where, f"{'.'.join(parts) or '(top level)'}: {msg}") from None
+    except Exception as exc:  # deepmd's own validators raise plain errors
+        raise InputError(where, f"{type(exc).__name__}: {' '.join(str(exc).split())[:300]}") from None

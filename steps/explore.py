@@ -22,7 +22,7 @@ from string import Template
 from typing import Literal
 
 import numpy as np
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, Field, field_validator
 
 from .base import Params
 
@@ -32,32 +32,37 @@ from .runtime import library_env, tail
 from .structures import read_system
 
 
-class ExploreParams(Params):
+class ExploreSettings(Params):
+    """The MD of one exploration; each entry of the distill config's ``iterations`` is this model."""
+
+    ensemble: Literal["nvt", "npt", "nve"] = "nvt"
+    temps: list[float] = Field(min_length=1, description="K")
+    pressures: list[float] = Field(default_factory=lambda: [1.0], description="bar, for npt")
+    nsteps: int = Field(2000, ge=1)
+    trj_freq: int = Field(10, ge=1, description="dump and deviation every N steps")
+    dt: float = Field(0.001, gt=0, description="ps")
+    tau_t: float = Field(0.1, gt=0, description="ps, thermostat damping")
+    tau_p: float = Field(0.5, gt=0, description="ps, barostat damping")
+
+    @field_validator("temps")
+    @classmethod
+    def _positive(cls, v: list[float]) -> list[float]:
+        if any(t <= 0 for t in v):
+            raise ValueError(f"temperatures must be positive kelvin, got {v}")
+        return v
+
+
+class ExploreParams(ExploreSettings):
     output: Path
     models: list[Path] = Field(min_length=1, description="first drives the MD; all are compared")
     type_map: list[str] = Field(min_length=1)
     structure: Path
     fmt: str | None = None
     frame: int = 0
-    ensemble: Literal["nvt", "npt", "nve"] = "nvt"
-    temps: list[float] = Field(min_length=1)
-    pressures: list[float] = Field(default_factory=lambda: [1.0], description="bar")
-    nsteps: int = Field(1000, ge=1)
-    trj_freq: int = Field(10, ge=1)
-    dt: float = Field(0.001, gt=0, description="ps")
-    tau_t: float = Field(0.1, gt=0)
-    tau_p: float = Field(0.5, gt=0)
     seed: int = Field(1, ge=1)
     skin: float = 1.0
-    threads: int | None = Field(None, ge=1)
     timeout: float | None = Field(None, gt=0, description="seconds per task")
     lammps_template: Path | None = None
-
-    @model_validator(mode="after")
-    def _check(self) -> "ExploreParams":
-        if any(t <= 0 for t in self.temps):
-            raise ValueError(f"temps must be positive kelvin, got {self.temps}")
-        return self
 
 
 class ExploreTask(BaseModel):
@@ -142,7 +147,7 @@ def _md_failed(task: Path) -> str:
 def run(params: ExploreParams) -> ExploreResult:
     models = _check_models(params.models)
     template = _template(params)
-    env = library_env(params.threads)
+    env = library_env()
     points = [(t, p if params.ensemble == "npt" else None) for t in params.temps
               for p in (params.pressures if params.ensemble == "npt" else [None])]
     tasks: list[ExploreTask] = []

@@ -25,20 +25,25 @@ from .structures import deepmd_systems, read_atoms
 log = logging.getLogger(__name__)
 
 
-class LabelParams(Params):
+class LabelSettings(Params):
+    """Which reference calculator labels; the config's ``label`` sections extend this model."""
+
+    calculator: str = Field("emt", description="emt, xtb, deepmd or module:Class (an ASE calculator)")
+    calculator_kwargs: dict[str, Any] = Field(default_factory=dict)
+    max_force: float | None = Field(
+        None, gt=0, description="drop frames whose largest force (eV/Å) exceeds this"
+    )
+
+
+class LabelParams(LabelSettings):
     """Label the frames of ``structures`` with ``calculator``; write deepmd/npy to ``output``."""
 
     structures: list[Path] = Field(min_length=1)
     type_map: list[str] = Field(min_length=1)
     output: Path
-    calculator: str = "emt"
-    calculator_kwargs: dict[str, Any] = Field(default_factory=dict)
     fmt: str | None = None
     chunk: int = Field(0, ge=0)
     n_chunks: int = Field(1, ge=1)
-    max_force: float | None = Field(
-        None, gt=0, description="drop frames whose largest force (eV/Å) exceeds this"
-    )
 
     _unique = field_validator("type_map")(classmethod(lambda cls, v: unique_elements(v)))
 

@@ -17,13 +17,18 @@ from .base import Params
 from .structures import deepmd_systems, read_system
 
 
-class PerturbParams(Params):
+class PerturbSettings(Params):
+    """How far copies are distorted; shared by every config section that perturbs structures."""
+
+    cell_fraction: float = Field(0.03, ge=0, description="relative cell distortion")
+    atom_distance: float = Field(0.1, ge=0, description="Å, largest atomic displacement")
+
+
+class PerturbParams(PerturbSettings):
     structures: list[Path] = Field(min_length=1)
     type_map: list[str] = Field(min_length=1)
     output: Path
     n_per_structure: int = Field(10, ge=1)
-    cell_fraction: float = Field(0.03, ge=0, description="relative cell distortion")
-    atom_distance: float = Field(0.1, ge=0, description="Å")
     seed: int = 1
 
 

@@ -12,20 +12,52 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
+from contextvars import ContextVar
 from pathlib import Path
+from typing import Iterator
 
 from .errors import StepFailed
+
+
+#: threads of the step running in this context. Set by the runner (from the config's
+#: ``resources``), not a step parameter: how many cores a step uses must not change its cache
+#: key, and every step's children get the same setting whichever engine runs it.
+_THREADS: ContextVar[int | None] = ContextVar("lamflow_step_threads", default=None)
+
+
+@contextlib.contextmanager
+def step_threads(threads: int | None) -> Iterator[None]:
+    """Run a step with ``threads`` cores: its ``dp``/LAMMPS children (:func:`library_env`) and,
+    where PyTorch is loaded in this process (teacher inference), PyTorch's intra-op pool."""
+    token = _THREADS.set(threads)
+    torch = sys.modules.get("torch")
+    before = torch.get_num_threads() if (torch is not None and threads) else None
+    if before is not None:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        _THREADS.reset(token)
+        if before is not None:
+            torch.set_num_threads(before)
+
+
+def current_threads() -> int | None:
+    return _THREADS.get()
 
 
 def _venv_lib() -> Path:
     return Path(sys.prefix) / "lib"
 
 
-def library_env(threads: int | None = None, extra: dict[str, str] | None = None) -> dict[str, str]:
-    """Environment for a child process that runs ``dp`` or LAMMPS with DeePMD-kit models."""
+def library_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """Environment for a child process that runs ``dp`` or LAMMPS with DeePMD-kit models, with the
+    thread count of the running step (:func:`step_threads`)."""
+    threads = _THREADS.get()
     saved = {k: os.environ.get(k) for k in ("LD_PRELOAD", "LD_LIBRARY_PATH")}
     try:
         import deepmd.lmp as dlmp  # noqa: F401  (sets LD_PRELOAD / LD_LIBRARY_PATH in os.environ)

@@ -23,25 +23,31 @@ from .errors import InputError
 from .structures import deepmd_systems
 
 
-class SelectParams(Params):
+class SelectSettings(Params):
+    """What a user tunes; the distill config's ``selection`` section is this model."""
+
+    trust_lo: float = Field(0.05, ge=0, description="eV/Å: below, the student is accurate")
+    trust_hi: float = Field(0.35, gt=0, description="eV/Å: at or above, the frame is failed")
+    max_candidates: int = Field(100, ge=1, description="teacher labels per iteration, at most")
+    strategy: Literal["random", "highest"] = "random"
+    validation_frames: int = Field(
+        20, ge=0, description="random explored frames below trust_hi, labelled only to measure the student's "
+                              "error on unseen frames")
+
+    @model_validator(mode="after")
+    def _levels(self) -> "SelectSettings":
+        ordered_trust_levels(self.trust_lo, self.trust_hi)
+        return self
+
+
+class SelectParams(SelectSettings):
     output: Path
     tasks: list[Path] = Field(description="explore task folders (task.NNN)")
     type_map: list[str] = Field(min_length=1)
-    trust_lo: float = Field(0.05, ge=0, description="eV/Å")
-    trust_hi: float = Field(0.30, gt=0, description="eV/Å")
-    max_candidates: int = Field(100, ge=0)
-    strategy: Literal["random", "highest"] = "random"
     deviation_scale: float = Field(
         1.0, gt=0, description="multiplies max_devi_f; 2.0 turns a 2-model deviation into the force error"
     )
-    n_validation: int = Field(
-        0, ge=0, description="random frames below trust_hi, kept apart to measure the error on unseen frames")
     seed: int = 1
-
-    @model_validator(mode="after")
-    def _levels(self) -> "SelectParams":
-        ordered_trust_levels(self.trust_lo, self.trust_hi)
-        return self
 
 
 class SelectResult(BaseModel):
@@ -100,7 +106,7 @@ def run(params: SelectParams) -> SelectResult:
         else:
             keep = rng.choice(len(pool), size=params.max_candidates, replace=False)
             pool = [pool[i] for i in sorted(keep)]
-    n_val = min(params.n_validation, len(sane))
+    n_val = min(params.validation_frames, len(sane))
     validation = [sane[i] for i in sorted(rng.choice(len(sane), size=n_val, replace=False))] if n_val else []
     multi = _frames(params, pool)
     total = len(devi) + n_failed_frames

@@ -25,7 +25,6 @@ class SpeedParams(Params):
     output: Path
     nsteps: int = Field(200, ge=10)
     temp: float = 300.0
-    threads: int | None = Field(None, ge=1)
 
 
 class SpeedResult(BaseModel):
@@ -37,7 +36,7 @@ def run(params: SpeedParams) -> SpeedResult:
     md = explore_run(ExploreParams(
         output=params.output, models=[params.model], type_map=params.type_map,
         structure=params.structure, temps=[params.temp], nsteps=params.nsteps,
-        trj_freq=params.nsteps, threads=params.threads,
+        trj_freq=params.nsteps,
     ))
     task = md.tasks[0]
     if task.status != "ok":

@@ -47,20 +47,19 @@ class Branch(Params):
 class TrainParams(Params):
     output: Path
     type_map: list[str] = Field(min_length=1)
-    template: str = "se_e2_a"
+    template: str = Field(description="DeePMD-kit template name or .json path (each config role has its default)")
     overrides: dict[str, Any] = Field(default_factory=dict)
     train: list[Path] = Field(default_factory=list)
     valid: list[Path] = Field(default_factory=list)
     branches: dict[str, Branch] = Field(default_factory=dict)
-    numb_steps: int = Field(1000, ge=1)
+    numb_steps: int = Field(ge=1, description="training steps (each config role has its default)")
     seed: int = 1
     finetune_from: Path | None = None
     model_branch: str | None = None
     use_pretrain_script: bool = True
     init_model: Path | None = None
     head: str | None = None
-    compress: bool = False
-    threads: int | None = Field(None, ge=1)
+    compress: bool = Field(description="dp compress the frozen model (each config role has its default)")
 
     @model_validator(mode="after")
     def _one_kind(self) -> "TrainParams":
@@ -110,6 +109,20 @@ def render(params: TrainParams) -> dict[str, Any]:
     )
 
 
+def check_input(template: str, overrides: dict[str, Any], type_map: list[str], numb_steps: int,
+                branches: list[str] | None = None, where: str = "overrides") -> None:
+    """The input a training would render, checked by deepmd-kit's argcheck; its data are
+    placeholders, so the check runs before any data exists (preflight)."""
+    placeholder = [Path("<data>")]
+    config = dp_input.load_template(template)
+    if branches:
+        rendered = dp_input.render_multitask(config, overrides, type_map, {
+            name: {"train": placeholder, "valid": [], "weight": 1.0} for name in branches}, numb_steps, 1)
+    else:
+        rendered = dp_input.render_single(config, overrides, type_map, placeholder, [], numb_steps, 1)
+    dp_input.check_input(rendered, where)
+
+
 def _train_flags(params: TrainParams) -> list[str]:
     flags: list[str] = []
     if params.finetune_from is not None:
@@ -141,11 +154,12 @@ def _check_compressible(config: dict[str, Any]) -> None:
 
 def run(params: TrainParams) -> TrainResult:
     config = render(params)
+    dp_input.check_input(config, "overrides")
     flags = _train_flags(params)
     from_pretrained_script = params.finetune_from is not None and params.use_pretrain_script
     if params.compress and not from_pretrained_script:
         _check_compressible(config)
-    env = library_env(params.threads)
+    env = library_env()
     dp = dp_command()
     seconds: dict[str, float] = {}
     with atomic_dir(params.output) as work:
@@ -193,7 +207,6 @@ class FreezeParams(Params):
     checkpoint: Path
     output: Path
     head: str | None = None
-    threads: int | None = Field(None, ge=1)
 
 
 class FreezeResult(BaseModel):
@@ -213,6 +226,6 @@ def freeze(params: FreezeParams) -> FreezeResult:
     head = ["--head", params.head] if params.head else []
     with atomic_dir(params.output) as work:
         run_logged([*dp_command(), "--pt", "freeze", "-c", str(src.resolve()), "-o", "model.pth", *head],
-                   work, "freeze.log", library_env(params.threads))
+                   work, "freeze.log", library_env())
         name = frozen_file(work).name
     return FreezeResult(model=Path(params.output) / name, seconds=time.perf_counter() - t0)

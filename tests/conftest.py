@@ -203,7 +203,7 @@ def students(tmp_path_factory, cu_data):
                                    "fitting_net": {**TINY_SE_E2_A["model"]["fitting_net"], "seed": seed}}}
             out.append(train.run(train.TrainParams(
                 output=d / f"student-{i}", type_map=["Cu"], template="se_e2_a", overrides=overrides,
-                train=cu_data.systems, numb_steps=40, seed=seed, compress=(i == 0), threads=2,
+                train=cu_data.systems, numb_steps=40, seed=seed, compress=(i == 0),
             )))
         return out
 
@@ -216,7 +216,7 @@ def explored(tmp_path_factory, students, cu_frames):
 
     return _shared(tmp_path_factory, "explore", lambda d: explore.run(explore.ExploreParams(
         output=d / "md", models=[students[0].model, students[1].model], type_map=["Cu"],
-        structure=cu_frames, temps=[300, 900], nsteps=200, trj_freq=10, threads=2,
+        structure=cu_frames, temps=[300, 900], nsteps=200, trj_freq=10,
     )))
 
 

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from conftest import write_cu_frames
-from lamflow.flows.artifact_store import ArtifactStore
-from lamflow.flows.runner import execute
+from lamflow.flows.core.artifact_store import ArtifactStore
+from lamflow.flows.core.execute import execute
 from lamflow.steps.label import LabelParams
 from lamflow.steps.perturb import PerturbParams
 
@@ -48,9 +48,9 @@ def test_a_run_writes_to_s3_and_a_resumed_run_on_a_fresh_machine_reads_back(s3, 
     perturb = PerturbParams(structures=[structure], type_map=["Cu"], output=root / "run/structures",
                             n_per_structure=4, seed=3)
     first_p = execute("perturb", perturb)
-    label = LabelParams(structures=first_p.result["systems"], type_map=["Cu"], output=root / "run/emt")
+    label = LabelParams(structures=first_p.result.systems, type_map=["Cu"], output=root / "run/emt")
     first = execute("label", label)
-    assert not first.cached and first.result["n_frames"] == 4
+    assert not first.cached and first.result.n_frames == 4
     forces = np.load(next((root / "run/emt").rglob("force.npy")))
 
     keys = _keys(s3)
@@ -64,7 +64,7 @@ def test_a_run_writes_to_s3_and_a_resumed_run_on_a_fresh_machine_reads_back(s3, 
     assert (root / "run/structures/Cu32/type.raw").is_file()  # its input was fetched to compute the key
     np.testing.assert_array_equal(np.load(next((root / "run/emt").rglob("force.npy"))), forces)
     assert not list(root.rglob("*.partial"))
-    assert execute("perturb", perturb).cached and first_p.result["n_frames"] == 4
+    assert execute("perturb", perturb).cached and first_p.result.n_frames == 4
 
     # a changed input is a different step: it runs here and replaces the stored output
     changed = label.model_copy(update={"calculator_kwargs": {"asap_cutoff": True}})

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from lamflow.flows.config import load_config, parse_config
+from lamflow.flows.pipelines.distill.config import DistillConfig
 from lamflow.steps.errors import InputError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -21,7 +21,7 @@ def base() -> dict:
 
 
 def test_quickstart_config_is_valid_and_paths_resolve():
-    cfg = load_config(QUICKSTART)
+    cfg = DistillConfig.load(QUICKSTART)
     assert cfg.configurations.files[0] == QUICKSTART.parent / "cu-fcc-32.extxyz"
     assert cfg.teacher.train.template == "dpa3"  # a template name stays a name
     assert cfg.exploration(0).temps == [300, 600]
@@ -71,7 +71,7 @@ def test_bad_field_one_line(field, value, message):
     raw = base()
     _set(raw, field, value)
     with pytest.raises(InputError) as err:
-        parse_config(raw, QUICKSTART.parent, "config.yaml")
+        DistillConfig.parse(raw, QUICKSTART.parent, "config.yaml")
     text = str(err.value)
     assert "\n" not in text
     assert text.startswith("config.yaml: ") and message in text, text

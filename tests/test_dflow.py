@@ -16,10 +16,10 @@ import pytest
 import yaml
 
 from conftest import assert_same_lam, lam_config, tiny_config
-from lamflow.flows.config import parse_config
-from lamflow.flows.dflow_engine import STEP_OPS, ArgoSettings, PlanOP, export
-from lamflow.flows.faults import ENV as FAULTS_ENV
-from lamflow.flows.runner import execute
+from lamflow.flows.pipelines.distill.config import DistillConfig
+from lamflow.flows.engines.dflow.engine import STEP_OPS, ArgoSettings, PlanOP, export
+from lamflow.flows.core.faults import ENV as FAULTS_ENV
+from lamflow.flows.core.execute import execute
 from lamflow.steps.registry import STEPS
 
 SCHEMA = Path(__file__).parent / "data" / "argo-workflows.schema.json"  # Argo's api/jsonschema/schema.json
@@ -34,11 +34,11 @@ def test_every_step_is_an_op_whose_outputs_are_its_result_fields():
         outputs = set(op.get_output_sign())
         assert set(STEPS[step].result.model_fields) <= outputs and "cached" in outputs
         assert set(op.get_input_sign()) == {"call"}
-        assert op.__module__ == "lamflow.flows.dflow_engine"  # importable in pods, not pickled
+        assert op.__module__ == "lamflow.flows.engines.dflow.engine"  # importable in pods, not pickled
 
 
 def test_planner_returns_the_first_unfinished_batch_then_the_next(tmp_path):
-    cfg = parse_config(tiny_config(tmp_path), tmp_path)
+    cfg = DistillConfig.parse(tiny_config(tmp_path), tmp_path)
     ip = {"flow": "distill", "config": cfg.model_dump(mode="json"), "run_dir": str(tmp_path / "run"), "level": 0}
     first = PlanOP().execute(ip)
     assert first["done"] is False and first["step"] == "perturb" and len(first["calls"]) == 1
@@ -52,7 +52,7 @@ def test_planner_returns_the_first_unfinished_batch_then_the_next(tmp_path):
 def _manifest(tmp_path) -> dict:
     raw = tiny_config(tmp_path)
     raw["resources"] = GPU
-    return export("distill", parse_config(raw, tmp_path), Path("/runs/tiny"), ArgoSettings(image_pull_secrets=["regcred"]))
+    return export("distill", DistillConfig.parse(raw, tmp_path), Path("/runs/tiny"), ArgoSettings(image_pull_secrets=["regcred"]))
 
 
 def test_exported_workflow_is_valid_argo_with_gpus_images_and_the_recursive_loop(tmp_path):
@@ -69,7 +69,7 @@ def test_exported_workflow_is_valid_argo_with_gpus_images_and_the_recursive_loop
     assert train["script"]["resources"]["requests"]["nvidia.com/gpu"] == "1"
     assert train["script"]["resources"]["limits"] == {"memory": "16Gi", "nvidia.com/gpu": "1"}
     assert train["script"]["image"].endswith("cuda12") and select["script"]["image"].endswith("-cpu")
-    assert "from lamflow.flows.dflow_engine import TrainOP" in train["script"]["source"]
+    assert "from lamflow.flows.engines.dflow.engine import TrainOP" in train["script"]["source"]
     assert train["retryStrategy"]["limit"] == "2" and train["timeout"] == "7200s"
     assert explore["nodeSelector"] == {"nvidia.com/gpu.present": "true"}
     assert explore["tolerations"][0]["key"] == "nvidia.com/gpu"
@@ -108,9 +108,9 @@ def _steps(workflow_dir: Path) -> dict[str, dict]:
 
 
 def test_planner_drives_the_lam_pipeline_too(tmp_path):
-    from lamflow.flows.lam_config import parse_lam_config
+    from lamflow.flows.pipelines.lam.config import LamConfig
 
-    cfg = parse_lam_config(lam_config(tmp_path), tmp_path)
+    cfg = LamConfig.parse(lam_config(tmp_path), tmp_path)
     ip = {"flow": "lam", "config": cfg.model_dump(mode="json", by_alias=True), "run_dir": str(tmp_path / "run"),
           "level": 0}
     first = PlanOP().execute(ip)

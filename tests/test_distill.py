@@ -8,7 +8,7 @@ import subprocess
 
 import pytest
 from conftest import write_cu_frames
-from lamflow.flows.runner import execute
+from lamflow.flows.core.execute import execute
 from lamflow.steps.evaluate import EvaluateParams
 from lamflow.steps.evaluate import run as evaluate_run
 from lamflow.steps.label import LabelParams
@@ -55,13 +55,13 @@ def test_step_records_skip_finished_work_and_notice_changed_inputs(tmp_path):
     assert not first.cached and again.cached and again.result == first.result
     write_cu_frames(frames, 4)  # the input changed: the record no longer applies
     changed = execute("label", params)
-    assert not changed.cached and changed.result["n_frames"] == 4
+    assert not changed.cached and changed.result.n_frames == 4
 
 
 def test_checkpoint_teacher_is_frozen_for_lammps(tmp_path, students, cu_data):
     frozen = execute("freeze", FreezeParams(checkpoint=students[1].checkpoint, output=tmp_path / "t"))
-    model = frozen.result["model"]
-    assert model.endswith("model.pth")
+    model = frozen.result.model
+    assert model.name == "model.pth"
     a = evaluate_run(EvaluateParams(model=model, systems=cu_data.systems, type_map=["Cu"]))
     b = evaluate_run(EvaluateParams(model=students[1].model, systems=cu_data.systems, type_map=["Cu"]))
     assert a.rmse_f == pytest.approx(b.rmse_f, rel=1e-6)

@@ -28,7 +28,7 @@ def test_md_with_two_models_writes_model_deviation(explored):
 def test_blown_up_md_is_marked_failed_not_raised(tmp_path, students, cu_frames):
     result = explore.run(explore.ExploreParams(
         output=tmp_path / "x", models=[students[0].model, students[1].model], type_map=["Cu"],
-        structure=cu_frames, temps=[300, 1e8], nsteps=100, trj_freq=10, dt=0.05, threads=2,
+        structure=cu_frames, temps=[300, 1e8], nsteps=100, trj_freq=10, dt=0.05,
     ))
     assert [t.status for t in result.tasks] == ["ok", "failed"]
     assert "Lost atoms" in result.tasks[1].reason
@@ -40,7 +40,7 @@ def test_npt_grid_makes_one_task_per_point(tmp_path, students, cu_frames):
     result = explore.run(explore.ExploreParams(
         output=tmp_path / "npt", models=[students[0].compressed], type_map=["Cu"],
         structure=cu_frames, ensemble="npt", temps=[300], pressures=[1.0, 1000.0], nsteps=20,
-        trj_freq=10, threads=2,
+        trj_freq=10,
     ))
     assert [(t.temp, t.pressure, t.status) for t in result.tasks] == [(300, 1.0, "ok"), (300, 1000.0, "ok")]
     assert "npt temp 300.0 300.0" in (result.tasks[1].path / "in.lammps").read_text()

@@ -18,9 +18,9 @@ import pytest
 import yaml
 
 from conftest import assert_same_distillation, tiny_config, write_cu_frames
-from lamflow.flows.faults import ENV as FAULTS_ENV
-from lamflow.flows.run_lock import run_lock
-from lamflow.flows.runner import execute
+from lamflow.flows.core.faults import ENV as FAULTS_ENV
+from lamflow.flows.core.run_lock import run_lock
+from lamflow.flows.core.execute import execute
 from lamflow.steps.label import LabelParams
 
 CLI = [sys.executable, "-m", "lamflow.flows.cli"]
@@ -100,7 +100,7 @@ def test_a_second_run_on_the_same_directory_is_refused_and_a_stale_lock_is_not(t
     assert not list(run.rglob("*.result.json"))  # it did nothing
 
     # the holder died (SIGKILL leaves the lock file behind): the kernel released the lock
-    holder = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom lamflow.flows.run_lock import run_lock\n"
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom lamflow.flows.core.run_lock import run_lock\n"
                                f"with run_lock({str(run)!r}):\n    print('locked', flush=True); time.sleep(60)"],
                               stdout=subprocess.PIPE, text=True)
     assert holder.stdout.readline().strip() == "locked"

@@ -8,7 +8,7 @@ import json
 import pytest
 
 from conftest import lam_config
-from lamflow.flows.lam_config import parse_lam_config
+from lamflow.flows.pipelines.lam.config import LamConfig
 from lamflow.steps.errors import InputError
 
 
@@ -46,5 +46,5 @@ def test_config_errors_name_the_field(tmp_path, change, message):
     for key, value in change.items():
         raw[key] = {**raw[key], **value} if isinstance(value, dict) and key != "datasets" else value
     with pytest.raises(InputError) as err:
-        parse_lam_config(raw, tmp_path)
+        LamConfig.parse(raw, tmp_path)
     assert message in str(err.value)

@@ -19,12 +19,13 @@ import yaml
 from prefect.states import Failed
 
 from conftest import REPO, assert_same_distillation, assert_same_lam, lam_config, tiny_config, write_cu_frames
-from lamflow.flows.faults import ENV as FAULTS_ENV
-from lamflow.flows.prefect_engine import PrefectRunner, _retry_unless_bad_input
-from lamflow.flows.prefect_server import retry_flow_run
-from lamflow.flows.prefect_k8s import deployment_job_variables, job_template, render_job
-from lamflow.flows.resources import Resources
-from lamflow.flows.runner import StepCall, execute
+from lamflow.flows.core.faults import ENV as FAULTS_ENV
+from lamflow.flows.engines.prefect.flows import PrefectRunner
+from lamflow.flows.engines.prefect.server import retry_flow_run
+from lamflow.flows.engines.prefect.k8s import deployment_job_variables, job_template, render_job
+from lamflow.flows.core.resources import Resources
+from lamflow.flows.core.execute import execute
+from lamflow.flows.core.records import StepCall
 from lamflow.steps.errors import InputError, StepFailed
 from lamflow.steps.label import LabelParams
 
@@ -80,10 +81,13 @@ def test_job_template_keeps_every_prefect_kubernetes_variable():
     assert {"gpu_count", "node_selector", "tolerations", "runs_claim"} <= ours
 
 
-def test_bad_input_is_not_retried_other_failures_are():
-    assert _retry_unless_bad_input(None, None, Failed(data=InputError("teacher.model", "file not found"))) is False
-    assert _retry_unless_bad_input(None, None, Failed(data=StepFailed("dp train: killed"))) is True
-    assert _retry_unless_bad_input(None, None, Failed(data=MemoryError())) is True
+def test_prefect_retries_by_the_core_policy():
+    from lamflow.flows.engines.prefect.flows import _retry_condition
+
+    assert _retry_condition(None, None, Failed(data=InputError("teacher.model", "file not found"))) is False
+    assert _retry_condition(None, None, Failed(data=OSError(28, "No space left on device"))) is False
+    assert _retry_condition(None, None, Failed(data=StepFailed("dp train: killed"))) is True
+    assert _retry_condition(None, None, Failed(data=MemoryError())) is True
 
 
 def test_heavy_steps_get_a_retry_unless_the_config_says_otherwise():
@@ -112,7 +116,7 @@ def test_injected_fault_fails_the_step_once_then_lets_it_run(tmp_path, monkeypat
         execute("label", params)
     assert not (tmp_path / "lab-b").exists()  # nothing half-written
     assert yaml.safe_load(faults.read_text())[0]["times"] == 0
-    assert execute("label", params).result["n_frames"] == 2
+    assert execute("label", params).result.n_frames == 2
 
 
 # --- a real Prefect server ---------------------------------------------------------------------
@@ -126,7 +130,7 @@ def _free_port() -> int:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    from lamflow.flows.prefect_server import LocalPrefect
+    from lamflow.flows.engines.prefect.server import LocalPrefect
 
     home = tmp_path_factory.mktemp("prefect-home")
     faults = home / "faults.yaml"
@@ -250,12 +254,12 @@ def test_lam_deployment_runs_the_whole_pipeline_like_the_cli(server, tmp_path, p
 
 
 def test_flow_takes_the_config_itself_with_paths_relative_to_the_working_directory(tmp_path, monkeypatch):
-    from lamflow.flows.prefect_engine import config_from
+    from lamflow.flows.pipelines import load_any, parse_any
 
     raw = tiny_config(tmp_path)
     monkeypatch.chdir(tmp_path)
-    cfg = config_from(raw)
+    _, cfg = parse_any(raw, Path.cwd(), expect="distill")
     assert cfg.configurations.files == [tmp_path / "start.extxyz"]
     (tmp_path / "c.yaml").write_text(yaml.safe_dump({**raw, "max_iterations": "two"}))
     with pytest.raises(InputError, match="max_iterations"):
-        config_from(str(tmp_path / "c.yaml"))
+        load_any(tmp_path / "c.yaml", expect="distill")

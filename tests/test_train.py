@@ -32,9 +32,9 @@ def test_student_trains_freezes_and_compresses(students, cu_data):
 def test_student_init_from_previous_model_starts_closer(tmp_path, students, cu_data):
     """init_model continues from the previous student: 1 step later it is as good as before."""
     prev = students[0]
-    again = train.run(train.TrainParams(
+    again = train.run(train.TrainParams(compress=False, 
         output=tmp_path / "again", type_map=["Cu"], template=str(prev.input),
-        train=cu_data.systems, numb_steps=1, init_model=prev.checkpoint, threads=2,
+        train=cu_data.systems, numb_steps=1, init_model=prev.checkpoint,
     ))
     before = evaluate.run(evaluate.EvaluateParams(model=prev.model, systems=cu_data.systems, type_map=["Cu"]))
     after = evaluate.run(evaluate.EvaluateParams(model=again.model, systems=cu_data.systems, type_map=["Cu"]))
@@ -45,11 +45,11 @@ def test_multitask_pretrain_then_finetune(tmp_path, cu_data):
     alloy = write_cu_frames(tmp_path / "cuau.extxyz", 8, seed=3, symbols_every="Au")
     alloy_data = label.run(label.LabelParams(structures=[alloy], type_map=["Cu", "Au"],
                                              output=tmp_path / "cuau", calculator="emt"))
-    pre = train.run(train.TrainParams(
+    pre = train.run(train.TrainParams(compress=False, 
         output=tmp_path / "pretrain", type_map=["Cu", "Au"], template="dpa3", overrides=TINY_DPA3,
         branches={"bulk_cu": {"train": cu_data.systems, "weight": 3.0},
                   "cuau": {"train": alloy_data.systems, "weight": 1.0}},
-        numb_steps=10, threads=2,
+        numb_steps=10,
     ))
     rendered = json.loads(pre.input.read_text())
     assert set(rendered["model"]["model_dict"]) == {"bulk_cu", "cuau"}
@@ -58,10 +58,10 @@ def test_multitask_pretrain_then_finetune(tmp_path, cu_data):
     assert pre.model.is_file() and pre.checkpoint.exists()
 
     for branch in ("bulk_cu", "RANDOM"):
-        ft = train.run(train.TrainParams(
+        ft = train.run(train.TrainParams(compress=False, 
             output=tmp_path / f"ft-{branch}", type_map=["Cu", "Au"], template="dpa3",
             overrides=TINY_DPA3, train=cu_data.systems, finetune_from=pre.checkpoint,
-            model_branch=branch, numb_steps=10, threads=2,
+            model_branch=branch, numb_steps=10,
         ))
         metrics = evaluate.run(evaluate.EvaluateParams(model=ft.model, systems=cu_data.systems, type_map=["Cu"]))
         assert np.isfinite(metrics.rmse_f) and metrics.n_frames == 24
@@ -75,7 +75,7 @@ def test_dpa3_cannot_be_compressed_one_line(tmp_path, cu_data):
     with pytest.raises(InputError, match="cannot be compressed"):
         train.run(train.TrainParams(output=tmp_path / "t", type_map=["Cu"], template="dpa3",
                                     overrides=TINY_DPA3, train=cu_data.systems, numb_steps=2,
-                                    compress=True, threads=2))
+                                    compress=True))
     assert not (tmp_path / "t").exists()  # no half-written output folder is left as if complete
 
 
@@ -89,6 +89,7 @@ def test_dpa3_cannot_be_compressed_one_line(tmp_path, cu_data):
     ],
 )
 def test_bad_train_input(tmp_path, cu_data, change, message):
-    params = {"output": tmp_path / "o", "type_map": ["Cu"], "train": cu_data.systems, **change}
+    params = {"output": tmp_path / "o", "type_map": ["Cu"], "train": cu_data.systems, "template": "se_e2_a",
+              "numb_steps": 1, "compress": False, **change}
     with pytest.raises(InputError, match=message):
         train.run(train.TrainParams(**params))

@@ -5,7 +5,8 @@ loop reads what it will use — every initial configuration (readable, elements 
 finite coordinates), every labelled dataset (a deepmd/npy system, not empty, no NaN), the
 teacher (loads, knows every element, and evaluates one configuration to finite numbers: a model
 from an incompatible DeePMD-kit version fails here, not inside LAMMPS) — and stops at the first
-problem with one line naming the field or the file.
+problem with one line naming the field or the file. The DeePMD-kit inputs the run will train
+with (template + overrides) go through deepmd-kit's own argcheck here too.
 """
 
 from __future__ import annotations
@@ -18,12 +19,15 @@ from lamflow.steps.dp_input import load_template
 from lamflow.steps.errors import InputError
 from lamflow.steps.inference import eval_frames, first_sentence, load_model, model_type_indices
 from lamflow.steps.structures import check_systems, read_atoms, read_system
+from lamflow.steps.train import check_input
 
 from .config import DistillConfig, check_files
 
 
-def preflight(cfg: DistillConfig) -> None:
-    check_files(cfg)
+def preflight(cfg: DistillConfig, with_teacher: bool = True) -> None:
+    """``with_teacher=False``: the teacher is made by an earlier stage (the LAM pipeline's
+    finetuning); everything else is checked."""
+    check_files(cfg, with_teacher)
     type_map = list(cfg.type_map)
     first = None
     for i, path in enumerate(cfg.configurations.files):
@@ -36,6 +40,8 @@ def preflight(cfg: DistillConfig) -> None:
     if cfg.initial_data.systems:
         _labelled(cfg.initial_data.systems, type_map, "initial_data.systems")
     _template(cfg.student.template, "student.template")
+    check_input(cfg.student.template, cfg.student.overrides, type_map, cfg.student.numb_steps,
+                where="student.overrides")
     if cfg.teacher.train is not None:
         if cfg.teacher.train.data:
             _labelled(cfg.teacher.train.data, type_map, "teacher.train.data")
@@ -43,7 +49,9 @@ def preflight(cfg: DistillConfig) -> None:
             for path in cfg.teacher.train.label.structures:
                 read_atoms(Path(path), type_map)
         _template(cfg.teacher.train.template, "teacher.train.template")
-    if cfg.teacher.model is not None and not cfg.teacher.head:  # a multi-task checkpoint is frozen first
+        t = cfg.teacher.train
+        check_input(t.template, t.overrides, type_map, t.numb_steps, where="teacher.train.overrides")
+    if with_teacher and cfg.teacher.model is not None and not cfg.teacher.head:  # a multi-task checkpoint is frozen first
         check_teacher(Path(cfg.teacher.model), type_map, *first)
 
 

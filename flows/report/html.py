@@ -15,10 +15,10 @@ from typing import TYPE_CHECKING
 
 from lamflow.steps.artifacts import atomic_write_text
 
-from .report import plot_convergence, plot_deviations, plot_speed
+from .distill import plot_convergence, plot_deviations, plot_speed
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .distill import DistillReport
+    from lamflow.flows.pipelines.distill.records import DistillReport
 
 PLOTS = (("deviations.png", plot_deviations, "Student force error vs the teacher, per iteration"),
          ("convergence.png", plot_convergence, "Accurate / candidate / failed ratios and force RMSE"),

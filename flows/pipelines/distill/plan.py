@@ -1,7 +1,7 @@
 """The distillation iteration, defined once: which steps run, with which parameters, where.
 
 Pure functions from (config, run directory, previous results) to :class:`StepCall` lists. The
-loop in :mod:`lamflow.flows.distill` and every engine adapter use them, so Prefect and dflow run
+loop in :mod:`lamflow.flows.pipelines.distill.loop` and every engine adapter use them, so Prefect and dflow run
 the very same iteration and lay out the very same run directory::
 
     RUN/init/{teacher-label-data/, teacher/, perturb/, label/chunk-000/, speed-teacher/, train-00/}
@@ -17,16 +17,22 @@ from pathlib import Path
 
 from lamflow.steps.evaluate import EvaluateParams
 from lamflow.steps.explore import ExploreParams
-from lamflow.steps.label import LabelParams
-from lamflow.steps.perturb import PerturbParams
+from lamflow.steps.perturb import PerturbParams, PerturbSettings
 from lamflow.steps.select import SelectParams
 from lamflow.steps.speed import SpeedParams
-from lamflow.steps.structures import count_frames
+from lamflow.steps.structures import count_frames, read_system
 from lamflow.steps.teacher_label import TeacherLabelParams
 from lamflow.steps.train import FreezeParams, TrainParams
 
+from lamflow.flows.core.records import StepCall
+
+from ..datasets import call as _call
+from ..datasets import label_calls, perturb_calls
 from .config import DistillConfig
-from .runner import StepCall
+
+#: seed offsets of the random streams the loop draws besides the MD (one per stream, so that
+#: changing one setting does not reshuffle the others)
+REFERENCE_SEED = 17
 
 
 @dataclass(frozen=True)
@@ -41,41 +47,29 @@ class Layout:
         return self.root / f"iter-{k:03d}"
 
 
-def _call(cfg: DistillConfig, step: str, params, label: str) -> StepCall:
-    return StepCall(step=step, params=params, label=label, resources=cfg.resources_for(step))
-
-
 # -- preparation -------------------------------------------------------------------------------
 
 def reference_structures(cfg: DistillConfig, lay: Layout) -> list[StepCall]:
     """Perturbed copies of the structures the teacher's reference labels are computed on."""
     spec = cfg.teacher.train.label if cfg.teacher.train else None
-    if spec is None or spec.perturbed_frames == 0:
+    if spec is None:
         return []
-    return [_call(cfg, "perturb", PerturbParams(
-        structures=spec.structures, type_map=cfg.type_map, output=lay.init / "reference-structures",
-        n_per_structure=spec.perturbed_frames, cell_fraction=spec.cell_fraction,
-        atom_distance=spec.atom_distance, seed=cfg.seed + 17), "init/reference-structures")]
+    return perturb_calls(cfg, spec, cfg.type_map, lay.init / "reference-structures", "init/reference-structures",
+                         cfg.seed + REFERENCE_SEED)
 
 
 def reference_labels(cfg: DistillConfig, lay: Layout, perturbed: list[Path]) -> list[StepCall]:
     spec = cfg.teacher.train.label if cfg.teacher.train else None
     if spec is None:
         return []
-    return [
-        _call(cfg, "label", LabelParams(
-            structures=perturbed or spec.structures, type_map=cfg.type_map, calculator=spec.calculator,
-            calculator_kwargs=spec.calculator_kwargs, chunk=c, n_chunks=spec.chunks,
-            output=lay.init / "reference" / f"chunk-{c:03d}"), f"init/reference/chunk-{c:03d}")
-        for c in range(spec.chunks)
-    ]
+    return label_calls(cfg, spec, cfg.type_map, perturbed, lay.init / "reference", "init/reference")
 
 
 def teacher_model(cfg: DistillConfig, lay: Layout, reference: list[Path]) -> StepCall | None:
     """Train the teacher, or freeze a checkpoint so LAMMPS can run it; None for a frozen file."""
     if cfg.teacher.train is not None:
         t = cfg.teacher.train
-        return _call(cfg, "train", TrainParams(
+        return _call(cfg, "train", TrainParams(compress=False, 
             output=lay.init / "teacher", type_map=cfg.type_map, template=t.template, overrides=t.overrides,
             train=[*t.data, *reference], numb_steps=t.numb_steps, seed=cfg.seed), "init/teacher")
     model = Path(cfg.teacher.model)
@@ -91,8 +85,8 @@ def initial_structures(cfg: DistillConfig, lay: Layout) -> list[StepCall]:
     d = cfg.initial_data
     return [_call(cfg, "perturb", PerturbParams(
         structures=cfg.configurations.files, type_map=cfg.type_map, output=lay.init / "perturbed",
-        n_per_structure=d.perturbed_frames, cell_fraction=d.cell_fraction, atom_distance=d.atom_distance,
-        seed=cfg.seed), "init/perturbed")]
+        n_per_structure=d.perturbed_frames, seed=cfg.seed, **d.model_dump(include=set(PerturbSettings.model_fields))),
+        "init/perturbed")]
 
 
 def teacher_labels(cfg: DistillConfig, teacher: Path, systems: list[Path], out: Path, label: str) -> list[StepCall]:
@@ -141,27 +135,22 @@ def explore(cfg: DistillConfig, lay: Layout, k: int, models: list[Path]) -> list
             for temp in e.temps:
                 calls.append(_call(cfg, "explore", ExploreParams(
                     output=where / f"task-{n:03d}", models=models, type_map=cfg.type_map, structure=path,
-                    fmt=cfg.configurations.fmt, frame=frame, ensemble=e.ensemble, temps=[temp],
-                    pressures=e.pressures, nsteps=e.nsteps, trj_freq=e.trj_freq, dt=e.dt,
-                    seed=cfg.seed + 7919 * k + n + 1), f"iter-{k:03d}/explore/task-{n:03d}"))
+                    fmt=cfg.configurations.fmt, frame=frame, seed=cfg.seed + 7919 * k + n + 1,
+                    **{**e.model_dump(), "temps": [temp]}), f"iter-{k:03d}/explore/task-{n:03d}"))
                 n += 1
     return calls
 
 
 def configuration_frames(path: Path, cfg: DistillConfig) -> int:
-    from lamflow.steps.structures import read_system
-
     return len(read_system(path, cfg.type_map, cfg.configurations.fmt))
 
 
 def select(cfg: DistillConfig, lay: Layout, k: int, task_dirs: list[Path]) -> StepCall:
-    s = cfg.selection
     return _call(cfg, "select", SelectParams(
-        output=lay.iteration(k) / "select", tasks=task_dirs, type_map=cfg.type_map, trust_lo=s.trust_lo,
-        trust_hi=s.trust_hi, max_candidates=s.max_candidates, strategy=s.strategy,
+        output=lay.iteration(k) / "select", tasks=task_dirs, type_map=cfg.type_map,
         # with the teacher as second model, DeePMD-kit's deviation is half the force error
-        deviation_scale=2.0 if cfg.student.count == 1 else 1.0,
-        n_validation=s.validation_frames, seed=cfg.seed + k), f"iter-{k:03d}/select")
+        deviation_scale=2.0 if cfg.student.count == 1 else 1.0, seed=cfg.seed + k,
+        **cfg.selection.model_dump()), f"iter-{k:03d}/select")
 
 
 def evaluate(cfg: DistillConfig, lay: Layout, k: int, model: Path, systems: list[Path]) -> StepCall:

@@ -23,7 +23,7 @@ from typing import Any, Iterator
 
 from lamflow.steps.errors import InputError, StepFailed
 
-from .prefect_k8s import TEMPLATE
+from .k8s import TEMPLATE
 
 #: the pools prefect.yaml's deployments use: name → (type, base job template or None)
 POOLS = {"local": ("process", None), "k8s-gpu": ("kubernetes", TEMPLATE)}

@@ -6,17 +6,16 @@ Written atomically so a crashed or still-running distillation always has a reada
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any
 
 import numpy as np
 
 from lamflow.steps.artifacts import write_json
 
-if TYPE_CHECKING:  # pragma: no cover
-    from .distill import DistillReport
+from lamflow.flows.pipelines.distill.records import DistillReport
 
 
-def write_report(report: "DistillReport", run_dir: Path, plots: bool = True) -> Path:
+def write_report(report: DistillReport, run_dir: Path, plots: bool = True) -> Path:
     path = write_json(Path(run_dir) / "report.json", report.as_dict())
     if plots and report.iterations:
         plot_deviations(report, Path(run_dir) / "deviations.png")
@@ -34,7 +33,7 @@ def _pyplot():
     return plt
 
 
-def plot_deviations(report: "DistillReport", path: Path) -> None:
+def plot_deviations(report: DistillReport, path: Path) -> None:
     """Histogram of the student's max force error (vs teacher) per iteration."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6, 4), dpi=110)
@@ -59,7 +58,7 @@ def plot_deviations(report: "DistillReport", path: Path) -> None:
     plt.close(fig)
 
 
-def plot_convergence(report: "DistillReport", path: Path) -> None:
+def plot_convergence(report: DistillReport, path: Path) -> None:
     """Accurate/candidate/failed ratios and the student's force RMSE over iterations."""
     plt = _pyplot()
     its = [r.iteration for r in report.iterations]
@@ -84,7 +83,7 @@ def plot_convergence(report: "DistillReport", path: Path) -> None:
     plt.close(fig)
 
 
-def plot_speed(report: "DistillReport", path: Path) -> None:
+def plot_speed(report: DistillReport, path: Path) -> None:
     """The student's LAMMPS speed over iterations, against the teacher's (the point of distilling)."""
     plt = _pyplot()
     its = [r.iteration for r in report.iterations]
@@ -104,7 +103,7 @@ def plot_speed(report: "DistillReport", path: Path) -> None:
     plt.close(fig)
 
 
-def table(report: "DistillReport"):
+def table(report: DistillReport):
     """The per-iteration table shown in the terminal."""
     from rich.table import Table
 
@@ -123,3 +122,18 @@ def table(report: "DistillReport"):
             f"{r.wall:.0f}",
         )
     return t
+
+
+def summarize(console: Any, cfg: Any, report: DistillReport) -> None:
+    """The outcome of a distillation in the terminal, after its progress table."""
+    console.print()
+    last = report.iterations[-1] if report.iterations else None
+    state = "[green]converged[/green]" if report.converged else f"[yellow]{report.status}[/yellow]"
+    console.print(f"{state} after {len(report.iterations)} iterations in {report.wall_seconds:,.0f} s")
+    if last is not None:
+        rmse = "-" if last.rmse_f is None else f"{last.rmse_f:.4f} eV/Å"
+        ratio = "-" if last.speed_ratio is None else f"{last.speed_ratio:.1f}x"
+        console.print(f"student: {report.final_student}")
+        console.print(f"student force RMSE vs teacher on unseen explored frames: {rmse}; "
+                      f"MD speed vs teacher: {ratio}")
+    console.print(f"report: {Path(report.run_dir) / 'report.json'} (plots beside it)")

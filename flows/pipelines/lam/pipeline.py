@@ -13,24 +13,31 @@ runner, so the pipeline resumes like the loop: finished steps are read back from
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 from lamflow.steps.artifacts import write_json
-from lamflow.steps.change_bias import ChangeBiasParams
-from lamflow.steps.dp_input import deep_merge
-from lamflow.steps.evaluate import EvaluateParams
+from lamflow.steps.change_bias import ChangeBiasParams, ChangeBiasResult
+from lamflow.steps.evaluate import EvaluateParams, EvaluateResult
 from lamflow.steps.import_data import ImportParams
-from lamflow.steps.label import LabelParams
-from lamflow.steps.perturb import PerturbParams
 from lamflow.steps.structures import count_frames
-from lamflow.steps.train import Branch, FreezeParams, TrainParams
+from lamflow.steps.train import Branch, FreezeParams, TrainParams, TrainResult
 
-from .distill import DistillReport, _Book, run_distill
-from .lam_config import LamConfig, check_lam_files
-from .runner import Pending, Runner, StepCall
+from lamflow.flows.core.book import Book
+from lamflow.flows.core.records import StepCall
+from lamflow.flows.core.runner import Pending, Runner
+
+from ..datasets import call as _call
+from ..datasets import label_calls, perturb_calls
+from ..distill.loop import run_distill
+from ..distill.records import DistillReport
+from .config import LamConfig, check_lam_files
+
+#: seed offset of the datasets' perturbations (a random stream of its own)
+DATASET_SEED = 31
 
 
 @dataclass
@@ -49,10 +56,6 @@ class LamReport:
     status: str = "running"
 
 
-def _call(cfg: LamConfig, step: str, params, label: str) -> StepCall:
-    return StepCall(step=step, params=params, label=label, resources=cfg.resources_for(step))
-
-
 def dataset_calls(cfg: LamConfig, root: Path, name: str, perturbed: list[Path] | None = None) -> list[StepCall]:
     """The steps that produce dataset ``name`` (after ``perturb`` for labelled ones)."""
     d, out = cfg.dataset(name), root / "data" / name
@@ -60,28 +63,27 @@ def dataset_calls(cfg: LamConfig, root: Path, name: str, perturbed: list[Path] |
         return [_call(cfg, "import_data", ImportParams(files=d.import_.files, fmt=d.import_.fmt,
                                                        type_map=cfg.type_map, output=out), f"data/{name}")]
     if d.label:
-        spec = d.label
-        if spec.perturbed_frames and perturbed is None:
-            return [_call(cfg, "perturb", PerturbParams(
-                structures=spec.structures, type_map=cfg.type_map, output=root / "data" / f"{name}-structures",
-                n_per_structure=spec.perturbed_frames, cell_fraction=spec.cell_fraction,
-                atom_distance=spec.atom_distance, seed=cfg.seed + 31), f"data/{name}-structures")]
-        return [_call(cfg, "label", LabelParams(
-            structures=perturbed or spec.structures, type_map=cfg.type_map, calculator=spec.calculator,
-            calculator_kwargs=spec.calculator_kwargs, chunk=c, n_chunks=spec.chunks,
-            output=out / f"chunk-{c:03d}"), f"data/{name}/chunk-{c:03d}") for c in range(spec.chunks)]
+        if d.label.perturbed_frames and perturbed is None:
+            return perturb_calls(cfg, d.label, cfg.type_map, root / "data" / f"{name}-structures",
+                                 f"data/{name}-structures", cfg.seed + DATASET_SEED)
+        return label_calls(cfg, d.label, cfg.type_map, perturbed or [], out, f"data/{name}")
     return []
 
 
 def run_lam(cfg: LamConfig, run_dir: Path, runner: Runner, on_batch: Callable[[str], None] | None = None,
             on_iteration: Callable[[DistillReport], None] | None = None, check_inputs: bool = True) -> LamReport:
     """The pipeline; ``check_inputs`` as for :func:`run_distill` (off in a replay)."""
-    check_lam_files(cfg)
+    if check_inputs:
+        from .config import preflight
+
+        preflight(cfg)
+    else:
+        check_lam_files(cfg)
     run_dir = Path(run_dir).resolve()
     root = run_dir / "lam"
     root.mkdir(parents=True, exist_ok=True)
     report = LamReport(name=cfg.name, run_dir=str(run_dir))
-    book = _Book(runner, DistillReport(name=cfg.name, run_dir=str(run_dir)), on_batch)
+    book = Book(runner, on_batch)
     secs = report.seconds
     t0 = time.perf_counter()
 
@@ -107,44 +109,44 @@ def run_lam(cfg: LamConfig, run_dir: Path, runner: Runner, on_batch: Callable[[s
             pretrained = cfg.pretrain.model
             if pretrained is None:
                 branches = {n: Branch(train=data[n], weight=cfg.dataset(n).weight) for n in cfg.branches()}
-                res = book.one(_call(cfg, "train", TrainParams(
+                pre: TrainResult = book.one(_call(cfg, "train", TrainParams(compress=False, 
                     output=root / "pretrain", type_map=cfg.type_map, template=cfg.pretrain.template,
                     overrides=cfg.pretrain.overrides, branches=branches, numb_steps=cfg.pretrain.numb_steps,
                     seed=cfg.seed), "pretrain"), secs)
-                pretrained = Path(res["checkpoint"])
+                pretrained = pre.checkpoint
                 heads = book.run([_call(cfg, "freeze", FreezeParams(
                     checkpoint=pretrained, head=n, output=root / "pretrain-heads" / n), f"pretrain-heads/{n}")
                     for n in cfg.branches()], secs)
                 evals = book.run([_call(cfg, "evaluate", EvaluateParams(
-                    model=h.result["model"], systems=data[n], type_map=cfg.type_map,
+                    model=h.result.model, systems=data[n], type_map=cfg.type_map,
                     output=root / "pretrain-heads" / f"{n}.evaluate.json"), f"pretrain-heads/{n}/evaluate")
                     for n, h in zip(cfg.branches(), heads)], secs)
-                report.branch_rmse_f = {n: e.result["rmse_f"] for n, e in zip(cfg.branches(), evals)}
+                report.branch_rmse_f = {n: e.result.rmse_f for n, e in zip(cfg.branches(), evals)}
             report.pretrained = str(pretrained)
             save()
             # --- finetune
             branch = cfg.finetune.branch or (cfg.branches()[0] if cfg.pretrain.model is None else None)
             downstream = data[cfg.finetune.dataset]
-            res = book.one(_call(cfg, "train", TrainParams(
+            tuned: TrainResult = book.one(_call(cfg, "train", TrainParams(compress=False, 
                 output=root / "finetune", type_map=cfg.type_map, template=cfg.pretrain.template,
-                overrides=deep_merge(cfg.pretrain.overrides, cfg.finetune.overrides), train=downstream, numb_steps=cfg.finetune.numb_steps,
+                overrides=cfg.finetune_overrides(), train=downstream, numb_steps=cfg.finetune.numb_steps,
                 finetune_from=pretrained, model_branch=branch, seed=cfg.seed), "finetune"), secs)
-            teacher = Path(res["model"])
+            teacher = tuned.model
             probe = data[cfg.finetune.validation] if cfg.finetune.validation else downstream
 
             def measure(model: Path, label: str) -> dict[str, float]:
-                ev = book.one(_call(cfg, "evaluate", EvaluateParams(
+                ev: EvaluateResult = book.one(_call(cfg, "evaluate", EvaluateParams(
                     model=model, systems=probe, type_map=cfg.type_map, output=root / f"{label}.json"),
                     label), secs)
-                return {"rmse_f": ev["rmse_f"], "rmse_e_per_atom": ev["rmse_e_per_atom"], "n_frames": ev["n_frames"]}
+                return {"rmse_f": ev.rmse_f, "rmse_e_per_atom": ev.rmse_e_per_atom, "n_frames": ev.n_frames}
 
             report.downstream = measure(teacher, "finetune-evaluate")
             if cfg.finetune.change_bias:
                 report.downstream_before_bias = report.downstream
-                res = book.one(_call(cfg, "change_bias", ChangeBiasParams(
+                biased: ChangeBiasResult = book.one(_call(cfg, "change_bias", ChangeBiasParams(
                     model=teacher, systems=downstream, type_map=cfg.type_map, output=root / "change-bias"),
                     "change-bias"), secs)
-                teacher = Path(res["model"])
+                teacher = biased.model
                 report.downstream = measure(teacher, "change-bias-evaluate")
         report.finetuned = str(teacher)
         save()
@@ -166,3 +168,20 @@ def run_lam(cfg: LamConfig, run_dir: Path, runner: Runner, on_batch: Callable[[s
         save()
     return report
 
+
+
+def read_report(run_dir: Path) -> LamReport:
+    return LamReport(**json.loads((Path(run_dir) / "lam-report.json").read_text()))
+
+
+def summarize(console: Any, cfg: LamConfig, report: LamReport) -> None:
+    """The pipeline's outcome in the terminal, after its progress."""
+    console.print()
+    for name, rmse in report.branch_rmse_f.items():
+        console.print(f"pretrained branch {name}: force RMSE {rmse:.4f} eV/Å")
+    if report.downstream:
+        console.print(f"finetuned on {cfg.finetune.dataset}: force RMSE {report.downstream['rmse_f']:.4f} eV/Å, "
+                      f"energy {report.downstream['rmse_e_per_atom'] * 1000:.2f} meV/atom")
+    d = report.distill
+    console.print(f"distill: {d.get('status')}; student {d.get('final_student')}")
+    console.print(f"report: {Path(report.run_dir) / 'lam-report.json'} and {d.get('report')}")

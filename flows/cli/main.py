@@ -21,8 +21,7 @@ from pydantic import ValidationError
 
 from lamflow.steps.errors import InputError, StepFailed
 
-from .errors import one_line
-from .run_lock import run_lock
+from lamflow.flows.core.run_lock import run_lock
 
 
 def _parse_sets(sets: list[str]) -> dict[str, Any]:
@@ -40,20 +39,21 @@ def _parse_sets(sets: list[str]) -> dict[str, Any]:
 
 
 def cmd_step(args: argparse.Namespace) -> int:
+    """One step through the runner, as pods and batch jobs run it: validated, recorded next to
+    its output (a second call with the same inputs returns the record), mirrored to the
+    artifact store when ``LAMFLOW_ARTIFACTS`` is set."""
     from lamflow.steps.dp_input import deep_merge
-    from lamflow.steps.registry import STEPS
 
-    step = STEPS[args.name]
-    from .config import read_mapping
+    from lamflow.flows.core.config import read_mapping
+    from lamflow.flows.core.execute import execute, validated
+    from lamflow.flows.core.resources import Resources
 
     raw = read_mapping(Path(args.params)) if args.params else {}
     raw = deep_merge(raw, _parse_sets(args.set or []))
-    try:
-        params = step.params.model_validate(raw)
-    except ValidationError as exc:
-        raise InputError(f"step {args.name}", one_line(exc)) from None
-    result = step.run(params)
-    text = result.model_dump_json(indent=2)
+    params = validated(args.name, raw)
+    resources = Resources(threads=args.threads) if args.threads else Resources()
+    record = execute(args.name, params, resources)
+    text = record.result.model_dump_json(indent=2)
     if args.result:
         Path(args.result).write_text(text)
     print(text)
@@ -92,86 +92,31 @@ def quiet_libraries(debug: bool) -> None:
         logging.getLogger(name).propagate = False
 
 
-def _run_with_progress(cfg, args: argparse.Namespace, flow_name: str, run):
-    """Run ``run`` (the loop or the pipeline) on the chosen engine with live progress."""
-    quiet_libraries(args.debug)
+def cmd_run(args: argparse.Namespace) -> int:
+    """``lamflow distill`` / ``lamflow lam``: a pipeline on an engine, with live progress."""
     from rich.console import Console
 
-    from .distill import DistillReport
-    from .progress import Progress
-    from .runner import LocalRunner
+    from lamflow.flows.engines import ENGINES, Hooks
+    from lamflow.flows.pipelines import load_any
+    from lamflow.flows.report.progress import Progress
 
-    console = Console(width=None if sys.stdout.isatty() else 140)
-    run_dir = cfg.run_dir(args.workdir)
-    _check_writable(run_dir)
-    with run_lock(run_dir), Progress(console) as progress:
-        if args.engine == "prefect":
-            from .prefect_engine import run_in_flow
-
-            report = run_in_flow(flow_name, run, cfg, run_dir, progress.on_batch, progress.on_iteration,
-                                 progress.on_done)
-        else:
-            report = run(cfg, run_dir, LocalRunner(cfg.max_workers, progress.on_done), progress.on_batch,
-                         progress.on_iteration)
-        if isinstance(report, DistillReport):  # the pipeline's distill stage already reported its own
-            progress.report = report
-    return console, run_dir, report
-
-
-def _run_dflow(cfg, args: argparse.Namespace, flow: str):
-    """dflow's debug mode: the Argo workflow's steps as local processes, no cluster."""
-    quiet_libraries(args.debug)
-    from rich.console import Console
-
-    from .dflow_engine import run_debug
-
-    console = Console(width=None if sys.stdout.isatty() else 140)
-    run_dir = cfg.run_dir(args.workdir)
-    _check_writable(run_dir)
-    with run_lock(run_dir):
-        run = run_debug(flow, cfg, run_dir)
-    console.print(f"dflow workflow {run.workflow_id}: {run.status} (steps in {run.run_dir / 'dflow' / run.workflow_id})")
-    if run.status != "Succeeded":
-        raise StepFailed(f"workflow {run.workflow_id} {run.status.lower()}; fix the cause, then "
-                         f"`lamflow resume {run.workflow_id} --workdir {run.run_dir}` reuses every finished step")
-    return console, run.run_dir
-
-
-def cmd_distill(args: argparse.Namespace) -> int:
-    from .config import load_config
-    from .distill import DistillReport, run_distill
-
-    cfg = load_config(Path(args.config))
-    if args.max_iterations:
+    pipeline, cfg = load_any(Path(args.config), expect=args.command)
+    if getattr(args, "max_iterations", None):
         cfg = cfg.model_copy(update={"max_iterations": args.max_iterations})
-    if args.engine == "dflow":
-        console, run_dir = _run_dflow(cfg, args, "distill")
-        _summary(console, DistillReport.from_json(run_dir / "report.json"))
-        return 0
-    console, _, report = _run_with_progress(cfg, args, "distill", run_distill)
-    _summary(console, report)
-    return 0
-
-
-def cmd_lam(args: argparse.Namespace) -> int:
-    from .lam import run_lam
-    from .lam_config import load_lam_config
-
-    cfg = load_lam_config(Path(args.config))
-    if args.engine == "dflow":
-        console, run_dir = _run_dflow(cfg, args, "lam")
-        console.print(f"report: {run_dir / 'lam-report.json'}")
-        return 0
-    console, run_dir, report = _run_with_progress(cfg, args, "lam", run_lam)
-    console.print()
-    for name, rmse in report.branch_rmse_f.items():
-        console.print(f"pretrained branch {name}: force RMSE {rmse:.4f} eV/Å")
-    if report.downstream:
-        console.print(f"finetuned on {cfg.finetune.dataset}: force RMSE {report.downstream['rmse_f']:.4f} eV/Å, "
-                      f"energy {report.downstream['rmse_e_per_atom'] * 1000:.2f} meV/atom")
-    d = report.distill
-    console.print(f"distill: {d.get('status')}; student {d.get('final_student')}")
-    console.print(f"report: {run_dir / 'lam-report.json'} and {d.get('report')}")
+    quiet_libraries(args.debug)
+    console = Console(width=None if sys.stdout.isatty() else 140)
+    run_dir = cfg.run_dir(args.workdir)
+    _check_writable(run_dir)
+    engine = ENGINES[args.engine]
+    with run_lock(run_dir):
+        if args.engine == "dflow":  # steps run as processes of their own: no live progress here
+            report = engine.run(pipeline, cfg, run_dir)
+            console.print(f"dflow workflow in {Path(run_dir).resolve() / 'dflow'}")
+        else:
+            with Progress(console) as progress:
+                report = engine.run(pipeline, cfg, run_dir, Hooks(progress.on_batch, progress.on_iteration,
+                                                                  progress.on_done))
+    pipeline.summarize(console, cfg, report)
     return 0
 
 
@@ -185,26 +130,12 @@ def _check_writable(run_dir: Path) -> None:
         raise InputError(str(run_dir), f"run directory is not writable ({exc.strerror})") from None
 
 
-def _summary(console, report) -> None:
-    console.print()
-    last = report.iterations[-1] if report.iterations else None
-    state = "[green]converged[/green]" if report.converged else f"[yellow]{report.status}[/yellow]"
-    console.print(f"{state} after {len(report.iterations)} iterations in {report.wall_seconds:,.0f} s")
-    if last is not None:
-        rmse = "-" if last.rmse_f is None else f"{last.rmse_f:.4f} eV/Å"
-        ratio = "-" if last.speed_ratio is None else f"{last.speed_ratio:.1f}x"
-        console.print(f"student: {report.final_student}")
-        console.print(f"student force RMSE vs teacher on unseen explored frames: {rmse}; "
-                      f"MD speed vs teacher: {ratio}")
-    console.print(f"report: {Path(report.run_dir) / 'report.json'} (plots beside it)")
-
-
 def cmd_report(args: argparse.Namespace) -> int:
     from rich.console import Console
 
-    from .distill import DistillReport
-    from .html_report import render_html
-    from .report import table
+    from lamflow.flows.pipelines.distill.records import DistillReport
+    from lamflow.flows.report.distill import summarize, table
+    from lamflow.flows.report.html import render_html
 
     run_dir = Path(args.run_dir)
     for candidate in (run_dir / "report.json", run_dir / "distill" / "report.json"):  # a distill or a lam run
@@ -219,30 +150,24 @@ def cmd_report(args: argparse.Namespace) -> int:
     page = render_html(report, candidate.parent)
     console = Console(width=None if sys.stdout.isatty() else 160)
     console.print(table(report))
-    _summary(console, report)
+    summarize(console, None, report)
     console.print(f"html: {page}")
     return 0
 
 
-def _load_any(path: Path):
-    """A distill or a pipeline config (a pipeline config has a ``finetune`` section)."""
-    from .config import load_config, read_mapping
-    from .lam_config import load_lam_config
-
-    return ("lam", load_lam_config(path)) if "finetune" in read_mapping(path) else ("distill", load_config(path))
-
-
 def _argo_settings(args: argparse.Namespace):
-    from .dflow_engine import ArgoSettings
+    from lamflow.flows.engines.dflow.engine import ArgoSettings
 
     return ArgoSettings.from_env(host=args.host, token=args.token, namespace=args.namespace,
                                  runs_claim=args.runs_claim, image_pull_secrets=args.image_pull_secret)
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from .dflow_engine import RUNS_MOUNT, export
+    from lamflow.flows.engines.dflow.engine import RUNS_MOUNT, export
+    from lamflow.flows.pipelines import load_any
 
-    flow, cfg = _load_any(Path(args.config))
+    pipeline, cfg = load_any(Path(args.config))
+    flow = pipeline.name
     run_dir = Path(args.workdir or f"{RUNS_MOUNT}/{cfg.name}")
     settings = _argo_settings(args)
     text = yaml.safe_dump(export(flow, cfg, run_dir, settings), sort_keys=False)
@@ -255,9 +180,11 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
-    from .dflow_engine import RUNS_MOUNT, submit
+    from lamflow.flows.engines.dflow.engine import RUNS_MOUNT, submit
+    from lamflow.flows.pipelines import load_any
 
-    flow, cfg = _load_any(Path(args.config))
+    pipeline, cfg = load_any(Path(args.config))
+    flow = pipeline.name
     run_dir = Path(args.workdir or f"{RUNS_MOUNT}/{cfg.name}")
     workflow_id = submit(flow, cfg, run_dir, _argo_settings(args))
     print(f"submitted {workflow_id}; watch it in the Argo UI; after a failure: lamflow resume {workflow_id}")
@@ -265,7 +192,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
-    from .dflow_engine import resume
+    from lamflow.flows.engines.dflow.engine import resume
 
     quiet_libraries(args.debug)
     if args.workdir:  # debug mode drives the run directory from here: one run at a time
@@ -278,22 +205,23 @@ def cmd_resume(args: argparse.Namespace) -> int:
 
 
 def cmd_config(args: argparse.Namespace) -> int:
-    from .config import DistillConfig, load_config
-    from .preflight import preflight
+    """The schema of a pipeline's config, or a config checked as a run would check it (preflight:
+    files, structures, the teacher, the DeePMD-kit inputs) without running anything."""
+    from lamflow.flows.pipelines import PIPELINES, load_any
 
     if args.schema:
-        print(json.dumps(DistillConfig.model_json_schema(), indent=2))
+        print(json.dumps(PIPELINES[args.pipeline].config.model_json_schema(), indent=2))
         return 0
     if not args.check:
         raise InputError("config", "give --schema or --check FILE")
-    cfg = load_config(Path(args.check))
-    preflight(cfg)
-    print(f"{args.check}: valid ({len(cfg.iterations)} exploration settings, up to {cfg.max_iterations} iterations)")
+    pipeline, cfg = load_any(Path(args.check))
+    pipeline.preflight(cfg)
+    print(f"{args.check}: valid {pipeline.name} config")
     return 0
 
 
 def cmd_prefect_up(args: argparse.Namespace) -> int:
-    from .prefect_server import LocalPrefect
+    from lamflow.flows.engines.prefect.server import LocalPrefect
 
     import signal
 
@@ -323,7 +251,7 @@ Ctrl-C stops the server and the worker (logs in {local.home}).""", flush=True)
 def cmd_prefect_retry(args: argparse.Namespace) -> int:
     from prefect.client.orchestration import get_client
 
-    from .prefect_server import retry_flow_run
+    from lamflow.flows.engines.prefect.server import retry_flow_run
 
     with get_client(sync_client=True) as client:
         retry_flow_run(client, args.flow_run_id)
@@ -332,7 +260,7 @@ def cmd_prefect_retry(args: argparse.Namespace) -> int:
 
 
 def cmd_prefect_job(args: argparse.Namespace) -> int:
-    from .prefect_k8s import deployment_job_variables, render_job
+    from lamflow.flows.engines.prefect.k8s import deployment_job_variables, render_job
 
     variables = deployment_job_variables(Path(args.prefect_yaml), args.deployment)
     variables.update(_parse_sets(args.set or []))
@@ -343,6 +271,9 @@ def cmd_prefect_job(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     from lamflow.steps.registry import STEPS
 
+    from lamflow.flows.engines import ENGINES
+    from lamflow.flows.pipelines import PIPELINES
+
     parser = argparse.ArgumentParser(prog="lamflow", description=__doc__.splitlines()[0])
     parser.add_argument("--debug", action="store_true", help="show full tracebacks")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -352,22 +283,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--params", help="YAML/JSON file with the step's parameters")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="set/override a parameter")
     p.add_argument("--result", help="also write the result JSON here")
+    p.add_argument("--threads", type=int, help="cores for the step and its dp/LAMMPS processes")
     p.set_defaults(func=cmd_step)
 
-    p = sub.add_parser("distill", help="distil a teacher into a fast student (the loop)")
-    p.add_argument("config", help="distillation config (YAML)")
-    p.add_argument("--workdir", help="run directory (default: config's workdir, else runs/<name>)")
-    p.add_argument("--engine", choices=["prefect", "dflow", "local"], default="prefect",
-                   help="prefect (embedded, no server needed), dflow (its local debug mode: the Argo "
-                        "workflow's steps as local processes) or local (no engine, for debugging)")
-    p.add_argument("--max-iterations", type=int, help="override max_iterations")
-    p.set_defaults(func=cmd_distill)
-
-    p = sub.add_parser("lam", help="the full pipeline: label → pretrain → finetune → distill")
-    p.add_argument("config", help="pipeline config (YAML)")
-    p.add_argument("--workdir", help="run directory (default: config's workdir, else runs/<name>)")
-    p.add_argument("--engine", choices=["prefect", "dflow", "local"], default="prefect")
-    p.set_defaults(func=cmd_lam)
+    for pipeline in PIPELINES.values():
+        p = sub.add_parser(pipeline.name, help=pipeline.doc)
+        p.add_argument("config", help=f"{pipeline.name} config (YAML)")
+        p.add_argument("--workdir", help="run directory (default: config's workdir, else runs/<name>)")
+        p.add_argument("--engine", choices=list(ENGINES), default="prefect",
+                       help="; ".join(f"{e.name}: {e.doc}" for e in ENGINES.values()))
+        if pipeline.name == "distill":
+            p.add_argument("--max-iterations", type=int, help="override max_iterations")
+        p.set_defaults(func=cmd_run)
 
     def argo_flags(q):
         q.add_argument("--engine", choices=["argo"], default="argo", help="Argo Workflows, through dflow")
@@ -402,7 +329,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("config", help="print the config schema, or check a config")
-    p.add_argument("--schema", action="store_true", help="JSON schema of the distill config")
+    p.add_argument("--schema", action="store_true", help="JSON schema of a pipeline's config")
+    p.add_argument("--pipeline", choices=list(PIPELINES), default="distill", help="the pipeline of --schema")
     p.add_argument("--check", metavar="FILE", help="validate FILE and the files it names")
     p.set_defaults(func=cmd_config)
 

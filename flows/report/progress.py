@@ -8,9 +8,10 @@ from rich.console import Console, Group
 from rich.live import Live
 from rich.text import Text
 
-from .distill import DistillReport
-from .report import table
-from .runner import StepCall, StepRecord
+from lamflow.flows.core.records import StepCall, StepRecord
+from lamflow.flows.pipelines.distill.records import DistillReport
+
+from .distill import table
 
 
 class Progress:

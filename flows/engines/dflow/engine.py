@@ -8,8 +8,8 @@ recursive ``Steps`` template per stage. lamflow uses the pattern once, generical
     advance(level):  plan ─▶ [explore | select | teacher_label | train | ... ]  ─▶ advance(level+1)
                              (one runs: Slices fan-out over the planned calls)      when not done
 
-``plan`` replays :func:`~lamflow.flows.distill.run_distill` (or the LAM pipeline) with a
-:class:`~lamflow.flows.runner.PlanningRunner`: finished batches come back from their step
+``plan`` replays :func:`~lamflow.flows.pipelines.distill.loop.run_distill` (or the LAM pipeline) with a
+:class:`~lamflow.flows.core.runner.PlanningRunner`: finished batches come back from their step
 records, the first unfinished batch is returned as the calls to fan out. So the loop stays
 written once in Python for every engine, each batch becomes one Argo fan-out with its own
 image, GPU and retries, and the recursion ends when the loop does (``when: done == false``).
@@ -33,12 +33,16 @@ from typing import Any, Iterator
 
 from dflow import InputParameter, Step, Steps, Workflow, argo_len, argo_range
 from dflow import config as dflow_config
-from dflow.python import OP, OPIO, OPIOSign, Parameter, PythonOPTemplate, Slices
+from dflow.python import OP, OPIO, FatalError, OPIOSign, Parameter, PythonOPTemplate, Slices, TransientError
 
-from lamflow.steps.errors import InputError
+from lamflow.steps.errors import InputError, StepFailed
 from lamflow.steps.registry import STEPS
 
-from .runner import Pending, PlanningRunner, execute
+from lamflow.flows.core.execute import execute
+from lamflow.flows.core.policy import retryable
+from lamflow.flows.core.resources import Resources
+from lamflow.flows.core.runner import Pending, PlanningRunner
+from lamflow.flows.pipelines import PIPELINES
 
 #: the images built from images/ (issue: containers); a step asking for a GPU gets the CUDA one
 DEFAULT_IMAGE = {"cpu": "lamflow/lamflow:0.1.0-cpu", "gpu": "lamflow/lamflow:0.1.0-cuda12"}
@@ -53,7 +57,7 @@ def _step_op(step: str) -> type[OP]:
     spec = STEPS[step]
 
     def get_input_sign(cls) -> OPIOSign:
-        return OPIOSign({"call": Parameter(dict, description=f"{spec.params.__name__} as JSON, and threads")})
+        return OPIOSign({"call": Parameter(dict, description=f"{spec.params.__name__} as JSON, and resources")})
 
     def get_output_sign(cls) -> OPIOSign:
         fields = {name: Parameter(object, default=None) for name in spec.result.model_fields}
@@ -62,8 +66,12 @@ def _step_op(step: str) -> type[OP]:
     @OP.exec_sign_check
     def execute_op(self, ip: OPIO) -> OPIO:
         call = ip["call"]
-        record = execute(step, call["params"], call.get("threads"))
-        return OPIO({**record.result, "cached": record.cached, "seconds": float(record.seconds)})
+        try:
+            record = execute(step, call["params"], Resources.model_validate(call.get("resources") or {}))
+        except Exception as exc:  # the core's retry policy, in the exit codes Argo's retryStrategy reads
+            kind = TransientError if retryable(exc) else FatalError
+            raise kind(f"{call.get('label', step)}: {exc}") from exc
+        return OPIO({**record.to_json()["result"], "cached": record.cached, "seconds": float(record.seconds)})
 
     name = "".join(part.title() for part in step.split("_")) + "OP"
     cls = type(name, (OP,), {"__doc__": spec.doc, "__module__": __name__, "__qualname__": name,
@@ -72,24 +80,17 @@ def _step_op(step: str) -> type[OP]:
     return cls
 
 
-#: one OP class per step, importable by name (``lamflow.flows.dflow_engine.ExploreOP``) so that
+#: one OP class per step, importable by name (``lamflow.flows.engines.dflow.engine.ExploreOP``) so that
 #: pods and debug-mode worker processes import them instead of unpickling them
 STEP_OPS: dict[str, type[OP]] = {step: _step_op(step) for step in STEPS}
 globals().update({cls.__name__: cls for cls in STEP_OPS.values()})
 
 
 def _replay(flow: str, config: dict[str, Any], run_dir: str, check_inputs: bool) -> Any:
-    """Run the loop (``distill``) or the pipeline (``lam``) with the planning runner."""
-    if flow == "lam":
-        from .lam import run_lam
-        from .lam_config import LamConfig
-
-        return run_lam(LamConfig.model_validate(config), Path(run_dir), PlanningRunner(), check_inputs=check_inputs)
-    from .config import DistillConfig
-    from .distill import run_distill
-
-    return run_distill(DistillConfig.model_validate(config), Path(run_dir), PlanningRunner(),
-                       check_inputs=check_inputs)
+    """Run the pipeline ``flow`` with the planning runner."""
+    pipeline = PIPELINES[flow]
+    return pipeline.run(pipeline.config.model_validate(config), Path(run_dir), PlanningRunner(),
+                        check_inputs=check_inputs)
 
 
 class PlanOP(OP):
@@ -112,7 +113,8 @@ class PlanOP(OP):
         try:
             report = _replay(ip["flow"], ip["config"], ip["run_dir"], check_inputs=ip["level"] == 0)
         except Pending as pending:
-            calls = [{"params": c.params.model_dump(mode="json"), "threads": c.threads, "label": c.label}
+            calls = [{"params": c.params.model_dump(mode="json"), "label": c.label,
+                      "resources": c.resources.model_dump(mode="json", exclude_defaults=True)}
                      for c in pending.calls]
             return OPIO({"done": False, "step": pending.calls[0].step, "calls": calls,
                          "next_level": ip["level"] + 1, "status": "running"})
@@ -185,7 +187,10 @@ def _template(step: str, cfg: Any, claim: str | None) -> PythonOPTemplate:
         STEP_OPS[step] if step != "plan" else PlanOP,
         image=res.image or DEFAULT_IMAGE["gpu" if res.gpu else "cpu"],
         requests=requests or None, limits=limits or None, timeout=int(res.timeout) if res.timeout else None,
-        retry_on_failure=res.retries_for(step) or None, upload_dflow=False,
+        # the core's retry policy: FatalError (exit 2: bad input, full disk) is never retried;
+        # a TransientError, a kill or a timeout is, up to the step's retries
+        retry_on_transient_error=res.retries_for(step) or None, timeout_as_transient_error=True,
+        upload_dflow=False,
         envs={"OMP_NUM_THREADS": str(res.threads)},
         slices=None if step == "plan" else Slices(input_parameter=["call"]),
         # debug mode runs each step's script here: with this interpreter, not whatever python3 is
@@ -346,10 +351,13 @@ def resume(workflow_id: str, workdir: Path | None = None, settings: ArgoSettings
 
 
 def _config_model(flow: str):
-    if flow == "lam":
-        from .lam_config import LamConfig
+    return PIPELINES[flow].config
 
-        return LamConfig
-    from .config import DistillConfig
 
-    return DistillConfig
+def run_pipeline(pipeline: Any, cfg: Any, run_dir: Path, hooks: Any) -> Any:
+    """The engine's entry in the registry: the workflow in debug mode, then its report."""
+    run = run_debug(pipeline.name, cfg, run_dir)
+    if run.status != "Succeeded":
+        raise StepFailed(f"workflow {run.workflow_id} {run.status.lower()}; fix the cause, then "
+                         f"`lamflow resume {run.workflow_id} --workdir {run.run_dir}` reuses every finished step")
+    return pipeline.read_report(run.run_dir)

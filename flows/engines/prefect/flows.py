@@ -5,7 +5,7 @@ is lamflow's embedded default; with it, the same flow reports to a Prefect serve
 and ``prefect.yaml`` deploys it (``distill/local``, ``distill/k8s-gpu``).
 
 Resume. Prefect's own result caching is off: every step is cached by lamflow's content hash
-(:mod:`lamflow.flows.runner`), and its record lives next to its output in the run directory. A
+(:mod:`lamflow.flows.core.records`), and its record lives next to its output in the run directory. A
 flow run retried from the UI re-enters the loop from the top; each finished step finds its
 record and returns at once, and the failed step runs again. Nothing is stored in Prefect's
 database that the run directory doesn't already hold, so a retry also works after the server
@@ -22,8 +22,6 @@ and a finished step is never dispatched again: no pod starts for it.
 
 from __future__ import annotations
 
-import errno
-
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -33,62 +31,56 @@ from prefect.cache_policies import NO_CACHE
 from prefect.client.orchestration import get_client
 from prefect.deployments import run_deployment
 
-from lamflow.steps.errors import InputError, StepFailed
+from lamflow.steps.errors import StepFailed
 
-from .config import DistillConfig, load_config, parse_config
-from .distill import DistillReport, run_distill
-from .run_lock import run_lock
-from .resources import LIGHT_STEPS
-from .runner import StepCall, StepRecord, execute, lookup
+from lamflow.flows.core.execute import execute, lookup
+from lamflow.flows.core.policy import retryable
+from lamflow.flows.core.records import StepCall, StepRecord
+from lamflow.flows.core.resources import LIGHT_STEPS, Resources
+from lamflow.flows.core.run_lock import run_lock
+from lamflow.flows.pipelines import load_any, parse_any
 
 #: how often a parent polls a dispatched step's flow run (seconds)
 POLL_SECONDS = 2.0
 
 
-def _retry_unless_bad_input(task, task_run, state) -> bool:
-    """Bad input fails the same way every time, and a full disk does not empty itself within a
-    retry delay: retrying either only wastes time."""
+def _retry_condition(task, task_run, state) -> bool:
+    """The core's retry policy (:func:`~lamflow.flows.core.policy.retryable`) as Prefect's hook."""
     try:
         state.result()
-    except InputError:
-        return False
-    except OSError as exc:
-        return exc.errno not in (errno.ENOSPC, errno.EDQUOT)
-    except BaseException:
-        return True
+    except BaseException as exc:
+        return retryable(exc)
     return True
 
 
 @task(name="step", cache_policy=NO_CACHE, persist_result=False)
-def step_task(step: str, params: dict[str, Any], threads: int | None) -> dict[str, Any]:
-    record = execute(step, params, threads)
-    return {"seconds": record.seconds, "cached": record.cached, "result": record.result,
-            "finished": record.finished}
+def step_task(step: str, params: dict[str, Any], resources: dict[str, Any] | None) -> dict[str, Any]:
+    return execute(step, params, Resources.model_validate(resources or {})).to_json()
 
 
 @task(name="dispatch", cache_policy=NO_CACHE, persist_result=False)
-def dispatch_task(step: str, params: dict[str, Any], threads: int | None, deployment: str,
+def dispatch_task(step: str, params: dict[str, Any], resources: dict[str, Any] | None, deployment: str,
                   job_variables: dict[str, Any], label: str) -> dict[str, Any]:
     """Run a step as a flow run of ``deployment`` (its own pod) and return its record."""
     started = time.time()
-    run = run_deployment(deployment, parameters={"step": step, "params": params, "threads": threads},
+    run = run_deployment(deployment, parameters={"step": step, "params": params, "resources": resources},
                          job_variables=job_variables, flow_run_name=label, poll_interval=POLL_SECONDS)
     if run.state is None or not run.state.is_completed():
         kind = run.state.type.value if run.state else "UNKNOWN"
         raise StepFailed(f"{label}: flow run '{run.name}' on {deployment} ended {kind}: "
                          f"{run.state.message if run.state else ''}")
-    record = lookup(step, params, threads)
+    record = lookup(step, params)
     if record is None:
         raise StepFailed(f"{label}: '{run.name}' on {deployment} completed but its record is not "
                          "visible here — is the run directory shared between the flow and the step?")
-    return {"seconds": record.seconds, "cached": record.finished < started, "result": record.result,
-            "finished": record.finished}
+    record.cached = record.finished < started
+    return record.to_json()
 
 
 @flow(name="step", persist_result=False)
-def step_flow(step: str, params: dict[str, Any], threads: int | None = None) -> dict[str, Any]:
+def step_flow(step: str, params: dict[str, Any], resources: dict[str, Any] | None = None) -> dict[str, Any]:
     """One step as a flow run of its own: what a dispatched step runs in its pod."""
-    record = execute(step, params, threads)
+    record = execute(step, params, Resources.model_validate(resources or {}))
     return {"seconds": record.seconds, "cached": record.cached}
 
 
@@ -125,14 +117,15 @@ class PrefectRunner:
     def _submit(self, call: StepCall):
         params = call.params.model_dump(mode="json")
         res = call.resources
+        resources = res.model_dump(mode="json", exclude_defaults=True)
         options = dict(task_run_name=call.label.replace("/", " · "), retries=res.retries_for(call.step),
                        retry_delay_seconds=res.retry_delay, timeout_seconds=res.timeout,
-                       retry_condition_fn=_retry_unless_bad_input)
+                       retry_condition_fn=_retry_condition)
         deployment = self.deployment_for(call)
-        if deployment is None or lookup(call.step, params, call.threads) is not None:
-            return step_task.with_options(name=call.step, **options).submit(call.step, params, call.threads)
+        if deployment is None or lookup(call.step, params) is not None:
+            return step_task.with_options(name=call.step, **options).submit(call.step, params, resources)
         return dispatch_task.with_options(name=f"{call.step}@{deployment}", **options).submit(
-            call.step, params, call.threads, deployment, self._job_variables(deployment, call), call.label)
+            call.step, params, resources, deployment, self._job_variables(deployment, call), call.label)
 
     def map(self, calls: list[StepCall]) -> list[StepRecord]:
         records: list[StepRecord] = []
@@ -140,63 +133,44 @@ class PrefectRunner:
             wave = calls[start : start + self.max_workers]
             futures = [self._submit(call) for call in wave]
             for call, fut in zip(wave, futures):
-                out = fut.result()
-                rec = StepRecord(call.step, call.label, out["seconds"], out["cached"], out["result"],
-                                 out["finished"])
+                rec = StepRecord.from_json(fut.result())
+                rec.label = call.label
                 if self.on_done:
                     self.on_done(call, rec)
                 records.append(rec)
         return records
 
 
-def run_in_flow(
-    name: str,
-    run: Callable[..., Any],
-    cfg: Any,
-    run_dir: Path,
-    on_batch: Callable[[str], None] | None = None,
-    on_iteration: Callable[[DistillReport], None] | None = None,
-    on_done: Callable[[StepCall, StepRecord], None] | None = None,
-) -> Any:
-    """``run(cfg, run_dir, runner, on_batch, on_iteration)`` — the distill loop or the LAM
-    pipeline — as a Prefect flow in this process, with the CLI's progress callbacks."""
+def run_pipeline(pipeline: Any, cfg: Any, run_dir: Path, hooks: Any) -> Any:
+    """The pipeline as a Prefect flow in this process (embedded, or on ``PREFECT_API_URL``'s
+    server), with the CLI's progress hooks: the engine's entry in the registry."""
     out: dict[str, Any] = {}
 
-    @flow(name=name, flow_run_name=cfg.name, persist_result=False)
+    @flow(name=pipeline.name, flow_run_name=cfg.name, persist_result=False)
     def wrapper() -> None:
-        out["report"] = run(cfg, run_dir, PrefectRunner(cfg.max_workers, on_done), on_batch, on_iteration)
+        out["report"] = pipeline.run(cfg, run_dir, PrefectRunner(cfg.max_workers, hooks.on_done), hooks.on_batch,
+                                     hooks.on_iteration)
 
     wrapper()
     return out["report"]
 
 
-def _lam_config_from(config: str | dict[str, Any]):
-    from .lam_config import load_lam_config, parse_lam_config
-
+def _deployed(name: str, config: str | dict[str, Any], workdir: str | None, step_deployment: str | None) -> Any:
+    """A pipeline run by a deployment: ``config`` is a file's path or the config mapping itself
+    (its relative paths relative to the working directory)."""
     if isinstance(config, dict):
-        return parse_lam_config(config, Path.cwd(), "config")
-    return load_lam_config(Path(config))
+        pipeline, cfg = parse_any(config, Path.cwd(), expect=name)
+    else:
+        pipeline, cfg = load_any(Path(config), expect=name)
+    run_dir = cfg.run_dir(workdir)
+    with run_lock(run_dir):
+        return pipeline.run(cfg, run_dir, PrefectRunner(cfg.max_workers, step_deployment=step_deployment))
 
 
-@flow(name="lam", persist_result=False)
-def lam_flow(config: str | dict[str, Any], workdir: str | None = None,
-             step_deployment: str | None = None) -> dict[str, Any]:
-    """The full pipeline (label → pretrain → finetune → distill): ``prefect deployment run 'lam/local'``."""
+def _as_dict(report: Any) -> dict[str, Any]:
     from dataclasses import asdict
 
-    from .lam import run_lam
-
-    cfg = _lam_config_from(config)
-    runner = PrefectRunner(cfg.max_workers, step_deployment=step_deployment)
-    with run_lock(cfg.run_dir(workdir)):
-        return asdict(run_lam(cfg, cfg.run_dir(workdir), runner))
-
-
-def config_from(config: str | dict[str, Any]) -> DistillConfig:
-    """A flow parameter: a config file's path, or the config itself (paths relative to the cwd)."""
-    if isinstance(config, dict):
-        return parse_config(config, Path.cwd(), "config")
-    return load_config(Path(config))
+    return asdict(report)
 
 
 @flow(name="distill", persist_result=False)
@@ -207,8 +181,12 @@ def distill_flow(config: str | dict[str, Any], workdir: str | None = None,
     ``step_deployment`` (e.g. ``step/k8s-gpu``) runs each compute step as its own flow run
     there, with the step's resources; without it every step runs in this flow's process.
     """
-    cfg = config_from(config)
-    run_dir = cfg.run_dir(workdir)
-    runner = PrefectRunner(cfg.max_workers, step_deployment=step_deployment)
-    with run_lock(run_dir):
-        return run_distill(cfg, run_dir, runner).as_dict()
+    return _as_dict(_deployed("distill", config, workdir, step_deployment))
+
+
+@flow(name="lam", persist_result=False)
+def lam_flow(config: str | dict[str, Any], workdir: str | None = None,
+             step_deployment: str | None = None) -> dict[str, Any]:
+    """The full pipeline (label → pretrain → finetune → distill): ``prefect deployment run 'lam/local'``."""
+    return _as_dict(_deployed("lam", config, workdir, step_deployment))
+

@@ -9,17 +9,21 @@ one at load time, so a typo in iteration 3's temperatures fails before hours of 
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from pydantic import Field, ValidationError, model_validator
 
 from lamflow.steps.base import unique_elements
+from lamflow.steps.dp_input import deep_merge
 from lamflow.steps.errors import InputError
+from lamflow.steps.train import check_input
 
-from .config import DistillConfig, LabelSpec, Resources, Section, _resolve_paths, parse_config, read_mapping
-from .errors import one_line
+from lamflow.flows.core.config import RunConfig, Section, check_exist
+from lamflow.flows.core.errors import one_line
+
+from ..distill.config import DistillConfig, LabelSpec
+from ..distill.preflight import preflight as distill_preflight
 
 RANDOM = "RANDOM"
 
@@ -64,17 +68,15 @@ class Finetune(Section):
     overrides: dict[str, Any] = Field(default_factory=dict)
 
 
-class LamConfig(Section):
+class LamConfig(RunConfig):
+    pipeline_name: ClassVar[str] = "lam"
+
     name: str = "lam"
     type_map: list[str] = Field(min_length=1)
     datasets: list[Dataset] = Field(default_factory=list)
     pretrain: Pretrain = Field(default_factory=Pretrain)
     finetune: Finetune
     distill: dict[str, Any] = Field(description="a distill config without teacher/type_map (see `lamflow config --schema`)")
-    seed: int = 1
-    max_workers: int = Field(1, ge=1)
-    resources: dict[str, Resources] = Field(default_factory=dict)
-    workdir: Path | None = None
 
     @model_validator(mode="after")
     def _check(self) -> "LamConfig":
@@ -108,11 +110,18 @@ class LamConfig(Section):
     def dataset(self, name: str) -> Dataset:
         return next(d for d in self.datasets if d.name == name)
 
-    def resources_for(self, step: str) -> Resources:
-        return self.resources.get(step) or self.resources.get("default") or Resources()
+    def finetune_overrides(self) -> dict[str, Any]:
+        """The finetuning input is the pretraining's, with the finetune overrides on top."""
+        return deep_merge(self.pretrain.overrides, self.finetune.overrides)
 
-    def run_dir(self, workdir: str | Path | None = None) -> Path:
-        return Path(workdir or self.workdir or Path(os.environ.get("LAMFLOW_RUNS", "runs")) / self.name)
+    @classmethod
+    def parse(cls, raw: dict[str, Any], base: Path, source: str = "config") -> "LamConfig":
+        cfg = super().parse(raw, base, source)
+        try:
+            cfg.distill_config(base / "finetuned-teacher.pth")  # validated now, not after the pretraining
+        except InputError as exc:
+            raise InputError(source, f"distill.{exc.problem}") from None
+        return cfg
 
     def distill_config(self, teacher: Path) -> DistillConfig:
         """The distillation stage as a distill config whose teacher is ``teacher``."""
@@ -125,25 +134,6 @@ class LamConfig(Section):
             raise InputError("distill", one_line(exc)) from None
 
 
-def parse_lam_config(raw: dict[str, Any], base: Path, source: str = "config") -> LamConfig:
-    try:
-        resolved = _resolve_paths({k: v for k, v in raw.items() if k != "distill"}, base)
-        resolved["distill"] = _resolve_paths(raw.get("distill") or {}, base)
-        cfg = LamConfig.model_validate(resolved)
-    except ValidationError as exc:
-        raise InputError(source, one_line(exc)) from None
-    try:
-        cfg.distill_config(base / "finetuned-teacher.pth")  # validated now, not after the pretraining
-    except InputError as exc:
-        raise InputError(source, f"distill.{exc.problem}") from None
-    return cfg
-
-
-def load_lam_config(path: Path) -> LamConfig:
-    path = Path(path)
-    return parse_lam_config(read_mapping(path), path.resolve().parent, str(path))
-
-
 def check_lam_files(cfg: LamConfig) -> None:
     needed: list[tuple[str, Path]] = []
     for d in cfg.datasets:
@@ -152,9 +142,22 @@ def check_lam_files(cfg: LamConfig) -> None:
             needed += [(f"datasets.{d.name}.label.structures[{i}]", p) for i, p in enumerate(d.label.structures)]
         if d.import_:
             needed += [(f"datasets.{d.name}.import.files[{i}]", p) for i, p in enumerate(d.import_.files)]
-    for field, path in (("pretrain.model", cfg.pretrain.model), ("finetune.model", cfg.finetune.model)):
-        if path is not None:
-            needed.append((field, path))
-    for field, path in needed:
-        if not Path(path).exists():
-            raise InputError(field, f"file not found: {path}")
+    needed += [("pretrain.model", cfg.pretrain.model), ("finetune.model", cfg.finetune.model)]
+    check_exist(needed)
+
+
+def preflight(cfg: LamConfig) -> None:
+    """Every file the pipeline names, the DeePMD-kit inputs of pretraining and finetuning, and
+    the distillation stage's own inputs (all but its teacher, which the pipeline makes)."""
+    check_lam_files(cfg)
+    if cfg.finetune.model is None:
+        if cfg.pretrain.model is None:
+            check_input(cfg.pretrain.template, cfg.pretrain.overrides, cfg.type_map, cfg.pretrain.numb_steps,
+                        branches=cfg.branches(), where="pretrain.overrides")
+        check_input(cfg.pretrain.template, cfg.finetune_overrides(), cfg.type_map, cfg.finetune.numb_steps,
+                    where="finetune.overrides")
+    distill = cfg.distill_config(cfg.finetune.model or Path("finetuned-teacher.pth"))
+    try:
+        distill_preflight(distill, with_teacher=cfg.finetune.model is not None)
+    except InputError as exc:
+        raise InputError(exc.where if "/" in exc.where else f"distill.{exc.where}", exc.problem) from None

@@ -1,0 +1,5 @@
+"""The ``lamflow`` command: one subcommand per pipeline and per operation, over the registries."""
+
+from .main import main
+
+__all__ = ["main"]

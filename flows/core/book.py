@@ -1,0 +1,43 @@
+"""Running a pipeline's batches through an engine's runner while keeping its time accounts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+from pydantic import BaseModel
+
+from .records import StepCall, StepRecord
+from .runner import Runner
+
+
+class Book:
+    """Runs batches and counts: seconds per step kind (in the dict each batch names), steps
+    read back from their records, and seconds spent in steps that really ran."""
+
+    def __init__(self, runner: Runner, on_batch: Callable[[str], None] | None = None):
+        self.runner, self.on_batch = runner, on_batch
+        self.cached_steps = 0
+        self.step_seconds = 0.0
+
+    def run(self, calls: list[StepCall], seconds: dict[str, float]) -> list[StepRecord]:
+        if not calls:
+            return []
+        if self.on_batch:
+            self.on_batch(calls[0].label.rsplit("/", 1)[0] if len(calls) > 1 else calls[0].label)
+        records = self.runner.map(calls)
+        for call, rec in zip(calls, records):
+            if rec.cached:
+                self.cached_steps += 1
+            else:
+                seconds[call.step] = seconds.get(call.step, 0.0) + rec.seconds
+                self.step_seconds += rec.seconds
+        return records
+
+    def one(self, call: StepCall, seconds: dict[str, float]) -> BaseModel:
+        """The typed result of one step."""
+        return self.run([call], seconds)[0].result
+
+    def systems(self, calls: list[StepCall], seconds: dict[str, float]) -> list[Path]:
+        """Run a batch of data-producing steps; the deepmd/npy systems they wrote, in order."""
+        return [Path(p) for r in self.run(calls, seconds) for p in r.result.systems]

@@ -1,0 +1,187 @@
+"""Calls and records: what a pipeline asks an engine to run, and the typed trace a step leaves.
+
+A step's record (``OUTPUT.result.json``, next to its output) holds its cache key, its result and
+the manifest of its output files. Its presence with a matching key means "done": that is how
+every engine resumes. Results are the step's own pydantic result model, never a bare dict, so a
+pipeline reads ``record.result.n_selected`` and a misspelt field fails where it is written.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel
+
+from lamflow.steps.registry import STEPS
+
+from .resources import Resources
+
+#: written next to a step's output; its presence (with a matching key) means "done".
+RECORD_SUFFIX = ".result.json"
+
+
+@dataclass
+class StepCall:
+    """One step to run: which, with what, how it is shown (``iter-001/explore/task-003``) and
+    with which resources. Resources never enter the cache key."""
+
+    step: str
+    params: BaseModel
+    label: str
+    resources: Resources = field(default_factory=Resources)
+
+
+@dataclass
+class StepRecord:
+    step: str
+    label: str
+    seconds: float
+    cached: bool
+    result: BaseModel
+    finished: float = 0.0  # epoch seconds when the step finished
+    key: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        """The record as JSON-able data: what crosses a process boundary (Prefect task, dflow OP)."""
+        return {"step": self.step, "label": self.label, "seconds": self.seconds, "cached": self.cached,
+                "result": json.loads(self.result.model_dump_json()), "finished": self.finished, "key": self.key}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> "StepRecord":
+        return cls(step=data["step"], label=data["label"], seconds=data["seconds"], cached=data["cached"],
+                   result=STEPS[data["step"]].result.model_validate(data["result"]),
+                   finished=data.get("finished", 0.0), key=data.get("key", ""))
+
+
+# --- the cache key ------------------------------------------------------------------------------
+
+#: content hashes of files outside any step's output, by (path, size, mtime): a teacher of
+#: hundreds of MB is read once per process, not once per lookup
+_FILE_DIGESTS: dict[tuple[str, int, int], str] = {}
+
+
+def _file_digest(path: Path) -> str:
+    st = path.stat()
+    memo = (str(path), st.st_size, st.st_mtime_ns)
+    if memo not in _FILE_DIGESTS:
+        h = hashlib.sha256()
+        with path.open("rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                h.update(block)
+        _FILE_DIGESTS[memo] = h.hexdigest()
+    return _FILE_DIGESTS[memo]
+
+
+def _producer(path: Path) -> tuple[Path, dict[str, Any]] | None:
+    """The output folder (or file) that contains ``path`` and the record of the step that wrote
+    it, if its files are the ones the record lists."""
+    for candidate in (path, *path.parents):
+        rec = Path(str(candidate) + RECORD_SUFFIX)
+        if rec.is_file():
+            try:
+                saved = json.loads(rec.read_text())
+            except (OSError, ValueError):
+                return None
+            if "outputs" in saved and output_manifest(candidate) == saved["outputs"]:
+                return candidate, saved
+            return None
+        if candidate.parent == candidate:
+            break
+    return None
+
+
+def _hash_input(h, path: Path) -> None:
+    """An input's identity. The output of a finished step is identified by that step's key (its
+    inputs, transitively) and the path inside it: no need to read the bytes of every MD
+    trajectory again at every lookup. Anything else is hashed by content."""
+    found = _producer(path)
+    if found is not None:
+        output, saved = found
+        h.update(f"step:{saved['key']}:{path.relative_to(output)}".encode())
+        return
+    if path.is_file():
+        h.update(path.name.encode())
+        h.update(_file_digest(path).encode())
+    elif path.is_dir():
+        for child in sorted(path.rglob("*")):
+            if child.is_file() and not child.name.endswith(RECORD_SUFFIX):
+                h.update(str(child.relative_to(path)).encode())
+                h.update(_file_digest(child).encode())
+
+
+def input_paths(params: BaseModel) -> list[Path]:
+    out: list[Path] = []
+    for key in type(params).model_fields:
+        if key == "output":
+            continue
+        value = getattr(params, key)
+        values = value if isinstance(value, list) else [value]
+        out += [Path(v) for v in values if isinstance(v, Path)]
+    return out
+
+
+def cache_key(step: str, params: BaseModel) -> str:
+    """Step name + parameters + identity of every existing input file or folder."""
+    h = hashlib.sha256(step.encode())
+    h.update(params.model_dump_json().encode())
+    for path in input_paths(params):
+        if path.exists():
+            _hash_input(h, path)
+    return h.hexdigest()
+
+
+# --- records on disk ----------------------------------------------------------------------------
+
+
+def record_path(params: BaseModel) -> Path:
+    output = getattr(params, "output", None)
+    if output is None:
+        raise ValueError("a cached step needs an 'output' parameter")
+    return Path(str(output) + RECORD_SUFFIX)
+
+
+def output_manifest(output: Path) -> dict[str, int]:
+    """Every file of a step's output and its size: what its record promises is there."""
+    output = Path(output)
+    if output.is_file():
+        return {".": output.stat().st_size}
+    return {str(p.relative_to(output)): p.stat().st_size for p in sorted(output.rglob("*")) if p.is_file()}
+
+
+def read_record(step: str, params: BaseModel, key: str) -> StepRecord | None:
+    """The record of this exact step, if its key matches and its output is complete."""
+    import logging
+
+    rec_file = record_path(params)
+    if not rec_file.is_file():
+        return None
+    saved = json.loads(rec_file.read_text())
+    if saved.get("key") != key:
+        return None
+    if "outputs" in saved and output_manifest(params.output) != saved["outputs"]:
+        logging.getLogger(__name__).warning(
+            "%s: output differs from its record (missing or truncated files): running the step again", params.output)
+        return None
+    return StepRecord(step, saved["label"], saved["seconds"], True,
+                      STEPS[step].result.model_validate(saved["result"]), saved.get("finished", 0.0), key)
+
+
+def write_record(step: str, params: BaseModel, key: str, result: BaseModel, seconds: float,
+                 job: dict[str, Any] | None = None) -> StepRecord:
+    from lamflow.steps.artifacts import write_json
+
+    rec_file = record_path(params)
+    record = StepRecord(step, rec_file.name, seconds, False, result, 0.0, key)
+    import time
+
+    record.finished = time.time()
+    write_json(rec_file, {"key": key, "step": step, "label": rec_file.name, "seconds": seconds,
+                          "finished": record.finished, "result": json.loads(result.model_dump_json()),
+                          "pid": os.getpid(), **({"job": job} if job else {}),
+                          "outputs": output_manifest(params.output)})
+    return record

@@ -1,0 +1,102 @@
+"""Pipelines: what runs, in which order, written once for every engine.
+
+Each pipeline is a :class:`Pipeline`: its config model, the function that runs it on any
+engine's runner, its preflight and how its report is read back and summarised. The CLI, the
+Prefect flows and the dflow planner dispatch through :data:`PIPELINES`; adding a pipeline
+(model versions, ...) means adding one entry. Modules are imported when first used, so reading
+the registry costs nothing.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from lamflow.steps.errors import InputError
+
+from lamflow.flows.core.config import RunConfig, read_mapping
+
+
+@dataclass(frozen=True)
+class Pipeline:
+    name: str
+    doc: str
+    #: ``module:attribute`` of the config model, the run function, the preflight, the report reader
+    #: and the terminal summary
+    config_ref: str
+    run_ref: str
+    preflight_ref: str
+    report_ref: str
+    summary_ref: str
+    #: a top-level key that only this pipeline's configs have (when ``pipeline:`` is not given)
+    marker: str
+
+    @staticmethod
+    def _get(ref: str) -> Any:
+        module, _, attr = ref.partition(":")
+        return getattr(importlib.import_module(module), attr)
+
+    @property
+    def config(self) -> type[RunConfig]:
+        return self._get(self.config_ref)
+
+    @property
+    def run(self) -> Callable[..., Any]:
+        """``run(cfg, run_dir, runner, on_batch=None, on_iteration=None, check_inputs=True)``"""
+        return self._get(self.run_ref)
+
+    def preflight(self, cfg: RunConfig) -> None:
+        self._get(self.preflight_ref)(cfg)
+
+    def read_report(self, run_dir: Path) -> Any:
+        return self._get(self.report_ref)(Path(run_dir))
+
+    def summarize(self, console: Any, cfg: RunConfig, report: Any) -> None:
+        self._get(self.summary_ref)(console, cfg, report)
+
+
+_D, _L = "lamflow.flows.pipelines.distill", "lamflow.flows.pipelines.lam"
+
+PIPELINES: dict[str, Pipeline] = {p.name: p for p in (
+    Pipeline("distill", "distil a teacher into a fast student (the loop)",
+             f"{_D}.config:DistillConfig", f"{_D}.loop:run_distill", f"{_D}.preflight:preflight",
+             f"{_D}.records:read_report", "lamflow.flows.report.distill:summarize", marker="teacher"),
+    Pipeline("lam", "the full pipeline: datasets → pretrain → finetune → distill",
+             f"{_L}.config:LamConfig", f"{_L}.pipeline:run_lam", f"{_L}.config:preflight",
+             f"{_L}.pipeline:read_report", f"{_L}.pipeline:summarize", marker="finetune"),
+)}
+
+
+def pipeline_of(raw: dict[str, Any], source: str = "config") -> Pipeline:
+    """The pipeline a raw config is for: its ``pipeline:`` key, else the one whose marker it has."""
+    name = raw.get("pipeline")
+    if name is not None:
+        if name not in PIPELINES:
+            raise InputError(f"{source}: pipeline", f"unknown pipeline {name!r}; expected one of {sorted(PIPELINES)}")
+        return PIPELINES[name]
+    found = [p for p in PIPELINES.values() if p.marker in raw]
+    if len(found) != 1:
+        raise InputError(source, "cannot tell the pipeline: add `pipeline: "
+                                 + " | ".join(PIPELINES) + "` at the top level")
+    return found[0]
+
+
+def load_any(path: Path, expect: str | None = None) -> tuple[Pipeline, RunConfig]:
+    """The pipeline and validated config of a config file (``expect``: the pipeline a command runs)."""
+    path = Path(path)
+    raw = read_mapping(path)
+    pipe = PIPELINES[expect] if expect and "pipeline" not in raw else pipeline_of(raw, str(path))
+    if expect and pipe.name != expect:
+        raise InputError(str(path), f"is a {pipe.name} config; `lamflow {expect}` needs a {expect} config "
+                                    f"(run it with `lamflow {pipe.name}`)")
+    return pipe, pipe.config.parse(raw, path.resolve().parent, str(path))
+
+
+def parse_any(raw: dict[str, Any], base: Path, expect: str | None = None) -> tuple[Pipeline, RunConfig]:
+    """As :func:`load_any`, for a config given as a mapping (a Prefect flow parameter)."""
+    pipe = PIPELINES[expect] if expect and "pipeline" not in raw else pipeline_of(raw)
+    if expect and pipe.name != expect:
+        raise InputError("config", f"is a {pipe.name} config, not a {expect} config")
+    return pipe, pipe.config.parse(raw, base, "config")

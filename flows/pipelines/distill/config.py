@@ -1,0 +1,142 @@
+"""The distillation config: one YAML file, validated field by field.
+
+Each section that a step also reads *is* that step's settings model (``selection`` is
+:class:`~lamflow.steps.select.SelectSettings`, each ``iterations`` entry
+:class:`~lamflow.steps.explore.ExploreSettings`, ...): a parameter is declared once, with one
+default and one validator, and ``lamflow step select`` behaves like ``lamflow distill`` with the
+same values left out. The sections add only what the loop wires itself (paths, seeds, chunks).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, ClassVar
+
+from pydantic import Field, field_validator, model_validator
+
+from lamflow.steps.base import unique_elements
+from lamflow.steps.explore import ExploreSettings
+from lamflow.steps.label import LabelSettings
+from lamflow.steps.perturb import PerturbSettings
+from lamflow.steps.select import SelectSettings
+
+from lamflow.flows.core.config import RunConfig, Section, check_exist
+
+
+class LabelSpec(LabelSettings, PerturbSettings):
+    """Reference labels computed with an ASE calculator (of the structures, or of perturbed copies)."""
+
+    structures: list[Path] = Field(min_length=1, description="files with structures (extxyz, POSCAR, ...)")
+    chunks: int = Field(1, ge=1, description="label in this many parallel tasks")
+    perturbed_frames: int = Field(
+        0, ge=0, description="label this many perturbed copies of each structure instead of the structures")
+
+
+class TeacherTrain(Section):
+    """Train the teacher here (a demo, or a teacher from your own DFT data)."""
+
+    data: list[Path] = Field(default_factory=list, description="labelled deepmd/npy systems")
+    label: LabelSpec | None = None
+    template: str = Field("dpa3", description="DeePMD-kit template name or .json path")
+    overrides: dict[str, Any] = Field(default_factory=dict, description="deep-merged into the template")
+    numb_steps: int = Field(2000, ge=1)
+
+    @model_validator(mode="after")
+    def _some_data(self) -> "TeacherTrain":
+        if not self.data and self.label is None:
+            raise ValueError("give 'data' (labelled systems) and/or 'label' (structures to label)")
+        return self
+
+
+class Teacher(Section):
+    """The fine-tuned model to distil: a file (any DeePMD-kit format), or trained here."""
+
+    model: Path | None = Field(None, description="frozen .pth/.pt2, or a .pt checkpoint (frozen for LAMMPS)")
+    head: str | None = Field(None, description="branch of a multi-task checkpoint")
+    train: TeacherTrain | None = None
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "Teacher":
+        if (self.model is None) == (self.train is None):
+            raise ValueError("give exactly one of 'model' (a file) or 'train'")
+        return self
+
+
+class Student(Section):
+    template: str = Field("se_e2_a", description="se_e2_a, se_atten_v2, dpa4c or a .json path")
+    overrides: dict[str, Any] = Field(default_factory=dict)
+    numb_steps: int = Field(2000, ge=1, description="steps for the first student")
+    numb_steps_next: int = Field(1000, ge=1, description="steps for later students (initialised from the previous)")
+    init_from_previous: bool = True
+    compress: bool = True
+    count: int = Field(1, ge=1, description="1: deviation vs the teacher; >=2: an ensemble's deviation")
+
+
+class Configurations(Section):
+    """Initial configurations for exploration (every frame of every file is one start)."""
+
+    files: list[Path] = Field(min_length=1)
+    fmt: str | None = Field(None, description="format when not guessed from the name (e.g. lammps/lmp)")
+
+
+class InitialData(PerturbSettings):
+    systems: list[Path] = Field(default_factory=list, description="labelled deepmd/npy systems to start from")
+    perturbed_frames: int = Field(
+        40, ge=0, description="perturbed copies of each initial configuration, labelled by the teacher")
+
+    @model_validator(mode="after")
+    def _some(self) -> "InitialData":
+        if not self.systems and self.perturbed_frames == 0:
+            raise ValueError("no initial data: give 'systems' or perturbed_frames > 0")
+        return self
+
+
+class Exploration(ExploreSettings):
+    """What one iteration explores (LAMMPS, every initial configuration × temperature × pressure)."""
+
+
+class Selection(SelectSettings):
+    """Which explored frames the teacher labels (trust levels on the student's force error)."""
+
+
+class Convergence(Section):
+    accurate_ratio: float = Field(0.99, gt=0, le=1)
+    consecutive: int = Field(2, ge=1, description="iterations in a row that must meet the rule")
+    max_rmse_f: float | None = Field(
+        None, gt=0, description="eV/Å: student-vs-teacher force RMSE on unseen explored frames")
+
+
+class DistillConfig(RunConfig):
+    pipeline_name: ClassVar[str] = "distill"
+
+    name: str = "distill"
+    type_map: list[str] = Field(min_length=1)
+    teacher: Teacher
+    student: Student = Field(default_factory=Student)
+    configurations: Configurations
+    initial_data: InitialData = Field(default_factory=InitialData)
+    iterations: list[Exploration] = Field(
+        min_length=1, description="iteration k explores with iterations[min(k, len-1)]")
+    selection: Selection = Field(default_factory=Selection)
+    convergence: Convergence = Field(default_factory=Convergence)
+    max_iterations: int = Field(5, ge=1)
+    label_chunk_size: int = Field(200, ge=1, description="frames per teacher-label task")
+
+    _unique = field_validator("type_map")(classmethod(lambda cls, v: unique_elements(v)))
+
+    def exploration(self, iteration: int) -> Exploration:
+        return self.iterations[min(iteration, len(self.iterations) - 1)]
+
+
+def check_files(cfg: DistillConfig, with_teacher: bool = True) -> None:
+    """Fail before any work when a file the run needs is missing."""
+    needed: list[tuple[str, Path]] = [(f"configurations.files[{i}]", p) for i, p in enumerate(cfg.configurations.files)]
+    needed += [(f"initial_data.systems[{i}]", p) for i, p in enumerate(cfg.initial_data.systems)]
+    if with_teacher and cfg.teacher.model is not None:
+        needed.append(("teacher.model", cfg.teacher.model))
+    if cfg.teacher.train is not None:
+        needed += [(f"teacher.train.data[{i}]", p) for i, p in enumerate(cfg.teacher.train.data)]
+        if cfg.teacher.train.label:
+            needed += [(f"teacher.train.label.structures[{i}]", p)
+                       for i, p in enumerate(cfg.teacher.train.label.structures)]
+    check_exist(needed)

@@ -1,0 +1,160 @@
+"""The distillation loop, written once for every engine.
+
+    prepare:      teacher (train / freeze / as given) → initial data (perturb → teacher-label)
+                  → student 0
+    iteration k:  explore (student k drives, teacher compared) → select → teacher-label
+                  → evaluate student k on unseen explored frames → converged? → student k+1
+
+The student that is delivered is always one whose error was measured: convergence is judged on
+student k's own exploration, before any retraining. Engines differ only in the
+:class:`~lamflow.flows.core.runner.Runner` they pass in.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Callable
+
+from lamflow.steps.errors import StepFailed
+from lamflow.steps.evaluate import EvaluateResult
+from lamflow.steps.select import SelectResult
+from lamflow.steps.speed import SpeedResult
+from lamflow.steps.structures import count_frames
+from lamflow.steps.train import FreezeResult, TrainResult
+
+from lamflow.flows.core.book import Book
+from lamflow.flows.core.runner import Pending, Runner
+from lamflow.flows.report.distill import write_report
+
+from . import plan
+from .config import DistillConfig
+from .preflight import preflight
+from .records import DistillReport, IterationRecord
+
+
+def converged(history: list[IterationRecord], cfg: DistillConfig) -> bool:
+    rule = cfg.convergence
+    recent = history[-rule.consecutive:]
+    return len(recent) == rule.consecutive and all(r.meets_rule for r in recent)
+
+
+def _meets_rule(rec: IterationRecord, cfg: DistillConfig) -> bool:
+    rule = cfg.convergence
+    ok = rec.accurate_ratio >= rule.accurate_ratio and rec.failed_tasks == 0
+    if rule.max_rmse_f is not None:
+        ok = ok and rec.rmse_f is not None and rec.rmse_f <= rule.max_rmse_f
+    return ok
+
+
+def run_distill(
+    cfg: DistillConfig,
+    run_dir: Path,
+    runner: Runner,
+    on_batch: Callable[[str], None] | None = None,
+    on_iteration: Callable[[DistillReport], None] | None = None,
+    check_inputs: bool = True,
+) -> DistillReport:
+    """The distillation loop on any engine's runner.
+
+    ``check_inputs=False`` is for replays (dflow's planner re-enters the loop once per level):
+    the inputs were checked when the run started, and checking the teacher again would load
+    and evaluate it once per level.
+    """
+    if check_inputs:
+        preflight(cfg)
+    replay = getattr(runner, "replay", False)  # a planner's replay draws no plots
+    run_dir = Path(run_dir).resolve()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    lay = plan.Layout(run_dir)
+    report = DistillReport(name=cfg.name, run_dir=str(run_dir), trust_lo=cfg.selection.trust_lo,
+                           trust_hi=cfg.selection.trust_hi)
+    book = Book(runner, on_batch)
+    t_start = time.perf_counter()
+    init_s = report.init_seconds
+
+    def save(plots: bool = False) -> None:
+        report.cached_steps, report.step_seconds = book.cached_steps, book.step_seconds
+        write_report(report, run_dir, plots=plots and not replay)
+
+    try:
+        # --- the teacher
+        ref_structures = book.systems(plan.reference_structures(cfg, lay), init_s)
+        reference = book.systems(plan.reference_labels(cfg, lay, ref_structures), init_s)
+        call = plan.teacher_model(cfg, lay, reference)
+        if call is None:
+            teacher = Path(cfg.teacher.model)
+        else:
+            made: TrainResult | FreezeResult = book.one(call, init_s)
+            teacher = made.model
+        report.teacher = str(teacher)
+        teacher_speed: SpeedResult = book.one(
+            plan.speed(cfg, teacher, lay.init / "speed-teacher", "init/speed-teacher"), init_s)
+        report.teacher_speed = teacher_speed.timesteps_per_second
+        # --- initial data and the first student(s)
+        perturbed = book.systems(plan.initial_structures(cfg, lay), init_s)
+        labelled = book.systems(plan.teacher_labels(cfg, teacher, perturbed, lay.init / "label", "init/label"), init_s)
+        data = [*cfg.initial_data.systems, *labelled]
+        if not data:
+            raise StepFailed("the teacher labelled no initial frame (all NaN or dropped)")
+        trained: list[TrainResult] = [r.result for r in book.run(plan.students(cfg, lay.init, data, None), init_s)]
+        save()
+
+        for k in range(cfg.max_iterations):
+            t_iter = time.perf_counter()
+            rec = IterationRecord(iteration=k)
+            report.iterations.append(rec)
+            secs = rec.seconds
+            models = [t.compressed or t.model for t in trained]
+            checkpoints = [t.checkpoint for t in trained]
+            rec.student = str(models[0])
+            md_models = [models[0], teacher] if cfg.student.count == 1 else models
+            explored = book.run(plan.explore(cfg, lay, k, md_models), secs)
+            tasks = [t.path for r in explored for t in r.result.tasks]
+            sel: SelectResult = book.one(plan.select(cfg, lay, k, tasks), secs)
+            rec.n_frames, rec.n_selected = sel.n_frames, sel.n_selected
+            rec.accurate_ratio, rec.candidate_ratio = sel.accurate_ratio, sel.candidate_ratio
+            rec.failed_ratio, rec.failed_tasks = sel.failed_ratio, sel.n_failed_tasks
+            rec.deviations = str(sel.deviations)
+            it_dir = lay.iteration(k)
+            new = book.run(plan.teacher_labels(cfg, teacher, sel.candidates, it_dir / "label",
+                                               f"iter-{k:03d}/label"), secs)
+            val = book.run(plan.teacher_labels(cfg, teacher, sel.validation, it_dir / "validation",
+                                               f"iter-{k:03d}/validation"), secs)
+            rec.labels_added = sum(r.result.n_frames for r in new)
+            rec.labels_dropped = sum(r.result.n_dropped for r in new + val)
+            new_systems = [p for r in new for p in r.result.systems]
+            probe = [p for r in val for p in r.result.systems] or new_systems
+            if probe:
+                ev: EvaluateResult = book.one(plan.evaluate(cfg, lay, k, models[0], probe), secs)
+                rec.rmse_f, rec.rmse_e_per_atom, rec.n_eval_frames = ev.rmse_f, ev.rmse_e_per_atom, ev.n_frames
+            speed: SpeedResult = book.one(plan.speed(cfg, models[0], it_dir / "speed", f"iter-{k:03d}/speed"), secs)
+            rec.student_speed = speed.timesteps_per_second
+            if report.teacher_speed:
+                rec.speed_ratio = rec.student_speed / report.teacher_speed
+            rec.meets_rule = _meets_rule(rec, cfg)
+            data = [*data, *new_systems]
+            rec.n_train_frames = count_frames(data)
+            if converged(report.iterations, cfg):
+                report.converged = True
+            elif k + 1 < cfg.max_iterations:
+                trained = [r.result for r in book.run(plan.students(cfg, it_dir, data, checkpoints), secs)]
+            rec.wall = time.perf_counter() - t_iter
+            report.final_student = rec.student
+            report.wall_seconds = time.perf_counter() - t_start
+            save()
+            if on_iteration:
+                on_iteration(report)
+            if report.converged:
+                break
+        report.status = "converged" if report.converged else "max_iterations"
+    except Pending:
+        report.status = "running"  # a planner stopped at steps still to run (dflow engine)
+        raise
+    except BaseException:
+        report.status = "failed"
+        raise
+    finally:
+        report.wall_seconds = time.perf_counter() - t_start
+        save(plots=True)
+    return report

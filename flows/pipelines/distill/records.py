@@ -1,0 +1,68 @@
+"""The distillation's report as data: one record per iteration, written as ``report.json``.
+
+Plain dataclasses with no behaviour beyond (de)serialisation, so the loop, the report writers,
+the terminal progress and the CLI all read the same typed fields.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+@dataclass
+class IterationRecord:
+    iteration: int
+    n_frames: int = 0
+    accurate_ratio: float = 0.0
+    candidate_ratio: float = 0.0
+    failed_ratio: float = 0.0
+    failed_tasks: int = 0
+    n_selected: int = 0
+    labels_added: int = 0
+    labels_dropped: int = 0
+    n_train_frames: int = 0
+    rmse_f: float | None = None
+    rmse_e_per_atom: float | None = None
+    n_eval_frames: int = 0
+    student_speed: float | None = None
+    speed_ratio: float | None = None
+    student: str = ""
+    deviations: str = ""
+    seconds: dict[str, float] = field(default_factory=dict)
+    wall: float = 0.0
+    meets_rule: bool = False
+
+
+@dataclass
+class DistillReport:
+    name: str
+    run_dir: str
+    teacher: str = ""
+    teacher_speed: float | None = None
+    trust_lo: float = 0.0
+    trust_hi: float = 0.0
+    init_seconds: dict[str, float] = field(default_factory=dict)
+    iterations: list[IterationRecord] = field(default_factory=list)
+    converged: bool = False
+    final_student: str = ""
+    wall_seconds: float = 0.0
+    step_seconds: float = 0.0
+    cached_steps: int = 0
+    status: str = "running"
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, path: Path) -> "DistillReport":
+        data = json.loads(Path(path).read_text())
+        data["iterations"] = [IterationRecord(**it) for it in data.get("iterations", [])]
+        return cls(**data)
+
+
+def read_report(run_dir: Path) -> DistillReport:
+    """The report of a finished (or running) distillation in ``run_dir``."""
+    return DistillReport.from_json(Path(run_dir) / "report.json")

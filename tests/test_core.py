@@ -1,0 +1,167 @@
+"""The execution core that every engine shares: one source of truth for step parameters, a cache
+key without resources, one retry policy, ``lamflow step`` through the runner, typed records."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import typing
+from pathlib import Path
+
+import pytest
+import yaml
+from pydantic import BaseModel
+
+from conftest import write_cu_frames
+from lamflow.flows.core.execute import execute
+from lamflow.flows.core.faults import ENV as FAULTS_ENV
+from lamflow.flows.core.policy import retryable
+from lamflow.flows.core.records import StepCall
+from lamflow.flows.core.resources import Resources
+from lamflow.flows.engines.local import LocalRunner
+from lamflow.flows.pipelines import PIPELINES
+from lamflow.steps.errors import InputError, StepFailed
+from lamflow.steps.label import LabelParams, LabelResult
+from lamflow.steps.registry import STEPS
+
+
+def _sections(model: type[BaseModel], seen: set | None = None) -> list[type[BaseModel]]:
+    """Every pydantic model reachable from a config model's fields."""
+    seen = set() if seen is None else seen
+    if model in seen:
+        return []
+    seen.add(model)
+    out = [model]
+    for info in model.model_fields.values():
+        for arg in [info.annotation, *typing.get_args(info.annotation)] + [
+                a for t in typing.get_args(info.annotation) for a in typing.get_args(t)]:
+            if isinstance(arg, type) and issubclass(arg, BaseModel):
+                out += _sections(arg, seen)
+    return out
+
+
+#: same name, another parameter: the speed benchmark's MD length is not the exploration's
+NOT_THE_SAME = {("nsteps", "speed")}
+
+
+def _bounds(info) -> list[str]:
+    return sorted(repr(m) for m in info.metadata)
+
+
+@pytest.mark.parametrize("pipeline", sorted(PIPELINES))
+def test_config_sections_and_steps_agree_on_every_shared_parameter(pipeline):
+    """A field that a config section and a step both have is one parameter: same default (where
+    the step sets one) and same bounds. The sections inherit them from the steps' settings."""
+    checked = 0
+    for section in _sections(PIPELINES[pipeline].config):
+        for step in STEPS.values():
+            for name in set(section.model_fields) & set(step.params.model_fields):
+                ours, theirs = section.model_fields[name], step.params.model_fields[name]
+                if any(isinstance(a, type) and issubclass(a, BaseModel)
+                       for a in (ours.annotation, *typing.get_args(ours.annotation))):
+                    continue  # a sub-section that happens to share a step parameter's name
+                if (name, step.name) in NOT_THE_SAME:
+                    continue
+                if name in ("type_map", "structures", "systems", "model", "output", "seed"):
+                    continue  # wiring: the loop fills these in (seeds: one offset per random stream)
+                assert _bounds(ours) == _bounds(theirs), f"{section.__name__}.{name} vs {step.name}"
+                if not theirs.is_required():
+                    assert ours.get_default(call_default_factory=True) == theirs.get_default(
+                        call_default_factory=True), f"{section.__name__}.{name} vs {step.name}"
+                checked += 1
+    assert checked >= 10 if pipeline == "distill" else checked >= 3
+
+
+def test_sections_are_the_step_settings():
+    from lamflow.flows.pipelines.distill.config import Exploration, InitialData, LabelSpec, Selection
+    from lamflow.steps.explore import ExploreSettings
+    from lamflow.steps.label import LabelSettings
+    from lamflow.steps.perturb import PerturbSettings
+    from lamflow.steps.select import SelectSettings
+
+    assert issubclass(Selection, SelectSettings) and issubclass(Exploration, ExploreSettings)
+    assert issubclass(LabelSpec, LabelSettings) and issubclass(LabelSpec, PerturbSettings)
+    assert issubclass(InitialData, PerturbSettings)
+
+
+def test_resources_are_not_part_of_the_cache_key_and_results_are_typed(tmp_path):
+    frames = write_cu_frames(tmp_path / "cu.extxyz", 2, seed=3)
+    params = LabelParams(structures=[frames], type_map=["Cu"], output=tmp_path / "emt")
+    first = execute("label", params, Resources(threads=1))
+    again = execute("label", params, Resources(threads=2, memory="4Gi"))
+    assert not first.cached and again.cached  # more cores do not rerun a finished step
+    assert isinstance(again.result, LabelResult) and again.result.n_frames == 2
+    assert again.result == first.result
+
+
+def test_the_retry_rule():
+    assert not retryable(InputError("teacher.model", "file not found"))
+    assert not retryable(OSError(28, "No space left on device"))
+    assert retryable(StepFailed("dp train: killed")) and retryable(MemoryError())
+
+
+def _fault(tmp_path, monkeypatch, **fault) -> Path:
+    path = tmp_path / "faults.yaml"
+    path.write_text(yaml.safe_dump([fault]))
+    monkeypatch.setenv(FAULTS_ENV, str(path))
+    return path
+
+
+def test_local_runner_retries_a_failed_step_per_its_resources(tmp_path, monkeypatch):
+    frames = write_cu_frames(tmp_path / "cu.extxyz", 2, seed=4)
+    faults = _fault(tmp_path, monkeypatch, step="label", where="emt", times=1, kind="error")
+    call = StepCall("label", LabelParams(structures=[frames], type_map=["Cu"], output=tmp_path / "emt"), "emt",
+                    Resources(retries=1, retry_delay=0))
+    [record] = LocalRunner().map([call])
+    assert not record.cached and record.result.n_frames == 2
+    assert yaml.safe_load(faults.read_text())[0]["times"] == 0  # the first attempt failed
+
+    _fault(tmp_path, monkeypatch, step="label", where="emt2", times=1, kind="error")
+    call = StepCall("label", LabelParams(structures=[frames], type_map=["Cu"], output=tmp_path / "emt2"), "emt2",
+                    Resources(retries=0))
+    with pytest.raises(StepFailed, match="injected failure"):
+        LocalRunner().map([call])
+
+
+def test_bad_input_is_never_retried(tmp_path, monkeypatch):
+    call = StepCall("label", LabelParams(structures=[tmp_path / "missing.extxyz"], type_map=["Cu"],
+                                         output=tmp_path / "emt"), "emt", Resources(retries=3, retry_delay=30))
+    with pytest.raises(InputError):
+        LocalRunner().map([call])  # at once: a 30 s delay would time this test out below
+
+
+def test_dflow_ops_raise_fatal_for_bad_input_and_transient_otherwise(tmp_path, monkeypatch):
+    from dflow.python import OPIO, FatalError, TransientError
+
+    from lamflow.flows.engines.dflow.engine import STEP_OPS
+
+    bad = {"params": {"structures": [str(tmp_path / "missing.extxyz")], "type_map": ["Cu"],
+                      "output": str(tmp_path / "a")}, "label": "a"}
+    with pytest.raises(FatalError):
+        STEP_OPS["label"]().execute(OPIO({"call": bad}))
+    frames = write_cu_frames(tmp_path / "cu.extxyz", 1, seed=5)
+    _fault(tmp_path, monkeypatch, step="label", where="b", times=1, kind="error")
+    failing = {"params": {"structures": [str(frames)], "type_map": ["Cu"], "output": str(tmp_path / "b")},
+               "label": "b", "resources": {"threads": 1}}
+    with pytest.raises(TransientError):
+        STEP_OPS["label"]().execute(OPIO({"call": failing}))
+    out = STEP_OPS["label"]().execute(OPIO({"call": failing}))  # the retry
+    assert out["n_frames"] == 1 and not out["cached"]
+
+
+def test_lamflow_step_goes_through_the_runner(tmp_path):
+    frames = write_cu_frames(tmp_path / "cu.extxyz", 2, seed=6)
+    cmd = [sys.executable, "-m", "lamflow.flows.cli", "step", "label", "--set", f"structures=[{frames}]",
+           "--set", "type_map=[Cu]", "--set", f"output={tmp_path / 'emt'}", "--threads", "1"]
+    first = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert first.returncode == 0, first.stderr
+    record = json.loads((tmp_path / "emt.result.json").read_text())  # a record, as pods leave
+    assert record["result"]["n_frames"] == 2 == json.loads(first.stdout)["n_frames"]
+    again = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0 and json.loads((tmp_path / "emt.result.json").read_text()) == record  # cached
+
+    bad = subprocess.run([*cmd[:4], "select", "--set", "tasks=[]", "--set", "type_map=[Cu]", "--set", "output=x",
+                          "--set", "trust_hi=0.01"], capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1, bad.stderr
+    assert "step select: trust_lo (0.05) must be below trust_hi (0.01)" in bad.stderr
