@@ -82,12 +82,12 @@ def test_job_template_keeps_every_prefect_kubernetes_variable():
 
 
 def test_prefect_retries_by_the_core_policy():
-    from lamflow.flows.engines.prefect.flows import _retry_condition
+    from lamflow.flows.engines.prefect.flows import retry_condition
 
-    assert _retry_condition(None, None, Failed(data=InputError("teacher.model", "file not found"))) is False
-    assert _retry_condition(None, None, Failed(data=OSError(28, "No space left on device"))) is False
-    assert _retry_condition(None, None, Failed(data=StepFailed("dp train: killed"))) is True
-    assert _retry_condition(None, None, Failed(data=MemoryError())) is True
+    assert retry_condition(None, None, Failed(data=InputError("teacher.model", "file not found"))) is False
+    assert retry_condition(None, None, Failed(data=OSError(28, "No space left on device"))) is False
+    assert retry_condition(None, None, Failed(data=StepFailed("dp train: killed"))) is True
+    assert retry_condition(None, None, Failed(data=MemoryError())) is True
 
 
 def test_heavy_steps_get_a_retry_unless_the_config_says_otherwise():

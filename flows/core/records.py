@@ -10,16 +10,21 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel
 
+from lamflow.steps.artifacts import write_json
 from lamflow.steps.registry import STEPS
 
 from .resources import Resources
+
+log = logging.getLogger(__name__)
 
 #: written next to a step's output; its presence (with a matching key) means "done".
 RECORD_SUFFIX = ".result.json"
@@ -155,8 +160,6 @@ def output_manifest(output: Path) -> dict[str, int]:
 
 def read_record(step: str, params: BaseModel, key: str) -> StepRecord | None:
     """The record of this exact step, if its key matches and its output is complete."""
-    import logging
-
     rec_file = record_path(params)
     if not rec_file.is_file():
         return None
@@ -164,7 +167,7 @@ def read_record(step: str, params: BaseModel, key: str) -> StepRecord | None:
     if saved.get("key") != key:
         return None
     if "outputs" in saved and output_manifest(params.output) != saved["outputs"]:
-        logging.getLogger(__name__).warning(
+        log.warning(
             "%s: output differs from its record (missing or truncated files): running the step again", params.output)
         return None
     return StepRecord(step, saved["label"], saved["seconds"], True,
@@ -173,13 +176,8 @@ def read_record(step: str, params: BaseModel, key: str) -> StepRecord | None:
 
 def write_record(step: str, params: BaseModel, key: str, result: BaseModel, seconds: float,
                  job: dict[str, Any] | None = None) -> StepRecord:
-    from lamflow.steps.artifacts import write_json
-
     rec_file = record_path(params)
-    record = StepRecord(step, rec_file.name, seconds, False, result, 0.0, key)
-    import time
-
-    record.finished = time.time()
+    record = StepRecord(step, rec_file.name, seconds, False, result, time.time(), key)
     write_json(rec_file, {"key": key, "step": step, "label": rec_file.name, "seconds": seconds,
                           "finished": record.finished, "result": json.loads(result.model_dump_json()),
                           "pid": os.getpid(), **({"job": job} if job else {}),

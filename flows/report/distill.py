@@ -33,6 +33,12 @@ def _pyplot():
     return plt
 
 
+def _save(plt, fig, path: Path) -> None:
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
 def plot_deviations(report: DistillReport, path: Path) -> None:
     """Histogram of the student's max force error (vs teacher) per iteration."""
     plt = _pyplot()
@@ -53,9 +59,7 @@ def plot_deviations(report: DistillReport, path: Path) -> None:
     ax.set_xlabel("max atomic force deviation (eV/Å)")
     ax.set_ylabel("explored frames")
     ax.set_title(f"{report.name}: model deviation per iteration")
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    _save(plt, fig, path)
 
 
 def plot_convergence(report: DistillReport, path: Path) -> None:
@@ -78,9 +82,7 @@ def plot_convergence(report: DistillReport, path: Path) -> None:
     for a in (a1, a2):
         a.set_xticks(its)
     fig.suptitle(f"{report.name}: distillation progress")
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    _save(plt, fig, path)
 
 
 def plot_speed(report: DistillReport, path: Path) -> None:
@@ -98,9 +100,7 @@ def plot_speed(report: DistillReport, path: Path) -> None:
     ax.set_ylabel("LAMMPS timesteps/s (same cell, same build)")
     ax.set_title(f"{report.name}: MD speed")
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    _save(plt, fig, path)
 
 
 def table(report: DistillReport):

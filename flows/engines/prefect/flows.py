@@ -44,7 +44,7 @@ from lamflow.flows.pipelines import load_any, parse_any
 POLL_SECONDS = 2.0
 
 
-def _retry_condition(task, task_run, state) -> bool:
+def retry_condition(task, task_run, state) -> bool:
     """The core's retry policy (:func:`~lamflow.flows.core.policy.retryable`) as Prefect's hook."""
     try:
         state.result()
@@ -120,7 +120,7 @@ class PrefectRunner:
         resources = res.model_dump(mode="json", exclude_defaults=True)
         options = dict(task_run_name=call.label.replace("/", " · "), retries=res.retries_for(call.step),
                        retry_delay_seconds=res.retry_delay, timeout_seconds=res.timeout,
-                       retry_condition_fn=_retry_condition)
+                       retry_condition_fn=retry_condition)
         deployment = self.deployment_for(call)
         if deployment is None or lookup(call.step, params) is not None:
             return step_task.with_options(name=call.step, **options).submit(call.step, params, resources)

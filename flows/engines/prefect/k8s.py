@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import json
 import uuid
+from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
@@ -20,16 +21,13 @@ import yaml
 
 from lamflow.steps.errors import InputError
 
-TEMPLATE = Path(__file__).resolve().parent.parent / "templates" / "prefect" / "k8s-job-template.json"
+#: the installed template (package data of lamflow.templates.prefect), as a file for `prefect work-pool create`
+TEMPLATE = Path(str(files("lamflow.templates.prefect").joinpath("k8s-job-template.json")))
 
 
 def job_template(path: Path | None = None) -> dict[str, Any]:
     """lamflow's base job template for a kubernetes work pool (for ``--base-job-template``)."""
-    if path is None:
-        from importlib.resources import files
-
-        return json.loads(files("lamflow.templates").joinpath("prefect/k8s-job-template.json").read_text())
-    return json.loads(Path(path).read_text())
+    return json.loads(Path(path or TEMPLATE).read_text())
 
 
 def deployment_job_variables(prefect_yaml: Path, deployment: str) -> dict[str, Any]:
