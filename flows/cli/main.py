@@ -1,4 +1,4 @@
-"""The ``lamflow`` command.
+"""lamflow: pretrain, finetune and distil DeePMD-kit large atomic models.
 
 Every bad input ends in one line on stderr and exit code 2 (``--debug`` shows the traceback);
 a failing library call (dp, LAMMPS) ends with its log's tail and exit code 1.

@@ -1,10 +1,11 @@
 """What a step needs to run: threads here; CPU, memory, GPU, image and retries on a cluster.
 
 One :class:`Resources` per step name in the config (``resources: {train: {gpu: 1}}``), with
-``default`` for the rest. The same object drives every engine: the local engine reads
-``threads``; Prefect reads ``retries``/``timeout`` and, when a step is dispatched to its own
-deployment (its own pod), turns cpu/memory/gpu/image into that flow run's job variables; dflow
-turns them into the container's requests.
+``default`` for the rest. The same object drives every engine: ``execute`` runs every step with
+its ``threads``; ``retries`` follow the core's one rule (:mod:`lamflow.flows.core.policy`);
+Prefect, when a step is dispatched to its own deployment (its own pod), turns cpu/memory/gpu/image
+into that flow run's job variables; dflow turns them into the container's requests. Resources
+never enter a step's cache key: where and with what a step runs does not change what it computes.
 """
 
 from __future__ import annotations

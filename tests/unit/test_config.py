@@ -12,7 +12,7 @@ import yaml
 from lamflow.flows.pipelines.distill.config import DistillConfig
 from lamflow.steps.errors import InputError
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 QUICKSTART = REPO / "examples" / "cu-emt" / "config.yaml"
 
 

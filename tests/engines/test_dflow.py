@@ -22,7 +22,7 @@ from lamflow.flows.core.faults import ENV as FAULTS_ENV
 from lamflow.flows.core.execute import execute
 from lamflow.steps.registry import STEPS
 
-SCHEMA = Path(__file__).parent / "data" / "argo-workflows.schema.json"  # Argo's api/jsonschema/schema.json
+SCHEMA = Path(__file__).parents[1] / "data" / "argo-workflows.schema.json"  # Argo's api/jsonschema/schema.json
 GPU = {"train": {"gpu": 1, "memory": "16Gi", "retries": 2, "timeout": 7200},
        "explore": {"gpu": 1, "node_selector": {"nvidia.com/gpu.present": "true"},
                    "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]}}
