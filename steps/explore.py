@@ -22,7 +22,7 @@ from string import Template
 from typing import Literal
 
 import numpy as np
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
 
 from .base import Params
 
@@ -50,6 +50,15 @@ class ExploreSettings(Params):
         if any(t <= 0 for t in v):
             raise ValueError(f"temperatures must be positive kelvin, got {v}")
         return v
+
+    @model_validator(mode="after")
+    def _frames(self) -> "ExploreSettings":
+        """An MD that dumps no frame after its start explores nothing: the loop would judge the
+        student on its unmoved starting cell and call that converged."""
+        if self.trj_freq > self.nsteps:
+            raise ValueError(f"trj_freq ({self.trj_freq}) must not exceed nsteps ({self.nsteps}): "
+                             "no frame would be explored")
+        return self
 
 
 class ExploreParams(ExploreSettings):

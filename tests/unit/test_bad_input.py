@@ -108,6 +108,8 @@ CASES = [
     ("empty temperature list", {"iterations.0.temps": []}, "iterations[0].temps: list should have at least 1 item"),
     ("negative temperature", {"iterations.0.temps": [-5]}, "temperatures must be positive kelvin"),
     ("zero MD steps", {"iterations.0.nsteps": 0}, "iterations[0].nsteps: input should be greater than or equal to 1"),
+    ("dump interval beyond the MD", {"iterations.0.trj_freq": 5000},
+     "iterations[0]: trj_freq (5000) must not exceed nsteps"),
     ("unknown ensemble", {"iterations.0.ensemble": "nvx"}, "iterations[0].ensemble: input should be 'nvt', 'npt' or 'nve'"),
     ("no iterations", {"iterations": []}, "iterations: list should have at least 1 item"),
     ("zero max_iterations", {"max_iterations": 0}, "max_iterations: input should be greater than or equal to 1"),
