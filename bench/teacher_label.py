@@ -58,7 +58,7 @@ def main() -> None:
     t0 = time.perf_counter()
     subprocess.run([sys.executable, "-m", "lamflow.flows.cli", "step", "teacher_label", "--set", f"output={out}",
                     "--set", f"model={model}", "--set", f"systems=[{system}]", "--set", f"type_map={TYPE_MAP}",
-                    "--set", "batch_size=8"], check=True, capture_output=True, env=env)
+                    "--set", "batch_size=8", "--threads", str(args.threads)], check=True, capture_output=True, env=env)
     batched = args.frames / (time.perf_counter() - t0)
 
     t0 = time.perf_counter()
