@@ -51,7 +51,7 @@ def cmd_step(args: argparse.Namespace) -> int:
     raw = read_mapping(Path(args.params)) if args.params else {}
     raw = deep_merge(raw, _parse_sets(args.set or []))
     params = validated(args.name, raw)
-    resources = Resources(threads=args.threads) if args.threads else Resources()
+    resources = Resources(threads=args.threads) if args.threads else None
     record = execute(args.name, params, resources)
     text = record.result.model_dump_json(indent=2)
     if args.result:

@@ -84,14 +84,15 @@ def execute(step: str, params: dict[str, Any] | BaseModel, resources: Resources 
             job: dict[str, Any] | None = None) -> StepRecord:
     """Run ``step`` (or return its record). Safe to call from any engine or process.
 
-    ``job``: where a scheduler ran it (``{"scheduler": "slurm", "id": "123"}``), kept in the record.
+    ``resources``: the engine's (its threads apply); ``None`` for a direct call, which keeps the
+    environment's thread settings. ``job``: where a scheduler ran it (``{"scheduler": "slurm", "id": "123"}``), kept in the record.
     """
     model, store, key, done = _prepare(step, params)
     if done is not None:
         return done
     inject(step, model.output)
     t0 = time.perf_counter()
-    with step_threads((resources or Resources()).threads):
+    with step_threads(resources.threads if resources else None):  # none given: the environment's
         result = STEPS[step].run(model)
     record = write_record(step, model, key, result, time.perf_counter() - t0, job)
     if store is not None:  # the output first, its record last: a record in the store means complete
