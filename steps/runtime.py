@@ -46,10 +46,6 @@ def step_threads(threads: int | None) -> Iterator[None]:
             torch.set_num_threads(before)
 
 
-def current_threads() -> int | None:
-    return _THREADS.get()
-
-
 def _venv_lib() -> Path:
     return Path(sys.prefix) / "lib"
 

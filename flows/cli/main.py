@@ -109,9 +109,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     _check_writable(run_dir)
     engine = ENGINES[args.engine]
     with run_lock(run_dir):
-        if args.engine == "dflow":  # steps run as processes of their own: no live progress here
+        if not engine.in_process:  # steps run as processes of their own: no live progress here
             report = engine.run(pipeline, cfg, run_dir)
-            console.print(f"dflow workflow in {Path(run_dir).resolve() / 'dflow'}")
+            console.print(f"{engine.name} workflow in {Path(run_dir).resolve() / engine.name}")
         else:
             with Progress(console) as progress:
                 report = engine.run(pipeline, cfg, run_dir, Hooks(progress.on_batch, progress.on_iteration,

@@ -1,7 +1,7 @@
 """The run directory mirrored in object storage (S3, MinIO, any fsspec URL), for both engines.
 
 Steps run real programs (``dp``, LAMMPS) that read and write local files, so a step always works
-in a local run directory. With an artifact store configured, the step runner (``runner.py``)
+in a local run directory. With an artifact store configured, the step runner (``execute.py``)
 makes that directory a cache of the store:
 
 * before a step: inputs missing here (another pod produced them) are fetched from the store;

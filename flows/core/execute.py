@@ -24,7 +24,8 @@ from lamflow.steps.runtime import step_threads
 from .artifact_store import ArtifactStore
 from .errors import one_line
 from .faults import inject
-from .records import RECORD_SUFFIX, StepRecord, cache_key, input_paths, read_record, record_path, write_record
+from .records import (StepRecord, cache_key, input_paths, producer_candidates, read_record, record_path,
+                      write_record)
 from .resources import Resources
 
 
@@ -65,12 +66,11 @@ def _prepare(step: str, params: dict[str, Any] | BaseModel):
 def _pull_input(store: ArtifactStore, path: Path) -> None:
     """An input and the record of the step that produced it: the cache key names a produced
     input by its producer's key, so the record must be here for the key to be the same."""
-    path = Path(path).resolve()
-    for candidate in (path, *path.parents):
-        if store.remote(candidate) is None:
+    for output, record in producer_candidates(Path(path).resolve()):
+        if store.remote(output) is None:
             break
-        if store.pull(Path(str(candidate) + RECORD_SUFFIX)):
-            store.pull(candidate)
+        if store.pull(record):
+            store.pull(output)
             return
     store.pull(path)
 
@@ -80,12 +80,11 @@ def lookup(step: str, params: dict[str, Any] | BaseModel) -> StepRecord | None:
     return _prepare(step, params)[3]
 
 
-def execute(step: str, params: dict[str, Any] | BaseModel, resources: Resources | None = None,
-            job: dict[str, Any] | None = None) -> StepRecord:
+def execute(step: str, params: dict[str, Any] | BaseModel, resources: Resources | None = None) -> StepRecord:
     """Run ``step`` (or return its record). Safe to call from any engine or process.
 
     ``resources``: the engine's (its threads apply); ``None`` for a direct call, which keeps the
-    environment's thread settings. ``job``: where a scheduler ran it (``{"scheduler": "slurm", "id": "123"}``), kept in the record.
+    environment's thread settings.
     """
     model, store, key, done = _prepare(step, params)
     if done is not None:
@@ -94,7 +93,7 @@ def execute(step: str, params: dict[str, Any] | BaseModel, resources: Resources 
     t0 = time.perf_counter()
     with step_threads(resources.threads if resources else None):  # none given: the environment's
         result = STEPS[step].run(model)
-    record = write_record(step, model, key, result, time.perf_counter() - t0, job)
+    record = write_record(step, model, key, result, time.perf_counter() - t0)
     if store is not None:  # the output first, its record last: a record in the store means complete
         store.push(Path(model.output))
         store.push(record_path(model))

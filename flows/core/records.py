@@ -15,7 +15,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from pydantic import BaseModel
 
@@ -82,21 +82,25 @@ def _file_digest(path: Path) -> str:
     return _FILE_DIGESTS[memo]
 
 
+def producer_candidates(path: Path) -> Iterator[tuple[Path, Path]]:
+    """``(output, its record file)`` for ``path`` and each folder above it: where the record of
+    the step that wrote ``path`` would be."""
+    for candidate in dict.fromkeys((path, *path.parents)):
+        yield candidate, Path(str(candidate) + RECORD_SUFFIX)
+
+
 def _producer(path: Path) -> tuple[Path, dict[str, Any]] | None:
     """The output folder (or file) that contains ``path`` and the record of the step that wrote
     it, if its files are the ones the record lists."""
-    for candidate in (path, *path.parents):
-        rec = Path(str(candidate) + RECORD_SUFFIX)
+    for output, rec in producer_candidates(path):
         if rec.is_file():
             try:
                 saved = json.loads(rec.read_text())
             except (OSError, ValueError):
                 return None
-            if "outputs" in saved and output_manifest(candidate) == saved["outputs"]:
-                return candidate, saved
+            if "outputs" in saved and output_manifest(output) == saved["outputs"]:
+                return output, saved
             return None
-        if candidate.parent == candidate:
-            break
     return None
 
 
@@ -174,12 +178,11 @@ def read_record(step: str, params: BaseModel, key: str) -> StepRecord | None:
                       STEPS[step].result.model_validate(saved["result"]), saved.get("finished", 0.0), key)
 
 
-def write_record(step: str, params: BaseModel, key: str, result: BaseModel, seconds: float,
-                 job: dict[str, Any] | None = None) -> StepRecord:
+def write_record(step: str, params: BaseModel, key: str, result: BaseModel, seconds: float) -> StepRecord:
     rec_file = record_path(params)
     record = StepRecord(step, rec_file.name, seconds, False, result, time.time(), key)
     write_json(rec_file, {"key": key, "step": step, "label": rec_file.name, "seconds": seconds,
                           "finished": record.finished, "result": json.loads(result.model_dump_json()),
-                          "pid": os.getpid(), **({"job": job} if job else {}),
+                          "pid": os.getpid(),
                           "outputs": output_manifest(params.output)})
     return record

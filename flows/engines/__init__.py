@@ -34,6 +34,8 @@ class Engine:
     doc: str
     #: ``module:function`` — ``run(pipeline, cfg, run_dir, hooks) -> report``
     run_ref: str
+    #: whether the pipeline runs in this process and so calls the hooks (live progress)
+    in_process: bool = True
 
     def run(self, pipeline: Any, cfg: RunConfig, run_dir: Path, hooks: Hooks | None = None) -> Any:
         module, _, attr = self.run_ref.partition(":")
@@ -44,6 +46,6 @@ ENGINES: dict[str, Engine] = {e.name: e for e in (
     Engine("prefect", "Prefect, embedded (no server needed; PREFECT_API_URL sends it to a server)",
            "lamflow.flows.engines.prefect.flows:run_pipeline"),
     Engine("dflow", "dflow's debug mode: the Argo workflow's steps as local processes",
-           "lamflow.flows.engines.dflow.engine:run_pipeline"),
+           "lamflow.flows.engines.dflow.engine:run_pipeline", in_process=False),
     Engine("local", "no engine: a thread pool, for debugging", "lamflow.flows.engines.local:run_pipeline"),
 )}

@@ -69,34 +69,33 @@ PIPELINES: dict[str, Pipeline] = {p.name: p for p in (
 )}
 
 
-def pipeline_of(raw: dict[str, Any], source: str = "config") -> Pipeline:
-    """The pipeline a raw config is for: its ``pipeline:`` key, else the one whose marker it has."""
+def pipeline_of(raw: dict[str, Any], source: str = "config", expect: str | None = None) -> Pipeline:
+    """The pipeline a raw config is for: its ``pipeline:`` key, else the one whose marker it has,
+    else ``expect`` (the pipeline the command runs, whose validation then names what is missing)."""
     name = raw.get("pipeline")
     if name is not None:
         if name not in PIPELINES:
             raise InputError(f"{source}: pipeline", f"unknown pipeline {name!r}; expected one of {sorted(PIPELINES)}")
         return PIPELINES[name]
     found = [p for p in PIPELINES.values() if p.marker in raw]
-    if len(found) != 1:
-        raise InputError(source, "cannot tell the pipeline: add `pipeline: "
-                                 + " | ".join(PIPELINES) + "` at the top level")
-    return found[0]
+    if len(found) == 1:
+        return found[0]
+    if expect is not None:
+        return PIPELINES[expect]
+    raise InputError(source, "cannot tell the pipeline: add `pipeline: " + " | ".join(PIPELINES) + "` at the top level")
+
+
+def parse_any(raw: dict[str, Any], base: Path, source: str = "config",
+              expect: str | None = None) -> tuple[Pipeline, RunConfig]:
+    """The pipeline and validated config of a raw mapping whose relative paths are relative to
+    ``base`` (``expect``: the pipeline the command or the deployment runs)."""
+    pipe = pipeline_of(raw, source, expect)
+    if expect and pipe.name != expect:
+        raise InputError(source, f"is a {pipe.name} config, not a {expect} config (run it with `lamflow {pipe.name}`)")
+    return pipe, pipe.config.parse(raw, base, source)
 
 
 def load_any(path: Path, expect: str | None = None) -> tuple[Pipeline, RunConfig]:
-    """The pipeline and validated config of a config file (``expect``: the pipeline a command runs)."""
+    """As :func:`parse_any`, for a config file (its paths relative to its folder)."""
     path = Path(path)
-    raw = read_mapping(path)
-    pipe = PIPELINES[expect] if expect and "pipeline" not in raw else pipeline_of(raw, str(path))
-    if expect and pipe.name != expect:
-        raise InputError(str(path), f"is a {pipe.name} config; `lamflow {expect}` needs a {expect} config "
-                                    f"(run it with `lamflow {pipe.name}`)")
-    return pipe, pipe.config.parse(raw, path.resolve().parent, str(path))
-
-
-def parse_any(raw: dict[str, Any], base: Path, expect: str | None = None) -> tuple[Pipeline, RunConfig]:
-    """As :func:`load_any`, for a config given as a mapping (a Prefect flow parameter)."""
-    pipe = PIPELINES[expect] if expect and "pipeline" not in raw else pipeline_of(raw)
-    if expect and pipe.name != expect:
-        raise InputError("config", f"is a {pipe.name} config, not a {expect} config")
-    return pipe, pipe.config.parse(raw, base, "config")
+    return parse_any(read_mapping(path), path.resolve().parent, str(path), expect)

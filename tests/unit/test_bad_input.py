@@ -137,6 +137,8 @@ CASES = [
     ("unknown student template", {"student.template": "se_e9"}, "student.template: unknown template 'se_e9'"),
     ("student template file missing", {"student.template": "my/student.json"}, "template file not found"),
     ("student overrides not a mapping", {"student.overrides": "fast"}, "student.overrides: input should be a valid dictionary"),
+    ("misspelt descriptor key in the student overrides", {"student.overrides": {"model": {"descriptor": {"rcutt": 4}}}},
+     "student.overrides: model.descriptor.rcutt: unknown key (did you mean rcut?)"),
     ("zero students", {"student.count": 0}, "student.count: input should be greater than or equal to 1"),
     ("accurate ratio above 1", {"convergence.accurate_ratio": 1.5}, "convergence.accurate_ratio: input should be less than or equal to 1"),
     ("unknown selection strategy", {"selection.strategy": "best"}, "selection.strategy: input should be 'random' or 'highest'"),

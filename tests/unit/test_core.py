@@ -168,3 +168,26 @@ def test_lamflow_step_goes_through_the_runner(tmp_path):
                           "--set", "trust_hi=0.01"], capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1, bad.stderr
     assert "step select: trust_lo (0.05) must be below trust_hi (0.01)" in bad.stderr
+
+
+def test_a_config_of_another_pipeline_is_one_line_naming_the_right_command():
+    lam = Path(__file__).resolve().parents[2] / "examples/lam-cuau/config.yaml"
+    out = subprocess.run([sys.executable, "-m", "lamflow.flows.cli", "distill", str(lam)], capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 2 and out.stderr.count("\n") == 1, out.stderr
+    assert "is a lam config, not a distill config (run it with `lamflow lam`)" in out.stderr
+
+
+def test_a_misspelt_pretraining_key_is_one_line_before_any_work(tmp_path):
+    """deepmd-kit's own argcheck on the multi-task input the pipeline would train with."""
+    import shutil
+
+    shutil.copytree(Path(__file__).resolve().parents[2] / "examples/lam-cuau", tmp_path / "lam")
+    cfg = yaml.safe_load((tmp_path / "lam/config.yaml").read_text())
+    cfg["pretrain"]["overrides"]["model"]["descriptor"]["repflow"]["nlayer"] = 3
+    (tmp_path / "lam/config.yaml").write_text(yaml.safe_dump(cfg))
+    out = subprocess.run([sys.executable, "-m", "lamflow.flows.cli", "lam", str(tmp_path / "lam/config.yaml"),
+                          "--workdir", str(tmp_path / "run")], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 2 and out.stderr.count("\n") == 1, out.stderr
+    assert "pretrain.overrides: model.shared_dict.shared_descriptor.repflow.nlayer: unknown key" in out.stderr
+    assert not list((tmp_path / "run").rglob("*.result.json"))  # nothing ran

@@ -341,17 +341,13 @@ def resume(workflow_id: str, workdir: Path | None = None, settings: ArgoSettings
         reused = [s for s in old.query_step(phase="Succeeded", type="Pod")
                   if s.key and not s.key.startswith("plan-")]
         flow, raw, run_dir = start["flow"], start["config"], Path(start["run_dir"])
-        cfg = _config_model(flow).model_validate(raw)
+        cfg = PIPELINES[flow].config.model_validate(raw)
         wf = build_workflow(flow, cfg, run_dir, cluster=workdir is None, settings=settings)
         try:
             wf.submit(reuse_step=reused)
         except RuntimeError:
             pass  # debug mode raises when a step fails; the status says so
         return _finish(wf, run_dir)
-
-
-def _config_model(flow: str):
-    return PIPELINES[flow].config
 
 
 def run_pipeline(pipeline: Any, cfg: Any, run_dir: Path, hooks: Any) -> Any:
