@@ -13,7 +13,7 @@ PYTEST := $(BIN)/python -m pytest -n $(TEST_WORKERS) --maxschedchunk 1
 $(BIN)/.lamflow-installed: pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet --quiet -c constraints.txt -e '.[prefect,dflow,s3,test]'
+	$(BIN)/pip install --quiet --quiet -c constraints.txt -e '.[prefect,dflow,s3,lam,test]'
 	$(BIN)/pip check
 	touch $@
 

@@ -1,49 +1,120 @@
-"""Reference calculators for the label step, chosen by name in a config.
+"""Reference calculators, chosen by name in a config: for labelling and as a distillation teacher.
 
-Built in: ``emt`` (ASE's effective-medium theory: metals, fast, for demos and tests),
-``xtb`` (GFN2-xTB through ``tblite``: a real quantum-mechanical method that runs on a CPU) and
-``deepmd`` (any DeePMD-kit model through ``deepmd.calculator.DP``). Anything else is an import
-path ``package.module:Class`` so that a user's DFT calculator (VASP, CP2K, ...) plugs in without
-a line of lamflow code.
+Built in:
+- ``emt``: ASE's effective-medium theory (metals; fast, for demos and tests);
+- ``xtb``: GFN2-xTB through ``tblite``, a real quantum-mechanical method that runs on a CPU;
+- ``deepmd``: any DeePMD-kit model through ``deepmd.calculator.DP``;
+- ``sevenn``: SevenNet-0 (``sevenn``), a universal potential trained on MPtrj (PBE);
+- ``chgnet``: CHGNet (``chgnet``), another MPtrj universal potential.
+
+The universal potentials ship their weights inside their wheels, so they need no download at run
+time; they come with the ``lam`` extra. Anything else is an import path ``package.module:Class``,
+so a user's DFT calculator (VASP, CP2K, ...) plugs in without a line of lamflow code.
+
+:func:`check_calculator` is the cheap half of :func:`make_calculator` (is the name known, is its
+package installed) so preflight can refuse a misspelt or missing calculator before any work,
+without loading a model's weights.
 """
 
 from __future__ import annotations
 
 import importlib
-from typing import Any
+import importlib.util
+from dataclasses import dataclass
+from typing import Any, Callable
 
 from .errors import InputError
 
-BUILTIN = ("emt", "xtb", "deepmd")
+
+@dataclass(frozen=True)
+class Named:
+    """A calculator known by name: the package it needs and how to build it from kwargs."""
+
+    package: str
+    build: Callable[[dict[str, Any], str], Any]
+    extra: str = ""
+
+
+def _emt(kwargs, field):
+    from ase.calculators.emt import EMT
+
+    return EMT(**kwargs)
+
+
+def _xtb(kwargs, field):
+    from tblite.ase import TBLite
+
+    kwargs.setdefault("method", "GFN2-xTB")
+    kwargs.setdefault("verbosity", 0)
+    return TBLite(**kwargs)
+
+
+def _deepmd(kwargs, field):
+    from deepmd.calculator import DP
+
+    if "model" not in kwargs:
+        raise InputError(f"{field}_kwargs.model", "the 'deepmd' calculator needs a model file")
+    return DP(**kwargs)
+
+
+def _sevenn(kwargs, field):
+    from sevenn.calculator import SevenNetCalculator
+
+    kwargs.setdefault("model", "7net-0")
+    kwargs.setdefault("device", "cpu")
+    return SevenNetCalculator(**kwargs)
+
+
+def _chgnet(kwargs, field):
+    from chgnet.model.dynamics import CHGNetCalculator
+
+    kwargs.setdefault("use_device", "cpu")
+    return CHGNetCalculator(**kwargs)
+
+
+NAMED: dict[str, Named] = {
+    "emt": Named("ase", _emt),
+    "xtb": Named("tblite", _xtb),
+    "deepmd": Named("deepmd", _deepmd),
+    "sevenn": Named("sevenn", _sevenn, extra="lam"),
+    "chgnet": Named("chgnet", _chgnet, extra="lam"),
+}
+BUILTIN = tuple(NAMED)
+
+
+def check_calculator(name: str, field: str = "calculator") -> None:
+    """One line, before any work, when ``name`` is unknown or its package is not installed."""
+    if ":" in name:
+        package = name.partition(":")[0].split(".")[0]
+        if importlib.util.find_spec(package) is None:
+            raise InputError(field, f"cannot import calculator '{name}': no module named '{package}'")
+        return
+    named = NAMED.get(name)
+    if named is None:
+        raise InputError(field, f"unknown calculator '{name}'; expected one of {', '.join(BUILTIN)} "
+                                "or 'module:Class'")
+    if importlib.util.find_spec(named.package) is None:
+        hint = f" (pip install 'lamflow[{named.extra}]')" if named.extra else ""
+        raise InputError(field, f"calculator '{name}' needs the {named.package} package, which is not "
+                                f"installed{hint}")
 
 
 def make_calculator(name: str, kwargs: dict[str, Any] | None = None, field: str = "calculator"):
+    """The ASE calculator ``name`` built with ``kwargs``; bad kwargs are one line naming the field."""
+    check_calculator(name, field)
     kwargs = dict(kwargs or {})
-    if name == "emt":
-        from ase.calculators.emt import EMT
-
-        return EMT(**kwargs)
-    if name == "xtb":
-        try:
-            from tblite.ase import TBLite
-        except ImportError as exc:  # pragma: no cover - tblite is a core dependency
-            raise InputError(field, f"'xtb' needs the tblite package ({exc})") from None
-        kwargs.setdefault("method", "GFN2-xTB")
-        kwargs.setdefault("verbosity", 0)
-        return TBLite(**kwargs)
-    if name == "deepmd":
-        from deepmd.calculator import DP
-
-        if "model" not in kwargs:
-            raise InputError(f"{field}_kwargs.model", "the 'deepmd' calculator needs a model file")
-        return DP(**kwargs)
     if ":" in name:
         module, _, attr = name.partition(":")
         try:
             cls = getattr(importlib.import_module(module), attr)
         except (ImportError, AttributeError) as exc:
             raise InputError(field, f"cannot import calculator '{name}' ({exc})") from None
-        return cls(**kwargs)
-    raise InputError(
-        field, f"unknown calculator '{name}'; expected one of {', '.join(BUILTIN)} or 'module:Class'"
-    )
+        build = lambda kw, f: cls(**kw)  # noqa: E731
+    else:
+        build = NAMED[name].build
+    try:
+        return build(kwargs, field)
+    except InputError:
+        raise
+    except TypeError as exc:  # an unexpected keyword: the user's kwargs, not a library bug
+        raise InputError(f"{field}_kwargs", f"not accepted by '{name}' ({exc})") from None

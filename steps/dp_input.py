@@ -90,8 +90,34 @@ def render_single(
         training.pop("validation_data", None)
     training["numb_steps"] = numb_steps
     training["seed"] = seed
+    seed_model(config["model"], seed)
     _fit_schedule(config, numb_steps)
     return config
+
+
+def seed_model(model: dict[str, Any], seed: int) -> None:
+    """Every initialisation seed of the model set from ``seed``.
+
+    The templates (like DeePMD-kit's examples) fix ``descriptor.seed`` and ``fitting_net.seed``;
+    ``training.seed`` alone only reshuffles the batches. An ensemble of students would then start
+    from the same weights, agree with each other to 1e-6 eV/Å while all being far from the
+    teacher, and its deviation would select nothing (measured: 40-step Si students, deviation
+    3e-6, real error 1.3 eV/Å). dpgen2 draws every model's seeds at random for the same reason.
+    """
+    def walk(node: Any) -> None:
+        if isinstance(node, dict):
+            if "seed" in node:
+                node["seed"] = seed
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value)
+
+    for key in ("descriptor", "fitting_net"):
+        if isinstance(model.get(key), dict):
+            model[key].setdefault("seed", seed)
+    walk(model)
 
 
 def render_multitask(
@@ -132,6 +158,7 @@ def render_multitask(
         training["data_dict"][name] = entry
     training["numb_steps"] = numb_steps
     training["seed"] = seed
+    seed_model(config["model"], seed)
     config["training"] = training
     _fit_schedule(config, numb_steps)
     return config

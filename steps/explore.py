@@ -29,7 +29,7 @@ from .base import Params
 from .artifacts import atomic_dir, write_json
 from .errors import InputError
 from .runtime import library_env, tail
-from .structures import read_system
+from .structures import check_overlaps, read_system
 
 
 class ExploreSettings(Params):
@@ -125,6 +125,7 @@ def _write_conf(params: ExploreParams, path: Path) -> None:
         raise InputError(str(params.structure), f"has {len(system)} frames; frame {params.frame} requested")
     if system.nopbc:
         raise InputError(str(params.structure), "exploration needs a periodic cell")
+    check_overlaps(system.sub_system([params.frame]).to("ase/structure"), str(params.structure))
     system.sub_system([params.frame]).to("lammps/lmp", str(path))
 
 

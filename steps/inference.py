@@ -21,19 +21,20 @@ log = logging.getLogger(__name__)
 
 
 @lru_cache(maxsize=4)
-def _load(path: str, mtime: float):
+def _load(path: str, mtime: float, head: str | None):
     from deepmd.infer import DeepPot
 
-    return DeepPot(path)
+    return DeepPot(path, head=head) if head else DeepPot(path)
 
 
-def load_model(path: Path):
-    """A ``DeepPot`` for ``path``, with one clear line when the file is not a usable model."""
+def load_model(path: Path, head: str | None = None):
+    """A ``DeepPot`` for ``path`` (``head``: a branch of a multi-task checkpoint), with one clear
+    line when the file is not a usable model."""
     path = Path(path)
     if not path.is_file():
         raise InputError(str(path), "model file not found")
     try:
-        return _load(str(path.resolve()), path.stat().st_mtime)
+        return _load(str(path.resolve()), path.stat().st_mtime, head)
     except Exception as exc:
         raise InputError(
             str(path), f"is not a DeePMD-kit model that deepmd-kit 3.2 can load ({first_sentence(exc)})"

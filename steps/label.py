@@ -18,7 +18,7 @@ from pydantic import BaseModel, Field, field_validator
 from .base import Params, unique_elements
 
 from .artifacts import atomic_dir
-from .calculators import make_calculator
+from .calculators import check_calculator, make_calculator
 from .errors import InputError
 from .structures import deepmd_systems, read_atoms
 
@@ -28,11 +28,21 @@ log = logging.getLogger(__name__)
 class LabelSettings(Params):
     """Which reference calculator labels; the config's ``label`` sections extend this model."""
 
-    calculator: str = Field("emt", description="emt, xtb, deepmd or module:Class (an ASE calculator)")
+    calculator: str = Field("emt", description="emt, xtb, deepmd, sevenn, chgnet or module:Class (an ASE calculator)")
     calculator_kwargs: dict[str, Any] = Field(default_factory=dict)
     max_force: float | None = Field(
         None, gt=0, description="drop frames whose largest force (eV/Å) exceeds this"
     )
+
+    @field_validator("calculator")
+    @classmethod
+    def _known(cls, name: str) -> str:
+        """A misspelt or missing calculator fails when the config is read, not when labelling starts."""
+        try:
+            check_calculator(name)
+        except InputError as exc:
+            raise ValueError(exc.problem) from None
+        return name
 
 
 class LabelParams(LabelSettings):

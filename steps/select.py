@@ -2,7 +2,9 @@
 
 With trust levels ``lo < hi`` on the largest atomic force deviation: ``< lo`` the student is
 already accurate there, ``[lo, hi)`` a *candidate* worth a teacher label, ``>= hi`` a *failed*
-frame, too far from anything sensible to learn from (often unphysical). The caps keep one
+frame. With DFT (dpgen2) failed frames are discarded: the SCF often fails there. A teacher model
+labels any frame, and those are where the student is worst, so by default they are offered for
+labelling too (``label_failed``); the teacher's ``max_force`` drops the truly absurd ones. The caps keep one
 iteration's labelling budget bounded; ``highest`` picks the frames the student gets most wrong
 first, ``random`` (seeded) samples the candidate region evenly, as dpgen2 does by default.
 """
@@ -30,9 +32,13 @@ class SelectSettings(Params):
     trust_hi: float = Field(0.35, gt=0, description="eV/Å: at or above, the frame is failed")
     max_candidates: int = Field(100, ge=1, description="teacher labels per iteration, at most")
     strategy: Literal["random", "highest"] = "random"
+    label_failed: bool = Field(
+        True, description="also offer frames at or above trust_hi for labelling. A teacher model labels "
+                          "any frame, and those are where the student is worst: discarding them (dpgen2's "
+                          "habit with DFT, which fails there) can stall the loop")
     validation_frames: int = Field(
-        20, ge=0, description="random explored frames below trust_hi, labelled only to measure the student's "
-                              "error on unseen frames")
+        20, ge=0, description="random explored frames (below trust_hi unless label_failed), labelled only to "
+                              "measure the student's error on unseen frames")
 
     @model_validator(mode="after")
     def _levels(self) -> "SelectSettings":
@@ -66,13 +72,29 @@ class SelectResult(BaseModel):
 
 
 def max_force_deviation(task: Path) -> np.ndarray:
-    """The ``max_devi_f`` column of a task's ``model_devi.out``."""
+    """The ``max_devi_f`` column of a task's ``model_devi.out`` (one row per dumped frame)."""
+    header, data = _model_devi(task)
+    return data[:, header.index("max_devi_f")] if data.size else np.zeros(0)
+
+
+def explored_frames(task: Path) -> np.ndarray:
+    """Indices of the dumped frames the MD produced: all but step 0, the starting cell itself.
+
+    The starting cell is given, not explored: an unmoved crystal has symmetric, near-zero forces
+    that any student gets right, and counting it would let a run that explored nothing look
+    accurate (and spend labels on the same frame every iteration)."""
+    header, data = _model_devi(task)
+    if not data.size:
+        return np.zeros(0, dtype=int)
+    return np.flatnonzero(data[:, header.index("step")] > 0)
+
+
+def _model_devi(task: Path) -> tuple[list[str], np.ndarray]:
     path = Path(task) / "model_devi.out"
     if not path.is_file():
         raise InputError(str(path), "not found: explore with at least two models to get deviations")
     header = path.read_text().splitlines()[0].lstrip("#").split()
-    data = np.loadtxt(path, ndmin=2)
-    return data[:, header.index("max_devi_f")] if data.size else np.zeros(0)
+    return header, np.loadtxt(path, ndmin=2)
 
 
 def _task_failed(task: Path) -> bool:
@@ -82,19 +104,20 @@ def _task_failed(task: Path) -> bool:
 
 def run(params: SelectParams) -> SelectResult:
     rng = np.random.default_rng(params.seed)
-    all_devi, pool, sane = [], [], []  # (deviation, task index, frame index)
+    all_devi, pool, labelable = [], [], []  # (deviation, task index, frame index)
     n_failed_frames = n_failed_tasks = 0
     for ti, task in enumerate(params.tasks):
-        devi = max_force_deviation(task) * params.deviation_scale
+        frames = explored_frames(task)
+        devi = (max_force_deviation(task) * params.deviation_scale)[frames]
         if _task_failed(task) or not np.all(np.isfinite(devi)):
             n_failed_tasks += 1
             n_failed_frames += len(devi)
             continue
         all_devi.append(devi)
-        for fi, d in enumerate(devi):
-            if d < params.trust_hi:
-                sane.append((float(d), ti, fi))
-            if params.trust_lo <= d < params.trust_hi:
+        for fi, d in zip(frames.tolist(), devi):
+            if d < params.trust_hi or params.label_failed:  # frames the teacher will label
+                labelable.append((float(d), ti, fi))
+            if params.trust_lo <= d and (d < params.trust_hi or params.label_failed):
                 pool.append((float(d), ti, fi))
     devi = np.concatenate(all_devi) if all_devi else np.zeros(0)
     n_acc = int(np.sum(devi < params.trust_lo))
@@ -106,8 +129,8 @@ def run(params: SelectParams) -> SelectResult:
         else:
             keep = rng.choice(len(pool), size=params.max_candidates, replace=False)
             pool = [pool[i] for i in sorted(keep)]
-    n_val = min(params.validation_frames, len(sane))
-    validation = [sane[i] for i in sorted(rng.choice(len(sane), size=n_val, replace=False))] if n_val else []
+    n_val = min(params.validation_frames, len(labelable))
+    validation = [labelable[i] for i in sorted(rng.choice(len(labelable), size=n_val, replace=False))] if n_val else []
     multi = _frames(params, pool)
     total = len(devi) + n_failed_frames
     with atomic_dir(params.output) as work:

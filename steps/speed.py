@@ -1,38 +1,66 @@
-"""speed — LAMMPS timesteps per second of one model on one cell.
+"""speed — MD timesteps per second of one potential on one cell.
 
-The point of distillation is a faster potential, so lamflow measures it on the same LAMMPS
-build and cell for teacher and student and reports the ratio every iteration. The number comes
-from LAMMPS' own ``Performance:`` line, i.e. excluding start-up and model loading.
+The point of distillation is a faster potential, so lamflow measures teacher and student on the
+same cell with the same threads and reports the ratio every iteration. A DeePMD-kit model runs in
+LAMMPS (the number is LAMMPS' own ``Performance:`` line: no start-up, no model loading). An ASE
+calculator teacher cannot run in LAMMPS, so it runs ASE's velocity Verlet; the first steps are
+warm-up and not timed. Each result says which engine ran, because the ratio then also contains
+the engines' own costs (small next to a universal potential's evaluation).
 """
 
 from __future__ import annotations
 
 import re
+import time
 from pathlib import Path
+from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+import numpy as np
+from pydantic import BaseModel, Field, model_validator
 
+from .artifacts import atomic_dir, write_json
 from .base import Params
-from .errors import StepFailed
+from .calculators import make_calculator
+from .errors import InputError, StepFailed
 from .explore import ExploreParams
 from .explore import run as explore_run
+from .structures import read_atoms
+
+#: untimed ASE steps before the clock starts (graph compilation, caches, neighbour lists)
+WARMUP_STEPS = 3
 
 
 class SpeedParams(Params):
-    model: Path
+    model: Path | None = Field(None, description="a DeePMD-kit model, run in LAMMPS")
+    calculator: str | None = Field(None, description="or an ASE calculator, run with ASE's MD")
+    calculator_kwargs: dict[str, Any] = Field(default_factory=dict)
     structure: Path
     type_map: list[str] = Field(min_length=1)
     output: Path
-    nsteps: int = Field(200, ge=10)
+    nsteps: int = Field(200, ge=10, description="LAMMPS steps; an ASE calculator runs nsteps // 10 (>= 10)")
     temp: float = 300.0
+
+    @model_validator(mode="after")
+    def _one(self) -> "SpeedParams":
+        if (self.model is None) == (self.calculator is None):
+            raise ValueError("give exactly one of 'model' or 'calculator'")
+        return self
 
 
 class SpeedResult(BaseModel):
     timesteps_per_second: float
     natoms: int
+    engine: Literal["lammps", "ase"] = "lammps"
+
+    @property
+    def us_per_atom_step(self) -> float:
+        """LAMBench's efficiency unit: microseconds per atom per MD step."""
+        return 1e6 / (self.timesteps_per_second * max(self.natoms, 1))
 
 
 def run(params: SpeedParams) -> SpeedResult:
+    if params.calculator is not None:
+        return _ase(params)
     md = explore_run(ExploreParams(
         output=params.output, models=[params.model], type_map=params.type_map,
         structure=params.structure, temps=[params.temp], nsteps=params.nsteps,
@@ -47,3 +75,27 @@ def run(params: SpeedParams) -> SpeedResult:
     if not perf:
         raise StepFailed(f"no Performance line in {task.path / 'log.lammps'}")
     return SpeedResult(timesteps_per_second=float(perf[-1]), natoms=int(natoms[-1]) if natoms else 0)
+
+
+def _ase(params: SpeedParams) -> SpeedResult:
+    """Velocity Verlet with the calculator on the first frame of ``structure``."""
+    from ase import units
+    from ase.md.velocitydistribution import MaxwellBoltzmannDistribution
+    from ase.md.verlet import VelocityVerlet
+
+    calc = make_calculator(params.calculator, params.calculator_kwargs, field="calculator")
+    atoms = read_atoms(params.structure, params.type_map)[0]
+    if not atoms.pbc.all():
+        raise InputError(str(params.structure), "the speed MD needs a periodic cell")
+    atoms.calc = calc
+    MaxwellBoltzmannDistribution(atoms, temperature_K=params.temp, rng=np.random.default_rng(1))
+    md = VelocityVerlet(atoms, timestep=1.0 * units.fs)
+    nsteps = max(10, params.nsteps // 10)
+    md.run(WARMUP_STEPS)
+    t0 = time.perf_counter()
+    md.run(nsteps)
+    seconds = time.perf_counter() - t0
+    result = SpeedResult(timesteps_per_second=nsteps / seconds, natoms=len(atoms), engine="ase")
+    with atomic_dir(params.output) as work:
+        write_json(work / "speed.json", {**result.model_dump(), "nsteps": nsteps, "seconds": seconds})
+    return result

@@ -168,3 +168,27 @@ def check_systems(systems: list[Path], type_map: list[str], field: str) -> list[
                 if not np.all(np.isfinite(arr)):
                     raise InputError(str(f), f"({field}) contains NaN or infinite values")
     return [Path(s) for s in systems]
+
+
+#: atoms closer than this fraction of the sum of their covalent radii overlap: no real structure
+#: comes near it (bonds are ~0.8–1.1 of the sum), and MD started from it blows up at once
+OVERLAP_FRACTION = 0.5
+
+
+def check_overlaps(atoms_list: list, where: str, fraction: float = OVERLAP_FRACTION) -> None:
+    """One line naming the first frame with two atoms closer than ``fraction`` of their covalent
+    radii (periodic images included), before any MD or labelling is spent on it."""
+    from ase.data import covalent_radii
+    from ase.neighborlist import neighbor_list
+
+    for index, atoms in enumerate(atoms_list):
+        radii = fraction * covalent_radii[atoms.numbers]
+        i, j, d = neighbor_list("ijd", atoms, radii)
+        if len(d):
+            k = int(np.argmin(d))
+            a, b = int(i[k]), int(j[k])
+            sym = atoms.get_chemical_symbols()
+            limit = fraction * (covalent_radii[atoms.numbers[a]] + covalent_radii[atoms.numbers[b]])
+            raise InputError(where, f"frame {index}: atoms {a} ({sym[a]}) and {b} ({sym[b]}) are {d[k]:.3f} Å "
+                                    f"apart, closer than {fraction} of their covalent radii ({limit:.2f} Å): "
+                                    "overlapping atoms")

@@ -26,6 +26,7 @@ log = logging.getLogger(__name__)
 class TeacherLabelParams(Params):
     output: Path
     model: Path
+    head: str | None = Field(None, description="branch of a multi-task checkpoint")
     systems: list[Path] = Field(description="deepmd/npy folders (or any structure file)")
     type_map: list[str] = Field(min_length=1)
     chunk: int = Field(0, ge=0)
@@ -43,7 +44,7 @@ class TeacherLabelResult(BaseModel):
 def run(params: TeacherLabelParams) -> TeacherLabelResult:
     if params.chunk >= params.n_chunks:
         raise InputError("chunk", f"must be < n_chunks ({params.n_chunks}), got {params.chunk}")
-    model = load_model(params.model)
+    model = load_model(params.model, params.head)
     with atomic_dir(params.output) as out:  # in progress: RUN/.../chunk-000.partial
         multi, dropped = _label(params, model)
         if multi.get_nframes():

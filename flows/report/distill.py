@@ -93,11 +93,11 @@ def plot_speed(report: DistillReport, path: Path) -> None:
     speeds = [r.student_speed if r.student_speed is not None else np.nan for r in report.iterations]
     ax.plot(its, speeds, "o-", color="tab:purple", label="student")
     if report.teacher_speed:
-        ax.axhline(report.teacher_speed, color="grey", ls="--", lw=1, label="teacher")
+        ax.axhline(report.teacher_speed, color="grey", ls="--", lw=1, label=f"teacher ({report.teacher_engine})")
     ax.set_ylim(bottom=0)
     ax.set_xticks(its)
     ax.set_xlabel("iteration")
-    ax.set_ylabel("LAMMPS timesteps/s (same cell, same build)")
+    ax.set_ylabel("MD timesteps/s (same cell, same threads)")
     ax.set_title(f"{report.name}: MD speed")
     ax.legend()
     _save(plt, fig, path)
@@ -118,7 +118,7 @@ def table(report: DistillReport):
             f"{r.failed_ratio:.3f}", str(r.labels_added), str(r.n_train_frames),
             "-" if r.rmse_f is None else f"{r.rmse_f:.4f}",
             "-" if r.speed_ratio is None else f"{r.speed_ratio:.1f}",
-            f"{s.get('explore', 0):.0f}", f"{s.get('teacher_label', 0):.0f}", f"{s.get('train', 0):.0f}",
+            f"{s.get('explore', 0):.0f}", f"{s.get('teacher_label', 0) + s.get('label', 0):.0f}", f"{s.get('train', 0):.0f}",
             f"{r.wall:.0f}",
         )
     return t
@@ -135,5 +135,6 @@ def summarize(console: Any, cfg: Any, report: DistillReport) -> None:
         ratio = "-" if last.speed_ratio is None else f"{last.speed_ratio:.1f}x"
         console.print(f"student: {report.final_student}")
         console.print(f"student force RMSE vs teacher on unseen explored frames: {rmse}; "
-                      f"MD speed vs teacher: {ratio}")
+                      f"MD speed vs teacher: {ratio} per atom-step (student in LAMMPS, teacher in "
+                      f"{'LAMMPS' if report.teacher_engine == 'lammps' else 'ASE'})")
     console.print(f"report: {Path(report.run_dir) / 'report.json'} (plots beside it)")

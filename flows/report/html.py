@@ -22,7 +22,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 PLOTS = (("deviations.png", plot_deviations, "Student force error vs the teacher, per iteration"),
          ("convergence.png", plot_convergence, "Accurate / candidate / failed ratios and force RMSE"),
-         ("speed.png", plot_speed, "LAMMPS speed of the student, against the teacher"))
+         ("speed.png", plot_speed, "MD speed of the student, against the teacher"))
 
 STYLE = """body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1100px;color:#222;padding:0 1em}
 h1{font-size:1.5em}h2{font-size:1.15em;margin-top:2em}table{border-collapse:collapse;font-size:.9em}
@@ -81,7 +81,7 @@ def render_html(report: "DistillReport", run_dir: Path) -> Path:
         "student force RMSE vs teacher": f"{_fmt(last.rmse_f if last else None, '.4f')} eV/Å on "
                                          f"{last.n_eval_frames if last else 0} unseen explored frames",
         "student speed": f"{_fmt(last.speed_ratio if last else None, '.1f')}× the teacher "
-                         f"({_fmt(report.teacher_speed, '.3f')} timesteps/s)",
+                         f"({_fmt(report.teacher_speed, '.3f')} timesteps/s in {report.teacher_engine})",
         "teacher labels": f"{last.n_train_frames if last else 0} training frames",
         "trust levels": f"{report.trust_lo:g} – {report.trust_hi:g} eV/Å",
         "wall time": timing,

@@ -115,7 +115,7 @@ CASES = [
     ("zero max_iterations", {"max_iterations": 0}, "max_iterations: input should be greater than or equal to 1"),
     ("empty type_map", {"type_map": []}, "type_map: list should have at least 1 item"),
     ("duplicate element", {"type_map": ["Cu", "Cu"]}, "type_map"),
-    ("teacher given twice", {"teacher.train": {"label": {"structures": ["cu.extxyz"]}}}, "give exactly one of 'model' (a file) or 'train'"),
+    ("teacher given twice", {"teacher.train": {"label": {"structures": ["cu.extxyz"]}}}, "give exactly one of 'model' (a file), 'train' or 'calculator'"),
     ("teacher missing", {"teacher.model": "nope.pth"}, "teacher.model: file not found"),
     ("teacher not a model", {"teacher.model": "garbage.pth"}, "garbage.pth: is not a DeePMD-kit model that deepmd-kit 3.2 can load"),
     ("teacher from another DeePMD-kit version", {"teacher.model": "old.pth"}, "old.pth: is not a DeePMD-kit model that deepmd-kit 3.2 can load"),

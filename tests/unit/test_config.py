@@ -55,7 +55,7 @@ CASES = [
     ("convergence.accurate_ratio", 1.5, "convergence.accurate_ratio: input should be less than or equal to 1"),
     ("type_map", ["Cu", "Cu"], "type_map: duplicate elements"),
     ("type_map", [], "type_map: list should have at least 1 item"),
-    ("teacher.model", "t.pth", "teacher: give exactly one of 'model' (a file) or 'train'"),
+    ("teacher.model", "t.pth", "teacher: give exactly one of 'model' (a file), 'train' or 'calculator'"),
     ("teacher.train.label", _DELETE, "teacher.train: give 'data' (labelled systems) and/or 'label'"),
     ("student.count", 0, "student.count: input should be greater than or equal to 1"),
     ("student.colour", "red", "student.colour: unknown key"),

@@ -42,8 +42,9 @@ def _sections(model: type[BaseModel], seen: set | None = None) -> list[type[Base
     return out
 
 
-#: same name, another parameter: the speed benchmark's MD length is not the exploration's
-NOT_THE_SAME = {("nsteps", "speed")}
+#: same name, another parameter: the speed benchmark's MD length is not the exploration's, and
+#: the teacher's ``calculator`` is one of its three sources (None: a model), not a labeller's choice
+NOT_THE_SAME = {("nsteps", "speed"), ("calculator", "label"), ("calculator", "speed")}
 
 
 def _bounds(info) -> list[str]:

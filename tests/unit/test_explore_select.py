@@ -57,11 +57,12 @@ def test_explore_bad_input(tmp_path, students, cu_frames):
 
 def test_select_classifies_and_caps(tmp_path, explored):
     tasks = [t.path for t in explored.tasks]
-    devi = np.concatenate([select.max_force_deviation(t) for t in tasks])
+    # the starting cell (step 0) of each task is given, not explored: it is not counted
+    devi = np.concatenate([select.max_force_deviation(t)[select.explored_frames(t)] for t in tasks])
     lo, hi = np.quantile(devi, [0.25, 0.9])
     result = select.run(select.SelectParams(output=tmp_path / "s", tasks=tasks, type_map=["Cu"],
                                             trust_lo=lo, trust_hi=hi, max_candidates=5, seed=3))
-    assert result.n_frames == len(devi) == 42
+    assert result.n_frames == len(devi) == 40
     assert result.n_accurate == int(np.sum(devi < lo))
     assert result.n_failed == int(np.sum(devi >= hi))
     assert result.n_candidate == len(devi) - result.n_accurate - result.n_failed
@@ -69,6 +70,21 @@ def test_select_classifies_and_caps(tmp_path, explored):
     picked = dpdata.System(str(result.candidates[0]), fmt="deepmd/npy")
     assert len(picked) == 5 and picked.get_natoms() == 32
     assert result.accurate_ratio + result.candidate_ratio + result.failed_ratio == pytest.approx(1)
+
+
+def test_select_skips_the_starting_cell_and_can_discard_failed_frames(tmp_path, explored):
+    tasks = [t.path for t in explored.tasks]
+    assert [select.explored_frames(t)[0] for t in tasks] == [1] * len(tasks)
+    devi = np.concatenate([select.max_force_deviation(t)[select.explored_frames(t)] for t in tasks])
+    hi = float(np.quantile(devi, 0.5))
+    kept = select.run(select.SelectParams(output=tmp_path / "k", tasks=tasks, type_map=["Cu"], trust_lo=0.0,
+                                          trust_hi=hi, max_candidates=100, validation_frames=0))
+    dropped = select.run(select.SelectParams(output=tmp_path / "d", tasks=tasks, type_map=["Cu"], trust_lo=0.0,
+                                             trust_hi=hi, max_candidates=100, validation_frames=0,
+                                             label_failed=False))
+    assert kept.n_selected == len(devi)  # a teacher labels failed frames too (the default)
+    assert dropped.n_selected == int(np.sum(devi < hi)) < len(devi)
+    assert kept.n_failed == dropped.n_failed == int(np.sum(devi >= hi))
 
 
 def test_select_highest_first_takes_the_worst_frames(tmp_path, explored):

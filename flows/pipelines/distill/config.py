@@ -15,6 +15,8 @@ from typing import Any, ClassVar
 from pydantic import Field, field_validator, model_validator
 
 from lamflow.steps.base import unique_elements
+from lamflow.steps.calculators import check_calculator
+from lamflow.steps.errors import InputError
 from lamflow.steps.explore import ExploreSettings
 from lamflow.steps.label import LabelSettings
 from lamflow.steps.perturb import PerturbSettings
@@ -49,16 +51,39 @@ class TeacherTrain(Section):
 
 
 class Teacher(Section):
-    """The fine-tuned model to distil: a file (any DeePMD-kit format), or trained here."""
+    """The model to distil: a DeePMD-kit file, one trained here, or any ASE calculator.
+
+    A DeePMD-kit teacher runs beside the student in LAMMPS, so the deviation LAMMPS writes is the
+    student's real error. A calculator teacher (``sevenn``, ``chgnet``, ``module:Class``) cannot
+    run in LAMMPS: the students drive the MD alone, an ensemble's deviation selects the frames,
+    and the teacher labels them (and measures the student's real error on unseen frames).
+    """
 
     model: Path | None = Field(None, description="frozen .pth/.pt2, or a .pt checkpoint (frozen for LAMMPS)")
     head: str | None = Field(None, description="branch of a multi-task checkpoint")
     train: TeacherTrain | None = None
+    calculator: str | None = Field(None, description="an ASE calculator as the teacher: sevenn, chgnet, xtb, "
+                                                     "emt or module:Class")
+    calculator_kwargs: dict[str, Any] = Field(default_factory=dict)
+    max_force: float | None = Field(
+        None, gt=0, description="eV/Å: frames where the teacher's largest force is larger are not learnt")
+
+    @field_validator("calculator")
+    @classmethod
+    def _known(cls, name: str | None) -> str | None:
+        if name is not None:
+            try:
+                check_calculator(name)
+            except InputError as exc:
+                raise ValueError(exc.problem) from None
+        return name
 
     @model_validator(mode="after")
     def _one_source(self) -> "Teacher":
-        if (self.model is None) == (self.train is None):
-            raise ValueError("give exactly one of 'model' (a file) or 'train'")
+        given = [k for k in ("model", "train", "calculator") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError("give exactly one of 'model' (a file), 'train' or 'calculator' "
+                             f"(got {', '.join(given) or 'none'})")
         return self
 
 
@@ -69,7 +94,10 @@ class Student(Section):
     numb_steps_next: int = Field(1000, ge=1, description="steps for later students (initialised from the previous)")
     init_from_previous: bool = True
     compress: bool = True
-    count: int = Field(1, ge=1, description="1: deviation vs the teacher; >=2: an ensemble's deviation")
+    count: int | None = Field(
+        None, ge=1, description="students trained side by side. 1: the deviation against a DeePMD-kit teacher "
+                                "(the student's real error); >= 2: the ensemble's deviation. Default: 1 with a "
+                                "DeePMD-kit teacher, 2 with a calculator teacher")
 
 
 class Configurations(Section):
@@ -123,6 +151,16 @@ class DistillConfig(RunConfig):
     label_chunk_size: int = Field(200, ge=1, description="frames per teacher-label task")
 
     _unique = field_validator("type_map")(classmethod(lambda cls, v: unique_elements(v)))
+
+    @model_validator(mode="after")
+    def _students(self) -> "DistillConfig":
+        """A calculator teacher cannot run in LAMMPS, so only an ensemble can tell which frames to label."""
+        if self.student.count is None:
+            self.student.count = 2 if self.teacher.calculator else 1
+        elif self.teacher.calculator and self.student.count < 2:
+            raise ValueError("student.count must be >= 2 with a calculator teacher: LAMMPS cannot run "
+                             f"'{self.teacher.calculator}', so the students' deviation selects the frames")
+        return self
 
     def exploration(self, iteration: int) -> Exploration:
         return self.iterations[min(iteration, len(self.iterations) - 1)]

@@ -82,15 +82,13 @@ def run_distill(
         ref_structures = book.systems(plan.reference_structures(cfg, lay), init_s)
         reference = book.systems(plan.reference_labels(cfg, lay, ref_structures), init_s)
         call = plan.teacher_model(cfg, lay, reference)
-        if call is None:
-            teacher = Path(cfg.teacher.model)
-        else:
-            made: TrainResult | FreezeResult = book.one(call, init_s)
-            teacher = made.model
-        report.teacher = str(teacher)
+        made: TrainResult | FreezeResult | None = None if call is None else book.one(call, init_s)
+        teacher = plan.teacher_ref(cfg, None if made is None else made.model)
+        report.teacher = teacher.name
         teacher_speed: SpeedResult = book.one(
-            plan.speed(cfg, teacher, lay.init / "speed-teacher", "init/speed-teacher"), init_s)
-        report.teacher_speed = teacher_speed.timesteps_per_second
+            plan.teacher_speed(cfg, teacher, lay.init / "speed-teacher", "init/speed-teacher"), init_s)
+        report.teacher_speed, report.teacher_engine = teacher_speed.timesteps_per_second, teacher_speed.engine
+        report.teacher_us_per_atom_step = teacher_speed.us_per_atom_step
         # --- initial data and the first student(s)
         perturbed = book.systems(plan.initial_structures(cfg, lay), init_s)
         labelled = book.systems(plan.teacher_labels(cfg, teacher, perturbed, lay.init / "label", "init/label"), init_s)
@@ -108,7 +106,8 @@ def run_distill(
             models = [t.compressed or t.model for t in trained]
             checkpoints = [t.checkpoint for t in trained]
             rec.student = str(models[0])
-            md_models = [models[0], teacher] if cfg.student.count == 1 else models
+            # one student: the DeePMD-kit teacher runs beside it and the deviation is the real error
+            md_models = [models[0], teacher.lammps] if cfg.student.count == 1 else models
             explored = book.run(plan.explore(cfg, lay, k, md_models), secs)
             tasks = [t.path for r in explored for t in r.result.tasks]
             sel: SelectResult = book.one(plan.select(cfg, lay, k, tasks), secs)
@@ -129,7 +128,7 @@ def run_distill(
                 ev: EvaluateResult = book.one(plan.evaluate(cfg, lay, k, models[0], probe), secs)
                 rec.rmse_f, rec.rmse_e_per_atom, rec.n_eval_frames = ev.rmse_f, ev.rmse_e_per_atom, ev.n_frames
             speed: SpeedResult = book.one(plan.speed(cfg, models[0], it_dir / "speed", f"iter-{k:03d}/speed"), secs)
-            rec.student_speed = speed.timesteps_per_second
+            rec.student_speed, rec.student_us_per_atom_step = speed.timesteps_per_second, speed.us_per_atom_step
             if report.teacher_speed:
                 rec.speed_ratio = rec.student_speed / report.teacher_speed
             rec.meets_rule = _meets_rule(rec, cfg)

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lamflow.steps.evaluate import EvaluateParams
+from lamflow.steps.label import LabelParams
 from lamflow.steps.explore import ExploreParams
 from lamflow.steps.perturb import PerturbParams, PerturbSettings
 from lamflow.steps.select import SelectParams
@@ -65,8 +66,42 @@ def reference_labels(cfg: DistillConfig, lay: Layout, perturbed: list[Path]) -> 
     return label_calls(cfg, spec, cfg.type_map, perturbed, lay.init / "reference", "init/reference")
 
 
+@dataclass(frozen=True)
+class TeacherRef:
+    """The teacher as the iteration uses it: a DeePMD-kit model (``lammps`` runs in LAMMPS, ``infer``
+    is what ``DeepPot`` loads) or an ASE calculator, which labels through the ``label`` step.
+
+    ``lammps`` and ``infer`` differ for a DPA-4 checkpoint: LAMMPS needs the frozen ``.pt2``, which
+    deepmd-kit 3.2's ``DeepPot`` cannot read back, while it reads the ``.pt`` checkpoint itself.
+    """
+
+    lammps: Path | None = None
+    infer: Path | None = None
+    head: str | None = None
+    calculator: str | None = None
+
+    @property
+    def name(self) -> str:
+        return self.calculator or str(self.lammps)
+
+
+def teacher_ref(cfg: DistillConfig, made: Path | None) -> TeacherRef:
+    """The teacher of this run, given the model :func:`teacher_model` made (None: nothing to make)."""
+    t = cfg.teacher
+    if t.calculator is not None:
+        return TeacherRef(calculator=t.calculator)
+    if made is None:
+        return TeacherRef(lammps=Path(t.model), infer=Path(t.model))
+    if t.model is not None and made.suffix == ".pt2":
+        return TeacherRef(lammps=made, infer=Path(t.model), head=t.head)
+    return TeacherRef(lammps=made, infer=made)
+
+
 def teacher_model(cfg: DistillConfig, lay: Layout, reference: list[Path]) -> StepCall | None:
-    """Train the teacher, or freeze a checkpoint so LAMMPS can run it; None for a frozen file."""
+    """Train the teacher, or freeze a checkpoint so LAMMPS can run it; None for a frozen file or a
+    calculator."""
+    if cfg.teacher.calculator is not None:
+        return None
     if cfg.teacher.train is not None:
         t = cfg.teacher.train
         return _call(cfg, "train", TrainParams(compress=False, 
@@ -89,15 +124,23 @@ def initial_structures(cfg: DistillConfig, lay: Layout) -> list[StepCall]:
         "init/perturbed")]
 
 
-def teacher_labels(cfg: DistillConfig, teacher: Path, systems: list[Path], out: Path, label: str) -> list[StepCall]:
-    """Teacher labelling fanned out in chunks of ``label_chunk_size`` frames."""
+def teacher_labels(cfg: DistillConfig, teacher: TeacherRef, systems: list[Path], out: Path,
+                   label: str) -> list[StepCall]:
+    """Teacher labelling fanned out in chunks of ``label_chunk_size`` frames: ``teacher_label``
+    (batched ``DeepPot``) for a DeePMD-kit teacher, ``label`` for a calculator."""
     if not systems:
         return []
     n = max(1, math.ceil(count_frames(systems) / cfg.label_chunk_size))
+    t = cfg.teacher
+    if teacher.calculator is not None:
+        return [_call(cfg, "label", LabelParams(
+            output=out / f"chunk-{c:03d}", structures=systems, type_map=cfg.type_map, chunk=c, n_chunks=n,
+            calculator=teacher.calculator, calculator_kwargs=t.calculator_kwargs, max_force=t.max_force),
+            f"{label}/chunk-{c:03d}") for c in range(n)]
     return [
         _call(cfg, "teacher_label", TeacherLabelParams(
-            output=out / f"chunk-{c:03d}", model=teacher, systems=systems, type_map=cfg.type_map,
-            chunk=c, n_chunks=n), f"{label}/chunk-{c:03d}")
+            output=out / f"chunk-{c:03d}", model=teacher.infer, head=teacher.head, systems=systems,
+            type_map=cfg.type_map, chunk=c, n_chunks=n, max_force=t.max_force), f"{label}/chunk-{c:03d}")
         for c in range(n)
     ]
 
@@ -105,6 +148,15 @@ def teacher_labels(cfg: DistillConfig, teacher: Path, systems: list[Path], out: 
 def speed(cfg: DistillConfig, model: Path, out: Path, label: str) -> StepCall:
     return _call(cfg, "speed", SpeedParams(model=model, structure=cfg.configurations.files[0],
                                            type_map=cfg.type_map, output=out, nsteps=200), label)
+
+
+def teacher_speed(cfg: DistillConfig, teacher: TeacherRef, out: Path, label: str) -> StepCall:
+    """The teacher's speed on the student's cell: in LAMMPS, or in ASE for a calculator."""
+    if teacher.calculator is None:
+        return speed(cfg, teacher.lammps, out, label)
+    return _call(cfg, "speed", SpeedParams(
+        calculator=teacher.calculator, calculator_kwargs=cfg.teacher.calculator_kwargs,
+        structure=cfg.configurations.files[0], type_map=cfg.type_map, output=out, nsteps=200), label)
 
 
 # -- students ----------------------------------------------------------------------------------

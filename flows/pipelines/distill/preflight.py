@@ -18,7 +18,8 @@ import numpy as np
 from lamflow.steps.dp_input import load_template
 from lamflow.steps.errors import InputError
 from lamflow.steps.inference import eval_frames, first_sentence, load_model, model_type_indices
-from lamflow.steps.structures import check_systems, read_atoms, read_system
+from lamflow.steps.calculators import make_calculator
+from lamflow.steps.structures import check_overlaps, check_systems, read_atoms, read_system
 from lamflow.steps.train import check_input
 
 from .config import DistillConfig, check_files
@@ -36,6 +37,7 @@ def preflight(cfg: DistillConfig, with_teacher: bool = True) -> None:
             raise InputError(str(path), f"(configurations.files[{i}]) contains no atoms")
         if not np.all(np.isfinite(system["coords"])) or not np.all(np.isfinite(system["cells"])):
             raise InputError(str(path), f"(configurations.files[{i}]) has NaN or infinite coordinates")
+        check_overlaps(system.to("ase/structure"), f"{path} (configurations.files[{i}])")
         first = first if first is not None else (path, system)
     if cfg.initial_data.systems:
         _labelled(cfg.initial_data.systems, type_map, "initial_data.systems")
@@ -51,8 +53,10 @@ def preflight(cfg: DistillConfig, with_teacher: bool = True) -> None:
         _template(cfg.teacher.train.template, "teacher.train.template")
         t = cfg.teacher.train
         check_input(t.template, t.overrides, type_map, t.numb_steps, where="teacher.train.overrides")
-    if with_teacher and cfg.teacher.model is not None and not cfg.teacher.head:  # a multi-task checkpoint is frozen first
-        check_teacher(Path(cfg.teacher.model), type_map, *first)
+    if with_teacher and cfg.teacher.model is not None:
+        check_teacher(Path(cfg.teacher.model), type_map, *first, head=cfg.teacher.head)
+    if cfg.teacher.calculator is not None:
+        check_calculator_teacher(cfg, *first)
 
 
 def _template(name: str, field: str) -> None:
@@ -69,9 +73,25 @@ def _labelled(systems: list[Path], type_map: list[str], field: str) -> None:
             raise InputError(str(system), f"({field}) has no labels: expected energy.npy and force.npy in set.*")
 
 
-def check_teacher(model_path: Path, type_map: list[str], probe_path: Path, probe) -> None:
+def check_calculator_teacher(cfg: DistillConfig, probe_path: Path, probe) -> None:
+    """The calculator teacher builds with its kwargs and gives finite numbers on ``probe``'s first
+    frame: a universal potential that lacks an element fails here, with one line, not in iteration 0."""
+    t = cfg.teacher
+    atoms = probe.sub_system([0]).to("ase/structure")[0]
+    atoms.calc = make_calculator(t.calculator, t.calculator_kwargs, field="teacher.calculator")
+    try:
+        energy, forces = atoms.get_potential_energy(), atoms.get_forces()
+    except Exception as exc:  # every calculator raises its own types
+        raise InputError("teacher.calculator", f"'{t.calculator}' could not evaluate {probe_path.name}: "
+                                               f"{first_sentence(exc)}") from None
+    if not (np.isfinite(energy) and np.all(np.isfinite(forces))):
+        raise InputError("teacher.calculator", f"'{t.calculator}' returns NaN or infinite values on "
+                                               f"{probe_path.name}")
+
+
+def check_teacher(model_path: Path, type_map: list[str], probe_path: Path, probe, head: str | None = None) -> None:
     """The teacher loads, knows every element of ``type_map`` and evaluates ``probe``'s first frame."""
-    model = load_model(model_path)
+    model = load_model(model_path, head)
     known = list(model.get_type_map())
     missing = [e for e in type_map if e not in known]
     if missing:

@@ -28,6 +28,7 @@ class IterationRecord:
     rmse_e_per_atom: float | None = None
     n_eval_frames: int = 0
     student_speed: float | None = None
+    student_us_per_atom_step: float | None = None
     speed_ratio: float | None = None
     student: str = ""
     deviations: str = ""
@@ -42,6 +43,8 @@ class DistillReport:
     run_dir: str
     teacher: str = ""
     teacher_speed: float | None = None
+    teacher_engine: str = "lammps"
+    teacher_us_per_atom_step: float | None = None
     trust_lo: float = 0.0
     trust_hi: float = 0.0
     init_seconds: dict[str, float] = field(default_factory=dict)

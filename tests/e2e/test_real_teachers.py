@@ -1,0 +1,145 @@
+"""Real large atomic models as labellers and as distillation teachers.
+
+SevenNet-0 and CHGNet are universal potentials trained on DFT (MPtrj) whose weights ship inside
+their wheels. Tiny 8-atom silicon cells keep each end-to-end loop within a minute or two on CPU.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from conftest import TINY_SE_E2_A, write_cu_frames
+
+from lamflow.steps import calculators, label
+from lamflow.steps.calculators import make_calculator
+from lamflow.steps.errors import InputError
+from lamflow.steps.speed import SpeedParams
+from lamflow.steps.speed import run as speed_run
+
+UNIVERSAL = ["sevenn", "chgnet"]
+
+
+def si_frames(path: Path, n: int, seed: int = 0, rattle: float = 0.05) -> Path:
+    """``n`` rattled, slightly strained 8-atom diamond Si cells."""
+    import ase.io
+    from ase.build import bulk
+
+    rng = np.random.default_rng(seed)
+    frames = []
+    for i in range(n):
+        atoms = bulk("Si", "diamond", a=5.43 * (1 + rng.uniform(-0.02, 0.02)), cubic=True)
+        atoms.rattle(rattle, seed=seed * 100 + i)
+        frames.append(atoms)
+    ase.io.write(path, frames)
+    return path
+
+
+@pytest.mark.parametrize("name", UNIVERSAL)
+def test_universal_potential_labels_are_its_own_numbers(tmp_path, name):
+    frames = si_frames(tmp_path / "si.extxyz", 3)
+    r = label.run(label.LabelParams(structures=[frames], type_map=["Si"], calculator=name,
+                                    output=tmp_path / "lab"))
+    assert r.n_frames == 3 and r.n_dropped == 0
+    import ase.io
+    import dpdata
+
+    got = dpdata.LabeledSystem(str(r.systems[0]), fmt="deepmd/npy")
+    atoms = ase.io.read(frames, index=2)
+    atoms.calc = make_calculator(name)
+    assert got["energies"][2] == pytest.approx(atoms.get_potential_energy(), abs=1e-4)
+    np.testing.assert_allclose(got["forces"][2], atoms.get_forces(), atol=1e-4)
+    assert "virials" in got.data and np.all(np.isfinite(got["virials"]))
+    # real physics, not a stub: a rattled crystal has forces that sum to ~zero but are not zero
+    assert np.abs(got["forces"]).max() > 0.05 and np.abs(got["forces"][2].sum(axis=0)).max() < 1e-3
+
+
+def test_missing_calculator_package_is_one_line(monkeypatch):
+    real = calculators.importlib.util.find_spec
+    monkeypatch.setattr(calculators.importlib.util, "find_spec",
+                        lambda mod, *a: None if mod == "chgnet" else real(mod, *a))
+    with pytest.raises(InputError, match=r"calculator 'chgnet' needs the chgnet package.*lamflow\[lam\]"):
+        calculators.check_calculator("chgnet", "teacher.calculator")
+    with pytest.raises(InputError, match="no module named 'nowhere'"):
+        calculators.check_calculator("nowhere.calc:Calc")
+
+
+def test_teacher_speed_in_ase_is_per_atom_step(tmp_path):
+    r = speed_run(SpeedParams(calculator="emt", structure=write_cu_frames(tmp_path / "cu.extxyz", 1),
+                              type_map=["Cu"], output=tmp_path / "speed", nsteps=100))
+    assert r.engine == "ase" and r.natoms == 32 and r.timesteps_per_second > 0
+    assert r.us_per_atom_step == pytest.approx(1e6 / (r.timesteps_per_second * 32))
+    assert json.loads((tmp_path / "speed/speed.json").read_text())["nsteps"] == 10
+
+
+def calculator_teacher_config(base: Path, name: str) -> dict:
+    si_frames(base / "start.extxyz", 1, seed=7, rattle=0.02)
+    return {
+        "name": f"si-{name}",
+        "type_map": ["Si"],
+        "teacher": {"calculator": name},
+        "student": {"template": "se_e2_a", "numb_steps": 40, "numb_steps_next": 20, "compress": False,
+                    "overrides": TINY_SE_E2_A},
+        "configurations": {"files": ["start.extxyz"]},
+        "initial_data": {"perturbed_frames": 6},
+        "iterations": [{"temps": [300], "nsteps": 60, "trj_freq": 10}],
+        "selection": {"trust_lo": 0.0001, "trust_hi": 50.0, "max_candidates": 4, "validation_frames": 3},
+        "convergence": {"accurate_ratio": 1.0, "consecutive": 1},
+        "max_iterations": 1,
+        "label_chunk_size": 3,
+    }
+
+
+@pytest.mark.slow(seconds=120)
+@pytest.mark.parametrize("name", UNIVERSAL)
+def test_universal_potential_is_distilled_by_the_loop(tmp_path, name):
+    """``teacher: {calculator: NAME}``: two students drive the MD, their deviation selects, the
+    universal potential labels the initial data, the candidates and the validation frames."""
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(calculator_teacher_config(tmp_path, name)))
+    out = subprocess.run([sys.executable, "-m", "lamflow.flows.cli", "distill", str(tmp_path / "config.yaml"),
+                          "--engine", "local", "--workdir", str(tmp_path / "run")],
+                         capture_output=True, text=True, timeout=900)
+    assert out.returncode in (0, 1), out.stdout[-3000:] + out.stderr[-3000:]
+    run = tmp_path / "run"
+    report = json.loads((run / "report.json").read_text())
+    assert report["teacher"] == name and report["teacher_engine"] == "ase" and report["teacher_speed"] > 0
+    (it,) = report["iterations"]
+    assert it["n_frames"] == 6  # 60 steps dumped every 10, the starting cell not counted
+    assert it["labels_added"] == 4 and it["n_eval_frames"] == 3 and it["rmse_f"] > 0
+    assert it["speed_ratio"] > 0 and it["student_us_per_atom_step"] > 0
+    # two students (the ensemble a calculator teacher needs), their deviation in LAMMPS
+    assert (run / "init/train-01").is_dir()
+    assert "model_devi.out" in {p.name for p in (run / "iter-000/explore/task-000/task.000").iterdir()}
+    # the teacher's labels are the universal potential's own numbers
+    import dpdata
+
+    (system,) = [p.parent for p in (run / "iter-000/label").rglob("type.raw")][:1]
+    got = dpdata.LabeledSystem(str(system), fmt="deepmd/npy")
+    atoms = got.to("ase/structure")[0]
+    atoms.calc = make_calculator(name)
+    np.testing.assert_allclose(got["forces"][0], atoms.get_forces(), atol=1e-4)
+    assert "teacher in ASE" in " ".join(out.stdout.split())  # rich wraps lines
+
+
+def test_overlapping_atoms_in_a_starting_cell_are_bad_input(tmp_path):
+    import ase.io
+
+    cfg = calculator_teacher_config(tmp_path, "emt")  # writes start.extxyz
+    atoms = ase.io.read(tmp_path / "start.extxyz")
+    atoms.positions[1] = atoms.positions[0] + [0.01, 0, 0]
+    ase.io.write(tmp_path / "start.extxyz", atoms)
+    si_frames(tmp_path / "ok.extxyz", 1)
+    cfg["configurations"]["files"] = ["ok.extxyz", "start.extxyz"]
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg))
+    out = subprocess.run([sys.executable, "-m", "lamflow.flows.cli", "distill", str(tmp_path / "config.yaml"),
+                          "--engine", "local", "--workdir", str(tmp_path / "run")],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 2, out.stderr[-2000:]
+    assert out.stderr.count("\n") == 1 and "Traceback" not in out.stderr
+    assert "start.extxyz (configurations.files[1]): frame 0: atoms 0 (Si) and 1 (Si) are 0.010 Å apart" in out.stderr
+    assert not (tmp_path / "run" / "init").exists()  # no work started
