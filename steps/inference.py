@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from . import memory
 from .errors import InputError
 
 log = logging.getLogger(__name__)
@@ -59,9 +60,10 @@ def predict(model, system, where: str, batch_size: int = 32):
     """Energies (nf,), forces (nf, na, 3), virials (nf, 3, 3) of a dpdata system.
 
     ``batch_size`` is an upper bound: the first frame is evaluated alone and its peak memory
-    measured, and batches are sized to half of the memory still available. A large teacher
-    (DeePMD-kit's example DPA-3 takes ~4 GB per 192-atom frame on CPU) would otherwise be killed
-    by the kernel's OOM killer — which no ``except`` catches — in the middle of labelling.
+    measured (see :mod:`lamflow.steps.memory`), and batches are sized to half of what this
+    process may still use. A large teacher (DeePMD-kit's example DPA-3 takes ~4 GB per 192-atom
+    frame on CPU) would otherwise be killed by the kernel's OOM killer — which no ``except``
+    catches — in the middle of labelling.
     """
     types = model_type_indices(model, list(system["atom_names"]), np.asarray(system["atom_types"]), where)
     nframes, natoms = len(system), system.get_natoms()
@@ -77,9 +79,10 @@ def predict(model, system, where: str, batch_size: int = 32):
     energies[:], forces[:], virials[:] = np.nan, np.nan, np.nan
     good = np.flatnonzero(finite)
     if len(good) > 1 and batch_size > 1:
-        first, per_frame = _measured(lambda: eval_frames(model, coords, cells, types, good[:1]))
+        first, per_frame = memory.measured(lambda: eval_frames(model, coords, cells, types, good[:1]))
         energies[good[0]], forces[good[0]], virials[good[0]] = (a[0] for a in first)
-        batch_size = _fitting_batch(batch_size, per_frame)
+        memory.CALIBRATION.update(id(model), natoms, per_frame)
+        batch_size = memory.CALIBRATION.batch(id(model), natoms, batch_size)
         good = good[1:]
     for start in range(0, len(good), batch_size):
         idx = good[start : start + batch_size]
@@ -96,45 +99,6 @@ def predict(model, system, where: str, batch_size: int = 32):
             continue
         energies[idx], forces[idx], virials[idx] = e, f, v
     return energies, forces, virials
-
-
-def _status_kb(field: str) -> int | None:
-    """A ``/proc/self/status`` memory figure (``VmRSS``, ``VmHWM``) in kB; None off Linux."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    except OSError:
-        pass
-    return None
-
-
-def _measured(fn):
-    """``fn()`` and the peak memory (bytes) it added; None where the kernel cannot tell."""
-    before = _status_kb("VmRSS")
-    try:
-        Path("/proc/self/clear_refs").write_text("5")  # reset the peak (VmHWM) to the current RSS
-    except OSError:
-        before = None
-    out = fn()
-    peak = _status_kb("VmHWM")
-    return out, None if before is None or peak is None else max(peak - before, 0) * 1024
-
-
-def _fitting_batch(cap: int, per_frame: int | None) -> int:
-    """Frames per batch: at most ``cap``, and no more than half the available memory holds."""
-    if not per_frame:
-        return cap
-    try:
-        import psutil
-
-        available = psutil.virtual_memory().available
-    except ImportError:  # pragma: no cover - psutil comes with deepmd-kit's dependencies
-        return cap
-    fitting = max(1, int(0.5 * available // per_frame))
-    if fitting < cap:
-        log.info("inference: %.1f GB per frame, batches of %d frames", per_frame / 1e9, fitting)
-    return min(cap, fitting)
 
 
 def eval_frames(model, coords, cells, types, idx):

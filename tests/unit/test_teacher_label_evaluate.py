@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import os
+from pathlib import Path
+
 import dpdata
 import numpy as np
 import pytest
@@ -92,14 +96,157 @@ def test_external_dpa4_teacher_labels_water(tmp_path):
     np.testing.assert_allclose(labeled["forces"][3], f.reshape(192, 3), atol=1e-4)
 
 
-def test_batches_are_sized_to_the_memory_a_frame_takes():
+def test_batches_are_sized_to_the_memory_a_frame_takes(monkeypatch):
     """A teacher whose frame takes GBs must not be batched into an OOM kill."""
-    import psutil
+    from lamflow.steps import memory
 
-    from lamflow.steps.inference import _fitting_batch, _measured
-
-    array, added = _measured(lambda: np.ones(25_000_000))  # 200 MB touched
+    array, added = memory.measured(lambda: np.ones(25_000_000))  # 200 MB touched
     assert array.sum() == 25_000_000 and added >= 150e6
-    assert _fitting_batch(32, psutil.virtual_memory().available) == 1  # one frame fills the machine
-    assert _fitting_batch(32, 10_000_000) == 32  # 10 MB a frame: the cap rules
-    assert _fitting_batch(32, None) == 32  # unknown (no /proc): the cap
+    monkeypatch.setattr(memory, "gpu_budget", lambda: None)
+    monkeypatch.setattr(memory, "budget", lambda: 8_000_000_000)
+    cal = memory.Calibration()
+    assert cal.batch(1, 192, 32) == 32  # nothing measured yet: the cap
+    cal.update(1, 192, 4_100_000_000)
+    cal.update(1, 192, 3_200_000_000)  # a warm heap's lower reading never lowers the calibration
+    assert cal.batch(1, 192, 32) == 1  # 4.1 GB a frame, 4 GB usable: one at a time
+    cal.update(1, 24, 400_000_000)  # another size is its own reading
+    assert cal.batch(1, 24, 32) == 10
+    cal.update(2, 100, 10_000_000)
+    assert cal.batch(2, 100, 32) == 32  # 10 MB a frame: the cap rules
+
+
+def test_a_warm_heap_does_not_hide_a_frames_footprint():
+    """Memory freed by earlier batches stays in the process and is reused; trimming the heap
+    before measuring makes the growth count it again."""
+    from lamflow.steps import memory
+
+    import torch
+
+    def chunks():
+        return [torch.ones(250_000) for _ in range(1600)]  # 1600 × 1 MB, as a model's activations
+
+    for _ in range(2):  # the first free raises glibc's mmap threshold; the second pass stays in the heap
+        warm = chunks()
+        del warm  # freed, but kept by the allocator for reuse (measured without a trim: 0.2 GB)
+    again, added = memory.measured(chunks)
+    assert added >= 1.2e9, added / 1e9
+
+
+def test_the_budget_is_the_tightest_cgroup(tmp_path):
+    from lamflow.steps import memory
+
+    v1 = tmp_path / "v1"
+    job = v1 / "memory/slurm/uid_0/job_7"
+    job.mkdir(parents=True)
+    (v1 / "memory/slurm/memory.limit_in_bytes").write_text("9223372036854771712\n")
+    (v1 / "memory/slurm/memory.usage_in_bytes").write_text("5000000000\n")
+    (job / "memory.limit_in_bytes").write_text("4000000000\n")  # sbatch --mem=4G
+    (job / "memory.usage_in_bytes").write_text("3000000000\n")
+    (job / "memory.stat").write_text("cache 600000000\ntotal_inactive_file 500000000\n")
+    assert memory.cgroup_room("4:memory:/slurm/uid_0/job_7\n0::/\n", v1) == 1_500_000_000
+    v2 = tmp_path / "v2"
+    pod = v2 / "kubepods/pod1"
+    pod.mkdir(parents=True)
+    (v2 / "cgroup.controllers").write_text("memory\n")
+    (v2 / "kubepods/memory.max").write_text("max\n")
+    (v2 / "kubepods/memory.current").write_text("1\n")
+    (pod / "memory.max").write_text("2147483648\n")  # resources.limits.memory: 2Gi
+    (pod / "memory.current").write_text("1073741824\n")
+    assert memory.cgroup_room("0::/kubepods/pod1\n", v2) == 1073741824
+    assert memory.cgroup_room("0::/\n", v2) is None  # no limit anywhere: the host's memory rules
+
+
+LABEL_IN_CGROUP = """
+import json, os, sys
+from pathlib import Path
+cgroup = sys.argv[4]
+if cgroup != "-":
+    Path(cgroup, "cgroup.procs").write_text(str(os.getpid()))  # from here on, the limit applies
+from lamflow.steps import memory, teacher_label
+if sys.argv[3] == "naive":  # the batches a heap-blind sizing would take: the whole cap at once
+    memory.Calibration.batch = lambda self, model, natoms, cap, share=0.5: cap
+r = teacher_label.run(teacher_label.TeacherLabelParams(
+    output=sys.argv[2], model=sys.argv[1], systems=sys.argv[5:], type_map=["Cu"], batch_size=32))
+print(json.dumps({"frames": r.n_frames, "peak_gb": memory.peak_rss() / 1e9,
+                  "frame_gb": memory.CALIBRATION.largest(2048) / 1e9}))
+"""
+
+
+def _memory_cgroup(tmp_path):
+    """A fresh memory cgroup (v2 or v1) this test may limit, or None where it cannot make one."""
+    import uuid
+
+    for parent, limit_file in ((Path("/sys/fs/cgroup"), "memory.max"),
+                               (Path("/sys/fs/cgroup/memory"), "memory.limit_in_bytes")):
+        if not (parent / "cgroup.procs").is_file() or not os.access(parent, os.W_OK):
+            continue
+        folder = parent / f"lamflow-test-{uuid.uuid4().hex[:8]}"
+        try:
+            folder.mkdir()
+        except OSError:
+            continue
+        if (folder / limit_file).is_file():
+            return folder, limit_file
+        folder.rmdir()
+    return None
+
+
+@pytest.mark.slow(seconds=90)
+def test_several_systems_labelled_in_one_process_under_a_memory_limit(tmp_path, students):
+    """A pod's or Slurm job's memory limit, not the node's free memory, bounds the batches; a
+    heap-blind sizing under the same limit is killed (the control, so this test can fail)."""
+    import subprocess
+    import sys
+
+    import dpdata
+    from ase.build import bulk
+
+    made = _memory_cgroup(tmp_path)
+    if made is None:
+        pytest.skip("no writable memory cgroup on this machine")
+    cgroup, limit_file = made
+    try:
+        systems = []
+        for name, repeat, n in (("small", 2, 3), ("big", 8, 8)):  # 32 then 2048 atoms
+            frames = dpdata.System()
+            for i in range(n):
+                atoms = bulk("Cu", "fcc", a=3.61, cubic=True).repeat(repeat)
+                atoms.rattle(0.05, seed=i)
+                frames.append(dpdata.System(atoms, fmt="ase/structure"))
+            frames.to_deepmd_npy(str(tmp_path / name))
+            systems.append(str(tmp_path / name))
+        script = tmp_path / "label.py"
+        script.write_text(LABEL_IN_CGROUP)
+        model = str(students[1].model)
+
+        # DeepPot splits a call into chunks of DP_INFER_BATCH_SIZE atoms (1024 by default: one
+        # 2048-atom frame, or five 192-atom DPA-3 frames = 20 GB, the bench's OOM kill); a large
+        # value hands lamflow's batch to the model whole, as on a GPU
+        env = {**os.environ, "DP_INFER_BATCH_SIZE": "1000000"}
+
+        def label(mode: str, where: str, limit: bool):
+            return subprocess.run([sys.executable, str(script), model, str(tmp_path / where), mode,
+                                   str(cgroup) if limit else "-", *systems],
+                                  capture_output=True, text=True, timeout=600, env=env)
+
+        free = label("lamflow", "free", limit=False)  # unlimited: all seven big frames in one batch
+        assert free.returncode == 0, free.stderr[-2000:]
+        seen = json.loads(free.stdout.splitlines()[-1])
+        # the limit leaves room for about four big frames beside the process, not for seven
+        limit = int((seen["peak_gb"] - 3 * seen["frame_gb"]) * 1e9)
+        for name in (limit_file, "memory.memsw.limit_in_bytes"):  # no swap to hide in
+            if (cgroup / name).is_file():
+                (cgroup / name).write_text(str(limit))
+        naive = label("naive", "naive", limit=True)
+        assert naive.returncode == -9, (naive.returncode, naive.stdout[-500:], naive.stderr[-1500:])  # OOM-killed
+        ours = label("lamflow", "limited", limit=True)
+        assert ours.returncode == 0, ours.stderr[-2000:]
+        assert json.loads(ours.stdout.splitlines()[-1])["frames"] == 11
+    finally:
+        for _ in range(50):
+            try:
+                cgroup.rmdir()
+                break
+            except OSError:
+                import time
+                time.sleep(0.1)
