@@ -12,7 +12,8 @@ from typing import Callable
 
 from pydantic import BaseModel
 
-from . import change_bias, evaluate, explore, import_data, label, perturb, select, speed, teacher_label, train
+from . import (change_bias, evaluate, explore, import_data, label, label_md, perturb, select, speed, teacher_label,
+               train)
 
 
 @dataclass(frozen=True)
@@ -32,6 +33,7 @@ STEPS: dict[str, Step] = {
     s.name: s
     for s in (
         _step("label", label, label.LabelParams, label.LabelResult),
+        _step("label_md", label_md, label_md.LabelMDParams, label_md.LabelMDResult),
         _step("train", train, train.TrainParams, train.TrainResult),
         Step("freeze", train.FreezeParams, train.FreezeResult, train.freeze,
              (train.freeze.__doc__ or "").strip().splitlines()[0]),

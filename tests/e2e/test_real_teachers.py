@@ -86,7 +86,7 @@ def calculator_teacher_config(base: Path, name: str) -> dict:
         "student": {"template": "se_e2_a", "numb_steps": 40, "numb_steps_next": 20, "compress": False,
                     "overrides": TINY_SE_E2_A},
         "configurations": {"files": ["start.extxyz"]},
-        "initial_data": {"perturbed_frames": 6},
+        "initial_data": {"perturbed_frames": 6, "teacher_md": {"temps": [300, 900], "nsteps": 40, "trj_freq": 20}},
         "iterations": [{"temps": [300], "nsteps": 60, "trj_freq": 10}],
         "selection": {"trust_lo": 0.0001, "trust_hi": 50.0, "max_candidates": 4, "validation_frames": 3},
         "convergence": {"accurate_ratio": 1.0, "consecutive": 1},
@@ -111,6 +111,7 @@ def test_universal_potential_is_distilled_by_the_loop(tmp_path, name):
     (it,) = report["iterations"]
     assert it["n_frames"] == 6  # 60 steps dumped every 10, the starting cell not counted
     assert it["labels_added"] == 4 and it["n_eval_frames"] == 3 and it["rmse_f"] > 0
+    assert it["n_train_frames"] == 6 + 2 * 2 + 4  # rattled copies, teacher MD (2 temps × 2 frames), labels
     assert it["speed_ratio"] > 0 and it["student_us_per_atom_step"] > 0
     # two students (the ensemble a calculator teacher needs), their deviation in LAMMPS
     assert (run / "init/train-01").is_dir()
@@ -143,3 +144,27 @@ def test_overlapping_atoms_in_a_starting_cell_are_bad_input(tmp_path):
     assert out.stderr.count("\n") == 1 and "Traceback" not in out.stderr
     assert "start.extxyz (configurations.files[1]): frame 0: atoms 0 (Si) and 1 (Si) are 0.010 Å apart" in out.stderr
     assert not (tmp_path / "run" / "init").exists()  # no work started
+
+
+def test_teacher_md_frames_carry_the_teachers_own_labels(tmp_path, students, cu_frames):
+    """A DeePMD-kit teacher drives the MD through its ASE calculator; each kept frame holds the
+    model's energy and forces at that geometry, and the trajectory moved away from the start."""
+    import dpdata
+
+    from lamflow.steps.inference import eval_frames, load_model, model_type_indices
+    from lamflow.steps.label_md import LabelMDParams
+    from lamflow.steps.label_md import run as label_md_run
+
+    model = students[1].model
+    r = label_md_run(LabelMDParams(structures=[write_cu_frames(tmp_path / "one.extxyz", 1)], type_map=["Cu"],
+                                   output=tmp_path / "md", calculator="deepmd",
+                                   calculator_kwargs={"model": str(model)}, temps=[300, 600], nsteps=20,
+                                   trj_freq=5, ensemble="npt"))
+    assert r.n_frames == 8 and r.n_trajectories == 2 and r.n_stopped == 0
+    got = dpdata.LabeledSystem(str(r.systems[0]), fmt="deepmd/npy")
+    dp = load_model(model)
+    types = model_type_indices(dp, list(got["atom_names"]), got["atom_types"], "md")
+    e, f, _ = eval_frames(dp, got["coords"].reshape(8, -1), got["cells"].reshape(8, 9), types, [7])
+    assert got["energies"][7] == pytest.approx(e[0], abs=1e-5)
+    np.testing.assert_allclose(got["forces"][7], f[0], atol=1e-5)
+    assert not np.allclose(got["cells"][0], got["cells"][7])  # the barostat moved the cell

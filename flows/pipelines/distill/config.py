@@ -19,6 +19,7 @@ from lamflow.steps.calculators import check_calculator
 from lamflow.steps.errors import InputError
 from lamflow.steps.explore import ExploreSettings
 from lamflow.steps.label import LabelSettings
+from lamflow.steps.label_md import TeacherMDSettings
 from lamflow.steps.perturb import PerturbSettings
 from lamflow.steps.select import SelectSettings
 
@@ -107,15 +108,22 @@ class Configurations(Section):
     fmt: str | None = Field(None, description="format when not guessed from the name (e.g. lammps/lmp)")
 
 
+class TeacherMD(TeacherMDSettings):
+    """Short MD the teacher drives from every initial configuration; its frames are labelled on the way."""
+
+
 class InitialData(PerturbSettings):
     systems: list[Path] = Field(default_factory=list, description="labelled deepmd/npy systems to start from")
     perturbed_frames: int = Field(
         40, ge=0, description="perturbed copies of each initial configuration, labelled by the teacher")
+    teacher_md: TeacherMD | None = Field(
+        None, description="frames of short teacher-driven MD at the exploration's temperatures: a first "
+                          "student that has seen thermal disorder explores physical configurations")
 
     @model_validator(mode="after")
     def _some(self) -> "InitialData":
-        if not self.systems and self.perturbed_frames == 0:
-            raise ValueError("no initial data: give 'systems' or perturbed_frames > 0")
+        if not self.systems and self.perturbed_frames == 0 and self.teacher_md is None:
+            raise ValueError("no initial data: give 'systems', perturbed_frames > 0 or 'teacher_md'")
         return self
 
 

@@ -92,7 +92,8 @@ def run_distill(
         # --- initial data and the first student(s)
         perturbed = book.systems(plan.initial_structures(cfg, lay), init_s)
         labelled = book.systems(plan.teacher_labels(cfg, teacher, perturbed, lay.init / "label", "init/label"), init_s)
-        data = [*cfg.initial_data.systems, *labelled]
+        md_frames = book.systems(plan.teacher_md(cfg, lay, teacher), init_s)
+        data = [*cfg.initial_data.systems, *labelled, *md_frames]
         if not data:
             raise StepFailed("the teacher labelled no initial frame (all NaN or dropped)")
         trained: list[TrainResult] = [r.result for r in book.run(plan.students(cfg, lay.init, data, None), init_s)]

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from lamflow.steps.evaluate import EvaluateParams
 from lamflow.steps.label import LabelParams
+from lamflow.steps.label_md import LabelMDParams
 from lamflow.steps.explore import ExploreParams
 from lamflow.steps.perturb import PerturbParams, PerturbSettings
 from lamflow.steps.select import SelectParams
@@ -34,6 +35,7 @@ from .config import DistillConfig
 #: seed offsets of the random streams the loop draws besides the MD (one per stream, so that
 #: changing one setting does not reshuffle the others)
 REFERENCE_SEED = 17
+TEACHER_MD_SEED = 29
 
 
 @dataclass(frozen=True)
@@ -122,6 +124,23 @@ def initial_structures(cfg: DistillConfig, lay: Layout) -> list[StepCall]:
         structures=cfg.configurations.files, type_map=cfg.type_map, output=lay.init / "perturbed",
         n_per_structure=d.perturbed_frames, seed=cfg.seed, **d.model_dump(include=set(PerturbSettings.model_fields))),
         "init/perturbed")]
+
+
+def teacher_md(cfg: DistillConfig, lay: Layout, teacher: TeacherRef) -> list[StepCall]:
+    """Labelled frames of short MD driven by the teacher (a calculator, or a DeePMD-kit model
+    through its ASE calculator), one trajectory per initial configuration × temperature."""
+    md = cfg.initial_data.teacher_md
+    if md is None:
+        return []
+    if teacher.calculator is not None:
+        calculator, kwargs = teacher.calculator, cfg.teacher.calculator_kwargs
+    else:
+        calculator = "deepmd"
+        kwargs = {"model": str(teacher.infer), **({"head": teacher.head} if teacher.head else {})}
+    return [_call(cfg, "label_md", LabelMDParams(
+        structures=cfg.configurations.files, type_map=cfg.type_map, output=lay.init / "teacher-md",
+        calculator=calculator, calculator_kwargs=kwargs, max_force=cfg.teacher.max_force,
+        seed=cfg.seed + TEACHER_MD_SEED, **md.model_dump()), "init/teacher-md")]
 
 
 def teacher_labels(cfg: DistillConfig, teacher: TeacherRef, systems: list[Path], out: Path,

@@ -1,0 +1,137 @@
+"""label_md — short MD driven by a reference calculator, its frames labelled on the way.
+
+Rattled copies of the starting cells (``perturb``) only teach a first student the neighbourhood
+of the crystal. The frames an exploration at 300–1800 K will visit (thermal disorder, a melt,
+other densities) look nothing like them, so a first student trained on rattles alone explores
+into regions where it is wildly wrong, and most of iteration 0's frames are "failed". A short
+MD driven by the *teacher* visits physical configurations at the exploration's temperatures,
+and every step already carries the teacher's energy, forces and stress: the frames cost no
+extra labelling. Any ASE calculator drives it: a universal potential by name, or a DeePMD-kit
+teacher through ``deepmd`` (its ``DP`` calculator).
+
+One MD per (starting frame × temperature), Langevin (``nvt``) or Berendsen (``npt``), seeded;
+frames every ``trj_freq`` steps after the start are written as deepmd/npy.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+from pydantic import BaseModel, Field, field_validator, model_validator
+
+from .artifacts import atomic_dir
+from .base import Params
+from .calculators import make_calculator
+from .errors import InputError, StepFailed
+from .structures import check_overlaps, deepmd_systems, read_atoms
+
+log = logging.getLogger(__name__)
+
+
+class TeacherMDSettings(Params):
+    """Short MD the teacher drives; the distill config's ``initial_data.teacher_md`` is this model."""
+
+    ensemble: Literal["nvt", "npt"] = "nvt"
+    temps: list[float] = Field(min_length=1, description="K")
+    pressure: float = Field(1.0, description="bar, for npt")
+    nsteps: int = Field(200, ge=1)
+    trj_freq: int = Field(20, ge=1, description="keep a labelled frame every N steps")
+    dt: float = Field(0.001, gt=0, description="ps")
+    tau_t: float = Field(0.1, gt=0, description="ps, Langevin friction time / Berendsen thermostat")
+    tau_p: float = Field(0.5, gt=0, description="ps, Berendsen barostat")
+
+    @field_validator("temps")
+    @classmethod
+    def _positive(cls, v: list[float]) -> list[float]:
+        if any(t <= 0 for t in v):
+            raise ValueError(f"temperatures must be positive kelvin, got {v}")
+        return v
+
+    @model_validator(mode="after")
+    def _frames(self) -> "TeacherMDSettings":
+        if self.trj_freq > self.nsteps:
+            raise ValueError(f"trj_freq ({self.trj_freq}) must not exceed nsteps ({self.nsteps}): "
+                             "no frame would be kept")
+        return self
+
+
+class LabelMDParams(TeacherMDSettings):
+    structures: list[Path] = Field(min_length=1)
+    type_map: list[str] = Field(min_length=1)
+    output: Path
+    calculator: str
+    calculator_kwargs: dict[str, Any] = Field(default_factory=dict)
+    max_force: float | None = Field(None, gt=0, description="eV/Å: stop a trajectory whose force exceeds this")
+    seed: int = 1
+
+
+class LabelMDResult(BaseModel):
+    systems: list[Path]
+    n_frames: int
+    n_trajectories: int
+    n_stopped: int = Field(description="trajectories stopped early (non-finite or too large forces)")
+
+
+def _dynamics(params: LabelMDParams, atoms, temp: float, rng: np.random.Generator):
+    from ase import units
+
+    dt = params.dt * 1000 * units.fs
+    if params.ensemble == "nvt":
+        from ase.md.langevin import Langevin
+
+        return Langevin(atoms, timestep=dt, temperature_K=temp, friction=1 / (params.tau_t * 1000 * units.fs),
+                        rng=rng)
+    from ase.md.nptberendsen import NPTBerendsen
+
+    return NPTBerendsen(atoms, timestep=dt, temperature_K=temp, taut=params.tau_t * 1000 * units.fs,
+                        pressure_au=params.pressure * units.bar, taup=params.tau_p * 1000 * units.fs,
+                        # ~1e-5/bar lies between solids (1e-6) and liquids (5e-5): it only sets how
+                        # fast the volume relaxes, not where it goes
+                        compressibility_au=1e-5 / units.bar)
+
+
+def run(params: LabelMDParams) -> LabelMDResult:
+    import dpdata
+    from ase.calculators.singlepoint import SinglePointCalculator
+    from ase.md.velocitydistribution import MaxwellBoltzmannDistribution
+
+    starts = [a for path in params.structures for a in read_atoms(path, params.type_map)]
+    check_overlaps(starts, ", ".join(map(str, params.structures)))
+    if not all(a.pbc.all() for a in starts):
+        raise InputError("structures", "teacher MD needs periodic cells")
+    calc = make_calculator(params.calculator, params.calculator_kwargs)
+    multi = dpdata.MultiSystems(type_map=list(params.type_map))
+    stopped = n_traj = 0
+    for s_index, start in enumerate(starts):
+        for t_index, temp in enumerate(params.temps):
+            n_traj += 1
+            rng = np.random.default_rng(params.seed + 1000 * s_index + t_index)
+            atoms = start.copy()
+            atoms.calc = calc
+            MaxwellBoltzmannDistribution(atoms, temperature_K=temp, rng=rng)
+            md = _dynamics(params, atoms, temp, rng)
+            for _ in range(params.nsteps // params.trj_freq):
+                try:
+                    md.run(params.trj_freq)
+                    energy, forces = atoms.get_potential_energy(), atoms.get_forces()
+                    stress = atoms.get_stress()
+                except Exception as exc:  # a calculator that cannot go on: keep what it gave
+                    log.warning("label_md: trajectory %d at %g K stopped: %s", n_traj, temp, exc)
+                    stopped += 1
+                    break
+                if not (np.isfinite(energy) and np.all(np.isfinite(forces))) or (
+                        params.max_force is not None and np.abs(forces).max() > params.max_force):
+                    stopped += 1
+                    break
+                frame = atoms.copy()
+                frame.calc = SinglePointCalculator(frame, energy=energy, forces=forces, stress=stress)
+                multi.append(dpdata.LabeledSystem(frame, fmt="ase/structure", type_map=params.type_map))
+    if not multi.get_nframes():
+        raise StepFailed("the teacher's MD kept no frame (every trajectory stopped at once)")
+    with atomic_dir(params.output) as out:
+        multi.to_deepmd_npy(str(out))
+    return LabelMDResult(systems=deepmd_systems(params.output), n_frames=multi.get_nframes(),
+                         n_trajectories=n_traj, n_stopped=stopped)
