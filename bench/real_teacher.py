@@ -1,0 +1,163 @@
+"""Does the student reproduce a real large atomic model? One run, figures printed last.
+
+    python bench/real_teacher.py [--system si] [--threads 2] [--workdir DIR]
+
+The teacher is SevenNet-0 (``sevenn``, trained on DFT: MPtrj), the distillation the system's
+example config (``examples/si-sevenn``), run by ``lamflow distill`` on the local engine. Then,
+against SevenNet-0 on MD frames the loop never saw (two trajectories SevenNet-0 drives itself,
+with seeds the loop does not use: a cold one from the crystal and a hot one from the liquid):
+
+- the delivered (compressed) student's force RMSE and energy RMSE per atom;
+- its NVE energy drift over 10 ps, in eV/atom/ps (LAMBench's instability measure), from the
+  crystal at 300 K and from the liquid at the hot temperature;
+- the speed ratio student ÷ teacher per atom-step on the crystal (student in LAMMPS, teacher in
+  ASE, same threads);
+- the labels the loop asked of the teacher, its iterations, and whether its rule was met.
+
+Every step is cached in the work directory (``runs/bench-real-teacher-SYSTEM``): a rerun only
+redoes what changed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@dataclass(frozen=True)
+class BenchSystem:
+    config: Path
+    crystal: str  # a starting cell of the config: the cold held-out MD, the speed and drift cell
+    melt: str  # another: the hot held-out MD and drift
+    cold: float
+    hot: float
+
+
+SYSTEMS = {
+    "si": BenchSystem(REPO / "examples/si-sevenn/config.yaml", "si-diamond-64.extxyz", "si-liquid-64.extxyz",
+                      cold=300.0, hot=1500.0),
+}
+HELD_OUT_SEED = 990_001  # no loop seed comes near it
+NVE_PS = 10.0
+
+
+def nve_drift(log: Path, natoms: int, dt_ps: float) -> float:
+    """Slope of the total energy per atom over time (eV/atom/ps), from LAMMPS' thermo lines."""
+    rows, header = [], None
+    for line in log.read_text().splitlines():
+        words = line.split()
+        if words[:2] == ["Step", "Temp"]:
+            header = words
+            continue
+        if header and len(words) == len(header):
+            try:
+                rows.append([float(w) for w in words])
+            except ValueError:
+                header = None if rows else header
+    data = np.asarray(rows)
+    steps, etotal = data[:, header.index("Step")], data[:, header.index("TotEng")]
+    return float(np.polyfit(steps * dt_ps, etotal / natoms, 1)[0])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--system", choices=sorted(SYSTEMS), default="si")
+    parser.add_argument("--threads", type=int, default=2, help="threads of every step, teacher and student alike")
+    parser.add_argument("--held-out-steps", type=int, default=600, help="MD steps of each held-out trajectory")
+    parser.add_argument("--workdir", default=None)
+    args = parser.parse_args()
+
+    from lamflow.flows.cli.main import quiet_libraries
+
+    quiet_libraries(debug=False)
+
+    from lamflow.flows.pipelines import load_any
+    from lamflow.flows.core.execute import execute
+    from lamflow.flows.core.resources import Resources
+    from lamflow.steps.evaluate import EvaluateParams
+    from lamflow.steps.explore import ExploreParams
+    from lamflow.steps.label_md import LabelMDParams
+    from lamflow.steps.speed import SpeedParams
+    from lamflow.steps.structures import read_atoms
+
+    system = SYSTEMS[args.system]
+    work = Path(args.workdir or REPO / "runs" / f"bench-real-teacher-{args.system}").resolve()
+    cores = Resources(threads=args.threads)
+    cfg = load_any(system.config, expect="distill")
+    here = system.config.parent
+    crystal, melt = here / system.crystal, here / system.melt
+    teacher, kwargs = cfg.teacher.calculator, cfg.teacher.calculator_kwargs
+    natoms = len(read_atoms(crystal, cfg.type_map)[0])
+
+    # 1. held-out frames: SevenNet-0's own MD, seeds the loop never uses
+    held_out = {}
+    for name, start, temp in (("cold", crystal, system.cold), ("hot", melt, system.hot)):
+        rec = execute("label_md", LabelMDParams(
+            structures=[start], type_map=cfg.type_map, output=work / f"held-out-{name}", calculator=teacher,
+            calculator_kwargs=kwargs, temps=[temp], nsteps=args.held_out_steps, trj_freq=20,
+            seed=HELD_OUT_SEED), cores)
+        held_out[name] = (temp, rec.result)
+
+    # 2. the distillation, as a user runs it
+    loop = work / "loop"
+    out = subprocess.run([sys.executable, "-m", "lamflow.flows.cli", "distill", str(system.config),
+                          "--engine", "local", "--workdir", str(loop)], text=True)
+    if out.returncode not in (0, 1):  # 1: ran to max_iterations without meeting the rule
+        raise SystemExit(f"lamflow distill failed with exit code {out.returncode}")
+    report = json.loads((loop / "report.json").read_text())
+    student = Path(report["final_student"])
+
+    # 3. accuracy on the held-out frames
+    scores = {}
+    for name, (temp, frames) in held_out.items():
+        ev = execute("evaluate", EvaluateParams(model=student, systems=frames.systems, type_map=cfg.type_map,
+                                                output=work / f"evaluate-{name}.json"), cores)
+        scores[name] = (temp, frames.n_frames, ev.result)
+
+    # 4. NVE drift over 10 ps
+    drift = {}
+    for name, start, temp in (("cold", crystal, system.cold), ("hot", melt, system.hot)):
+        dt = 0.001
+        md = execute("explore", ExploreParams(
+            output=work / f"nve-{name}", models=[student], type_map=cfg.type_map, structure=start,
+            ensemble="nve", temps=[temp], nsteps=int(NVE_PS / dt), trj_freq=100, dt=dt, seed=HELD_OUT_SEED), cores)
+        task = md.result.tasks[0]
+        drift[name] = (temp, None if task.status != "ok" else nve_drift(task.path / "log.lammps", natoms, dt),
+                       task.reason)
+
+    # 5. speed per atom-step on the crystal
+    s_speed = execute("speed", SpeedParams(model=student, structure=crystal, type_map=cfg.type_map,
+                                           output=work / "speed-student", nsteps=2000), cores).result
+    t_speed = execute("speed", SpeedParams(calculator=teacher, calculator_kwargs=kwargs, structure=crystal,
+                                           type_map=cfg.type_map, output=work / "speed-teacher", nsteps=200),
+                      cores).result
+
+    its = report["iterations"]
+    labels = (its[-1]["n_train_frames"] if its else 0) + sum(i["n_eval_frames"] for i in its)
+    print()
+    print(f"bench/real_teacher.py · {args.system}: teacher {teacher} (calculator_kwargs {kwargs}), "
+          f"student {cfg.student.template} compressed; {args.threads} threads, CPU")
+    print(f"loop: {len(its)} iterations, {report['status']}, {labels} teacher labels "
+          f"({its[-1]['n_train_frames'] if its else 0} trained on), {report['wall_seconds']:.0f} s wall")
+    for name, (temp, n, ev) in scores.items():
+        goal = 0.05 if name == "cold" else 0.08
+        print(f"  {name} held-out MD ({temp:.0f} K, {n} frames): force RMSE {ev.rmse_f:.4f} eV/Å (goal <= {goal}), "
+              f"energy RMSE {1000 * ev.rmse_e_per_atom:.2f} meV/atom (goal <= 3)")
+    for name, (temp, value, reason) in drift.items():
+        text = f"{value:+.2e} eV/atom/ps" if value is not None else f"MD failed: {reason}"
+        print(f"  NVE drift over {NVE_PS:.0f} ps from the {name} cell at {temp:.0f} K: {text} (goal |drift| <= 5e-4)")
+    ratio = s_speed.timesteps_per_second / t_speed.timesteps_per_second
+    print(f"  speed, {natoms}-atom crystal: student {s_speed.us_per_atom_step:.2f} µs/atom-step (LAMMPS), "
+          f"teacher {t_speed.us_per_atom_step:.1f} µs/atom-step (ASE): student {ratio:.0f}x faster (goal >= 50x)")
+
+
+if __name__ == "__main__":
+    main()
