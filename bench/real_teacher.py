@@ -91,7 +91,7 @@ def main() -> None:
     system = SYSTEMS[args.system]
     work = Path(args.workdir or REPO / "runs" / f"bench-real-teacher-{args.system}").resolve()
     cores = Resources(threads=args.threads)
-    cfg = load_any(system.config, expect="distill")
+    _, cfg = load_any(system.config, expect="distill")
     here = system.config.parent
     crystal, melt = here / system.crystal, here / system.melt
     teacher, kwargs = cfg.teacher.calculator, cfg.teacher.calculator_kwargs

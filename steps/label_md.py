@@ -83,7 +83,7 @@ def _dynamics(params: LabelMDParams, atoms, temp: float, rng: np.random.Generato
         from ase.md.langevin import Langevin
 
         return Langevin(atoms, timestep=dt, temperature_K=temp, friction=1 / (params.tau_t * 1000 * units.fs),
-                        rng=rng)
+                        fixcm=False, rng=rng)  # the centre of mass is held by FixCom (see run)
     from ase.md.nptberendsen import NPTBerendsen
 
     return NPTBerendsen(atoms, timestep=dt, temperature_K=temp, taut=params.tau_t * 1000 * units.fs,
@@ -96,6 +96,7 @@ def _dynamics(params: LabelMDParams, atoms, temp: float, rng: np.random.Generato
 def run(params: LabelMDParams) -> LabelMDResult:
     import dpdata
     from ase.calculators.singlepoint import SinglePointCalculator
+    from ase.constraints import FixCom
     from ase.md.velocitydistribution import MaxwellBoltzmannDistribution
 
     starts = [a for path in params.structures for a in read_atoms(path, params.type_map)]
@@ -110,6 +111,7 @@ def run(params: LabelMDParams) -> LabelMDResult:
             n_traj += 1
             rng = np.random.default_rng(params.seed + 1000 * s_index + t_index)
             atoms = start.copy()
+            atoms.set_constraint(FixCom())  # no drift of the whole cell (ASE's recommended way)
             atoms.calc = calc
             MaxwellBoltzmannDistribution(atoms, temperature_K=temp, rng=rng)
             md = _dynamics(params, atoms, temp, rng)

@@ -13,6 +13,7 @@ import logging
 import os
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -86,6 +87,8 @@ def quiet_libraries(debug: bool) -> None:
     os.environ.setdefault("DP_INTER_OP_PARALLELISM_THREADS", "1")
     for name in ("deepmd", "prefect"):
         logging.getLogger(name).setLevel(logging.ERROR)
+    # SevenNet says on every load that it runs without its optional CUDA kernels
+    warnings.filterwarnings("ignore", message="No tensor product accelerator")
     # A failed step's traceback stays in the Prefect UI (the run loggers' API handler), not on
     # the terminal, where lamflow says what failed in one line.
     for name in ("prefect.flow_runs", "prefect.task_runs"):
