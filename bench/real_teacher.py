@@ -72,6 +72,8 @@ def main() -> None:
     parser.add_argument("--system", choices=sorted(SYSTEMS), default="si")
     parser.add_argument("--threads", type=int, default=2, help="threads of every step, teacher and student alike")
     parser.add_argument("--held-out-steps", type=int, default=600, help="MD steps of each held-out trajectory")
+    parser.add_argument("--max-iterations", type=int, default=None,
+                        help="stop the loop here (its finished steps are reused from the work directory)")
     parser.add_argument("--workdir", default=None)
     args = parser.parse_args()
 
@@ -108,7 +110,16 @@ def main() -> None:
 
     # 2. the distillation, as a user runs it
     loop = work / "loop"
-    out = subprocess.run([sys.executable, "-m", "lamflow.flows.cli", "distill", str(system.config),
+    config = system.config
+    if args.max_iterations is not None:  # the example's config with fewer iterations: same steps, same keys
+        import yaml
+
+        from lamflow.flows.core.config import resolve_paths
+
+        raw = resolve_paths(yaml.safe_load(config.read_text()), config.parent)
+        config = work / f"config-{args.max_iterations}-iterations.yaml"
+        config.write_text(yaml.safe_dump({**raw, "max_iterations": args.max_iterations}))
+    out = subprocess.run([sys.executable, "-m", "lamflow.flows.cli", "distill", str(config),
                           "--engine", "local", "--workdir", str(loop)], text=True)
     if out.returncode not in (0, 1):  # 1: ran to max_iterations without meeting the rule
         raise SystemExit(f"lamflow distill failed with exit code {out.returncode}")

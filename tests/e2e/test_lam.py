@@ -33,6 +33,31 @@ def test_pipeline_end_to_end(prefect_lam_run):
     assert "pretrained branch cu_bulk" in prefect_lam_run.stdout
 
 
+@pytest.mark.slow(seconds=10)
+def test_a_multitask_checkpoint_teaches_through_its_head(tmp_path, prefect_lam_run):
+    """``teacher: {model: pretrain.pt, head: cuau}``: the checkpoint labels through the branch
+    itself (``DeepPot(head=...)``), the same numbers as that branch frozen."""
+    import numpy as np
+
+    from lamflow.steps.structures import deepmd_systems
+    from lamflow.steps.teacher_label import TeacherLabelParams
+    from lamflow.steps.teacher_label import run as teacher_label
+
+    run = prefect_lam_run.run
+    checkpoint = json.loads((run / "lam-report.json").read_text())["pretrained"]
+    frozen = run / "lam/pretrain-heads/cuau/model.pth"
+    data = deepmd_systems(run / "lam/data")[:1]
+    labels = [teacher_label(TeacherLabelParams(output=tmp_path / name, model=model, head=head, systems=data,
+                                               type_map=["Cu", "Au"]))
+              for name, model, head in (("ckpt", checkpoint, "cuau"), ("frozen", frozen, None))]
+    import dpdata
+
+    a, b = (dpdata.LabeledSystem(str(r.systems[0]), fmt="deepmd/npy") for r in labels)
+    assert labels[0].n_frames == labels[1].n_frames > 0
+    np.testing.assert_allclose(a["forces"], b["forces"], atol=1e-5)
+    np.testing.assert_allclose(a["energies"], b["energies"], atol=1e-4)
+
+
 @pytest.mark.parametrize("change, message", [
     ({"finetune": {"dataset": "nope"}}, "finetune.dataset: no dataset named 'nope'"),
     ({"finetune": {"dataset": "alloy", "branch": "alloy"}}, "finetune.branch: 'alloy' is not a pretraining branch"),
