@@ -118,7 +118,8 @@ def main() -> None:
 
         raw = resolve_paths(yaml.safe_load(config.read_text()), config.parent)
         config = work / f"config-{args.max_iterations}-iterations.yaml"
-        config.write_text(yaml.safe_dump({**raw, "max_iterations": args.max_iterations}))
+        # key order kept: a step's cache key hashes its parameters as given
+        config.write_text(yaml.safe_dump({**raw, "max_iterations": args.max_iterations}, sort_keys=False))
     out = subprocess.run([sys.executable, "-m", "lamflow.flows.cli", "distill", str(config),
                           "--engine", "local", "--workdir", str(loop)], text=True)
     if out.returncode not in (0, 1):  # 1: ran to max_iterations without meeting the rule

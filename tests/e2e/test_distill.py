@@ -23,7 +23,7 @@ def test_two_iterations_with_prefect_then_resume_recomputes_nothing(prefect_cli_
     it0, it1 = report["iterations"]
     assert it0["labels_added"] == 8 and it1["labels_added"] == 8  # capped candidates, all labelled
     assert (it0["n_train_frames"], it1["n_train_frames"]) == (8 + 8, 8 + 16)
-    assert it0["n_frames"] == 11 and it1["n_frames"] == 22  # 1 and 2 temperatures × 11 frames
+    assert it0["n_frames"] == 10 and it1["n_frames"] == 20  # 1 and 2 temperatures × 10 frames (not step 0)
     assert it0["rmse_f"] > 0 and it0["n_eval_frames"] == 5
     assert it1["speed_ratio"] > 0 and report["teacher_speed"] > 0
     assert set(it0["seconds"]) >= {"explore", "select", "teacher_label", "evaluate", "speed", "train"}

@@ -133,7 +133,7 @@ CASES = [
     ("dataset of other elements", {"initial_data.systems": ["water-types"]}, "has elements ['O'] not in type_map ['Cu']"),
     ("dataset without labels", {"initial_data.systems": ["unlabelled"]}, "(initial_data.systems) has no labels"),
     ("dataset missing", {"initial_data.systems": ["nope-data"]}, "initial_data.systems[0]: file not found"),
-    ("no initial data at all", {"initial_data.perturbed_frames": 0}, "no initial data: give 'systems' or perturbed_frames > 0"),
+    ("no initial data at all", {"initial_data.perturbed_frames": 0}, "no initial data: give 'systems', perturbed_frames > 0 or 'teacher_md'"),
     ("unknown student template", {"student.template": "se_e9"}, "student.template: unknown template 'se_e9'"),
     ("student template file missing", {"student.template": "my/student.json"}, "template file not found"),
     ("student overrides not a mapping", {"student.overrides": "fast"}, "student.overrides: input should be a valid dictionary"),

@@ -45,6 +45,9 @@ def _sections(model: type[BaseModel], seen: set | None = None) -> list[type[Base
 #: same name, another parameter: the speed benchmark's MD length is not the exploration's, and
 #: the teacher's ``calculator`` is one of its three sources (None: a model), not a labeller's choice
 NOT_THE_SAME = {("nsteps", "speed"), ("calculator", "label"), ("calculator", "speed")}
+#: ... and the teacher's MD for initial data is a short warm-up, not an exploration
+SECTION_NOT_THE_SAME = {(section, name, step) for name in ("nsteps", "trj_freq")
+                        for section, step in (("TeacherMD", "explore"), ("Exploration", "label_md"))}
 
 
 def _bounds(info) -> list[str]:
@@ -63,7 +66,7 @@ def test_config_sections_and_steps_agree_on_every_shared_parameter(pipeline):
                 if any(isinstance(a, type) and issubclass(a, BaseModel)
                        for a in (ours.annotation, *typing.get_args(ours.annotation))):
                     continue  # a sub-section that happens to share a step parameter's name
-                if (name, step.name) in NOT_THE_SAME:
+                if (name, step.name) in NOT_THE_SAME or (section.__name__, name, step.name) in SECTION_NOT_THE_SAME:
                     continue
                 if name in ("type_map", "structures", "systems", "model", "output", "seed"):
                     continue  # wiring: the loop fills these in (seeds: one offset per random stream)
