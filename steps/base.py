@@ -24,3 +24,16 @@ def ordered_trust_levels(lo: float, hi: float) -> None:
     """Validator shared by the select step and the distill config."""
     if lo >= hi:
         raise ValueError(f"trust_lo ({lo}) must be below trust_hi ({hi})")
+
+
+def positive_kelvin(temps: list[float]) -> list[float]:
+    """Validator shared by every MD's ``temps`` (exploration, teacher MD)."""
+    if any(t <= 0 for t in temps):
+        raise ValueError(f"temperatures must be positive kelvin, got {temps}")
+    return temps
+
+
+def frames_after_start(trj_freq: int, nsteps: int, what: str) -> None:
+    """An MD that keeps no frame after its start produces nothing: refuse it when it is configured."""
+    if trj_freq > nsteps:
+        raise ValueError(f"trj_freq ({trj_freq}) must not exceed nsteps ({nsteps}): no frame would be {what}")

@@ -99,6 +99,17 @@ def check_calculator(name: str, field: str = "calculator") -> None:
                                 f"installed{hint}")
 
 
+def known_calculator(name: str | None) -> str | None:
+    """Pydantic validator for every ``calculator`` field: a misspelt or missing calculator fails
+    when the config or parameters are read, not when labelling starts (None: none chosen)."""
+    if name is not None:
+        try:
+            check_calculator(name)
+        except InputError as exc:
+            raise ValueError(exc.problem) from None
+    return name
+
+
 def make_calculator(name: str, kwargs: dict[str, Any] | None = None, field: str = "calculator"):
     """The ASE calculator ``name`` built with ``kwargs``; bad kwargs are one line naming the field."""
     check_calculator(name, field)

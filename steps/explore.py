@@ -24,7 +24,7 @@ from typing import Literal
 import numpy as np
 from pydantic import BaseModel, Field, field_validator, model_validator
 
-from .base import Params
+from .base import Params, frames_after_start, positive_kelvin
 
 from .artifacts import atomic_dir, write_json
 from .errors import InputError
@@ -44,20 +44,13 @@ class ExploreSettings(Params):
     tau_t: float = Field(0.1, gt=0, description="ps, thermostat damping")
     tau_p: float = Field(0.5, gt=0, description="ps, barostat damping")
 
-    @field_validator("temps")
-    @classmethod
-    def _positive(cls, v: list[float]) -> list[float]:
-        if any(t <= 0 for t in v):
-            raise ValueError(f"temperatures must be positive kelvin, got {v}")
-        return v
+    _positive = field_validator("temps")(classmethod(lambda cls, v: positive_kelvin(v)))
 
     @model_validator(mode="after")
     def _frames(self) -> "ExploreSettings":
         """An MD that dumps no frame after its start explores nothing: the loop would judge the
         student on its unmoved starting cell and call that converged."""
-        if self.trj_freq > self.nsteps:
-            raise ValueError(f"trj_freq ({self.trj_freq}) must not exceed nsteps ({self.nsteps}): "
-                             "no frame would be explored")
+        frames_after_start(self.trj_freq, self.nsteps, "explored")
         return self
 
 

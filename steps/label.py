@@ -18,7 +18,7 @@ from pydantic import BaseModel, Field, field_validator
 from .base import Params, unique_elements
 
 from .artifacts import atomic_dir
-from .calculators import check_calculator, make_calculator
+from .calculators import known_calculator, make_calculator
 from .errors import InputError
 from .structures import deepmd_systems, read_atoms
 
@@ -34,15 +34,7 @@ class LabelSettings(Params):
         None, gt=0, description="drop frames whose largest force (eV/Å) exceeds this"
     )
 
-    @field_validator("calculator")
-    @classmethod
-    def _known(cls, name: str) -> str:
-        """A misspelt or missing calculator fails when the config is read, not when labelling starts."""
-        try:
-            check_calculator(name)
-        except InputError as exc:
-            raise ValueError(exc.problem) from None
-        return name
+    _known = field_validator("calculator")(classmethod(lambda cls, v: known_calculator(v)))
 
 
 class LabelParams(LabelSettings):

@@ -23,8 +23,8 @@ import numpy as np
 from pydantic import BaseModel, Field, field_validator, model_validator
 
 from .artifacts import atomic_dir
-from .base import Params
-from .calculators import make_calculator
+from .base import Params, frames_after_start, positive_kelvin
+from .calculators import known_calculator, make_calculator
 from .errors import InputError, StepFailed
 from .structures import check_overlaps, deepmd_systems, read_atoms
 
@@ -43,18 +43,11 @@ class TeacherMDSettings(Params):
     tau_t: float = Field(0.1, gt=0, description="ps, Langevin friction time / Berendsen thermostat")
     tau_p: float = Field(0.5, gt=0, description="ps, Berendsen barostat")
 
-    @field_validator("temps")
-    @classmethod
-    def _positive(cls, v: list[float]) -> list[float]:
-        if any(t <= 0 for t in v):
-            raise ValueError(f"temperatures must be positive kelvin, got {v}")
-        return v
+    _positive = field_validator("temps")(classmethod(lambda cls, v: positive_kelvin(v)))
 
     @model_validator(mode="after")
     def _frames(self) -> "TeacherMDSettings":
-        if self.trj_freq > self.nsteps:
-            raise ValueError(f"trj_freq ({self.trj_freq}) must not exceed nsteps ({self.nsteps}): "
-                             "no frame would be kept")
+        frames_after_start(self.trj_freq, self.nsteps, "kept")
         return self
 
 
@@ -65,6 +58,8 @@ class LabelMDParams(TeacherMDSettings):
     calculator: str
     calculator_kwargs: dict[str, Any] = Field(default_factory=dict)
     max_force: float | None = Field(None, gt=0, description="eV/Å: stop a trajectory whose force exceeds this")
+
+    _known = field_validator("calculator")(classmethod(lambda cls, v: known_calculator(v)))
     seed: int = 1
 
 

@@ -16,11 +16,11 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
 
 from .artifacts import atomic_dir, write_json
 from .base import Params
-from .calculators import make_calculator
+from .calculators import known_calculator, make_calculator
 from .errors import InputError, StepFailed
 from .explore import ExploreParams
 from .explore import run as explore_run
@@ -39,6 +39,8 @@ class SpeedParams(Params):
     output: Path
     nsteps: int = Field(200, ge=10, description="LAMMPS steps; an ASE calculator runs nsteps // 10 (>= 10)")
     temp: float = 300.0
+
+    _known = field_validator("calculator")(classmethod(lambda cls, v: known_calculator(v)))
 
     @model_validator(mode="after")
     def _one(self) -> "SpeedParams":

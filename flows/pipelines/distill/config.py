@@ -15,8 +15,7 @@ from typing import Any, ClassVar
 from pydantic import Field, field_validator, model_validator
 
 from lamflow.steps.base import unique_elements
-from lamflow.steps.calculators import check_calculator
-from lamflow.steps.errors import InputError
+from lamflow.steps.calculators import known_calculator
 from lamflow.steps.explore import ExploreSettings
 from lamflow.steps.label import LabelSettings
 from lamflow.steps.label_md import TeacherMDSettings
@@ -69,15 +68,7 @@ class Teacher(Section):
     max_force: float | None = Field(
         None, gt=0, description="eV/Å: frames where the teacher's largest force is larger are not learnt")
 
-    @field_validator("calculator")
-    @classmethod
-    def _known(cls, name: str | None) -> str | None:
-        if name is not None:
-            try:
-                check_calculator(name)
-            except InputError as exc:
-                raise ValueError(exc.problem) from None
-        return name
+    _known = field_validator("calculator")(classmethod(lambda cls, v: known_calculator(v)))
 
     @model_validator(mode="after")
     def _one_source(self) -> "Teacher":
