@@ -80,9 +80,8 @@ def library_env(extra: dict[str, str] | None = None) -> dict[str, str]:
             DP_INTRA_OP_PARALLELISM_THREADS=n,
             DP_INTER_OP_PARALLELISM_THREADS="1",
         )
-    env.setdefault("CUDA_VISIBLE_DEVICES", env.get("CUDA_VISIBLE_DEVICES", ""))
-    if not env["CUDA_VISIBLE_DEVICES"]:
-        env.pop("CUDA_VISIBLE_DEVICES")
+    # CUDA_VISIBLE_DEVICES passes through as set, empty included: "" is how a user (or a
+    # scheduler) hides the GPUs, and the children must then run on the CPU too.
     env["PYTHONUNBUFFERED"] = "1"
     env.update(extra or {})
     return env

@@ -135,9 +135,12 @@ def input_paths(params: BaseModel) -> list[Path]:
 
 
 def cache_key(step: str, params: BaseModel) -> str:
-    """Step name + parameters + identity of every existing input file or folder."""
+    """Step name + parameters + identity of every existing input file or folder.
+
+    The parameters are hashed with sorted keys: the order in which a user wrote a mapping (say
+    ``student.overrides``) means nothing to the step and must not rerun it."""
     h = hashlib.sha256(step.encode())
-    h.update(params.model_dump_json().encode())
+    h.update(json.dumps(params.model_dump(mode="json"), sort_keys=True).encode())
     for path in input_paths(params):
         if path.exists():
             _hash_input(h, path)

@@ -100,6 +100,21 @@ def test_resources_are_not_part_of_the_cache_key_and_results_are_typed(tmp_path)
     assert again.result == first.result
 
 
+def test_the_order_of_a_mapping_does_not_change_the_cache_key(tmp_path):
+    from lamflow.flows.core.records import cache_key
+    from lamflow.steps.train import TrainParams
+
+    def params(overrides):
+        return TrainParams(output=tmp_path / "t", type_map=["Cu"], template="se_e2_a", numb_steps=10, compress=False,
+                           train=[tmp_path / "data"],
+                           overrides=overrides)
+
+    one = params({"training": {"disp_freq": 5, "save_freq": 10}, "learning_rate": {"start_lr": 1e-3}})
+    two = params({"learning_rate": {"start_lr": 1e-3}, "training": {"save_freq": 10, "disp_freq": 5}})
+    other = params({"learning_rate": {"start_lr": 2e-3}, "training": {"save_freq": 10, "disp_freq": 5}})
+    assert cache_key("train", one) == cache_key("train", two) != cache_key("train", other)
+
+
 def test_the_retry_rule():
     assert not retryable(InputError("teacher.model", "file not found"))
     assert not retryable(OSError(28, "No space left on device"))
