@@ -162,7 +162,8 @@ def _argo_settings(args: argparse.Namespace):
     from lamflow.flows.engines.dflow.engine import ArgoSettings
 
     return ArgoSettings.from_env(host=args.host, token=args.token, namespace=args.namespace,
-                                 runs_claim=args.runs_claim, image_pull_secrets=args.image_pull_secret)
+                                 runs_claim=args.runs_claim, image_pull_secrets=args.image_pull_secret,
+                                 parallelism=args.parallelism)
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -307,6 +308,8 @@ def build_parser() -> argparse.ArgumentParser:
         q.add_argument("--runs-claim", help="ReadWriteMany PVC holding run directories (or LAMFLOW_RUNS_CLAIM; default lamflow-runs)")
         q.add_argument("--image-pull-secret", action="append",
                        help="docker-registry Secret for private images (repeatable; or LAMFLOW_IMAGE_PULL_SECRETS=a,b)")
+        q.add_argument("--parallelism", type=int,
+                       help="pods of the workflow running at once (or LAMFLOW_ARGO_PARALLELISM; default: no limit)")
 
     p = sub.add_parser("export", help="write the Argo Workflow manifest of a distill or pipeline config")
     p.add_argument("config")

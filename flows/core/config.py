@@ -87,7 +87,8 @@ class RunConfig(Section):
     pipeline_name: ClassVar[str] = ""
 
     seed: int = 1
-    max_workers: int = Field(1, ge=1, description="steps run at once (local and Prefect engines; Argo parallelism)")
+    max_workers: int = Field(1, ge=1, description="steps run at once on the machine of the flow (local engine, "
+                             "embedded Prefect, dflow debug mode); a cluster is paced by its own limits")
     resources: dict[str, Resources] = Field(
         default_factory=dict, description="per step name, and 'default': threads, cpu, memory, gpu, retries, ...")
     workdir: Path | None = Field(None, description="run directory (default: $LAMFLOW_RUNS/<name>, else runs/<name>)")

@@ -104,6 +104,14 @@ def test_compute_steps_dispatch_light_ones_stay_in_the_flow():
     assert PrefectRunner().deployment_for(call("train")) is None
 
 
+def test_a_batch_sent_to_the_cluster_is_not_capped_by_the_local_max_workers():
+    call = lambda step, **res: StepCall(step, None, step, Resources(**res))  # noqa: E731
+    cluster = PrefectRunner(max_workers=2, step_deployment="step/k8s-gpu")
+    assert cluster.width([call("explore") for _ in range(9)]) == 9  # the work pool's limit paces them
+    assert cluster.width([call("select"), call("select"), call("select")]) == 2  # runs in the flow's process
+    assert PrefectRunner(max_workers=2).width([call("explore") for _ in range(9)]) == 2
+
+
 def test_injected_fault_fails_the_step_once_then_lets_it_run(tmp_path, monkeypatch):
     faults = tmp_path / "faults.yaml"
     faults.write_text(yaml.safe_dump([{"step": "label", "where": "lab-b", "times": 1}]))

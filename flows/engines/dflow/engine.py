@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -135,18 +136,29 @@ class ArgoSettings:
     runs_claim: str = "lamflow-runs"
     image_pull_secrets: list[str] = field(default_factory=list)  # names of docker-registry Secrets
     s3: dict[str, str] = field(default_factory=dict)  # endpoint, access_key, secret_key, bucket_name
+    #: tasks of the workflow running at once; None: no limit (the cluster's quotas and the fan-out
+    #: decide), not the local engine's ``max_workers``
+    parallelism: int | None = None
 
     @classmethod
     def from_env(cls, **overrides: Any) -> "ArgoSettings":
         env = os.environ.get
         s3 = {k: env(f"LAMFLOW_S3_{k.upper()}") for k in ("endpoint", "access_key", "secret_key", "bucket_name")}
+        parallelism = env("LAMFLOW_ARGO_PARALLELISM")
+        if parallelism is not None and not parallelism.strip().isdigit():
+            raise InputError("LAMFLOW_ARGO_PARALLELISM", f"expected a positive whole number, got {parallelism!r}")
         base = cls(host=env("LAMFLOW_ARGO_HOST"), token=env("LAMFLOW_ARGO_TOKEN"),
                    namespace=env("LAMFLOW_ARGO_NAMESPACE"), runs_claim=env("LAMFLOW_RUNS_CLAIM", "lamflow-runs"),
                    image_pull_secrets=[n for n in env("LAMFLOW_IMAGE_PULL_SECRETS", "").split(",") if n],
-                   s3={k: v for k, v in s3.items() if v})
+                   s3={k: v for k, v in s3.items() if v},
+                   parallelism=int(parallelism) if parallelism else None)
         for key, value in overrides.items():
             if value is not None:
                 setattr(base, key, value)
+        if base.token and base.token.lower().startswith("bearer "):
+            base.token = base.token[7:].strip()  # `argo auth token` prints "Bearer …"; dflow adds its own
+        if base.parallelism is not None and base.parallelism < 1:
+            raise InputError("--parallelism", f"expected at least 1 (leave it out for no limit), got {base.parallelism}")
         return base
 
     def apply(self) -> None:
@@ -158,6 +170,38 @@ class ArgoSettings:
                 dflow_config[key] = getattr(self, key)
         for key, value in self.s3.items():
             s3_config[key] = value
+
+
+#: dflow settings that authenticate someone (the Argo token, S3 keys, passwords, private keys)
+SECRET_SETTING = re.compile(r"token|secret|password|access_key|private_key|authorization", re.IGNORECASE)
+
+
+@contextlib.contextmanager
+def credentials_hidden() -> Iterator[None]:
+    """Blank every credential in dflow's settings while step templates are rendered.
+
+    dflow writes its whole ``config`` and ``s3_config`` into the script of every step template,
+    so a Workflow built with the submitter's token or S3 keys in those settings carries them in
+    plain text, once per step kind, for anyone who can read workflows in the namespace. The pods
+    need none of them: steps exchange paths on the shared volume, not dflow artifacts. The token
+    only authenticates the submission (the Workflow's API client); Secrets give pods the rest.
+    """
+    from dflow import s3_config
+
+    saved = [(settings, dict(settings)) for settings in (dflow_config, s3_config)]
+    for settings, values in saved:
+        for key in values:
+            if SECRET_SETTING.search(key):
+                settings[key] = None
+        headers = settings.get("http_headers")
+        if isinstance(headers, dict):
+            settings["http_headers"] = {k: v for k, v in headers.items() if not SECRET_SETTING.search(k)}
+    try:
+        yield
+    finally:
+        for settings, values in saved:
+            settings.clear()
+            settings.update(values)
 
 
 def _template(step: str, cfg: Any, claim: str | None) -> PythonOPTemplate:
@@ -204,6 +248,26 @@ def build_workflow(flow: str, cfg: Any, run_dir: Path, cluster: bool = False,
     """The workflow of ``flow`` (``distill`` or ``lam``) for ``cfg``, writing to ``run_dir``."""
     settings = settings or ArgoSettings()
     claim = settings.runs_claim if cluster else None
+    with credentials_hidden():
+        advance = _advance(cfg, claim)
+    pull_secrets = None
+    if cluster and settings.image_pull_secrets:
+        from argo.workflows.client import V1LocalObjectReference
+
+        pull_secrets = [V1LocalObjectReference(name=n) for n in settings.image_pull_secrets]
+    # on a cluster the fan-out is limited by settings.parallelism (default: none), in debug mode
+    # by the local max_workers (the processes of this machine)
+    wf = Workflow(name=f"lamflow-{flow}-{cfg.name}".lower().replace("_", "-"),
+                  parallelism=settings.parallelism if cluster else cfg.max_workers,
+                  image_pull_secrets=pull_secrets)
+    wf.add(Step("start", template=advance, parameters={
+        "flow": flow, "config": cfg.model_dump(mode="json", by_alias=True), "run_dir": str(run_dir),
+        "level": 0}))
+    return wf
+
+
+def _advance(cfg: Any, claim: str | None) -> Steps:
+    """The recursive ``advance`` template: plan, fan out the planned batch, advance again."""
     steps_used = sorted(STEPS)
     advance = Steps("advance")
     for name in ("flow", "config", "run_dir", "level"):
@@ -224,17 +288,7 @@ def build_workflow(flow: str, cfg: Any, run_dir: Path, cluster: bool = False,
                                  "config": advance.inputs.parameters["config"],
                                  "run_dir": advance.inputs.parameters["run_dir"],
                                  "level": plan.outputs.parameters["next_level"]}))
-    pull_secrets = None
-    if cluster and settings.image_pull_secrets:
-        from argo.workflows.client import V1LocalObjectReference
-
-        pull_secrets = [V1LocalObjectReference(name=n) for n in settings.image_pull_secrets]
-    wf = Workflow(name=f"lamflow-{flow}-{cfg.name}".lower().replace("_", "-"), parallelism=cfg.max_workers,
-                  image_pull_secrets=pull_secrets)
-    wf.add(Step("start", template=advance, parameters={
-        "flow": flow, "config": cfg.model_dump(mode="json", by_alias=True), "run_dir": str(run_dir),
-        "level": 0}))
-    return wf
+    return advance
 
 
 # --- running, exporting, resuming --------------------------------------------------------------

@@ -127,10 +127,19 @@ class PrefectRunner:
         return dispatch_task.with_options(name=f"{call.step}@{deployment}", **options).submit(
             call.step, params, resources, deployment, self._job_variables(deployment, call), call.label)
 
+    def width(self, calls: list[StepCall]) -> int:
+        """Calls submitted at once. Steps that run here go ``max_workers`` at a time (this
+        machine's cores); a batch dispatched to deployments goes out whole, and the work pool's
+        concurrency limit (``prefect work-pool set-concurrency-limit``) paces it on the cluster."""
+        if calls and all(self.deployment_for(call) is not None for call in calls):
+            return len(calls)
+        return self.max_workers
+
     def map(self, calls: list[StepCall]) -> list[StepRecord]:
         records: list[StepRecord] = []
-        for start in range(0, len(calls), self.max_workers):
-            wave = calls[start : start + self.max_workers]
+        width = self.width(calls)
+        for start in range(0, len(calls), width):
+            wave = calls[start : start + width]
             futures = [self._submit(call) for call in wave]
             for call, fut in zip(wave, futures):
                 rec = StepRecord.from_json(fut.result())
