@@ -19,6 +19,37 @@ DEFAULT_RETRIES = {"label": 1, "train": 1, "explore": 1, "teacher_label": 1}
 #: Steps that take seconds: dispatching them to a pod of their own would cost more than they do.
 LIGHT_STEPS = frozenset({"perturb", "select"})
 
+#: The one cluster scheduling policy, read by the Argo templates and the Prefect job variables
+#: alike: the steps that compute with DeePMD-kit models (training, freezing, MD, inference) get
+#: one GPU unless their resources say otherwise (``gpu: 0``); data preparation, selection,
+#: labelling with an ASE calculator and the planner never hold one unless asked.
+GPU_STEPS = frozenset({"train", "freeze", "change_bias", "explore", "teacher_label", "evaluate", "speed"})
+#: the images built from images/: a pod that holds a GPU runs the CUDA one
+IMAGES = {"cpu": "lamflow/lamflow:0.1.0-cpu", "gpu": "lamflow/lamflow:0.1.0-cuda12"}
+#: cores and memory of a pod whose resources leave them unset, by whether it holds a GPU
+POD_SIZE = {True: (8.0, "32Gi"), False: (2.0, "8Gi")}
+#: where a GPU pod may run: the label NVIDIA's GPU operator sets, the taint GPU node pools carry
+GPU_NODE_SELECTOR = {"nvidia.com/gpu.present": "true"}
+GPU_TOLERATIONS = [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
+
+
+class Pod(BaseModel):
+    """What one step's pod asks for on a cluster: the policy above with the config's resources
+    laid over it. Both cluster engines build their pods from this and nothing else."""
+
+    gpu: int
+    cpu: float
+    memory: str
+    image: str
+    node_selector: dict[str, str]
+    tolerations: list[dict[str, str]]
+
+    def job_variables(self) -> dict[str, object]:
+        """As the variables of lamflow's Kubernetes job template (templates/prefect/k8s-job-template.json)."""
+        return {"cpu_request": f"{self.cpu:g}", "memory_request": self.memory, "memory_limit": self.memory,
+                "gpu_count": self.gpu, "image": self.image, "node_selector": self.node_selector,
+                "tolerations": self.tolerations}
+
 
 class Resources(BaseModel):
     """Per-step resources; the local engine uses ``threads``, cluster engines all of them."""
@@ -26,10 +57,10 @@ class Resources(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     threads: int = Field(2, ge=1)
-    cpu: float | None = Field(None, gt=0, description="cores requested on a cluster (default: the deployment's)")
-    memory: str | None = Field(None, description="e.g. 16Gi (default: the deployment's)")
-    gpu: int | None = Field(None, ge=0, description="GPUs (default: the deployment's)")
-    image: str | None = Field(None, description="container image (default: the deployment's)")
+    cpu: float | None = Field(None, gt=0, description="cores requested on a cluster (default: 8 with a GPU, else 2)")
+    memory: str | None = Field(None, description="e.g. 16Gi (default: 32Gi with a GPU, else 8Gi)")
+    gpu: int | None = Field(None, ge=0, description="GPUs on a cluster (default: 1 for the steps in GPU_STEPS, else 0)")
+    image: str | None = Field(None, description="container image (default: lamflow's CUDA image with a GPU, else the CPU one)")
     retries: int | None = Field(None, ge=0, description="task retries (default: 1 for label/train/explore/teacher_label)")
     retry_delay: float = Field(30, ge=0, description="seconds between task retries")
     timeout: float | None = Field(None, gt=0, description="seconds")
@@ -41,11 +72,11 @@ class Resources(BaseModel):
     def retries_for(self, step: str) -> int:
         return self.retries if self.retries is not None else DEFAULT_RETRIES.get(step, 0)
 
-    def job_variables(self) -> dict[str, object]:
-        """Variables of lamflow's Kubernetes job template (templates/prefect/k8s-job-template.json);
-        what the config leaves unset is left to the deployment's job variables."""
-        out: dict[str, object] = {"cpu_request": None if self.cpu is None else f"{self.cpu:g}",
-                                  "memory_request": self.memory, "memory_limit": self.memory,
-                                  "gpu_count": self.gpu, "image": self.image,
-                                  "node_selector": self.node_selector or None, "tolerations": self.tolerations or None}
-        return {k: v for k, v in out.items() if v is not None}
+    def pod(self, step: str) -> Pod:
+        """The pod of ``step`` on a cluster (see :data:`GPU_STEPS`)."""
+        gpu = self.gpu if self.gpu is not None else int(step in GPU_STEPS)
+        cpu, memory = POD_SIZE[gpu > 0]
+        return Pod(gpu=gpu, cpu=self.cpu or cpu, memory=self.memory or memory,
+                   image=self.image or IMAGES["gpu" if gpu else "cpu"],
+                   node_selector=self.node_selector or (GPU_NODE_SELECTOR if gpu else {}),
+                   tolerations=self.tolerations or (GPU_TOLERATIONS if gpu else []))

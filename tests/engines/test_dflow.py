@@ -15,7 +15,7 @@ import jsonschema
 import pytest
 import yaml
 
-from conftest import assert_same_lam, lam_config, tiny_config
+from conftest import REPO, assert_same_lam, lam_config, tiny_config
 from lamflow.flows.pipelines.distill.config import DistillConfig
 from lamflow.flows.engines.dflow.engine import STEP_OPS, ArgoSettings, PlanOP, export
 from lamflow.flows.core.faults import ENV as FAULTS_ENV
@@ -25,7 +25,8 @@ from lamflow.steps.registry import STEPS
 SCHEMA = Path(__file__).parents[1] / "data" / "argo-workflows.schema.json"  # Argo's api/jsonschema/schema.json
 GPU = {"train": {"gpu": 1, "memory": "16Gi", "retries": 2, "timeout": 7200},
        "explore": {"gpu": 1, "node_selector": {"nvidia.com/gpu.present": "true"},
-                   "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]}}
+                   "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]},
+       "evaluate": {"gpu": 0}}
 
 
 def test_every_step_is_an_op_whose_outputs_are_its_result_fields():
@@ -74,9 +75,13 @@ def test_exported_workflow_is_valid_argo_with_gpus_images_and_the_recursive_loop
     assert explore["nodeSelector"] == {"nvidia.com/gpu.present": "true"}
     assert explore["tolerations"][0]["key"] == "nvidia.com/gpu"
     assert explore["volumes"][0]["persistentVolumeClaim"]["claimName"] == "lamflow-runs"
-    # CPU steps (and the planner) never hold a GPU; private registries get their pull secret
-    gpu_free = [t for name, t in templates.items() if name not in ("trainop", "exploreop") and "script" in t]
-    assert gpu_free and not [t["name"] for t in gpu_free if "nvidia.com/gpu" in str(t["script"].get("resources"))]
+    # the policy: model steps get a GPU without being asked, `gpu: 0` takes it away, data steps
+    # (and the planner) never hold one; private registries get their pull secret
+    assert templates["teacherlabelop"]["script"]["resources"]["requests"]["nvidia.com/gpu"] == "1"
+    assert "nvidia.com/gpu" not in templates["evaluateop"]["script"]["resources"]["requests"]
+    gpu_free = [t for name, t in templates.items() if name in ("selectop", "perturbop", "labelop", "planop")]
+    assert len(gpu_free) == 4 and not [t["name"] for t in gpu_free if "nvidia.com/gpu" in str(t["script"]["resources"])]
+    assert {t["script"]["image"] for t in gpu_free} == {"lamflow/lamflow:0.1.0-cpu"}
     assert manifest["spec"]["imagePullSecrets"] == [{"name": "regcred"}]
     # the loop: `advance` plans, fans out one step kind, and calls itself until the plan is done
     advance = templates["advance"]
@@ -85,6 +90,28 @@ def test_exported_workflow_is_valid_argo_with_gpus_images_and_the_recursive_loop
     assert len(recursive) == 1 and recursive[0]["when"].endswith("== false")
     fanned = [s for s in inner if s.get("withParam")]
     assert {s["name"] for s in fanned} >= {"explore", "teacher-label", "train", "select"}
+
+
+def test_every_step_asks_argo_and_prefect_for_the_same_pod(tmp_path):
+    """One policy: for each step, the Argo template and the Kubernetes job Prefect's worker would
+    submit ask for the same GPUs, image, CPU and memory."""
+    from lamflow.flows.engines.prefect.k8s import deployment_job_variables, render_job
+
+    manifest = _manifest(tmp_path)
+    cfg = DistillConfig.parse({**tiny_config(tmp_path), "resources": GPU}, tmp_path)
+    base = deployment_job_variables(REPO / "prefect.yaml", "step/k8s-gpu")
+    templates = {t["name"]: t for t in manifest["spec"]["templates"] if "script" in t}
+    assert len(templates) == len(STEPS) + 1  # every step kind and the planner
+    for step in STEPS:
+        name = next(n for n in templates if n.startswith(step.replace("_", "") + "op"))
+        argo = templates[name]["script"]
+        job = render_job({**base, **cfg.resources_for(step).pod(step).job_variables()})
+        container = job["spec"]["template"]["spec"]["containers"][0]
+        assert argo["image"] == container["image"], step
+        assert argo["resources"]["requests"]["cpu"] == container["resources"]["requests"]["cpu"], step
+        assert argo["resources"]["requests"]["memory"] == container["resources"]["requests"]["memory"], step
+        gpus = int(argo["resources"]["requests"].get("nvidia.com/gpu", 0))
+        assert gpus == int(container["resources"]["requests"].get("nvidia.com/gpu") or 0), step
 
 
 def test_cli_exports_the_manifest(tmp_path):

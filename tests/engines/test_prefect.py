@@ -63,13 +63,17 @@ def test_step_resources_become_the_pods_requests():
     """What the parent passes to run_deployment for `resources: {train: {gpu: 2, memory: 64Gi}}`."""
     base = deployment_job_variables(REPO / "prefect.yaml", "step/k8s-gpu")
     step = Resources(gpu=2, memory="64Gi", cpu=16, image="registry/lamflow:cuda")
-    manifest = render_job({**base, **step.job_variables()})
+    manifest = render_job({**base, **step.pod("train").job_variables()})
     kubernetes_validate.validate(manifest, K8S_VERSION, strict=True)
     container = _pod(manifest)["containers"][0]
     assert container["resources"]["limits"] == {"memory": "64Gi", "nvidia.com/gpu": 2}
     assert container["resources"]["requests"]["cpu"] == "16"
     assert container["image"] == "registry/lamflow:cuda"
-    assert Resources().job_variables() == {}  # nothing set: the deployment decides
+    # nothing set: the policy decides, the same for every deployment a step is sent to
+    assert Resources().pod("select").job_variables()["gpu_count"] == 0
+    cpu_pod = render_job({**base, **Resources().pod("select").job_variables()})
+    kubernetes_validate.validate(cpu_pod, K8S_VERSION, strict=True)
+    assert _pod(cpu_pod)["containers"][0]["image"].endswith("-cpu") and not _pod(cpu_pod).get("tolerations")
 
 
 def test_job_template_keeps_every_prefect_kubernetes_variable():

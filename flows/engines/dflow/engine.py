@@ -45,8 +45,6 @@ from lamflow.flows.core.resources import Resources
 from lamflow.flows.core.runner import Pending, PlanningRunner
 from lamflow.flows.pipelines import PIPELINES
 
-#: the images built from images/ (issue: containers); a step asking for a GPU gets the CUDA one
-DEFAULT_IMAGE = {"cpu": "lamflow/lamflow:0.1.0-cpu", "gpu": "lamflow/lamflow:0.1.0-cuda12"}
 RUNS_MOUNT = "/runs"
 
 
@@ -207,13 +205,10 @@ def credentials_hidden() -> Iterator[None]:
 def _template(step: str, cfg: Any, claim: str | None) -> PythonOPTemplate:
     """The container of one step kind: image, requests, GPU, retries, timeout from its resources."""
     res = cfg.resources_for(step)
-    requests: dict[str, str] = {}
-    if res.cpu:
-        requests["cpu"] = f"{res.cpu:g}"
-    if res.memory:
-        requests["memory"] = res.memory
-    if res.gpu:
-        requests["nvidia.com/gpu"] = str(res.gpu)
+    pod = res.pod(step)  # the one policy: the same GPU, image, CPU and memory as under Prefect
+    requests = {"cpu": f"{pod.cpu:g}", "memory": pod.memory}
+    if pod.gpu:
+        requests["nvidia.com/gpu"] = str(pod.gpu)
     limits = {k: v for k, v in requests.items() if k != "cpu"}
     kwargs: dict[str, Any] = {}
     if claim:  # on a cluster: the shared run directory volume, scheduling constraints
@@ -224,13 +219,12 @@ def _template(step: str, cfg: Any, claim: str | None) -> PythonOPTemplate:
             volumes=[V1Volume(name="runs", persistent_volume_claim=V1PersistentVolumeClaimVolumeSource(
                 claim_name=claim))],
             mounts=[V1VolumeMount(name="runs", mount_path=RUNS_MOUNT)],
-            node_selector=res.node_selector or None,
-            tolerations=[V1Toleration(**t) for t in res.tolerations] or None,
+            node_selector=pod.node_selector or None,
+            tolerations=[V1Toleration(**t) for t in pod.tolerations] or None,
         )
     return PythonOPTemplate(
         STEP_OPS[step] if step != "plan" else PlanOP,
-        image=res.image or DEFAULT_IMAGE["gpu" if res.gpu else "cpu"],
-        requests=requests or None, limits=limits or None, timeout=int(res.timeout) if res.timeout else None,
+        image=pod.image, requests=requests, limits=limits, timeout=int(res.timeout) if res.timeout else None,
         # the core's retry policy: FatalError (exit 2: bad input, full disk) is never retried;
         # a TransientError, a kill or a timeout is, up to the step's retries
         retry_on_transient_error=res.retries_for(step) or None, timeout_as_transient_error=True,

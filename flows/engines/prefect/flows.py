@@ -111,7 +111,7 @@ class PrefectRunner:
                 pool = client.read_work_pool(dep.work_pool_name)
             props = (pool.base_job_template or {}).get("variables", {}).get("properties", {})
             self._pool_variables[deployment] = set(props)
-        wanted = call.resources.job_variables()
+        wanted = call.resources.pod(call.step).job_variables()  # the one policy, as under Argo
         return {k: v for k, v in wanted.items() if k in self._pool_variables[deployment] and v is not None}
 
     def _submit(self, call: StepCall):
