@@ -40,23 +40,42 @@ def _save(plt, fig, path: Path) -> None:
 
 
 def plot_deviations(report: DistillReport, path: Path) -> None:
-    """Histogram of the student's max force error (vs teacher) per iteration."""
+    """Histogram of the student's max force error (vs teacher) per iteration.
+
+    The deviation axis is logarithmic: one exploration spans 0.01 to tens of eV/Å (a broken MD),
+    and on a linear axis the trust window is a sliver. The three zones are shaded, and the two
+    trust labels sit on the outer sides of their lines, so they never print over each other."""
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6, 4), dpi=110)
+    fig, ax = plt.subplots(figsize=(6.5, 4), dpi=110)
     arrays = [(r.iteration, np.load(r.deviations)) for r in report.iterations
               if r.deviations and Path(r.deviations).is_file()]
-    finite = [a for _, a in arrays if a.size]
-    if finite:
-        hi = max(float(np.quantile(np.concatenate(finite), 0.995)), 1e-3)
-        bins = np.linspace(0, hi, 40)
+    values = np.concatenate([a[np.isfinite(a) & (a > 0)] for _, a in arrays]) if arrays else np.empty(0)
+    if values.size:
+        levels = [v for v in (report.trust_lo, report.trust_hi) if v > 0]
+        lo = max(min(float(values.min()), *levels) / 1.5, 1e-4)
+        hi = max(float(values.max()), *levels) * 1.5
+        bins = np.geomspace(lo, hi, 50)
         for k, devi in arrays:
-            ax.hist(np.clip(devi, 0, hi), bins=bins, histtype="step", lw=1.5, label=f"iteration {k}")
-        for level, name in ((report.trust_lo, "trust_lo"), (report.trust_hi, "trust_hi")):
-            if 0 < level <= hi:
-                ax.axvline(level, color="grey", ls="--", lw=1)
-                ax.text(level, ax.get_ylim()[1] * 0.95, f" {name}", color="grey", va="top")
-        ax.legend()
-    ax.set_xlabel("max atomic force deviation (eV/Å)")
+            ax.hist(np.clip(devi[np.isfinite(devi)], lo, hi), bins=bins, histtype="step", lw=1.5,
+                    label=f"iteration {k}")
+        from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+        ax.set_xscale("log")
+        ax.set_xlim(lo, hi)
+        ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))  # 0.05, 0.1, 0.2: no powers
+        ax.xaxis.set_minor_formatter(NullFormatter())  # minor labels collide on a narrow range
+        ax.set_ylim(0, ax.get_ylim()[1] * 1.25)  # room above the bars for the trust labels
+        ax.axvspan(lo, report.trust_lo, color="tab:green", alpha=0.07, lw=0)
+        ax.axvspan(report.trust_lo, report.trust_hi, color="tab:orange", alpha=0.10, lw=0)
+        ax.axvspan(report.trust_hi, hi, color="tab:red", alpha=0.07, lw=0)
+        top = ax.get_ylim()[1]
+        for level, name, side in ((report.trust_lo, "trust_lo ", "right"), (report.trust_hi, " trust_hi", "left")):
+            ax.axvline(level, color="grey", ls="--", lw=1)
+            ax.text(level, top * 0.97, f"{name}\n{level:g}" if side == "left" else f"{name}\n{level:g} ",
+                    color="dimgrey", va="top", ha=side, fontsize=8)
+        ax.legend(loc="upper center", fontsize=8, framealpha=0.8)
+    ax.set_xlabel("max atomic force deviation (eV/Å, log scale)")
     ax.set_ylabel("explored frames")
     ax.set_title(f"{report.name}: model deviation per iteration")
     _save(plt, fig, path)
