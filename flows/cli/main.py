@@ -80,6 +80,11 @@ def quiet_libraries(debug: bool) -> None:
     if debug:
         return
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+    # ...but the run loggers, which feed the Prefect UI's Logs tab (and not this terminal: they do
+    # not propagate, below), keep INFO: each step says there whether it ran or was read back.
+    # Environment, not code, so that `lamflow prefect up`'s server, worker and flow runs inherit it.
+    for name in ("FLOW_RUNS", "TASK_RUNS"):
+        os.environ.setdefault(f"PREFECT_LOGGING_LOGGERS_PREFECT_{name}_LEVEL", "INFO")
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("DP_INFER_BATCH_SIZE", "4096")
     for var in ("OMP_NUM_THREADS", "DP_INTRA_OP_PARALLELISM_THREADS"):

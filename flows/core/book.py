@@ -12,13 +12,18 @@ from .runner import Runner
 
 
 class Book:
-    """Runs batches and counts: seconds per step kind (in the dict each batch names), steps
-    read back from their records, and seconds spent in steps that really ran."""
+    """Runs batches and counts: seconds per step kind (in the dict each batch names) and in all,
+    steps read back from their records, and seconds spent in steps that ran in this session.
+
+    A step read back from its record still counts its compute time (the record keeps it): a run
+    retried from the Prefect UI or resumed on Argo reports what the whole run cost, every attempt
+    included, and not only what its last session did."""
 
     def __init__(self, runner: Runner, on_batch: Callable[[str], None] | None = None):
         self.runner, self.on_batch = runner, on_batch
         self.cached_steps = 0
-        self.step_seconds = 0.0
+        self.step_seconds = 0.0  # this session's
+        self.compute_seconds = 0.0  # every attempt's
 
     def run(self, calls: list[StepCall], seconds: dict[str, float]) -> list[StepRecord]:
         if not calls:
@@ -27,10 +32,11 @@ class Book:
             self.on_batch(calls[0].label.rsplit("/", 1)[0] if len(calls) > 1 else calls[0].label)
         records = self.runner.map(calls)
         for call, rec in zip(calls, records):
+            seconds[call.step] = seconds.get(call.step, 0.0) + rec.seconds
+            self.compute_seconds += rec.seconds
             if rec.cached:
                 self.cached_steps += 1
             else:
-                seconds[call.step] = seconds.get(call.step, 0.0) + rec.seconds
                 self.step_seconds += rec.seconds
         return records
 

@@ -56,6 +56,20 @@ class StepRecord:
         return {"step": self.step, "label": self.label, "seconds": self.seconds, "cached": self.cached,
                 "result": json.loads(self.result.model_dump_json()), "finished": self.finished, "key": self.key}
 
+    def summary(self) -> str:
+        """One line for a log: whether the step ran or was read back, and its scalar results.
+
+        What a user scanning the Prefect UI's logs (or a pod's) needs to see that a retried run
+        recomputed nothing it had, and what each step produced."""
+        how = (f"read back from its record (computed in {self.seconds:.1f} s)" if self.cached
+               else f"ran in {self.seconds:.1f} s")
+        figures = []
+        for name, value in self.result:
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                continue
+            figures.append(f"{name}={value:.4g}" if isinstance(value, float) else f"{name}={value}")
+        return f"{self.label or self.step}: {how}" + (f"; {', '.join(figures[:8])}" if figures else "")
+
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> "StepRecord":
         return cls(step=data["step"], label=data["label"], seconds=data["seconds"], cached=data["cached"],

@@ -44,6 +44,11 @@ def test_two_iterations_with_prefect_then_resume_recomputes_nothing(prefect_cli_
     second = json.loads((run / "report.json").read_text())
     assert second["step_seconds"] == 0.0  # every step came from its record
     assert second["cached_steps"] >= 20
+    # ...and the report still counts what they cost when they ran, per step kind and in all
+    first = report
+    assert second["compute_seconds"] == pytest.approx(first["compute_seconds"]) and first["compute_seconds"] > 0
+    assert second["init_seconds"] == pytest.approx(first["init_seconds"])
+    assert second["iterations"][0]["seconds"] == pytest.approx(first["iterations"][0]["seconds"])
     assert second["iterations"][1]["rmse_f"] == it1["rmse_f"]
 
 

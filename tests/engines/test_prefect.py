@@ -6,8 +6,11 @@ the way the UI's Retry button does it, which must recompute nothing that had fin
 from __future__ import annotations
 
 import json
+import os
 import re
 import socket
+import subprocess
+import sys
 import time
 import uuid
 from pathlib import Path
@@ -275,3 +278,43 @@ def test_flow_takes_the_config_itself_with_paths_relative_to_the_working_directo
     (tmp_path / "c.yaml").write_text(yaml.safe_dump({**raw, "max_iterations": "two"}))
     with pytest.raises(InputError, match="max_iterations"):
         load_any(tmp_path / "c.yaml", expect="distill")
+
+
+RUN_LOGS = """
+import sys
+from pathlib import Path
+from lamflow.flows.cli.main import quiet_libraries
+quiet_libraries(debug=False)  # what `lamflow distill --engine prefect` and `lamflow prefect up` set
+from prefect import flow
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+from prefect.logging.handlers import APILogWorker
+from lamflow.flows.engines.prefect.flows import step_task
+
+params = {"structures": [sys.argv[1]], "type_map": ["Cu"], "output": sys.argv[2]}
+
+@flow(name="logs")
+def twice():
+    step_task.submit("label", params, {}, "label emt").result()
+    step_task.submit("label", params, {}, "label emt").result()
+
+state = twice(return_state=True)
+APILogWorker.drain_all()
+with get_client(sync_client=True) as client:
+    logs = client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[state.state_details.flow_run_id])))
+Path(sys.argv[3]).write_text("\\n".join(log.message for log in logs))
+"""
+
+
+def test_each_step_tells_the_prefect_ui_whether_it_ran_or_was_read_back(tmp_path):
+    """The UI's Logs tab says, at INFO, which steps ran and which came back from their records,
+    with their figures, while the terminal stays lamflow's (Prefect's console at WARNING)."""
+    frames = write_cu_frames(tmp_path / "cu.extxyz", 2, seed=5)
+    out = subprocess.run([sys.executable, "-c", RUN_LOGS, str(frames), str(tmp_path / "emt"), str(tmp_path / "logs")],
+                         capture_output=True, text=True, timeout=600,
+                         env={**os.environ, "PREFECT_HOME": str(tmp_path / "prefect")})
+    assert out.returncode == 0, out.stderr[-3000:]
+    logs = (tmp_path / "logs").read_text()
+    assert re.search(r"label emt: ran in [\d.]+ s; n_frames=2, n_dropped=0", logs), logs
+    assert "label emt: read back from its record" in logs, logs
+    assert "ran in" not in out.stdout + out.stderr  # the run logger feeds the UI, not the terminal

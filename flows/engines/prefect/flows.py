@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from prefect import flow, task
+from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.client.orchestration import get_client
 from prefect.deployments import run_deployment
@@ -54,8 +54,11 @@ def retry_condition(task, task_run, state) -> bool:
 
 
 @task(name="step", cache_policy=NO_CACHE, persist_result=False)
-def step_task(step: str, params: dict[str, Any], resources: dict[str, Any] | None) -> dict[str, Any]:
-    return execute(step, params, Resources.model_validate(resources or {})).to_json()
+def step_task(step: str, params: dict[str, Any], resources: dict[str, Any] | None, label: str = "") -> dict[str, Any]:
+    record = execute(step, params, Resources.model_validate(resources or {}))
+    record.label = label or record.label
+    get_run_logger().info(record.summary())  # the UI's Logs tab: ran, or read back, and what came out
+    return record.to_json()
 
 
 @task(name="dispatch", cache_policy=NO_CACHE, persist_result=False)
@@ -74,6 +77,8 @@ def dispatch_task(step: str, params: dict[str, Any], resources: dict[str, Any] |
         raise StepFailed(f"{label}: '{run.name}' on {deployment} completed but its record is not "
                          "visible here — is the run directory shared between the flow and the step?")
     record.cached = record.finished < started
+    record.label = label
+    get_run_logger().info(f"{record.summary()} [flow run {run.name} on {deployment}]")
     return record.to_json()
 
 
@@ -81,6 +86,7 @@ def dispatch_task(step: str, params: dict[str, Any], resources: dict[str, Any] |
 def step_flow(step: str, params: dict[str, Any], resources: dict[str, Any] | None = None) -> dict[str, Any]:
     """One step as a flow run of its own: what a dispatched step runs in its pod."""
     record = execute(step, params, Resources.model_validate(resources or {}))
+    get_run_logger().info(record.summary())
     return {"seconds": record.seconds, "cached": record.cached}
 
 
@@ -123,7 +129,7 @@ class PrefectRunner:
                        retry_condition_fn=retry_condition)
         deployment = self.deployment_for(call)
         if deployment is None or lookup(call.step, params) is not None:
-            return step_task.with_options(name=call.step, **options).submit(call.step, params, resources)
+            return step_task.with_options(name=call.step, **options).submit(call.step, params, resources, call.label)
         return dispatch_task.with_options(name=f"{call.step}@{deployment}", **options).submit(
             call.step, params, resources, deployment, self._job_variables(deployment, call), call.label)
 

@@ -75,6 +75,7 @@ def run_distill(
 
     def save(plots: bool = False) -> None:
         report.cached_steps, report.step_seconds = book.cached_steps, book.step_seconds
+        report.compute_seconds = book.compute_seconds
         write_report(report, run_dir, plots=plots and not replay)
 
     try:

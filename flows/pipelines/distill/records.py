@@ -52,7 +52,8 @@ class DistillReport:
     converged: bool = False
     final_student: str = ""
     wall_seconds: float = 0.0
-    step_seconds: float = 0.0
+    step_seconds: float = 0.0  # in steps that ran in the last session
+    compute_seconds: float = 0.0  # in every step of the run, whichever session ran it
     cached_steps: int = 0
     status: str = "running"
 
