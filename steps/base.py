@@ -6,11 +6,30 @@ default; so every parameter model forbids extra keys and the CLI names the offen
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field
 
 
 class Params(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+
+# Parameters many steps share, declared (and documented) once, like deepmd-kit's argcheck pieces.
+TypeMap = Annotated[list[str], Field(min_length=1, description="element symbols in the order of the model's atom "
+                                                              "types (DeePMD-kit's type_map)")]
+OutputPath = Annotated[Path, Field(description="what the step writes: a folder (or a .json file for one result); "
+                                               "its record is written beside it as NAME.result.json")]
+Seed = Annotated[int, Field(description="random seed: the same seed and inputs give the same result")]
+CalculatorKwargs = Annotated[dict[str, Any], Field(
+    default_factory=dict, description="keyword arguments of the calculator (e.g. {device: cuda} for sevenn, "
+                                      "{model: PATH} for deepmd)")]
+StructureFormat = Annotated[str | None, Field(description="file format of the structures for ASE/dpdata "
+                                                          "(default: from the file name)")]
+Chunk = Annotated[int, Field(ge=0, description="this task's share of the frames: part `chunk` of `n_chunks` "
+                                               "(how labelling fans out)")]
+NChunks = Annotated[int, Field(ge=1, description="the number of parts the frames are split into")]
 
 
 def unique_elements(type_map: list[str]) -> list[str]:

@@ -15,7 +15,7 @@ from typing import Literal
 from pydantic import BaseModel, Field
 
 from .artifacts import atomic_dir
-from .base import Params
+from .base import OutputPath, Params, TypeMap
 from .errors import InputError
 from .runtime import dp_command, library_env, run_logged
 from .structures import check_systems
@@ -24,10 +24,11 @@ from .structures import check_systems
 class ChangeBiasParams(Params):
     model: Path = Field(description="frozen .pth or .pt checkpoint")
     systems: list[Path] = Field(min_length=1, description="labelled deepmd/npy systems")
-    type_map: list[str] = Field(min_length=1)
-    output: Path
-    mode: Literal["change", "set"] = "change"
-    model_branch: str | None = None
+    type_map: TypeMap
+    output: OutputPath
+    mode: Literal["change", "set"] = Field("change", description="dp change-bias mode: change (refit the shift) or "
+                                                                 "set")
+    model_branch: str | None = Field(None, description="the branch of a multi-task model")
 
 
 class ChangeBiasResult(BaseModel):

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 from pydantic import BaseModel, Field
 
-from .base import Params
+from .base import Params, TypeMap
 
 from .artifacts import write_json
 from .errors import InputError
@@ -22,11 +22,11 @@ from .structures import read_system
 
 
 class EvaluateParams(Params):
-    model: Path
-    systems: list[Path] = Field(min_length=1)
-    type_map: list[str] = Field(min_length=1)
+    model: Path = Field(description="the DeePMD-kit model to score")
+    systems: list[Path] = Field(min_length=1, description="labelled deepmd/npy systems to score it on")
+    type_map: TypeMap
     output: Path | None = Field(None, description="JSON file for the metrics")
-    batch_size: int = Field(32, ge=1)
+    batch_size: int = Field(32, ge=1, description="frames per evaluation at most (fewer when memory is short)")
 
 
 class EvaluateResult(BaseModel):

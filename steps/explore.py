@@ -24,7 +24,7 @@ from typing import Literal
 import numpy as np
 from pydantic import BaseModel, Field, field_validator, model_validator
 
-from .base import Params, frames_after_start, positive_kelvin
+from .base import OutputPath, Params, StructureFormat, TypeMap, frames_after_start, positive_kelvin
 
 from .artifacts import atomic_dir, write_json
 from .errors import InputError
@@ -35,10 +35,11 @@ from .structures import check_overlaps, read_system
 class ExploreSettings(Params):
     """The MD of one exploration; each entry of the distill config's ``iterations`` is this model."""
 
-    ensemble: Literal["nvt", "npt", "nve"] = "nvt"
+    ensemble: Literal["nvt", "npt", "nve"] = Field("nvt", description="LAMMPS ensemble: nvt (Nosé-Hoover), npt (also "
+                                                                      "a barostat at pressures), nve")
     temps: list[float] = Field(min_length=1, description="K")
     pressures: list[float] = Field(default_factory=lambda: [1.0], description="bar, for npt")
-    nsteps: int = Field(2000, ge=1)
+    nsteps: int = Field(2000, ge=1, description="MD steps per task (timestep dt)")
     trj_freq: int = Field(10, ge=1, description="dump and deviation every N steps")
     dt: float = Field(0.001, gt=0, description="ps")
     tau_t: float = Field(0.1, gt=0, description="ps, thermostat damping")
@@ -55,16 +56,17 @@ class ExploreSettings(Params):
 
 
 class ExploreParams(ExploreSettings):
-    output: Path
+    output: OutputPath
     models: list[Path] = Field(min_length=1, description="first drives the MD; all are compared")
-    type_map: list[str] = Field(min_length=1)
-    structure: Path
-    fmt: str | None = None
-    frame: int = 0
-    seed: int = Field(1, ge=1)
-    skin: float = 1.0
+    type_map: TypeMap
+    structure: Path = Field(description="the starting cell (any ASE or dpdata format, or LAMMPS data)")
+    fmt: StructureFormat = None
+    frame: int = Field(0, ge=0, description="which frame of the structure file to start from")
+    seed: int = Field(1, ge=1, description="velocity seed of the MD (LAMMPS wants it positive)")
+    skin: float = Field(1.0, gt=0, description="LAMMPS neighbour-list skin (Å)")
     timeout: float | None = Field(None, gt=0, description="seconds per task")
-    lammps_template: Path | None = None
+    lammps_template: Path | None = Field(None, description="your own LAMMPS input template (default: lamflow's, "
+                                                           "templates/lammps)")
 
 
 class ExploreTask(BaseModel):

@@ -11,7 +11,7 @@ from pathlib import Path
 from pydantic import BaseModel, Field, field_validator
 
 from .artifacts import atomic_dir
-from .base import Params, unique_elements
+from .base import OutputPath, Params, TypeMap, unique_elements
 from .errors import InputError
 from .structures import check_labelled, deepmd_systems, read_system
 
@@ -22,8 +22,8 @@ _EXTXYZ = "quip/gap/xyz"
 class ImportParams(Params):
     files: list[Path] = Field(min_length=1, description="OUTCARs, CP2K/ABACUS/QE outputs, labelled extxyz")
     fmt: str | None = Field(None, description="dpdata format, e.g. vasp/outcar (default: guessed per file)")
-    type_map: list[str] = Field(min_length=1)
-    output: Path
+    type_map: TypeMap
+    output: OutputPath
 
     _unique = field_validator("type_map")(classmethod(lambda cls, v: unique_elements(v)))
 

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, Field, field_validator
 
-from .base import Params, unique_elements
+from .base import CalculatorKwargs, Chunk, NChunks, OutputPath, Params, StructureFormat, TypeMap, unique_elements
 
 from .artifacts import atomic_dir
 from .calculators import known_calculator, make_calculator
@@ -29,7 +29,7 @@ class LabelSettings(Params):
     """Which reference calculator labels; the config's ``label`` sections extend this model."""
 
     calculator: str = Field("emt", description="emt, xtb, deepmd, sevenn, chgnet or module:Class (an ASE calculator)")
-    calculator_kwargs: dict[str, Any] = Field(default_factory=dict)
+    calculator_kwargs: CalculatorKwargs
     max_force: float | None = Field(
         None, gt=0, description="drop frames whose largest force (eV/Å) exceeds this"
     )
@@ -40,12 +40,12 @@ class LabelSettings(Params):
 class LabelParams(LabelSettings):
     """Label the frames of ``structures`` with ``calculator``; write deepmd/npy to ``output``."""
 
-    structures: list[Path] = Field(min_length=1)
-    type_map: list[str] = Field(min_length=1)
-    output: Path
-    fmt: str | None = None
-    chunk: int = Field(0, ge=0)
-    n_chunks: int = Field(1, ge=1)
+    structures: list[Path] = Field(min_length=1, description="structure files to label (any ASE or dpdata format)")
+    type_map: TypeMap
+    output: OutputPath
+    fmt: StructureFormat = None
+    chunk: Chunk = 0
+    n_chunks: NChunks = 1
 
     _unique = field_validator("type_map")(classmethod(lambda cls, v: unique_elements(v)))
 

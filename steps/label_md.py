@@ -23,7 +23,7 @@ import numpy as np
 from pydantic import BaseModel, Field, field_validator, model_validator
 
 from .artifacts import atomic_dir
-from .base import Params, frames_after_start, positive_kelvin
+from .base import CalculatorKwargs, OutputPath, Params, Seed, TypeMap, frames_after_start, positive_kelvin
 from .calculators import known_calculator, make_calculator
 from .errors import InputError, StepFailed
 from .structures import check_overlaps, deepmd_systems, read_atoms
@@ -34,10 +34,11 @@ log = logging.getLogger(__name__)
 class TeacherMDSettings(Params):
     """Short MD the teacher drives; the distill config's ``initial_data.teacher_md`` is this model."""
 
-    ensemble: Literal["nvt", "npt"] = "nvt"
+    ensemble: Literal["nvt", "npt"] = Field("nvt", description="nvt: Langevin thermostat; npt: Berendsen thermostat "
+                                                               "and barostat")
     temps: list[float] = Field(min_length=1, description="K")
     pressure: float = Field(1.0, description="bar, for npt")
-    nsteps: int = Field(200, ge=1)
+    nsteps: int = Field(200, ge=1, description="MD steps per starting cell and temperature (1 fs each)")
     trj_freq: int = Field(20, ge=1, description="keep a labelled frame every N steps")
     dt: float = Field(0.001, gt=0, description="ps")
     tau_t: float = Field(0.1, gt=0, description="ps, Langevin friction time / Berendsen thermostat")
@@ -52,15 +53,16 @@ class TeacherMDSettings(Params):
 
 
 class LabelMDParams(TeacherMDSettings):
-    structures: list[Path] = Field(min_length=1)
-    type_map: list[str] = Field(min_length=1)
-    output: Path
-    calculator: str
-    calculator_kwargs: dict[str, Any] = Field(default_factory=dict)
+    structures: list[Path] = Field(min_length=1, description="starting cells; every temperature runs from each")
+    type_map: TypeMap
+    output: OutputPath
+    calculator: str = Field(description="the ASE calculator that drives the MD and labels its frames (emt, xtb, "
+                                        "deepmd, sevenn, chgnet or module:Class)")
+    calculator_kwargs: CalculatorKwargs
     max_force: float | None = Field(None, gt=0, description="eV/Å: stop a trajectory whose force exceeds this")
 
     _known = field_validator("calculator")(classmethod(lambda cls, v: known_calculator(v)))
-    seed: int = 1
+    seed: Seed = 1
 
 
 class LabelMDResult(BaseModel):

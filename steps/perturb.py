@@ -13,7 +13,7 @@ import numpy as np
 from pydantic import BaseModel, Field
 
 from .artifacts import atomic_dir
-from .base import Params
+from .base import OutputPath, Params, Seed, TypeMap
 from .structures import deepmd_systems, read_system
 
 
@@ -25,11 +25,11 @@ class PerturbSettings(Params):
 
 
 class PerturbParams(PerturbSettings):
-    structures: list[Path] = Field(min_length=1)
-    type_map: list[str] = Field(min_length=1)
-    output: Path
-    n_per_structure: int = Field(10, ge=1)
-    seed: int = 1
+    structures: list[Path] = Field(min_length=1, description="cells to perturb (any ASE or dpdata format)")
+    type_map: TypeMap
+    output: OutputPath
+    n_per_structure: int = Field(10, ge=1, description="perturbed copies of each cell")
+    seed: Seed = 1
 
 
 class PerturbResult(BaseModel):

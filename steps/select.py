@@ -18,7 +18,7 @@ from typing import Literal
 import numpy as np
 from pydantic import BaseModel, Field, model_validator
 
-from .base import Params, ordered_trust_levels
+from .base import OutputPath, Params, Seed, TypeMap, ordered_trust_levels
 
 from .artifacts import atomic_dir, write_json
 from .errors import InputError
@@ -31,7 +31,9 @@ class SelectSettings(Params):
     trust_lo: float = Field(0.05, ge=0, description="eV/Å: below, the student is accurate")
     trust_hi: float = Field(0.35, gt=0, description="eV/Å: at or above, the frame is failed")
     max_candidates: int = Field(100, ge=1, description="teacher labels per iteration, at most")
-    strategy: Literal["random", "highest"] = "random"
+    strategy: Literal["random", "highest"] = Field("random", description="which candidates to keep when there are "
+                                                                         "more than max_candidates: a random draw, "
+                                                                         "or the highest errors")
     label_failed: bool = Field(
         True, description="also offer frames at or above trust_hi for labelling. A teacher model labels "
                           "any frame, and those are where the student is worst: discarding them (dpgen2's "
@@ -47,13 +49,13 @@ class SelectSettings(Params):
 
 
 class SelectParams(SelectSettings):
-    output: Path
+    output: OutputPath
     tasks: list[Path] = Field(description="explore task folders (task.NNN)")
-    type_map: list[str] = Field(min_length=1)
+    type_map: TypeMap
     deviation_scale: float = Field(
         1.0, gt=0, description="multiplies max_devi_f; 2.0 turns a 2-model deviation into the force error"
     )
-    seed: int = 1
+    seed: Seed = 1
 
 
 class SelectResult(BaseModel):

@@ -19,7 +19,7 @@ import numpy as np
 from pydantic import BaseModel, Field, field_validator, model_validator
 
 from .artifacts import atomic_dir, write_json
-from .base import Params
+from .base import CalculatorKwargs, OutputPath, Params, TypeMap
 from .calculators import known_calculator, make_calculator
 from .errors import InputError, StepFailed
 from .explore import ExploreParams
@@ -33,12 +33,12 @@ WARMUP_STEPS = 3
 class SpeedParams(Params):
     model: Path | None = Field(None, description="a DeePMD-kit model, run in LAMMPS")
     calculator: str | None = Field(None, description="or an ASE calculator, run with ASE's MD")
-    calculator_kwargs: dict[str, Any] = Field(default_factory=dict)
-    structure: Path
-    type_map: list[str] = Field(min_length=1)
-    output: Path
+    calculator_kwargs: CalculatorKwargs
+    structure: Path = Field(description="the periodic cell to time MD on")
+    type_map: TypeMap
+    output: OutputPath
     nsteps: int = Field(200, ge=10, description="LAMMPS steps; an ASE calculator runs nsteps // 10 (>= 10)")
-    temp: float = 300.0
+    temp: float = Field(300.0, gt=0, description="initial temperature (K)")
 
     _known = field_validator("calculator")(classmethod(lambda cls, v: known_calculator(v)))
 

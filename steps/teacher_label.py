@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 from pydantic import BaseModel, Field
 
-from .base import Params
+from .base import Chunk, NChunks, OutputPath, Params, TypeMap
 
 from .artifacts import atomic_dir
 from .errors import InputError
@@ -24,14 +24,14 @@ log = logging.getLogger(__name__)
 
 
 class TeacherLabelParams(Params):
-    output: Path
-    model: Path
+    output: OutputPath
+    model: Path = Field(description="the teacher: a DeePMD-kit model (.pth, .pt, .pt2)")
     head: str | None = Field(None, description="branch of a multi-task checkpoint")
     systems: list[Path] = Field(description="deepmd/npy folders (or any structure file)")
-    type_map: list[str] = Field(min_length=1)
-    chunk: int = Field(0, ge=0)
-    n_chunks: int = Field(1, ge=1)
-    batch_size: int = Field(32, ge=1)
+    type_map: TypeMap
+    chunk: Chunk = 0
+    n_chunks: NChunks = 1
+    batch_size: int = Field(32, ge=1, description="frames per evaluation at most (fewer when memory is short)")
     max_force: float | None = Field(None, gt=0, description="drop frames with a larger teacher force (eV/Å)")
 
 

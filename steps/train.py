@@ -17,19 +17,22 @@ The rendered ``input.json`` stays next to the model for provenance, with ``lcurv
 from __future__ import annotations
 
 import json
+import logging
 import time
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, Field, model_validator
 
-from .base import Params
+from .base import OutputPath, Params, Seed, TypeMap
 
 from . import dp_input
 from .artifacts import atomic_dir, write_json
 from .errors import InputError, StepFailed
 from .runtime import dp_command, library_env, run_logged
 from .structures import check_systems
+
+log = logging.getLogger(__name__)
 
 #: descriptors whose PyTorch implementation supports ``dp compress``.
 COMPRESSIBLE = {"se_e2_a", "se_a", "se_e2_r", "se_r", "se_e3", "se_at", "se_atten_v2", "se_atten",
@@ -39,26 +42,30 @@ COMPRESSIBLE = {"se_e2_a", "se_a", "se_e2_r", "se_r", "se_e3", "se_at", "se_atte
 class Branch(Params):
     """One dataset of a multi-task pretraining."""
 
-    train: list[Path] = Field(min_length=1)
-    valid: list[Path] = Field(default_factory=list)
-    weight: float = Field(1.0, gt=0)
+    train: list[Path] = Field(min_length=1, description="deepmd/npy systems of this branch")
+    valid: list[Path] = Field(default_factory=list, description="deepmd/npy validation systems of this branch")
+    weight: float = Field(1.0, gt=0, description="sampling importance (DeePMD-kit's model_prob)")
 
 
 class TrainParams(Params):
-    output: Path
-    type_map: list[str] = Field(min_length=1)
+    output: OutputPath
+    type_map: TypeMap
     template: str = Field(description="DeePMD-kit template name or .json path (each config role has its default)")
-    overrides: dict[str, Any] = Field(default_factory=dict)
-    train: list[Path] = Field(default_factory=list)
-    valid: list[Path] = Field(default_factory=list)
-    branches: dict[str, Branch] = Field(default_factory=dict)
+    overrides: dict[str, Any] = Field(default_factory=dict, description="DeePMD-kit input keys deep-merged into the "
+                                                                        "template")
+    train: list[Path] = Field(default_factory=list, description="deepmd/npy training systems (single-task)")
+    valid: list[Path] = Field(default_factory=list, description="deepmd/npy validation systems (single-task)")
+    branches: dict[str, Branch] = Field(default_factory=dict, description="multi-task training: one fitting net per "
+                                                                          "branch, one shared descriptor")
     numb_steps: int = Field(ge=1, description="training steps (each config role has its default)")
-    seed: int = 1
-    finetune_from: Path | None = None
-    model_branch: str | None = None
-    use_pretrain_script: bool = True
-    init_model: Path | None = None
-    head: str | None = None
+    seed: Seed = 1
+    finetune_from: Path | None = Field(None, description="a pretrained model to finetune (dp --pt train --finetune)")
+    model_branch: str | None = Field(None, description="branch of a multi-task finetune_from, or RANDOM "
+                                                      "(default: its first branch)")
+    use_pretrain_script: bool = Field(True, description="take the model section from the pretrained model "
+                                                        "(--use-pretrain-script)")
+    init_model: Path | None = Field(None, description="continue from this checkpoint (.pt) or frozen model (.pth)")
+    head: str | None = Field(None, description="multi-task: the branch to freeze (default: the first)")
     compress: bool = Field(description="dp compress the frozen model (each config role has its default)")
 
     @model_validator(mode="after")
@@ -123,6 +130,50 @@ def check_input(template: str, overrides: dict[str, Any], type_map: list[str], n
     dp_input.check_input(rendered, where)
 
 
+RANDOM_BRANCH = "RANDOM"
+
+
+def model_branches(path: Path) -> dict[str, str]:
+    """Branch names of a multi-task model, aliases included (alias → branch); empty for a
+    single-task one. What ``dp --pt show MODEL model-branch`` lists, read the way it reads it."""
+    from deepmd.infer.deep_eval import DeepEval
+    from deepmd.utils.model_branch_dict import get_model_dict
+
+    from .inference import first_sentence
+
+    try:
+        script = DeepEval(str(Path(path).resolve()), head=0).get_model_def_script()
+    except Exception as exc:
+        raise InputError(str(path), f"is not a DeePMD-kit model that deepmd-kit 3.2 can load ({first_sentence(exc)})") from None
+    if "model_dict" not in script:
+        return {}
+    aliases, _ = get_model_dict(script["model_dict"])
+    return aliases
+
+
+def finetune_branch(model: Path, branch: str | None) -> str | None:
+    """The ``--model-branch`` to finetune ``model`` from: ``branch`` if it is one of its branches
+    (or RANDOM: a re-initialised fitting net); by default the first branch of a multi-task model.
+
+    Without ``--model-branch`` DeePMD-kit re-initialises the fitting net of a multi-task model,
+    which throws away what the chosen head learnt; "the first branch" is what users are told."""
+    if branch == RANDOM_BRANCH:
+        return branch
+    branches = model_branches(model)
+    if not branches:
+        if branch:
+            raise InputError("model_branch", f"'{branch}': {Path(model).name} is a single-task model, it has no branches")
+        return None
+    if branch is None:
+        first = next(iter(branches.values()))
+        log.info("finetune: %s is multi-task; starting from its first branch, '%s'", Path(model).name, first)
+        return first
+    if branch not in branches:
+        raise InputError("model_branch", f"'{branch}' is not a branch of {Path(model).name} "
+                         f"({sorted(set(branches.values()))}) nor {RANDOM_BRANCH}")
+    return branch
+
+
 def _train_flags(params: TrainParams) -> list[str]:
     flags: list[str] = []
     if params.finetune_from is not None:
@@ -130,8 +181,9 @@ def _train_flags(params: TrainParams) -> list[str]:
         if not src.is_file():
             raise InputError(str(src), "finetune_from: model file not found")
         flags += ["--finetune", str(src.resolve())]
-        if params.model_branch:
-            flags += ["--model-branch", params.model_branch]
+        branch = finetune_branch(src, params.model_branch)
+        if branch:
+            flags += ["--model-branch", branch]
         if params.use_pretrain_script:
             flags.append("--use-pretrain-script")
     if params.init_model is not None:
@@ -204,9 +256,9 @@ def frozen_file(folder: Path) -> Path:
 
 
 class FreezeParams(Params):
-    checkpoint: Path
-    output: Path
-    head: str | None = None
+    checkpoint: Path = Field(description="a DeePMD-kit checkpoint (.pt)")
+    output: OutputPath
+    head: str | None = Field(None, description="the branch of a multi-task checkpoint to freeze")
 
 
 class FreezeResult(BaseModel):

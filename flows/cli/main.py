@@ -1,7 +1,8 @@
 """lamflow: pretrain, finetune and distil DeePMD-kit large atomic models.
 
 Every bad input ends in one line on stderr and exit code 2 (``--debug`` shows the traceback);
-a failing library call (dp, LAMMPS) ends with its log's tail and exit code 1.
+a failing library call (dp, LAMMPS) ends with its log's tail and exit code 1; a run that stops
+at max_iterations without converging exits 3 (see :data:`EXIT_NOT_CONVERGED`).
 """
 
 from __future__ import annotations
@@ -100,6 +101,20 @@ def quiet_libraries(debug: bool) -> None:
         logging.getLogger(name).propagate = False
 
 
+#: exit codes of ``lamflow distill`` / ``lamflow lam``: 0 converged, 1 a step failed, 2 bad input,
+#: 3 stopped at max_iterations without meeting the convergence rule (the student is delivered,
+#: but a script or a scheduler must be able to tell it from a converged run), 130 interrupted
+EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_NOT_CONVERGED, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+
+
+def run_exit_code(report: Any) -> int:
+    """The exit code of a finished run from its report (a distillation's, or the LAM pipeline's
+    whose last stage is one)."""
+    distill = getattr(report, "distill", None)
+    status = distill.get("status") if isinstance(distill, dict) else getattr(report, "status", None)
+    return EXIT_NOT_CONVERGED if status == "max_iterations" else EXIT_OK
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     """``lamflow distill`` / ``lamflow lam``: a pipeline on an engine, with live progress."""
     from rich.console import Console
@@ -125,7 +140,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                 report = engine.run(pipeline, cfg, run_dir, Hooks(progress.on_batch, progress.on_iteration,
                                                                   progress.on_done))
     pipeline.summarize(console, cfg, report)
-    return 0
+    return run_exit_code(report)
 
 
 def _check_writable(run_dir: Path) -> None:
@@ -221,8 +236,13 @@ def cmd_config(args: argparse.Namespace) -> int:
     if args.schema:
         print(json.dumps(PIPELINES[args.pipeline].config.model_json_schema(), indent=2))
         return 0
+    if args.reference:
+        from lamflow.flows.report.reference import render
+
+        print(render(), end="")
+        return 0
     if not args.check:
-        raise InputError("config", "give --schema or --check FILE")
+        raise InputError("config", "give --schema, --reference or --check FILE")
     pipeline, cfg = load_any(Path(args.check))
     pipeline.preflight(cfg)
     print(f"{args.check}: valid {pipeline.name} config")
@@ -283,7 +303,10 @@ def build_parser() -> argparse.ArgumentParser:
     from lamflow.flows.engines import ENGINES
     from lamflow.flows.pipelines import PIPELINES
 
-    parser = argparse.ArgumentParser(prog="lamflow", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="lamflow", description=__doc__.splitlines()[0],
+        epilog="exit codes: 0 done (distill/lam: converged), 3 distill/lam stopped at max_iterations without "
+               "converging, 2 bad input (one line naming the field or file), 1 a step failed, 130 interrupted")
     parser.add_argument("--debug", action="store_true", help="show full tracebacks")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -343,6 +366,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--schema", action="store_true", help="JSON schema of a pipeline's config")
     p.add_argument("--pipeline", choices=list(PIPELINES), default="distill", help="the pipeline of --schema")
     p.add_argument("--check", metavar="FILE", help="validate FILE and the files it names")
+    p.add_argument("--reference", action="store_true",
+                   help="every key of every config and step, with type, default and meaning (docs/input.md), as Markdown")
     p.set_defaults(func=cmd_config)
 
     p = sub.add_parser("prefect", help="a local Prefect server with lamflow's deployments; k8s job preview")
@@ -379,20 +404,20 @@ def main(argv: list[str] | None = None) -> int:
         if args.debug:
             raise
         print(f"lamflow: error: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_BAD_INPUT
     except StepFailed as exc:
         if args.debug:
             raise
         print(f"lamflow: failed: {exc}", file=sys.stderr)
-        return 1
+        return EXIT_FAILED
     except OSError as exc:
         if args.debug or exc.errno not in (errno.ENOSPC, errno.EDQUOT):
             raise
         print(f"lamflow: failed: {exc.strerror} writing {exc.filename}; free space, then run the same command "
               "again: every finished step is kept", file=sys.stderr)
-        return 1
+        return EXIT_FAILED
     except KeyboardInterrupt:
-        return 130
+        return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":

@@ -86,7 +86,8 @@ class RunConfig(Section):
     #: the pipeline this config is for (``pipeline:`` in the YAML, optional)
     pipeline_name: ClassVar[str] = ""
 
-    seed: int = 1
+    seed: int = Field(1, description="seed of every random choice of the run (perturbations, MD velocities, "
+                                     "selection, training)")
     max_workers: int = Field(1, ge=1, description="steps run at once on the machine of the flow (local engine, "
                              "embedded Prefect, dflow debug mode); a cluster is paced by its own limits")
     resources: dict[str, Resources] = Field(

@@ -56,7 +56,7 @@ class Resources(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    threads: int = Field(2, ge=1)
+    threads: int = Field(2, ge=1, description="cores of the step and of its dp/LAMMPS processes, on every engine")
     cpu: float | None = Field(None, gt=0, description="cores requested on a cluster (default: 8 with a GPU, else 2)")
     memory: str | None = Field(None, description="e.g. 16Gi (default: 32Gi with a GPU, else 8Gi)")
     gpu: int | None = Field(None, ge=0, description="GPUs on a cluster (default: 1 for the steps in GPU_STEPS, else 0)")

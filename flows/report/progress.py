@@ -1,4 +1,9 @@
-"""The terminal view of a running distillation: what runs now, and the per-iteration table."""
+"""The view of a running distillation: what runs now, and the per-iteration table.
+
+On a terminal, a live view (rich). Anywhere else — a Slurm job's output file, CI, ``nohup``, a
+pipe — one plain, timestamped line per started batch and per finished step (ran or read back,
+its time and figures), and the iteration table as text after each iteration, flushed at once:
+a live view there would write nothing until the run ends."""
 
 from __future__ import annotations
 
@@ -22,7 +27,13 @@ class Progress:
         self.done = 0
         self.cached = 0
         self.t0 = time.perf_counter()
-        self.live = Live(self._render(), console=self.console, refresh_per_second=2, transient=False)
+        self.plain = not self.console.is_terminal
+        self.live = None if self.plain else Live(self._render(), console=self.console, refresh_per_second=2,
+                                                 transient=False)
+
+    def _say(self, text: str) -> None:
+        self.console.print(f"{time.strftime('%H:%M:%S')} {text}", markup=False, highlight=False, soft_wrap=True)
+        self.console.file.flush()
 
     def _render(self):
         elapsed = time.perf_counter() - self.t0
@@ -33,22 +44,37 @@ class Progress:
         return line
 
     def __enter__(self) -> "Progress":
-        self.live.__enter__()
+        if self.live:
+            self.live.__enter__()
         return self
 
     def __exit__(self, *exc) -> None:
-        self.live.update(self._render())
-        self.live.__exit__(*exc)
+        if self.live:
+            self.live.update(self._render())
+            self.live.__exit__(*exc)
+        else:
+            self._say(f"steps done {self.done} (read back {self.cached}) in {time.perf_counter() - self.t0:,.0f} s")
 
     def on_batch(self, label: str) -> None:
         self.current = label
-        self.live.update(self._render())
+        if self.live:
+            self.live.update(self._render())
+        else:
+            self._say(f"start {label}")
 
     def on_done(self, call: StepCall, record: StepRecord) -> None:
         self.done += 1
         self.cached += int(record.cached)
-        self.live.update(self._render())
+        if self.live:
+            self.live.update(self._render())
+        else:
+            self._say(record.summary())
 
     def on_iteration(self, report: DistillReport) -> None:
         self.report = report
-        self.live.update(self._render())
+        if self.live:
+            self.live.update(self._render())
+        else:
+            self._say(f"iteration {len(report.iterations) - 1} done")
+            self.console.print(table(report))
+            self.console.file.flush()

@@ -4,6 +4,7 @@ Prefect's embedded engine; then the same command again, which must recompute not
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 
 import pytest
@@ -38,9 +39,16 @@ def test_two_iterations_with_prefect_then_resume_recomputes_nothing(prefect_cli_
     for png in ("deviations.png", "convergence.png"):
         assert (run / png).read_bytes()[:4] == b"\x89PNG"
     assert "lamflow distill" in stdout and "max_iterations after 2 iterations" in stdout
+    # stdout was a pipe (as a Slurm output file, CI or nohup): plain timestamped lines, step by
+    # step, and the iteration table as text — not a live view that shows up only at the end
+    assert re.search(r"^\d\d:\d\d:\d\d start init/", stdout, re.M), stdout[:2000]
+    assert re.search(r"^\d\d:\d\d:\d\d iter-000/select: ran in [\d.]+ s; n_frames=10", stdout, re.M), stdout[-4000:]
+    assert re.search(r"^\d\d:\d\d:\d\d iteration 1 done$", stdout, re.M)
+    assert "\x1b[" not in stdout  # no terminal control codes in a log file
 
+    assert prefect_cli_run.returncode == 3  # delivered, but not converged: a script can tell
     again = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
-    assert again.returncode == 0, again.stderr[-3000:]
+    assert again.returncode == 3, again.stderr[-3000:]
     second = json.loads((run / "report.json").read_text())
     assert second["step_seconds"] == 0.0  # every step came from its record
     assert second["cached_steps"] >= 20

@@ -64,7 +64,7 @@ def test_example_runs_end_to_end(tmp_path, name):
     out = subprocess.run([sys.executable, "-m", "lamflow.flows.cli", command, str(tmp_path / "config.yaml"),
                           "--engine", "local", "--workdir", str(tmp_path / "run")],
                          capture_output=True, text=True, timeout=1500)
-    assert out.returncode in (0, 1), out.stdout[-3000:] + out.stderr[-3000:]  # 1: rule not met in 1 iteration
+    assert out.returncode in (0, 3), out.stdout[-3000:] + out.stderr[-3000:]  # 3: rule not met in 1 iteration
     run = tmp_path / "run" / ("distill" if command == "lam" else "")
     report = json.loads((run / "report.json").read_text())
     assert report["status"] in ("converged", "max_iterations") and len(report["iterations"]) == 1

@@ -4,8 +4,12 @@ finetune (+ change-bias) → distill, end to end on tiny Cu/Au systems; and its 
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
+import yaml
 
 from conftest import lam_config
 from lamflow.flows.pipelines.lam.config import LamConfig
@@ -56,6 +60,31 @@ def test_a_multitask_checkpoint_teaches_through_its_head(tmp_path, prefect_lam_r
     assert labels[0].n_frames == labels[1].n_frames > 0
     np.testing.assert_allclose(a["forces"], b["forces"], atol=1e-5)
     np.testing.assert_allclose(a["energies"], b["energies"], atol=1e-4)
+
+
+@pytest.mark.slow(seconds=10)
+def test_finetuning_a_given_multitask_checkpoint_starts_from_its_first_branch(tmp_path, prefect_lam_run):
+    """``pretrain.model`` given, no ``finetune.branch``: the first branch, as documented (without
+    --model-branch DeePMD-kit would re-initialise the fitting net)."""
+    from lamflow.steps.errors import InputError
+    from lamflow.steps.train import finetune_branch, model_branches
+
+    checkpoint = Path(json.loads((prefect_lam_run.run / "lam-report.json").read_text())["pretrained"])
+    assert list(model_branches(checkpoint)) == ["cu_bulk", "cuau"]
+    assert finetune_branch(checkpoint, None) == "cu_bulk"
+    assert finetune_branch(checkpoint, "cuau") == "cuau" and finetune_branch(checkpoint, "RANDOM") == "RANDOM"
+    with pytest.raises(InputError, match=r"'alloy' is not a branch of model.ckpt.pt \(\['cu_bulk', 'cuau'\]\) nor RANDOM"):
+        finetune_branch(checkpoint, "alloy")
+    frozen = prefect_lam_run.run / "lam/pretrain-heads/cuau/model.pth"
+    assert finetune_branch(frozen, None) is None  # a single-task model has no branch to pick
+    # a config naming a branch the checkpoint lacks fails at load time, exit 2
+    raw = lam_config(tmp_path)
+    raw["pretrain"] = {"model": str(checkpoint)}
+    raw["finetune"] = {**raw.get("finetune", {}), "branch": "alloy"}
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(raw))
+    out = subprocess.run([sys.executable, "-m", "lamflow.flows.cli", "lam", str(tmp_path / "c.yaml"),
+                          "--workdir", str(tmp_path / "run")], capture_output=True, text=True, timeout=600)
+    assert out.returncode == 2 and "finetune.branch: 'alloy' is not a branch" in out.stderr, out.stderr[-1500:]
 
 
 @pytest.mark.parametrize("change, message", [

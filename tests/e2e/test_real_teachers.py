@@ -104,7 +104,7 @@ def test_universal_potential_is_distilled_by_the_loop(tmp_path, name):
     out = subprocess.run([sys.executable, "-m", "lamflow.flows.cli", "distill", str(tmp_path / "config.yaml"),
                           "--engine", "local", "--workdir", str(tmp_path / "run")],
                          capture_output=True, text=True, timeout=900)
-    assert out.returncode in (0, 1), out.stdout[-3000:] + out.stderr[-3000:]
+    assert out.returncode in (0, 3), out.stdout[-3000:] + out.stderr[-3000:]
     run = tmp_path / "run"
     report = json.loads((run / "report.json").read_text())
     assert report["teacher"] == name and report["teacher_engine"] == "ase" and report["teacher_speed"] > 0

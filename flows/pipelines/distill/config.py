@@ -14,7 +14,7 @@ from typing import Any, ClassVar
 
 from pydantic import Field, field_validator, model_validator
 
-from lamflow.steps.base import unique_elements
+from lamflow.steps.base import CalculatorKwargs, TypeMap, unique_elements
 from lamflow.steps.calculators import known_calculator
 from lamflow.steps.explore import ExploreSettings
 from lamflow.steps.label import LabelSettings
@@ -38,10 +38,11 @@ class TeacherTrain(Section):
     """Train the teacher here (a demo, or a teacher from your own DFT data)."""
 
     data: list[Path] = Field(default_factory=list, description="labelled deepmd/npy systems")
-    label: LabelSpec | None = None
+    label: LabelSpec | None = Field(None, description="label the reference cells with an ASE calculator (default: "
+                                                      "configurations, labelled as given)")
     template: str = Field("dpa3", description="DeePMD-kit template name or .json path")
     overrides: dict[str, Any] = Field(default_factory=dict, description="deep-merged into the template")
-    numb_steps: int = Field(2000, ge=1)
+    numb_steps: int = Field(2000, ge=1, description="training steps of the teacher")
 
     @model_validator(mode="after")
     def _some_data(self) -> "TeacherTrain":
@@ -64,7 +65,7 @@ class Teacher(Section):
     train: TeacherTrain | None = None
     calculator: str | None = Field(None, description="an ASE calculator as the teacher: sevenn, chgnet, xtb, "
                                                      "emt or module:Class")
-    calculator_kwargs: dict[str, Any] = Field(default_factory=dict)
+    calculator_kwargs: CalculatorKwargs
     max_force: float | None = Field(
         None, gt=0, description="eV/Å: frames where the teacher's largest force is larger are not learnt")
 
@@ -80,12 +81,17 @@ class Teacher(Section):
 
 
 class Student(Section):
-    template: str = Field("se_e2_a", description="se_e2_a, se_atten_v2, dpa4c or a .json path")
-    overrides: dict[str, Any] = Field(default_factory=dict)
+    """The fast model the loop delivers: its DeePMD-kit template, training and compression."""
+
+    template: str = Field("se_e2_a", description="se_e2_a, se_atten_v2 (`lamflow templates`) or a .json path "
+                          "(any DeePMD-kit descriptor; to compress: se_e2_a, se_atten_v2, DPA-2 strip, dpa4c)")
+    overrides: dict[str, Any] = Field(default_factory=dict, description="DeePMD-kit input keys deep-merged into the "
+                                                                        "template (e.g. model.descriptor.rcut)")
     numb_steps: int = Field(2000, ge=1, description="steps for the first student")
     numb_steps_next: int = Field(1000, ge=1, description="steps for later students (initialised from the previous)")
-    init_from_previous: bool = True
-    compress: bool = True
+    init_from_previous: bool = Field(True, description="each iteration's student starts from the previous one's "
+                                                       "checkpoint (numb_steps_next steps)")
+    compress: bool = Field(True, description="dp compress the student (tabulated embedding: faster MD)")
     count: int | None = Field(
         None, ge=1, description="students trained side by side. 1: the deviation against a DeePMD-kit teacher "
                                 "(the student's real error); >= 2: the ensemble's deviation. Default: 1 with a "
@@ -95,7 +101,8 @@ class Student(Section):
 class Configurations(Section):
     """Initial configurations for exploration (every frame of every file is one start)."""
 
-    files: list[Path] = Field(min_length=1)
+    files: list[Path] = Field(min_length=1, description="starting cells of exploration (extxyz, POSCAR, LAMMPS data, "
+                                                        "deepmd/npy …); every frame of each file is one")
     fmt: str | None = Field(None, description="format when not guessed from the name (e.g. lammps/lmp)")
 
 
@@ -104,6 +111,9 @@ class TeacherMD(TeacherMDSettings):
 
 
 class InitialData(PerturbSettings):
+    """The first students' data: perturbed copies of the starting cells (and the teacher's own
+    MD), labelled by the teacher."""
+
     systems: list[Path] = Field(default_factory=list, description="labelled deepmd/npy systems to start from")
     perturbed_frames: int = Field(
         40, ge=0, description="perturbed copies of each initial configuration, labelled by the teacher")
@@ -127,7 +137,11 @@ class Selection(SelectSettings):
 
 
 class Convergence(Section):
-    accurate_ratio: float = Field(0.99, gt=0, le=1)
+    """When the loop stops: the rule must hold this many consecutive iterations."""
+
+    accurate_ratio: float = Field(0.99, gt=0, le=1, description="an iteration meets the rule when at least this "
+                                                                "share of explored frames is accurate (error below "
+                                                                "trust_lo)")
     consecutive: int = Field(2, ge=1, description="iterations in a row that must meet the rule")
     max_rmse_f: float | None = Field(
         None, gt=0, description="eV/Å: student-vs-teacher force RMSE on unseen explored frames")
@@ -136,8 +150,9 @@ class Convergence(Section):
 class DistillConfig(RunConfig):
     pipeline_name: ClassVar[str] = "distill"
 
-    name: str = "distill"
-    type_map: list[str] = Field(min_length=1)
+    name: str = Field("distill", description="the run's name: its default run directory runs/<name>, the workflow's "
+                                             "name")
+    type_map: TypeMap
     teacher: Teacher
     student: Student = Field(default_factory=Student)
     configurations: Configurations
@@ -146,7 +161,7 @@ class DistillConfig(RunConfig):
         min_length=1, description="iteration k explores with iterations[min(k, len-1)]")
     selection: Selection = Field(default_factory=Selection)
     convergence: Convergence = Field(default_factory=Convergence)
-    max_iterations: int = Field(5, ge=1)
+    max_iterations: int = Field(5, ge=1, description="stop here if the rule is not met (exit code 3)")
     label_chunk_size: int = Field(200, ge=1, description="frames per teacher-label task")
 
     _unique = field_validator("type_map")(classmethod(lambda cls, v: unique_elements(v)))

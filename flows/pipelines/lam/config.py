@@ -14,18 +14,17 @@ from typing import Any, ClassVar
 
 from pydantic import Field, ValidationError, model_validator
 
-from lamflow.steps.base import unique_elements
+from lamflow.steps.base import TypeMap, unique_elements
 from lamflow.steps.dp_input import deep_merge
 from lamflow.steps.errors import InputError
-from lamflow.steps.train import check_input
+from lamflow.steps.train import RANDOM_BRANCH as RANDOM
+from lamflow.steps.train import check_input, finetune_branch
 
 from lamflow.flows.core.config import RunConfig, Section, check_exist
 from lamflow.flows.core.errors import one_line
 
 from ..distill.config import DistillConfig, LabelSpec
 from ..distill.preflight import preflight as distill_preflight
-
-RANDOM = "RANDOM"
 
 
 class ImportSpec(Section):
@@ -38,8 +37,10 @@ class Dataset(Section):
 
     name: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", description="also the pretraining branch name")
     systems: list[Path] = Field(default_factory=list, description="labelled deepmd/npy systems")
-    label: LabelSpec | None = None
-    import_: ImportSpec | None = Field(None, alias="import")
+    label: LabelSpec | None = Field(None, description="make the dataset: perturb structures and label them with an "
+                                                      "ASE calculator")
+    import_: ImportSpec | None = Field(None, alias="import", description="make the dataset: import DFT outputs with "
+                                                                         "dpdata")
     weight: float = Field(1.0, gt=0, description="sampling importance in pretraining (model_prob)")
 
     @model_validator(mode="after")
@@ -51,32 +52,42 @@ class Dataset(Section):
 
 
 class Pretrain(Section):
+    """Multi-task pretraining: one shared DPA descriptor, a fitting net per dataset (branch)."""
+
     model: Path | None = Field(None, description="a pretrained (multi-task) checkpoint: skip pretraining")
-    datasets: list[str] = Field(default_factory=list, description="branches (default: every dataset but the downstream ones)")
+    datasets: list[str] = Field(default_factory=list, description="branches (default: every dataset but the "
+                                                                  "downstream ones)")
     template: str = Field("dpa3", description="multi-task DeePMD-kit template: dpa3, dpa2 or a .json path")
-    overrides: dict[str, Any] = Field(default_factory=dict)
-    numb_steps: int = Field(2000, ge=1)
+    overrides: dict[str, Any] = Field(default_factory=dict, description="DeePMD-kit input keys deep-merged into the "
+                                                                        "pretraining template")
+    numb_steps: int = Field(2000, ge=1, description="multi-task training steps")
 
 
 class Finetune(Section):
+    """Finetuning the pretrained model on the downstream dataset: the distillation's teacher."""
+
     model: Path | None = Field(None, description="a finetuned model: skip pretrain and finetune")
     dataset: str | None = Field(None, description="the downstream dataset")
-    validation: str | None = Field(None, description="dataset to measure the finetuned model on (default: the downstream one)")
-    branch: str | None = Field(None, description="upstream fitting net to start from, or RANDOM (default: the first branch)")
+    validation: str | None = Field(None, description="dataset to measure the finetuned model on (default: the "
+                                                     "downstream one)")
+    branch: str | None = Field(None, description="upstream fitting net to start from, or RANDOM (default: the "
+                                                 "first branch, of the pretraining or of pretrain.model)")
     change_bias: bool = Field(False, description="dp change-bias on the downstream data after finetuning")
-    numb_steps: int = Field(1000, ge=1)
-    overrides: dict[str, Any] = Field(default_factory=dict)
+    numb_steps: int = Field(1000, ge=1, description="finetuning steps")
+    overrides: dict[str, Any] = Field(default_factory=dict, description="deep-merged over pretrain.overrides for "
+                                                                        "finetuning")
 
 
 class LamConfig(RunConfig):
     pipeline_name: ClassVar[str] = "lam"
 
-    name: str = "lam"
-    type_map: list[str] = Field(min_length=1)
+    name: str = Field("lam", description="the run's name: its default run directory runs/<name>, the workflow's name")
+    type_map: TypeMap
     datasets: list[Dataset] = Field(default_factory=list)
     pretrain: Pretrain = Field(default_factory=Pretrain)
     finetune: Finetune
-    distill: dict[str, Any] = Field(description="a distill config without teacher/type_map (see `lamflow config --schema`)")
+    distill: dict[str, Any] = Field(description="a distill config without teacher/type_map (see `lamflow config "
+                                                "--schema`)")
 
     @model_validator(mode="after")
     def _check(self) -> "LamConfig":
@@ -156,6 +167,11 @@ def preflight(cfg: LamConfig) -> None:
                         branches=cfg.branches(), where="pretrain.overrides")
         check_input(cfg.pretrain.template, cfg.finetune_overrides(), cfg.type_map, cfg.finetune.numb_steps,
                     where="finetune.overrides")
+        if cfg.pretrain.model is not None:  # a branch the given checkpoint lacks fails now, not after the datasets
+            try:
+                finetune_branch(cfg.pretrain.model, cfg.finetune.branch)
+            except InputError as exc:
+                raise InputError("finetune.branch" if exc.where == "model_branch" else exc.where, exc.problem) from None
     distill = cfg.distill_config(cfg.finetune.model or Path("finetuned-teacher.pth"))
     try:
         distill_preflight(distill, with_teacher=cfg.finetune.model is not None)
