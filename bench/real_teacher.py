@@ -1,6 +1,6 @@
 """Does the student reproduce a real large atomic model? One run, figures printed last.
 
-    python bench/real_teacher.py [--system si] [--threads 2] [--workdir DIR]
+    python bench/real_teacher.py [--system si] [--threads 2] [--device cpu|cuda] [--max-iterations N] [--workdir DIR]
 
 The teacher is SevenNet-0 (``sevenn``, trained on DFT: MPtrj), the distillation the system's
 example config (``examples/si-sevenn``), run by ``lamflow distill`` on the local engine. Then,
@@ -74,6 +74,8 @@ def main() -> None:
     parser.add_argument("--held-out-steps", type=int, default=600, help="MD steps of each held-out trajectory")
     parser.add_argument("--max-iterations", type=int, default=None,
                         help="stop the loop here (its finished steps are reused from the work directory)")
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
+                        help="where SevenNet-0 runs (cuda: on a GPU, as do the students' training and MD there)")
     parser.add_argument("--workdir", default=None)
     args = parser.parse_args()
 
@@ -96,7 +98,7 @@ def main() -> None:
     _, cfg = load_any(system.config, expect="distill")
     here = system.config.parent
     crystal, melt = here / system.crystal, here / system.melt
-    teacher, kwargs = cfg.teacher.calculator, cfg.teacher.calculator_kwargs
+    teacher, kwargs = cfg.teacher.calculator, {**cfg.teacher.calculator_kwargs, "device": args.device}
     natoms = len(read_atoms(crystal, cfg.type_map)[0])
 
     # 1. held-out frames: SevenNet-0's own MD, seeds the loop never uses
@@ -111,15 +113,17 @@ def main() -> None:
     # 2. the distillation, as a user runs it
     loop = work / "loop"
     config = system.config
-    if args.max_iterations is not None:  # the example's config with fewer iterations: same steps, same keys
+    if args.max_iterations is not None or args.device != "cpu":  # the example's config, fewer iterations or on a GPU
         import yaml
 
         from lamflow.flows.core.config import resolve_paths
 
         raw = resolve_paths(yaml.safe_load(config.read_text()), config.parent)
-        config = work / f"config-{args.max_iterations}-iterations.yaml"
-        # key order kept: a step's cache key hashes its parameters as given
-        config.write_text(yaml.safe_dump({**raw, "max_iterations": args.max_iterations}, sort_keys=False))
+        raw["teacher"]["calculator_kwargs"] = kwargs
+        if args.max_iterations is not None:
+            raw["max_iterations"] = args.max_iterations
+        config = work / f"config-{args.max_iterations or 'all'}-iterations-{args.device}.yaml"
+        config.write_text(yaml.safe_dump(raw, sort_keys=False))
     out = subprocess.run([sys.executable, "-m", "lamflow.flows.cli", "distill", str(config),
                           "--engine", "local", "--workdir", str(loop)], text=True)
     if out.returncode not in (0, 3):  # 3: ran to max_iterations without meeting the rule
@@ -156,7 +160,8 @@ def main() -> None:
     labels = (its[-1]["n_train_frames"] if its else 0) + sum(i["n_eval_frames"] for i in its)
     print()
     print(f"bench/real_teacher.py · {args.system}: teacher {teacher} (calculator_kwargs {kwargs}), "
-          f"student {cfg.student.template} compressed; {args.threads} threads, CPU")
+          f"student {cfg.student.template} compressed; {args.threads} threads, "
+          f"{'GPU: ' + __import__('torch').cuda.get_device_name(0) if args.device == 'cuda' else 'CPU'}")
     print(f"loop: {len(its)} iterations, {report['status']}, {labels} teacher labels "
           f"({its[-1]['n_train_frames'] if its else 0} trained on), {report['wall_seconds']:.0f} s wall")
     for name, (temp, n, ev) in scores.items():
