@@ -19,3 +19,10 @@ class InputError(ValueError):
 
 class StepFailed(RuntimeError):
     """A library call (dp, LAMMPS) failed; the message ends with the tail of its log."""
+
+
+class StepInterrupted(RuntimeError):
+    """The run is stopping (SIGINT/SIGTERM): the step's child process was ended on purpose.
+
+    Never retried and never recorded: the interrupted step is simply not finished, and the
+    next run of the same command starts it again."""

@@ -28,7 +28,7 @@ from .base import OutputPath, Params, StructureFormat, TypeMap, frames_after_sta
 
 from .artifacts import atomic_dir, write_json
 from .errors import InputError
-from .runtime import library_env, tail
+from .runtime import library_env, run_child, tail
 from .structures import check_overlaps, read_system
 
 
@@ -169,7 +169,7 @@ def run(params: ExploreParams) -> ExploreResult:
             ))
             t0 = time.perf_counter()
             try:
-                proc = subprocess.run(
+                proc = run_child(
                     [sys.executable, "-m", "lamflow.steps.lammps_runner", "in.lammps"],
                     cwd=task, env=env, capture_output=True, text=True, timeout=params.timeout,
                 )

@@ -13,14 +13,18 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
+import signal
 import subprocess
 import sys
+import threading
+import time
 from contextvars import ContextVar
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
-from .errors import StepFailed
+from .errors import StepFailed, StepInterrupted
 
 
 #: threads of the step running in this context. Set by the runner (from the config's
@@ -101,6 +105,73 @@ def tail(path: Path, lines: int = 15) -> str:
     return "\n".join(text[-lines:])
 
 
+# --- child processes: one registry, so that a stopping run ends them, and they die with it ----------
+
+_CHILDREN: set[subprocess.Popen] = set()
+_CHILDREN_LOCK = threading.Lock()
+_STOPPING = threading.Event()
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:  # pragma: no cover (runs in the child, between fork and exec)
+    """Linux: the child gets SIGTERM when the thread that started it ends — the step's thread, or
+    the whole lamflow process killed by SIGKILL (a scheduler, the OOM killer). No orphaned
+    training or LAMMPS keeps a GPU busy after its run is gone."""
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):
+        pass
+
+
+def run_child(cmd: list[str], *, cwd: Path, env: dict[str, str], timeout: float | None = None,
+              **popen: Any) -> subprocess.CompletedProcess:
+    """``subprocess.run`` for a step's child (dp, LAMMPS): it dies with lamflow, and
+    :func:`stop_children` ends it when the run stops. An ended child raises
+    :class:`StepInterrupted` here, so its step neither records a result nor retries."""
+    if _STOPPING.is_set():
+        raise StepInterrupted("the run is stopping")
+    capture = popen.pop("capture_output", False)
+    if capture:
+        popen.update(stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    with subprocess.Popen(cmd, cwd=cwd, env=env, preexec_fn=_die_with_parent, **popen) as proc:
+        with _CHILDREN_LOCK:
+            _CHILDREN.add(proc)
+        try:
+            out, err = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.communicate()
+            raise
+        finally:
+            with _CHILDREN_LOCK:
+                _CHILDREN.discard(proc)
+    if _STOPPING.is_set():
+        raise StepInterrupted(f"{' '.join(str(c) for c in cmd[:4])} ended: the run is stopping")
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
+def stop_children(grace: float = 5.0) -> int:
+    """The run is stopping: end every running child (SIGTERM, SIGKILL after ``grace`` s); how many."""
+    _STOPPING.set()
+    with _CHILDREN_LOCK:
+        children = list(_CHILDREN)
+    for proc in children:
+        with contextlib.suppress(ProcessLookupError):
+            proc.terminate()
+    deadline = time.monotonic() + grace
+    for proc in children:
+        try:
+            proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+    return len(children)
+
+
+def stopping() -> bool:
+    return _STOPPING.is_set()
+
+
 def run_logged(
     cmd: list[str], cwd: Path, log_name: str, env: dict[str, str] | None = None
 ) -> Path:
@@ -108,9 +179,7 @@ def run_logged(
     cwd.mkdir(parents=True, exist_ok=True)
     log = cwd / log_name
     with log.open("w") as fh:
-        proc = subprocess.run(
-            cmd, cwd=cwd, stdout=fh, stderr=subprocess.STDOUT, env=env or library_env()
-        )
+        proc = run_child(cmd, cwd=cwd, stdout=fh, stderr=subprocess.STDOUT, env=env or library_env())
     if proc.returncode != 0:
         raise StepFailed(
             f"{' '.join(cmd[:4])} failed (exit {proc.returncode}) in {cwd}; "

@@ -12,7 +12,9 @@ import errno
 import json
 import logging
 import os
+import signal
 import sys
+import threading
 import time
 import warnings
 from pathlib import Path
@@ -21,7 +23,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from lamflow.steps.errors import InputError, StepFailed
+from lamflow.steps.errors import InputError, StepFailed, StepInterrupted
 
 from lamflow.flows.core.run_lock import run_lock
 
@@ -103,8 +105,9 @@ def quiet_libraries(debug: bool) -> None:
 
 #: exit codes of ``lamflow distill`` / ``lamflow lam``: 0 converged, 1 a step failed, 2 bad input,
 #: 3 stopped at max_iterations without meeting the convergence rule (the student is delivered,
-#: but a script or a scheduler must be able to tell it from a converged run), 130 interrupted
-EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_NOT_CONVERGED, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+#: but a script or a scheduler must be able to tell it from a converged run); 128 + the signal
+#: when stopped by one (130 SIGINT, 143 SIGTERM)
+EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_NOT_CONVERGED = 0, 1, 2, 3
 
 
 def run_exit_code(report: Any) -> int:
@@ -151,6 +154,39 @@ def _check_writable(run_dir: Path) -> None:
         probe.unlink()
     except OSError as exc:
         raise InputError(str(run_dir), f"run directory is not writable ({exc.strerror})") from None
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    """Where a run stands, from its run directory alone (any engine, running or not): the
+    iteration table, then the steps finished (and how long they computed), those under way or
+    interrupted (an ``NAME.partial`` folder without a record), and the MD tasks that failed."""
+    from rich.console import Console
+
+    from lamflow.flows.pipelines.distill.records import DistillReport
+    from lamflow.flows.report.distill import table
+
+    run_dir = Path(args.run_dir)
+    if not run_dir.is_dir():
+        raise InputError(str(run_dir), "no such run directory")
+    console = Console(width=None if sys.stdout.isatty() else 160)
+    for candidate in (run_dir / "report.json", run_dir / "distill" / "report.json"):
+        if candidate.is_file():
+            report = DistillReport.from_json(candidate)
+            console.print(table(report))
+            console.print(f"status: {report.status}")
+            break
+    records = [json.loads(p.read_text()) for p in sorted(run_dir.rglob("*.result.json"))]
+    seconds = sum(r.get("seconds", 0.0) for r in records)
+    console.print(f"finished steps: {len(records)} ({seconds:,.0f} s of compute)")
+    unfinished = sorted(p for p in run_dir.rglob("*.partial") if not p.with_suffix(".result.json").exists())
+    for path in unfinished:
+        age = time.time() - path.stat().st_mtime
+        console.print(f"running or interrupted: {path.relative_to(run_dir)} (last written {age:,.0f} s ago)")
+    for status in sorted(run_dir.rglob("task.*/status.json")):
+        task = json.loads(status.read_text())
+        if task.get("status") == "failed":
+            console.print(f"failed MD task: {status.parent.relative_to(run_dir)}: {task.get('reason', '')[:160]}")
+    return 0
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -252,8 +288,6 @@ def cmd_config(args: argparse.Namespace) -> int:
 def cmd_prefect_up(args: argparse.Namespace) -> int:
     from lamflow.flows.engines.prefect.server import LocalPrefect
 
-    import signal
-
     local = LocalPrefect(project=Path(args.project).resolve(), home=Path(args.home).resolve(), port=args.port)
     # a `kill`/`timeout` stops the server and worker too, as Ctrl-C does
     signal.signal(signal.SIGTERM, signal.default_int_handler)
@@ -306,12 +340,19 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="lamflow", description=__doc__.splitlines()[0],
         epilog="exit codes: 0 done (distill/lam: converged), 3 distill/lam stopped at max_iterations without "
-               "converging, 2 bad input (one line naming the field or file), 1 a step failed, 130 interrupted")
+               "converging, 2 bad input (one line naming the field or file), 1 a step failed, 130/143 stopped "
+               "by SIGINT/SIGTERM (the same command resumes)")
     parser.add_argument("--debug", action="store_true", help="show full tracebacks")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("step", help="run one step (how a container on Kubernetes calls it)")
-    p.add_argument("name", choices=sorted(STEPS))
+    steps_help = "\n".join(f"  {name:<14} {spec.doc}" for name, spec in sorted(STEPS.items()))
+    p = sub.add_parser("step", help="run one step (how a container on Kubernetes calls it)",
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       epilog=f"steps:\n{steps_help}\n\nevery step's parameters, with type, default and meaning: "
+                              "docs/input.md (or `lamflow config --reference`)\n"
+                              "e.g. lamflow step label --set structures=[cu.extxyz] --set type_map=[Cu] "
+                              "--set output=labels")
+    p.add_argument("name", choices=sorted(STEPS), metavar="NAME", help="the step (below)")
     p.add_argument("--params", help="YAML/JSON file with the step's parameters")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="set/override a parameter")
     p.add_argument("--result", help="also write the result JSON here")
@@ -358,6 +399,11 @@ def build_parser() -> argparse.ArgumentParser:
     argo_flags(p)
     p.set_defaults(func=cmd_resume)
 
+    p = sub.add_parser("status", help="where a run stands: iterations, finished, running or interrupted steps, "
+                                      "failed MD tasks (from its run directory, any engine)")
+    p.add_argument("run_dir", help="run directory")
+    p.set_defaults(func=cmd_status)
+
     p = sub.add_parser("report", help="a run's summary in the terminal and as a self-contained HTML page")
     p.add_argument("run_dir", help="run directory (of `lamflow distill` or `lamflow lam`)")
     p.set_defaults(func=cmd_report)
@@ -392,9 +438,31 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _stop_on_signal(signum: int, frame: Any) -> None:
+    """SIGINT/SIGTERM (Ctrl-C, ``kill``, a scheduler's end of job): say so at once, end the running
+    steps' children (dp, LAMMPS) within seconds, and unwind — finished steps keep their records,
+    the interrupted ones leave none, and the same command resumes. A second signal ends at once."""
+    from lamflow.steps.runtime import stop_children, stopping
+
+    if stopping():
+        os._exit(128 + signum)
+    _STOPPED_BY.append(signum)
+    print(f"lamflow: {signal.Signals(signum).name}: stopping — ending the running steps; every finished step "
+          "is kept, run the same command again to go on (a second signal stops at once)", file=sys.stderr, flush=True)
+    stop_children()
+    raise KeyboardInterrupt
+
+
+#: the signal that stopped this run, if one did
+_STOPPED_BY: list[int] = []
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if threading.current_thread() is threading.main_thread() and args.func is not cmd_prefect_up:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, _stop_on_signal)
     logging.basicConfig(level=logging.INFO if args.debug else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s", force=True)
     quiet_libraries(args.debug)  # every command: an error must stay one line, not follow library chatter
@@ -416,8 +484,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"lamflow: failed: {exc.strerror} writing {exc.filename}; free space, then run the same command "
               "again: every finished step is kept", file=sys.stderr)
         return EXIT_FAILED
-    except KeyboardInterrupt:
-        return EXIT_INTERRUPTED
+    except (KeyboardInterrupt, StepInterrupted):
+        from lamflow.steps.runtime import stop_children
+
+        stop_children()  # Ctrl-C before the handler was in place, or a step's own interruption
+        signum = _STOPPED_BY[0] if _STOPPED_BY else signal.SIGINT
+        print(f"lamflow: stopped ({signal.Signals(signum).name}); run the same command again to go on",
+              file=sys.stderr, flush=True)
+        return 128 + signum
 
 
 if __name__ == "__main__":

@@ -11,14 +11,14 @@ from __future__ import annotations
 
 import errno
 
-from lamflow.steps.errors import InputError
+from lamflow.steps.errors import InputError, StepInterrupted
 
 #: errno values of a full disk or quota: not cured by trying again
 _FULL_DISK = (errno.ENOSPC, errno.EDQUOT)
 
 
 def retryable(error: BaseException) -> bool:
-    if isinstance(error, InputError):
+    if isinstance(error, (InputError, StepInterrupted)):  # a stopping run is not a failing step
         return False
     if isinstance(error, OSError) and error.errno in _FULL_DISK:
         return False

@@ -39,3 +39,20 @@ def test_report_of_a_folder_that_is_no_run_is_one_line(tmp_path):
     (tmp_path / "report.json").write_text('{"name": "x", "nope": 1}')
     out = subprocess.run([*CLI, "report", str(tmp_path)], capture_output=True, text=True, timeout=120)
     assert out.returncode == 2 and out.stderr.count("\n") == 1 and "is not a lamflow report" in out.stderr
+
+
+@pytest.mark.slow(seconds=5)
+def test_status_tells_where_a_run_stands(prefect_cli_run, tmp_path):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(prefect_cli_run.run, run, symlinks=True)
+    (run / "iter-001" / "train-00.partial").mkdir()  # as a training killed mid-way leaves it
+    out = subprocess.run([*CLI, "status", str(run)], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    records = len(list(run.rglob("*.result.json")))
+    assert f"finished steps: {records} (" in out.stdout and records > 20
+    assert "status: max_iterations" in out.stdout and "lamflow distill · tiny" in out.stdout
+    assert "running or interrupted: iter-001/train-00.partial" in out.stdout
+    bad = subprocess.run([*CLI, "status", str(tmp_path / "nope")], capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 2 and "no such run directory" in bad.stderr
