@@ -14,7 +14,6 @@ import logging
 import os
 import signal
 import sys
-import threading
 import time
 import warnings
 from pathlib import Path
@@ -24,6 +23,8 @@ import yaml
 from pydantic import ValidationError
 
 from lamflow.steps.errors import InputError, StepFailed, StepInterrupted
+
+from lamflow.flows.core import stopping
 
 from lamflow.flows.core.run_lock import run_lock
 
@@ -438,31 +439,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _stop_on_signal(signum: int, frame: Any) -> None:
-    """SIGINT/SIGTERM (Ctrl-C, ``kill``, a scheduler's end of job): say so at once, end the running
-    steps' children (dp, LAMMPS) within seconds, and unwind — finished steps keep their records,
-    the interrupted ones leave none, and the same command resumes. A second signal ends at once."""
-    from lamflow.steps.runtime import stop_children, stopping
-
-    if stopping():
-        os._exit(128 + signum)
-    _STOPPED_BY.append(signum)
-    print(f"lamflow: {signal.Signals(signum).name}: stopping — ending the running steps; every finished step "
-          "is kept, run the same command again to go on (a second signal stops at once)", file=sys.stderr, flush=True)
-    stop_children()
-    raise KeyboardInterrupt
-
-
-#: the signal that stopped this run, if one did
-_STOPPED_BY: list[int] = []
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if threading.current_thread() is threading.main_thread() and args.func is not cmd_prefect_up:
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(signum, _stop_on_signal)
+    if args.func is not cmd_prefect_up:  # which has its own: it stops a server and a worker
+        stopping.install()
     logging.basicConfig(level=logging.INFO if args.debug else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s", force=True)
     quiet_libraries(args.debug)  # every command: an error must stay one line, not follow library chatter
@@ -488,7 +469,7 @@ def main(argv: list[str] | None = None) -> int:
         from lamflow.steps.runtime import stop_children
 
         stop_children()  # Ctrl-C before the handler was in place, or a step's own interruption
-        signum = _STOPPED_BY[0] if _STOPPED_BY else signal.SIGINT
+        signum = stopping.stopped_by()
         print(f"lamflow: stopped ({signal.Signals(signum).name}); run the same command again to go on",
               file=sys.stderr, flush=True)
         return 128 + signum

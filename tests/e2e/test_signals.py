@@ -22,7 +22,9 @@ CLI = [sys.executable, "-m", "lamflow.flows.cli"]
 
 
 def _start(tmp_path: Path, engine: str) -> tuple[subprocess.Popen, Path]:
-    (tmp_path / "config.yaml").write_text(yaml.safe_dump(tiny_config(tmp_path)))
+    raw = tiny_config(tmp_path)
+    raw["teacher"]["train"]["numb_steps"] = 100_000  # still training when the signal comes (it never ends)
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(raw))
     run = tmp_path / "run"
     proc = subprocess.Popen([*CLI, "distill", str(tmp_path / "config.yaml"), "--workdir", str(run),
                              "--engine", engine], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -37,7 +39,8 @@ def _training(proc: subprocess.Popen, timeout: float = 600) -> psutil.Process:
         assert proc.poll() is None, proc.stderr.read()[-2000:]
         for child in psutil.Process(proc.pid).children(recursive=True):
             try:
-                if "train" in child.cmdline() and "deepmd" in " ".join(child.cmdline()):
+                cmd = child.cmdline()
+                if "train" in cmd and any(Path(part).name == "dp" or part == "deepmd" for part in cmd):
                     return child
             except psutil.NoSuchProcess:
                 continue

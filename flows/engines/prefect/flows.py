@@ -36,6 +36,7 @@ from lamflow.steps.errors import StepFailed
 from lamflow.flows.core.execute import execute, lookup
 from lamflow.flows.core.policy import retryable
 from lamflow.flows.core.records import StepCall, StepRecord
+from lamflow.flows.core import stopping
 from lamflow.flows.core.resources import LIGHT_STEPS, Resources
 from lamflow.flows.core.run_lock import run_lock
 from lamflow.flows.pipelines import load_any, parse_any
@@ -163,6 +164,7 @@ def run_pipeline(pipeline: Any, cfg: Any, run_dir: Path, hooks: Any) -> Any:
 
     @flow(name=pipeline.name, flow_run_name=cfg.name, persist_result=False)
     def wrapper() -> None:
+        stopping.reclaim()  # Prefect's SIGTERM handler would wait for the running steps to end
         out["report"] = pipeline.run(cfg, run_dir, PrefectRunner(cfg.max_workers, hooks.on_done), hooks.on_batch,
                                      hooks.on_iteration)
 
