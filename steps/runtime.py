@@ -172,6 +172,11 @@ def stopping() -> bool:
     return _STOPPING.is_set()
 
 
+def allow_children() -> None:
+    """A new run in this process (a second ``main()`` call): children may start again."""
+    _STOPPING.clear()
+
+
 def run_logged(
     cmd: list[str], cwd: Path, log_name: str, env: dict[str, str] | None = None
 ) -> Path:

@@ -8,6 +8,7 @@ at max_iterations without converging exits 3 (see :data:`EXIT_NOT_CONVERGED`).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
 import json
 import logging
@@ -442,13 +443,14 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.func is not cmd_prefect_up:  # which has its own: it stops a server and a worker
-        stopping.install()
     logging.basicConfig(level=logging.INFO if args.debug else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s", force=True)
     quiet_libraries(args.debug)  # every command: an error must stay one line, not follow library chatter
+    # `prefect up` has its own handling: it stops a server and a worker
+    signals = contextlib.nullcontext() if args.func is cmd_prefect_up else stopping.handled()
     try:
-        return args.func(args)
+        with signals:
+            return args.func(args)
     except InputError as exc:
         if args.debug:
             raise

@@ -12,13 +12,14 @@ flow started by the lamflow command therefore takes SIGTERM back (:func:`reclaim
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import sys
 import threading
-from typing import Any
+from typing import Any, Iterator
 
-from lamflow.steps.runtime import stop_children, stopping
+from lamflow.steps.runtime import allow_children, stop_children, stopping
 
 _STOPPED_BY: list[int] = []
 
@@ -33,11 +34,22 @@ def on_signal(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt
 
 
-def install() -> None:
-    """Handle SIGINT and SIGTERM this way (the main thread only: Python delivers signals there)."""
-    if threading.current_thread() is threading.main_thread():
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(signum, on_signal)
+@contextlib.contextmanager
+def handled() -> Iterator[None]:
+    """Handle SIGINT and SIGTERM this way while the block runs (in the main thread only: Python
+    delivers signals there), then put the previous handlers back — a caller of the CLI's
+    ``main()`` in its own process (a test, a notebook) keeps its own."""
+    allow_children()
+    _STOPPED_BY.clear()
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {signum: signal.signal(signum, on_signal) for signum in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 def reclaim() -> None:
