@@ -37,9 +37,12 @@ def load_model(path: Path, head: str | None = None):
     try:
         return _load(str(path.resolve()), path.stat().st_mtime, head)
     except Exception as exc:
-        raise InputError(
-            str(path), f"is not a DeePMD-kit model that deepmd-kit 3.2 can load ({first_sentence(exc)})"
-        ) from None
+        raise not_a_model(path, exc) from None
+
+
+def not_a_model(path: Path, exc: BaseException) -> InputError:
+    """The one line for a file deepmd-kit cannot load, whichever of its loaders tried."""
+    return InputError(str(path), f"is not a DeePMD-kit model that deepmd-kit 3.2 can load ({first_sentence(exc)})")
 
 
 def first_sentence(exc: BaseException) -> str:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import numpy as np
 from pydantic import BaseModel, Field, field_validator, model_validator
@@ -38,7 +38,7 @@ class TeacherMDSettings(Params):
                                                                "and barostat")
     temps: list[float] = Field(min_length=1, description="K")
     pressure: float = Field(1.0, description="bar, for npt")
-    nsteps: int = Field(200, ge=1, description="MD steps per starting cell and temperature (1 fs each)")
+    nsteps: int = Field(200, ge=1, description="MD steps per starting cell and temperature (timestep dt)")
     trj_freq: int = Field(20, ge=1, description="keep a labelled frame every N steps")
     dt: float = Field(0.001, gt=0, description="ps")
     tau_t: float = Field(0.1, gt=0, description="ps, Langevin friction time / Berendsen thermostat")
@@ -60,9 +60,9 @@ class LabelMDParams(TeacherMDSettings):
                                         "deepmd, sevenn, chgnet or module:Class)")
     calculator_kwargs: CalculatorKwargs
     max_force: float | None = Field(None, gt=0, description="eV/Å: stop a trajectory whose force exceeds this")
+    seed: Seed = 1
 
     _known = field_validator("calculator")(classmethod(lambda cls, v: known_calculator(v)))
-    seed: Seed = 1
 
 
 class LabelMDResult(BaseModel):

@@ -111,16 +111,18 @@ _CHILDREN: set[subprocess.Popen] = set()
 _CHILDREN_LOCK = threading.Lock()
 _STOPPING = threading.Event()
 _PR_SET_PDEATHSIG = 1
+try:  # resolved here, once: between fork and exec a child of a threaded process must not dlopen
+    _PRCTL = ctypes.CDLL(None, use_errno=True).prctl
+except (OSError, AttributeError):  # not Linux
+    _PRCTL = None
 
 
 def _die_with_parent() -> None:  # pragma: no cover (runs in the child, between fork and exec)
     """Linux: the child gets SIGTERM when the thread that started it ends — the step's thread, or
     the whole lamflow process killed by SIGKILL (a scheduler, the OOM killer). No orphaned
     training or LAMMPS keeps a GPU busy after its run is gone."""
-    try:
-        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-    except (OSError, AttributeError):
-        pass
+    if _PRCTL is not None:
+        _PRCTL(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def run_child(cmd: list[str], *, cwd: Path, env: dict[str, str], timeout: float | None = None,

@@ -139,12 +139,12 @@ def model_branches(path: Path) -> dict[str, str]:
     from deepmd.infer.deep_eval import DeepEval
     from deepmd.utils.model_branch_dict import get_model_dict
 
-    from .inference import first_sentence
+    from .inference import not_a_model
 
     try:
         script = DeepEval(str(Path(path).resolve()), head=0).get_model_def_script()
     except Exception as exc:
-        raise InputError(str(path), f"is not a DeePMD-kit model that deepmd-kit 3.2 can load ({first_sentence(exc)})") from None
+        raise not_a_model(path, exc) from None
     if "model_dict" not in script:
         return {}
     aliases, _ = get_model_dict(script["model_dict"])

@@ -27,9 +27,8 @@ class Progress:
         self.done = 0
         self.cached = 0
         self.t0 = time.perf_counter()
-        self.plain = not self.console.is_terminal
-        self.live = None if self.plain else Live(self._render(), console=self.console, refresh_per_second=2,
-                                                 transient=False)
+        self.live = Live(self._render(), console=self.console, refresh_per_second=2,
+                         transient=False) if self.console.is_terminal else None
 
     def _say(self, text: str) -> None:
         self.console.print(f"{time.strftime('%H:%M:%S')} {text}", markup=False, highlight=False, soft_wrap=True)

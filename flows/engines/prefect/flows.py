@@ -119,7 +119,7 @@ class PrefectRunner:
             props = (pool.base_job_template or {}).get("variables", {}).get("properties", {})
             self._pool_variables[deployment] = set(props)
         wanted = call.resources.pod(call.step).job_variables()  # the one policy, as under Argo
-        return {k: v for k, v in wanted.items() if k in self._pool_variables[deployment] and v is not None}
+        return {k: v for k, v in wanted.items() if k in self._pool_variables[deployment]}
 
     def _submit(self, call: StepCall):
         params = call.params.model_dump(mode="json")
