@@ -150,7 +150,7 @@ def summarize(console: Any, cfg: Any, report: DistillReport) -> None:
     state = "[green]converged[/green]" if report.converged else f"[yellow]{report.status}[/yellow]"
     console.print(f"{state} after {len(report.iterations)} iterations in {report.wall_seconds:,.0f} s"
                   + (f" ({report.cached_steps} steps read back; {report.compute_seconds:,.0f} s of compute in all "
-                     "sessions)" if report.cached_steps else ""))
+                     "sessions)" if report.cached_steps and report.compute_seconds else ""))
     if last is not None:
         rmse = "-" if last.rmse_f is None else f"{last.rmse_f:.4f} eV/Å"
         ratio = "-" if last.speed_ratio is None else f"{last.speed_ratio:.1f}x"

@@ -68,8 +68,9 @@ def render_html(report: "DistillReport", run_dir: Path) -> Path:
     status_class = "ok" if report.converged else "warn"
     if report.cached_steps:  # a resumed run: its wall time is this session's, steps came from earlier ones
         timing = (f"{report.wall_seconds:,.0f} s in the last session, which read {report.cached_steps} finished "
-                  f"steps back and ran the rest ({report.step_seconds:,.0f} s); "
-                  f"{report.compute_seconds:,.0f} s of compute in all sessions")
+                  f"steps back and ran the rest ({report.step_seconds:,.0f} s)"
+                  # reports written before compute_seconds existed hold 0: say nothing rather than 0 s
+                  + (f"; {report.compute_seconds:,.0f} s of compute in all sessions" if report.compute_seconds else ""))
     else:
         overhead = (report.wall_seconds - report.step_seconds) / report.wall_seconds * 100 if report.wall_seconds else None
         timing = (f"{report.wall_seconds:,.0f} s, {report.step_seconds:,.0f} s of it in steps "
