@@ -3,9 +3,10 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 RUN    ?= runs/quickstart
-# pytest-xdist workers: one per CI core (each step process uses its own threads on top).
+# pytest-xdist workers: one per CI core (each step process uses its own threads on top);
+# loadgroup keeps the tests of one test Slurm cluster (xdist_group "slurm") on one worker.
 TEST_WORKERS ?= 2
-PYTEST := $(BIN)/python -m pytest -n $(TEST_WORKERS) --maxschedchunk 1
+PYTEST := $(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadgroup --maxschedchunk 1
 
 .PHONY: setup quickstart test test-fast prefect-up clean
 
@@ -13,7 +14,7 @@ PYTEST := $(BIN)/python -m pytest -n $(TEST_WORKERS) --maxschedchunk 1
 $(BIN)/.lamflow-installed: pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet --quiet -c constraints.txt -e '.[prefect,dflow,s3,lam,test]'
+	$(BIN)/pip install --quiet --quiet -c constraints.txt -e '.[prefect,dflow,s3,lam,hpc,test]'
 	$(BIN)/pip check
 	touch $@
 

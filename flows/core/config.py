@@ -20,7 +20,7 @@ from lamflow.steps.errors import InputError
 from lamflow.steps.registry import STEPS
 
 from .errors import one_line
-from .resources import Resources
+from .resources import LIGHT_STEPS, Resources
 
 
 class Section(BaseModel):
@@ -103,7 +103,15 @@ class RunConfig(Section):
         return v
 
     def resources_for(self, step: str) -> Resources:
-        return self.resources.get(step) or self.resources.get("default") or Resources()
+        """The step's own entry, else ``default``. A batch executor given in ``default`` is not
+        applied to the seconds-long steps (:data:`LIGHT_STEPS`): a queue wait would cost more than
+        they do; name them to send them too."""
+        if step in self.resources:
+            return self.resources[step]
+        default = self.resources.get("default") or Resources()
+        if step in LIGHT_STEPS and default.executor is not None:
+            return default.model_copy(update={"executor": None})
+        return default
 
     def run_dir(self, workdir: str | Path | None = None) -> Path:
         """``workdir`` if given, else the config's ``workdir``, else ``$LAMFLOW_RUNS/<name>`` (``runs/<name>``)."""

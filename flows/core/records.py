@@ -50,11 +50,13 @@ class StepRecord:
     result: BaseModel
     finished: float = 0.0  # epoch seconds when the step finished
     key: str = ""
+    job_id: str = ""  # the batch job that ran it (``resources.<step>.executor``), e.g. a Slurm job id
 
     def to_json(self) -> dict[str, Any]:
         """The record as JSON-able data: what crosses a process boundary (Prefect task, dflow OP)."""
         return {"step": self.step, "label": self.label, "seconds": self.seconds, "cached": self.cached,
-                "result": json.loads(self.result.model_dump_json()), "finished": self.finished, "key": self.key}
+                "result": json.loads(self.result.model_dump_json()), "finished": self.finished, "key": self.key,
+                "job_id": self.job_id}
 
     def summary(self) -> str:
         """One line for a log: whether the step ran or was read back, and its scalar results.
@@ -68,13 +70,14 @@ class StepRecord:
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 continue
             figures.append(f"{name}={value:.4g}" if isinstance(value, float) else f"{name}={value}")
-        return f"{self.label or self.step}: {how}" + (f"; {', '.join(figures[:8])}" if figures else "")
+        job = f" [job {self.job_id}]" if self.job_id else ""
+        return f"{self.label or self.step}: {how}{job}" + (f"; {', '.join(figures[:8])}" if figures else "")
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> "StepRecord":
         return cls(step=data["step"], label=data["label"], seconds=data["seconds"], cached=data["cached"],
                    result=STEPS[data["step"]].result.model_validate(data["result"]),
-                   finished=data.get("finished", 0.0), key=data.get("key", ""))
+                   finished=data.get("finished", 0.0), key=data.get("key", ""), job_id=data.get("job_id", ""))
 
 
 # --- the cache key ------------------------------------------------------------------------------
@@ -192,7 +195,8 @@ def read_record(step: str, params: BaseModel, key: str) -> StepRecord | None:
             "%s: output differs from its record (missing or truncated files): running the step again", params.output)
         return None
     return StepRecord(step, saved["label"], saved["seconds"], True,
-                      STEPS[step].result.model_validate(saved["result"]), saved.get("finished", 0.0), key)
+                      STEPS[step].result.model_validate(saved["result"]), saved.get("finished", 0.0), key,
+                      saved.get("job_id", ""))
 
 
 def write_record(step: str, params: BaseModel, key: str, result: BaseModel, seconds: float) -> StepRecord:
@@ -203,3 +207,11 @@ def write_record(step: str, params: BaseModel, key: str, result: BaseModel, seco
                           "pid": os.getpid(),
                           "outputs": output_manifest(params.output)})
     return record
+
+
+def set_job_id(params: BaseModel, job_id: str) -> None:
+    """Name the batch job that ran a step in its record (written by the job, which cannot know
+    the id its scheduler gave it as portably as the submitter can)."""
+    rec_file = record_path(params)
+    saved = json.loads(rec_file.read_text())
+    write_json(rec_file, {**saved, "job_id": job_id})

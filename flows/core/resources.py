@@ -1,4 +1,5 @@
-"""What a step needs to run: threads here; CPU, memory, GPU, image and retries on a cluster.
+"""What a step needs to run: threads here; CPU, memory, GPU, image and retries on a cluster;
+where it runs (``executor``: a Slurm/PBS/LSF job instead of this process).
 
 One :class:`Resources` per step name in the config (``resources: {train: {gpu: 1}}``), with
 ``default`` for the rest. The same object drives every engine: ``execute`` runs every step with
@@ -10,7 +11,12 @@ never enter a step's cache key: where and with what a step runs does not change 
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+import logging
+import sys
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 #: Retries when the config says nothing: the steps that run for hours on a node that may die
 #: (training, MD, labelling) get one more attempt; fast, deterministic ones get none.
@@ -51,6 +57,78 @@ class Pod(BaseModel):
                 "tolerations": self.tolerations}
 
 
+class Executor(BaseModel):
+    """A step run as a batch job (Slurm, PBS, LSF, ...) through dpdispatcher, the library dpgen and
+    dpgen2 submit with: its keys are dpdispatcher's own, so a ``machine.json``/``resources.json``
+    a dpgen user has carries over. Cores, GPUs, memory, time and retries are not repeated here:
+    they are the step's ``cpu``/``threads``, ``gpu``, ``memory``, ``timeout`` and ``retries``, the
+    same keys every engine reads."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    batch_type: Literal["Slurm", "PBS", "Torque", "LSF", "SGE", "Shell"] = Field(
+        "Slurm", description="dpdispatcher's batch system (Shell: a plain background process, no scheduler)")
+    context_type: Literal["LocalContext"] = Field(
+        "LocalContext", description="LocalContext: lamflow runs on a login node whose file system the compute "
+                                    "nodes share (the run directory is read and written in place)")
+    remote_root: str | None = Field(None, description="folder of the job scripts and their logs (default: "
+                                                      "next to each step's output, in OUTPUT.job/)")
+    queue_name: str = Field("", description="partition (Slurm) or queue; empty: the scheduler's default")
+    custom_flags: list[str] = Field(default_factory=list,
+                                    description="extra header lines, e.g. '#SBATCH --account=abc123'")
+    module_list: list[str] = Field(default_factory=list, description="`module load` these first, e.g. cuda/12.4")
+    source_list: list[str] = Field(default_factory=list, description="files to `source` first, e.g. a venv's "
+                                                                     "bin/activate")
+    envs: dict[str, str] = Field(default_factory=dict, description="environment variables of the job")
+    prepend_script: list[str] = Field(default_factory=list, description="shell lines before the step")
+    kwargs: dict[str, Any] = Field(default_factory=dict,
+                                   description="dpdispatcher's batch-specific keys (Slurm: custom_gpu_line)")
+    command: str | None = Field(None, description="how a job starts lamflow's Python (default: the interpreter "
+                                                  "this lamflow runs in, for a shared file system)")
+    check_interval: float = Field(10, gt=0, description="seconds between two polls of the scheduler")
+
+    @model_validator(mode="after")
+    def _dpdispatcher_accepts(self) -> "Executor":
+        """dpdispatcher's own argument tree, strict: a misspelt key inside ``kwargs`` fails here,
+        at load time, not in a job that waited hours in the queue."""
+        from dargs.dargs import ArgumentError
+
+        tree = dpdispatcher().Resources.arginfo(detail_kwargs=True)
+        try:
+            tree.check_value(tree.normalize_value(self.resources_dict(cpu=1, gpu=0), trim_pattern="_*"),
+                             strict=True)
+        except ArgumentError as exc:
+            raise ValueError(str(exc).replace("[at root location] ", "").strip().splitlines()[0]) from None
+        return self
+
+    def resources_dict(self, cpu: int, gpu: int, extra_flags: list[str] = ()) -> dict[str, Any]:
+        """dpdispatcher's ``Resources`` of one job: one node, the step's cores and GPUs."""
+        return {"batch_type": self.batch_type, "number_node": 1, "cpu_per_node": cpu, "gpu_per_node": gpu,
+                "queue_name": self.queue_name, "group_size": 1, "custom_flags": [*self.custom_flags, *extra_flags],
+                "module_list": self.module_list, "source_list": self.source_list, "envs": self.envs,
+                "prepend_script": self.prepend_script, "kwargs": self.kwargs}
+
+
+def dpdispatcher() -> Any:
+    """The dpdispatcher module, imported on first use (the ``hpc`` extra), its log sent through
+    lamflow's logging rather than INFO lines on stdout and a ``dpdispatcher.log`` in the user's
+    current folder."""
+    fresh = "dpdispatcher" not in sys.modules and not Path("dpdispatcher.log").exists()
+    try:
+        import dpdispatcher as module
+        from dpdispatcher.dlog import dlog
+    except ImportError:
+        raise ValueError("a batch executor needs the dpdispatcher package, which is not installed "
+                         "(pip install 'lamflow[hpc]')") from None
+    if fresh:  # its import wrote one line ("LOG INIT") there
+        Path("dpdispatcher.log").unlink(missing_ok=True)
+    for handler in list(dlog.handlers):
+        dlog.removeHandler(handler)
+    dlog.propagate = True
+    dlog.setLevel(logging.ERROR)  # its warnings repeat what lamflow says in one line
+    return module
+
+
 class Resources(BaseModel):
     """Per-step resources; the local engine uses ``threads``, cluster engines all of them."""
 
@@ -68,6 +146,9 @@ class Resources(BaseModel):
     tolerations: list[dict[str, str]] = Field(default_factory=list, description="Kubernetes tolerations")
     deployment: str | None = Field(
         None, description="Prefect: run this step as a flow run of this deployment (e.g. step/k8s-gpu)")
+    executor: Executor | None = Field(
+        None, description="run this step as a batch job (Slurm, PBS, LSF, ...; dpdispatcher's keys), on every "
+                          "engine; none: in the engine's own process or pod")
 
     def retries_for(self, step: str) -> int:
         return self.retries if self.retries is not None else DEFAULT_RETRIES.get(step, 0)

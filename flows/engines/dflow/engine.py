@@ -39,10 +39,10 @@ from dflow.python import OP, OPIO, FatalError, OPIOSign, Parameter, PythonOPTemp
 from lamflow.steps.errors import InputError, StepFailed
 from lamflow.steps.registry import STEPS
 
-from lamflow.flows.core.execute import execute
 from lamflow.flows.core.policy import retryable
 from lamflow.flows.core.resources import Resources
 from lamflow.flows.core.runner import Pending, PlanningRunner
+from lamflow.flows.executors import run_step
 from lamflow.flows.pipelines import PIPELINES
 
 RUNS_MOUNT = "/runs"
@@ -66,7 +66,8 @@ def _step_op(step: str) -> type[OP]:
     def execute_op(self, ip: OPIO) -> OPIO:
         call = ip["call"]
         try:
-            record = execute(step, call["params"], Resources.model_validate(call.get("resources") or {}))
+            record = run_step(step, call["params"], Resources.model_validate(call.get("resources") or {}),
+                              call.get("label", step))
         except Exception as exc:  # the core's retry policy, in the exit codes Argo's retryStrategy reads
             kind = TransientError if retryable(exc) else FatalError
             raise kind(f"{call.get('label', step)}: {exc}") from exc
@@ -237,11 +238,22 @@ def _template(step: str, cfg: Any, claim: str | None) -> PythonOPTemplate:
     )
 
 
+def _no_batch_executor(cfg: Any) -> None:
+    """A batch executor submits from a login node; an Argo step runs in its pod, which has no
+    scheduler to submit to (debug mode, on a login node, does)."""
+    for step, res in cfg.resources.items():
+        if res.executor is not None:
+            raise InputError(f"resources.{step}.executor", "a batch job (Slurm, PBS, ...) is submitted from a "
+                             "login node: run with --engine local or prefect, or dflow's debug mode, not on Argo")
+
+
 def build_workflow(flow: str, cfg: Any, run_dir: Path, cluster: bool = False,
                    settings: ArgoSettings | None = None) -> Workflow:
     """The workflow of ``flow`` (``distill`` or ``lam``) for ``cfg``, writing to ``run_dir``."""
     settings = settings or ArgoSettings()
     claim = settings.runs_claim if cluster else None
+    if cluster:
+        _no_batch_executor(cfg)
     with credentials_hidden():
         advance = _advance(cfg, claim)
     pull_secrets = None

@@ -8,19 +8,19 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable
 
-from lamflow.flows.core.execute import execute
 from lamflow.flows.core.policy import attempts, retryable
 from lamflow.flows.core.records import StepCall, StepRecord
+from lamflow.flows.executors import run_step, submitted
 
 log = logging.getLogger(__name__)
 
 
 def run_with_retries(call: StepCall) -> StepRecord:
-    """``execute`` with the core's retry policy, as Prefect and Argo apply it."""
+    """The step (here, or as its batch job) with the core's retry policy, as Prefect and Argo apply it."""
     n = attempts(call.resources.retries_for(call.step))
     for attempt in range(1, n + 1):
         try:
-            return execute(call.step, call.params, call.resources)
+            return run_step(call.step, call.params, call.resources, call.label)
         except BaseException as exc:
             if attempt == n or not retryable(exc):
                 raise
@@ -43,7 +43,9 @@ class LocalRunner:
                 self.on_done(call, record)
             return record
 
-        with ThreadPoolExecutor(max_workers=self.max_workers) as pool:
+        # steps that run here share this machine's cores; batch jobs wait on their scheduler
+        width = len(calls) if calls and all(submitted(c.resources) for c in calls) else self.max_workers
+        with ThreadPoolExecutor(max_workers=max(1, width)) as pool:
             return list(pool.map(one, calls))
 
 

@@ -39,6 +39,7 @@ from lamflow.flows.core.records import StepCall, StepRecord
 from lamflow.flows.core import stopping
 from lamflow.flows.core.resources import LIGHT_STEPS, Resources
 from lamflow.flows.core.run_lock import run_lock
+from lamflow.flows.executors import run_step, submitted
 from lamflow.flows.pipelines import load_any, parse_any
 
 #: how often a parent polls a dispatched step's flow run (seconds)
@@ -56,7 +57,7 @@ def retry_condition(task, task_run, state) -> bool:
 
 @task(name="step", cache_policy=NO_CACHE, persist_result=False)
 def step_task(step: str, params: dict[str, Any], resources: dict[str, Any] | None, label: str = "") -> dict[str, Any]:
-    record = execute(step, params, Resources.model_validate(resources or {}))
+    record = run_step(step, params, Resources.model_validate(resources or {}), label)
     record.label = label or record.label
     get_run_logger().info(record.summary())  # the UI's Logs tab: ran, or read back, and what came out
     return record.to_json()
@@ -137,8 +138,9 @@ class PrefectRunner:
     def width(self, calls: list[StepCall]) -> int:
         """Calls submitted at once. Steps that run here go ``max_workers`` at a time (this
         machine's cores); a batch dispatched to deployments goes out whole, and the work pool's
-        concurrency limit (``prefect work-pool set-concurrency-limit``) paces it on the cluster."""
-        if calls and all(self.deployment_for(call) is not None for call in calls):
+        concurrency limit (``prefect work-pool set-concurrency-limit``) paces it on the cluster; so
+        does a batch of batch jobs (``executor``), paced by their scheduler."""
+        if calls and all(self.deployment_for(call) is not None or submitted(call.resources) for call in calls):
             return len(calls)
         return self.max_workers
 

@@ -22,6 +22,8 @@ from lamflow.steps.calculators import make_calculator
 from lamflow.steps.structures import check_overlaps, check_systems, read_atoms, read_system
 from lamflow.steps.train import check_input
 
+from lamflow.flows.executors import check_executors
+
 from .config import DistillConfig, check_files
 
 
@@ -29,6 +31,7 @@ def preflight(cfg: DistillConfig, with_teacher: bool = True) -> None:
     """``with_teacher=False``: the teacher is made by an earlier stage (the LAM pipeline's
     finetuning); everything else is checked."""
     check_files(cfg, with_teacher)
+    check_executors(cfg)
     type_map = list(cfg.type_map)
     first = None
     for i, path in enumerate(cfg.configurations.files):

@@ -24,6 +24,8 @@ from lamflow.flows.core.config import RunConfig, Section, check_exist
 from lamflow.flows.core.errors import one_line
 
 from ..distill.config import DistillConfig, LabelSpec
+from lamflow.flows.executors import check_executors
+
 from ..distill.preflight import preflight as distill_preflight
 
 
@@ -161,6 +163,7 @@ def preflight(cfg: LamConfig) -> None:
     """Every file the pipeline names, the DeePMD-kit inputs of pretraining and finetuning, and
     the distillation stage's own inputs (all but its teacher, which the pipeline makes)."""
     check_lam_files(cfg)
+    check_executors(cfg)
     if cfg.finetune.model is None:
         if cfg.pretrain.model is None:
             check_input(cfg.pretrain.template, cfg.pretrain.overrides, cfg.type_map, cfg.pretrain.numb_steps,

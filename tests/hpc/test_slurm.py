@@ -1,0 +1,155 @@
+"""Steps as Slurm jobs (``resources.<step>.executor``), against a real single-node Slurm that the
+module starts and stops (:mod:`slurm_cluster`). One xdist group: one cluster, one worker."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import assert_same_distillation, tiny_config, write_cu_frames
+from slurm_cluster import SlurmCluster, free_port
+
+from lamflow.flows.core.resources import Resources
+from lamflow.flows.executors.batch import batch_script
+
+pytestmark = pytest.mark.xdist_group("slurm")
+
+CLI = [sys.executable, "-m", "lamflow.flows.cli"]
+#: the compute steps of a distillation, sent to Slurm (the light ones stay in the flow's process)
+ON_SLURM = {"train": {"gpu": 0, "retries": 0, "executor": {"batch_type": "Slurm", "check_interval": 1}},
+            "explore": {"gpu": 0, "executor": {"batch_type": "Slurm", "check_interval": 1}},
+            "teacher_label": {"gpu": 0, "executor": {"batch_type": "Slurm", "check_interval": 1}}}
+
+
+@pytest.fixture(scope="module")
+def slurm(tmp_path_factory):
+    cluster = SlurmCluster(tmp_path_factory.mktemp("slurm")).start()
+    saved = os.environ.get("SLURM_CONF")
+    os.environ.update(cluster.env)
+    yield cluster
+    cluster.stop()
+    if saved is None:
+        os.environ.pop("SLURM_CONF", None)
+    else:
+        os.environ["SLURM_CONF"] = saved
+
+
+def _config(tmp_path: Path, resources: dict, **changes) -> Path:
+    cfg = {**tiny_config(tmp_path), "resources": resources, **changes}
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def test_a_gpu_step_script_asks_slurm_for_its_gpus_memory_and_time(tmp_path):
+    """The batch script as dpdispatcher writes it, from the same keys every engine reads."""
+    frames = write_cu_frames(tmp_path / "cu.extxyz", 1)
+    params = {"output": str(tmp_path / "t"), "type_map": ["Cu"], "template": "se_e2_a", "train": [str(frames)],
+              "numb_steps": 10, "compress": False}
+    gpu = Resources.model_validate({"threads": 4, "memory": "16Gi", "timeout": 5400,
+                                    "executor": {"queue_name": "gpu", "module_list": ["cuda/12.4"],
+                                                 "custom_flags": ["#SBATCH --account=abc"]}})
+    lines = batch_script("train", params, gpu, "iter-000/train-00").splitlines()
+    for wanted in ("#SBATCH --gres=gpu:1", "#SBATCH --ntasks-per-node 4", "#SBATCH --partition gpu",
+                   "#SBATCH --mem=16G", "#SBATCH --time=90", "#SBATCH --account=abc",
+                   "#SBATCH --job-name lamflow-iter-000-train-00", "module load cuda/12.4"):
+        assert wanted in lines, (wanted, lines)
+    cpu_only = Resources.model_validate({"executor": {}})  # perturb is no GPU step: no GPU line
+    script = batch_script("perturb", {"output": str(tmp_path / "p"), "structures": [str(frames)],
+                                      "type_map": ["Cu"]}, cpu_only)
+    assert "--gres" not in script and "#SBATCH --nodes 1" in script.splitlines()
+
+
+def _check(tmp_path: Path, resources: dict) -> subprocess.CompletedProcess:
+    return subprocess.run([*CLI, "config", "--check", str(_config(tmp_path, resources))],
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_wrong_executors_and_an_unreachable_slurm_are_one_line_and_exit_2(tmp_path, slurm):
+    cases = [
+        ({"train": {"executor": {"batch_type": "Slrum"}}}, "resources.train.executor.batch_type"),
+        ({"train": {"executor": {"queue_nmae": "gpu"}}}, "resources.train.executor.queue_nmae"),
+        ({"train": {"executor": {"kwargs": {"custom_gpu_lin": "x"}}}}, "custom_gpu_lin"),
+        ({"default": {"gpu": 0, "executor": {"queue_name": "nosuch"}}}, "no partition 'nosuch'"),
+        # train gets a GPU by default (the one cluster policy): this Slurm has none
+        ({"train": {"executor": {}}}, "resources.train.gpu: train asks for 1 GPU"),
+    ]
+    for resources, expected in cases:
+        out = _check(tmp_path, resources)
+        assert out.returncode == 2 and expected in out.stderr, (resources, out.stderr)
+        assert len(out.stderr.strip().splitlines()) == 1 and "Traceback" not in out.stderr, out.stderr
+    assert _check(tmp_path, {"default": {"gpu": 0, "executor": {}}}).returncode == 0
+
+    dead = tmp_path / "dead.conf"  # a controller that does not answer
+    dead.write_text(re.sub(r"SlurmctldPort=\d+", f"SlurmctldPort={free_port()}", slurm.conf.read_text()))
+    out = subprocess.run([*CLI, "config", "--check", str(_config(tmp_path, {"default": {"gpu": 0, "executor": {}}}))],
+                         capture_output=True, text=True, timeout=300, env={**os.environ, "SLURM_CONF": str(dead)})
+    assert out.returncode == 2 and "resources.default.executor: Slurm cannot be reached" in out.stderr, out.stderr
+    no_slurm = {**os.environ, "PATH": str(Path(sys.executable).parent)}
+    out = subprocess.run([*CLI, "config", "--check", str(_config(tmp_path, {"default": {"gpu": 0, "executor": {}}}))],
+                         capture_output=True, text=True, timeout=300, env=no_slurm)
+    assert out.returncode == 2 and "`sinfo` is not on this machine's PATH" in out.stderr, out.stderr
+
+
+def _records(run: Path) -> dict[str, dict]:
+    return {str(p.relative_to(run)): json.loads(p.read_text()) for p in run.rglob("*.result.json")}
+
+
+@pytest.mark.slow(seconds=240)
+def test_distillation_with_training_md_and_labelling_as_slurm_jobs_matches_the_embedded_run(
+        tmp_path, slurm, prefect_cli_run):
+    """On the Prefect engine (the default): each job is submitted and awaited by a Prefect task."""
+    run = tmp_path / "run"
+    out = subprocess.run([*CLI, "distill", str(_config(tmp_path, ON_SLURM)), "--workdir", str(run)],
+                         capture_output=True, text=True, timeout=1200)
+    assert out.returncode == prefect_cli_run.returncode, out.stdout[-3000:] + out.stderr[-3000:]
+    records = _records(run)
+    jobs = {name: r["job_id"] for name, r in records.items() if r.get("job_id")}
+    kinds = {r["step"] for r in records.values() if r.get("job_id")}
+    assert kinds == {"train", "explore", "teacher_label"}, kinds
+    assert not {r["step"] for r in records.values() if not r.get("job_id")} & kinds
+    # Slurm knows every one of them, finished
+    known = dict(line.split() for line in slurm.run("squeue", "-h", "-t", "all", "-o", "%i %T").splitlines())
+    assert all(known.get(job) == "COMPLETED" for job in jobs.values()), (jobs, known)
+    assert_same_distillation(json.loads((run / "report.json").read_text()),
+                             json.loads((prefect_cli_run.run / "report.json").read_text()))
+
+
+@pytest.mark.slow(seconds=200)
+def test_a_training_job_cancelled_with_scancel_fails_in_one_line_and_the_run_resumes(tmp_path, slurm):
+    """On the local engine; one iteration (what is checked is the stop and the resume)."""
+    config = _config(tmp_path, {"train": ON_SLURM["train"]}, max_iterations=1)
+    run = tmp_path / "run"
+    cmd = [*CLI, "distill", str(config), "--engine", "local", "--workdir", str(run)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    job = None
+    for _ in range(600):  # the first training job, running
+        lines = slurm.run("squeue", "-h", "-t", "R", "-o", "%i %j").split("\n")
+        job = next((ln.split()[0] for ln in lines if "train" in ln), None)
+        if job or proc.poll() is not None:
+            break
+        time.sleep(0.5)
+    assert job, proc.communicate()
+    time.sleep(2)
+    slurm.run("scancel", job)
+    stdout, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 1, stdout[-2000:] + stderr[-2000:]
+    line = next(ln for ln in stderr.splitlines() if f"Slurm job {job} failed" in ln)
+    assert "see " in line and "/task/err" in line, line  # where its logs are
+    before = _records(run)
+    assert before, "the steps before the training keep their records"
+
+    again = subprocess.run(cmd, capture_output=True, text=True, timeout=1200)
+    assert again.returncode in (0, 3), again.stdout[-3000:] + again.stderr[-3000:]
+    after = _records(run)
+    assert all(after[name]["finished"] == rec["finished"] for name, rec in before.items())  # not rerun
+    trainings = [r for r in after.values() if r["step"] == "train"]
+    assert trainings and all(r["job_id"] and r["job_id"] != job for r in trainings)
