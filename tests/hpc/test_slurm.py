@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -130,13 +131,7 @@ def test_a_training_job_cancelled_with_scancel_fails_in_one_line_and_the_run_res
     run = tmp_path / "run"
     cmd = [*CLI, "distill", str(config), "--engine", "local", "--workdir", str(run)]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    job = None
-    for _ in range(600):  # the first training job, running
-        lines = slurm.run("squeue", "-h", "-t", "R", "-o", "%i %j").split("\n")
-        job = next((ln.split()[0] for ln in lines if "train" in ln), None)
-        if job or proc.poll() is not None:
-            break
-        time.sleep(0.5)
+    job = _running_training(slurm, proc)
     assert job, proc.communicate()
     time.sleep(2)
     slurm.run("scancel", job)
@@ -153,3 +148,27 @@ def test_a_training_job_cancelled_with_scancel_fails_in_one_line_and_the_run_res
     assert all(after[name]["finished"] == rec["finished"] for name, rec in before.items())  # not rerun
     trainings = [r for r in after.values() if r["step"] == "train"]
     assert trainings and all(r["job_id"] and r["job_id"] != job for r in trainings)
+
+
+def _running_training(slurm: SlurmCluster, proc: subprocess.Popen) -> str | None:
+    for _ in range(600):
+        lines = slurm.run("squeue", "-h", "-t", "R", "-o", "%i %j").split("\n")
+        job = next((ln.split()[0] for ln in lines if "train" in ln), None)
+        if job or proc.poll() is not None:
+            return job
+        time.sleep(0.5)
+    return None
+
+
+@pytest.mark.slow(seconds=60)
+def test_sigterm_to_the_run_cancels_its_running_job(tmp_path, slurm):
+    config = _config(tmp_path, {"train": ON_SLURM["train"]}, max_iterations=1)
+    proc = subprocess.Popen([*CLI, "distill", str(config), "--engine", "local", "--workdir", str(tmp_path / "run")],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    job = _running_training(slurm, proc)
+    assert job, proc.communicate()
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM, stderr[-2000:]
+    state = slurm.run("squeue", "-h", "-t", "all", "-j", job, "-o", "%T").strip()
+    assert state == "CANCELLED", state
