@@ -9,6 +9,7 @@ but inherited from the step's settings model (``lamflow.steps.select.SelectSetti
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
@@ -62,10 +63,21 @@ def _path(value: str, base: Path, template: bool = False) -> str:
 
 
 def read_mapping(path: Path) -> dict[str, Any]:
-    """A YAML (or JSON) file whose top level is a mapping, or one clear line naming the file."""
+    """A YAML (or JSON) file whose top level is a mapping, or one clear line naming the file.
+
+    A ``.json`` file is read as JSON: YAML 1.1 (PyYAML) reads JSON's ``1e-05`` as a string, which
+    broke a batch job's parameters (written as JSON by the submitter) on such a learning rate."""
     path = Path(path)
     if not path.is_file():
         raise InputError(str(path), "file not found")
+    if path.suffix == ".json":
+        try:
+            raw = json.loads(path.read_text())
+        except ValueError as exc:
+            raise InputError(str(path), f"is not valid JSON ({exc})") from None
+        if not isinstance(raw, dict):
+            raise InputError(str(path), "expected a mapping at the top level")
+        return raw
     try:
         raw = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:

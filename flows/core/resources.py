@@ -68,11 +68,18 @@ class Executor(BaseModel):
 
     batch_type: Literal["Slurm", "PBS", "Torque", "LSF", "SGE", "Shell"] = Field(
         "Slurm", description="dpdispatcher's batch system (Shell: a plain background process, no scheduler)")
-    context_type: Literal["LocalContext"] = Field(
+    context_type: Literal["LocalContext", "SSHContext"] = Field(
         "LocalContext", description="LocalContext: lamflow runs on a login node whose file system the compute "
-                                    "nodes share (the run directory is read and written in place)")
-    remote_root: str | None = Field(None, description="folder of the job scripts and their logs (default: "
-                                                      "next to each step's output, in OUTPUT.job/)")
+                                    "nodes share (the run directory is read and written in place); SSHContext: "
+                                    "lamflow runs elsewhere (a laptop), each step's inputs are uploaded to the "
+                                    "cluster over SSH and its output downloaded")
+    remote_root: str | None = Field(None, description="folder of the job scripts, their logs and (SSH) the "
+                                                      "uploaded inputs, created if missing; LocalContext default: "
+                                                      "next to each step's output, in OUTPUT.job/; SSHContext: "
+                                                      "required, a path on the cluster")
+    remote_profile: dict[str, Any] = Field(
+        default_factory=dict, description="SSHContext: dpdispatcher's SSH keys (hostname, username, port, "
+                                          "key_filename, ...)")
     queue_name: str = Field("", description="partition (Slurm) or queue; empty: the scheduler's default")
     custom_flags: list[str] = Field(default_factory=list,
                                     description="extra header lines, e.g. '#SBATCH --account=abc123'")
@@ -83,8 +90,8 @@ class Executor(BaseModel):
     prepend_script: list[str] = Field(default_factory=list, description="shell lines before the step")
     kwargs: dict[str, Any] = Field(default_factory=dict,
                                    description="dpdispatcher's batch-specific keys (Slurm: custom_gpu_line)")
-    command: str | None = Field(None, description="how a job starts lamflow's Python (default: the interpreter "
-                                                  "this lamflow runs in, for a shared file system)")
+    command: str | None = Field(None, description="how a job starts lamflow's Python (default: LocalContext, the "
+                                                  "interpreter this lamflow runs in; SSHContext, python3)")
     check_interval: float = Field(10, gt=0, description="seconds between two polls of the scheduler")
 
     @model_validator(mode="after")
@@ -93,13 +100,26 @@ class Executor(BaseModel):
         at load time, not in a job that waited hours in the queue."""
         from dargs.dargs import ArgumentError
 
-        tree = dpdispatcher().Resources.arginfo(detail_kwargs=True)
-        try:
-            tree.check_value(tree.normalize_value(self.resources_dict(cpu=1, gpu=0), trim_pattern="_*"),
-                             strict=True)
-        except ArgumentError as exc:
-            raise ValueError(str(exc).replace("[at root location] ", "").strip().splitlines()[0]) from None
+        dpd = dpdispatcher()
+        if self.context_type == "SSHContext" and not self.remote_root:
+            raise ValueError("remote_root: required with SSHContext (a folder on the cluster)")
+        checks = [(dpd.Resources.arginfo(detail_kwargs=True), self.resources_dict(cpu=1, gpu=0))]
+        if self.context_type == "SSHContext":
+            checks.append((dpd.Machine.arginfo(), self.machine_dict("/")))
+        for tree, value in checks:
+            try:
+                tree.check_value(tree.normalize_value(value, trim_pattern="_*"), strict=True)
+            except ArgumentError as exc:
+                raise ValueError(str(exc).replace("[at root location] ", "").strip().splitlines()[0]) from None
         return self
+
+    def machine_dict(self, local_root: str) -> dict[str, Any]:
+        """dpdispatcher's ``Machine``; its own resubmission is off (lamflow's ``retries`` rule)."""
+        out: dict[str, Any] = {"batch_type": self.batch_type, "context_type": self.context_type,
+                               "local_root": local_root, "remote_root": self.remote_root, "retry_count": 0}
+        if self.context_type == "SSHContext":
+            out["remote_profile"] = self.remote_profile
+        return out
 
     def resources_dict(self, cpu: int, gpu: int, extra_flags: list[str] = ()) -> dict[str, Any]:
         """dpdispatcher's ``Resources`` of one job: one node, the step's cores and GPUs."""

@@ -25,6 +25,7 @@ import logging
 import math
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 import time
@@ -34,10 +35,11 @@ from typing import Any
 from pydantic import BaseModel
 
 from lamflow.flows.core.execute import lookup, validated
-from lamflow.flows.core.records import StepRecord, set_job_id
+from lamflow.flows.core.records import RECORD_SUFFIX, StepRecord, cache_key, set_job_id, write_record
 from lamflow.flows.core.resources import Resources, dpdispatcher
 from lamflow.steps.artifacts import write_json
 from lamflow.steps.errors import InputError, StepFailed, StepInterrupted
+from lamflow.steps.registry import STEPS
 from lamflow.steps.runtime import stopping
 
 log = logging.getLogger(__name__)
@@ -84,6 +86,45 @@ def _job_name(label: str) -> str:
     return "lamflow-" + re.sub(r"[^A-Za-z0-9_.-]+", "-", label).strip("-")
 
 
+#: SSHContext: where a step's inputs and output sit in its remote task folder
+INPUTS, OUTPUT, RESULT = "inputs", "out", "result.json"
+
+
+def remote(params: BaseModel) -> tuple[dict[str, Any], list[str], list[tuple[str, Path]]]:
+    """SSHContext: the step's parameters as the remote job sees them, the files to upload and the
+    (remote, local) path pairs to map its result back.
+
+    Every input path becomes ``inputs/I/NAME`` (a link to it in the local task folder, uploaded
+    as its content) and the output ``out/NAME``, both relative to the job's task folder: the
+    cluster need not have any path of this machine."""
+    data = json.loads(params.model_dump_json())
+    task = job_folder(params).resolve() / TASK
+    shutil.rmtree(task / INPUTS, ignore_errors=True)
+    staged: dict[Path, str] = {}
+    pairs: list[tuple[str, Path]] = []
+
+    def stage(path: Path) -> str:
+        path = Path(path).resolve()
+        if path not in staged:
+            where = f"{INPUTS}/{len(staged)}/{path.name}"
+            (task / where).parent.mkdir(parents=True)
+            (task / where).symlink_to(path)
+            staged[path] = where
+            pairs.append((where, path))
+        return staged[path]
+
+    for name in type(params).model_fields:
+        value = getattr(params, name)
+        if name == "output":
+            data[name] = f"{OUTPUT}/{Path(value).name}"
+            pairs.append((data[name], Path(value).resolve()))
+        elif isinstance(value, Path) and value.exists():
+            data[name] = stage(value)
+        elif isinstance(value, list) and value and all(isinstance(v, Path) for v in value):
+            data[name] = [stage(v) if v.exists() else str(v) for v in value]
+    return data, [where for where in staged.values()], pairs
+
+
 def submission(step: str, params: BaseModel, resources: Resources, label: str) -> Any:
     """The dpdispatcher ``Submission`` of one step: one job, one task, on one node."""
     executor = resources.executor
@@ -91,20 +132,61 @@ def submission(step: str, params: BaseModel, resources: Resources, label: str) -
     dpd = dpdispatcher()
     base = job_folder(params).resolve()
     (base / TASK).mkdir(parents=True, exist_ok=True)
-    write_json(base / TASK / "params.json", json.loads(params.model_dump_json()))
-    python = executor.command or shlex.quote(sys.executable)
-    command = (f"{python} -m lamflow.flows.cli step {step} --params params.json --threads {resources.threads}; "
-               f"code=$?; echo $code > {EXIT_FILE}; exit $code")
-    machine = dpd.Machine.load_from_dict({
-        "batch_type": executor.batch_type, "context_type": executor.context_type, "local_root": str(base),
-        "remote_root": str(executor.remote_root or base / "submit"), "retry_count": 0})
+    ssh = executor.context_type == "SSHContext"
+    data, uploads = (json.loads(params.model_dump_json()), []) if not ssh else remote(params)[:2]
+    write_json(base / TASK / "params.json", data)
+    python = executor.command or ("python3" if ssh else shlex.quote(sys.executable))
+    command = (f"{python} -m lamflow.flows.cli step {step} --params params.json --threads {resources.threads}"
+               f"{f' --result {RESULT}' if ssh else ''}; code=$?; echo $code > {EXIT_FILE}")
+    if ssh:  # dpdispatcher refuses links in what it downloads (deepmd-kit's model.ckpt.pt is one): copies
+        command += f"; [ -e {OUTPUT} ] && cp -rL {OUTPUT} {OUTPUT}.copy && rm -rf {OUTPUT} && mv {OUTPUT}.copy {OUTPUT}"
+    command += "; exit $code"
+    machine = executor.machine_dict(str(base))
+    machine["remote_root"] = executor.remote_root or str(base / "submit")
+    if ssh:
+        machine["create_remote_root"] = True
+    machine = dpd.Machine.load_from_dict(machine)
     cpu = math.ceil(resources.cpu) if resources.cpu else resources.threads
     gpu = resources.pod(step).gpu  # the one cluster policy (GPU_STEPS), as for pods
     res = dpd.Resources.load_from_dict(
         executor.resources_dict(cpu, gpu, _scheduler_lines(executor.batch_type, resources)))
-    task = dpd.Task(command=command, task_work_path=TASK, forward_files=["params.json"], backward_files=[],
+    task = dpd.Task(command=command, task_work_path=TASK, forward_files=["params.json", *uploads],
+                    backward_files=[OUTPUT, RESULT, "err", EXIT_FILE] if ssh else [],
                     outlog="log", errlog="err", task_name=_job_name(label))
     return dpd.Submission(work_base=".", machine=machine, resources=res, task_list=[task])
+
+
+def _remap(node: Any, pairs: list[tuple[str, Path]], task: str) -> Any:
+    """A result computed on the cluster, with its paths (relative to the task folder, or under it)
+    turned back into this machine's."""
+    if isinstance(node, dict):
+        return {k: _remap(v, pairs, task) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_remap(v, pairs, task) for v in node]
+    if isinstance(node, str):
+        rel = node[len(task) + 1:] if node.startswith(task + "/") else node
+        for there, here in pairs:
+            if rel == there or rel.startswith(there + "/"):
+                return str(here) + rel[len(there):]
+    return node
+
+
+def _bring_back(step: str, model: BaseModel, sub: Any, seconds_fallback: float) -> StepRecord:
+    """SSHContext: the downloaded output moved into place and recorded here, under this machine's
+    cache key (the cluster's paths and keys mean nothing here)."""
+    task = job_folder(model).resolve() / TASK
+    _, _, pairs = remote(model)
+    out = Path(model.output)
+    if out.is_dir():
+        shutil.rmtree(out)
+    out.unlink(missing_ok=True)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    shutil.move(str(task / OUTPUT / out.name), str(out))
+    remote_task = f"{sub.machine.context.remote_root}/{TASK}"
+    result = STEPS[step].result.model_validate(_remap(json.loads((task / RESULT).read_text()), pairs, remote_task))
+    saved = task / OUTPUT / f"{out.name}{RECORD_SUFFIX}"
+    seconds = json.loads(saved.read_text())["seconds"] if saved.is_file() else seconds_fallback
+    return write_record(step, model, cache_key(step, model), result, seconds)
 
 
 def batch_script(step: str, params: dict[str, Any] | BaseModel, resources: Resources, label: str = "") -> str:
@@ -128,16 +210,24 @@ def _failure(sub: Any, label: str, batch_type: str) -> Exception:
     """One line for a failed job: its id, the last line it wrote to stderr and where its logs are;
     an ``InputError`` when ``lamflow step`` refused its parameters (never worth a retry)."""
     job = sub.belonging_jobs[0]
-    folder = Path(sub.machine.context.remote_root)
-    err, status = folder / TASK / "err", folder / TASK / EXIT_FILE
-    lines = [ln for ln in (err.read_text(errors="replace").splitlines() if err.is_file() else []) if ln.strip()]
+    context = sub.machine.context
+    where = Path(context.remote_root)
+    host = getattr(context, "remote_profile", {}).get("hostname")
+
+    def read(name: str) -> str:
+        try:
+            return context.read_file(name) if context.check_file_exists(name) else ""
+        except Exception:  # noqa: BLE001 — a lost connection must not hide the job's failure
+            return ""
+
+    lines = [ln for ln in read(f"{TASK}/err").splitlines() if ln.strip()]
     last = lines[-1].strip() if lines else "no error output (killed or cancelled by the scheduler?)"
-    outputs = [str(err)] + [str(p) for p in sorted(folder.glob(f"*{job.job_id}*.out"))]
-    code = status.read_text().strip() if status.is_file() else ""
+    logs = [f"{where / TASK / 'err'}"] + [str(where / n) for n in (f"slurm-{job.job_id}.out",) if read(n)]
+    code = read(f"{TASK}/{EXIT_FILE}").strip()
     if code == "2":
         return InputError(label, f"{batch_type} job {job.job_id}: {last}")
-    return StepFailed(f"{label}: {batch_type} job {job.job_id} failed"
-                      f"{f' (exit {code})' if code else ''}: {last} — see {', '.join(outputs)}")
+    return StepFailed(f"{label}: {batch_type} job {job.job_id} failed{f' (exit {code})' if code else ''}: {last} "
+                      f"— see {f'{host}:' if host else ''}{', '.join(logs)}")
 
 
 def _wait(seconds: float) -> bool:
@@ -189,6 +279,14 @@ def run_as_job(step: str, params: dict[str, Any] | BaseModel, resources: Resourc
         _forget(sub)
         raise _failure(sub, label, executor.batch_type) from None
     job_id = str(sub.belonging_jobs[0].job_id)
+    if executor.context_type == "SSHContext":
+        if not (job_folder(model).resolve() / TASK / OUTPUT).exists():  # not fetched by run_submission already
+            try:  # once: dpdispatcher's own try_download_result retries for a day
+                sub.download_jobs()
+            except Exception as exc:  # noqa: BLE001 — SSH, archive and file errors alike
+                raise StepFailed(f"{label}: {executor.batch_type} job {job_id} finished but its output could not "
+                                 f"be downloaded: {str(exc).strip().splitlines()[0] if str(exc).strip() else exc!r}") from None
+        _bring_back(step, model, sub, time.time() - started)
     record = lookup(step, model)
     if record is None:
         raise StepFailed(f"{label}: {executor.batch_type} job {job_id} finished but left no record of the step "
@@ -203,16 +301,33 @@ PROBES = {"Slurm": ["sinfo", "-h", "-o", "%P %G"], "PBS": ["qstat", "-Q"], "Torq
           "LSF": ["bqueues"], "SGE": ["qstat", "-g", "c"]}
 
 
-def _probe(field: str, batch_type: str) -> str:
-    """The probe's output, or one line: the scheduler's commands are missing or it does not answer."""
+def _probe(field: str, executor: Any) -> str:
+    """The probe's output, or one line: the scheduler's commands are missing or it does not answer
+    (over SSH: on the cluster, after connecting)."""
+    batch_type = executor.batch_type
     probe = PROBES[batch_type]
-    try:
-        out = subprocess.run(probe, capture_output=True, text=True, timeout=60)
-    except FileNotFoundError:
-        raise InputError(field, f"batch_type {batch_type}: `{probe[0]}` is not on this machine's PATH; lamflow "
-                         f"submits from a login node of the cluster, where {probe[0]} works") from None
-    except subprocess.TimeoutExpired:
-        raise InputError(field, f"{batch_type} does not answer: `{' '.join(probe)}` timed out after 60 s") from None
+    if executor.context_type == "SSHContext":
+        profile = executor.remote_profile
+        try:
+            machine = dpdispatcher().Machine.load_from_dict(
+                {**executor.machine_dict(str(Path.cwd())), "create_remote_root": True})
+            _, stdout, stderr = machine.context.ssh_session.exec_command(shlex.join(probe))
+            code, text, err = stdout.channel.recv_exit_status(), stdout.read().decode(), stderr.read().decode()
+        except Exception as exc:  # noqa: BLE001 — paramiko's and dpdispatcher's many ways to fail
+            raise InputError(field, f"cannot reach {profile.get('username')}@{profile.get('hostname')} over SSH: "
+                                    f"{str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}") from None
+        if code == 127:
+            raise InputError(field, f"batch_type {batch_type}: `{probe[0]}` is not on the PATH of "
+                                    f"{profile.get('hostname')}'s SSH shell")
+        out = subprocess.CompletedProcess(probe, code, text, err)
+    else:
+        try:
+            out = subprocess.run(probe, capture_output=True, text=True, timeout=60)
+        except FileNotFoundError:
+            raise InputError(field, f"batch_type {batch_type}: `{probe[0]}` is not on this machine's PATH; lamflow "
+                             f"submits from a login node of the cluster, where {probe[0]} works") from None
+        except subprocess.TimeoutExpired:
+            raise InputError(field, f"{batch_type} does not answer: `{' '.join(probe)}` timed out after 60 s") from None
     if out.returncode != 0:
         lines = [ln.strip() for ln in (out.stderr or out.stdout).splitlines() if ln.strip()]
         raise InputError(field, f"{batch_type} cannot be reached: `{' '.join(probe)}` said: "
@@ -238,18 +353,19 @@ def check_schedulers(cfg: Any, steps: Any) -> None:
     """Preflight of every batch executor the run's steps use: the scheduler answers, the queue
     exists and, on Slurm, a step given GPUs goes to a partition that has some (a job asking
     for a GPU that no node has would otherwise wait in the queue forever)."""
-    answers: dict[str, str] = {}
+    answers: dict[tuple[str, str, str], str] = {}
     for step in sorted(steps):
         res = cfg.resources_for(step)
         executor = res.executor
         if executor is None or executor.batch_type not in PROBES:
             continue
         entry = step if step in cfg.resources else "default"
-        if executor.batch_type not in answers:
-            answers[executor.batch_type] = _probe(f"resources.{entry}.executor", executor.batch_type)
+        where = (executor.batch_type, executor.context_type, json.dumps(executor.remote_profile, sort_keys=True))
+        if where not in answers:
+            answers[where] = _probe(f"resources.{entry}.executor", executor)
         if executor.batch_type != "Slurm":
             continue
-        gres, default = _slurm_partitions(answers["Slurm"])
+        gres, default = _slurm_partitions(answers[where])
         partition = executor.queue_name or default
         if partition not in gres:
             raise InputError(f"resources.{entry}.executor.queue_name",

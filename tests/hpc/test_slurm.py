@@ -12,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
@@ -172,3 +173,65 @@ def test_sigterm_to_the_run_cancels_its_running_job(tmp_path, slurm):
     assert proc.returncode == 128 + signal.SIGTERM, stderr[-2000:]
     state = slurm.run("squeue", "-h", "-t", "all", "-j", job, "-o", "%T").strip()
     assert state == "CANCELLED", state
+
+
+@pytest.fixture(scope="module")
+def ssh(tmp_path_factory, slurm):
+    from ssh_server import SSHServer
+
+    server = SSHServer(tmp_path_factory.mktemp("sshd"), env=slurm.env).start()
+    yield server
+    server.stop()
+
+
+def test_over_ssh_inputs_go_up_outputs_come_back_and_the_numbers_are_those_of_here(tmp_path, slurm, ssh):
+    """lamflow on a 'laptop', Slurm behind SSH (127.0.0.1): labelling, then a training on those
+    labels, as Slurm jobs that see none of this machine's paths; the records are written here
+    with this machine's paths and keys, and equal the same steps run in process."""
+    from conftest import TINY_SE_E2_A
+    from lamflow.flows.engines.local import LocalRunner
+    from lamflow.flows.core.records import StepCall
+    from lamflow.steps.label import LabelParams
+    from lamflow.steps.train import TrainParams
+
+    frames = write_cu_frames(tmp_path / "cu.extxyz", 4, seed=5)
+    cluster = tmp_path / "cluster"  # the cluster's own folder: nothing of the run is there
+    on_ssh = Resources.model_validate({"threads": 1, "gpu": 0, "executor": {
+        "context_type": "SSHContext", "remote_root": str(cluster), "remote_profile": ssh.profile,
+        "command": sys.executable, "check_interval": 1}})
+    here = Resources(threads=1)
+
+    def steps(root: Path, res: Resources):
+        (label,) = LocalRunner().map([StepCall("label", LabelParams(structures=[frames], type_map=["Cu"],
+                                                                    output=root / "labels"), "label", res)])
+        (train,) = LocalRunner().map([StepCall("train", TrainParams(
+            output=root / "student", type_map=["Cu"], template="se_e2_a", overrides=TINY_SE_E2_A,
+            train=label.result.systems, numb_steps=20, compress=False), "train", res)])
+        return label, train
+
+    label, train = steps(tmp_path / "remote", on_ssh)
+    assert label.job_id and train.job_id
+    assert all(Path(s).is_dir() and str(s).startswith(str(tmp_path / "remote")) for s in label.result.systems)
+    assert train.result.model.is_file() and str(train.result.model).startswith(str(tmp_path / "remote"))
+    assert any(cluster.rglob("inputs/*/cu.extxyz"))  # uploaded to the cluster's folder
+
+    ref_label, ref_train = steps(tmp_path / "local", here)
+    assert label.result.n_frames == ref_label.result.n_frames == 4
+    for a, b in zip(label.result.systems, ref_label.result.systems):
+        for name in ("energy.npy", "force.npy"):
+            assert np.array_equal(np.load(Path(a) / "set.000" / name), np.load(Path(b) / "set.000" / name))
+    lcurve = [np.loadtxt(t.result.lcurve) for t in (train, ref_train)]
+    assert np.allclose(lcurve[0], lcurve[1], rtol=1e-6)  # same seeds, same numbers
+
+    again, _ = steps(tmp_path / "remote", on_ssh)  # finished: read back here, nothing submitted
+    assert again.cached and again.job_id == label.job_id
+
+
+def test_an_ssh_host_that_does_not_answer_is_one_line_and_exit_2(tmp_path, slurm, ssh):
+    profile = {**ssh.profile, "port": free_port(), "timeout": 5}
+    executor = {"context_type": "SSHContext", "remote_root": str(tmp_path / "c"), "remote_profile": profile}
+    out = _check(tmp_path, {"default": {"gpu": 0, "executor": executor}})
+    assert out.returncode == 2 and "resources.default.executor: cannot reach" in out.stderr, out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1, out.stderr
+    assert _check(tmp_path, {"default": {"gpu": 0, "executor": {**executor, "remote_profile": ssh.profile}}}
+                  ).returncode == 0

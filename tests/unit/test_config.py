@@ -114,3 +114,14 @@ def test_schema_lists_fields():
     proc = subprocess.run([sys.executable, "-m", "lamflow.flows.cli", "config", "--schema"],
                           capture_output=True, text=True, check=True)
     assert '"trust_lo"' in proc.stdout and '"max_candidates"' in proc.stdout
+
+
+def test_a_json_file_is_read_as_json_so_a_learning_rate_of_1e_05_stays_a_number(tmp_path):
+    """YAML 1.1 reads JSON's 1e-05 as a string: a batch job's parameters (JSON) broke on it."""
+    from lamflow.flows.core.config import read_mapping
+
+    (tmp_path / "p.json").write_text('{"overrides": {"learning_rate": {"stop_lr": 1e-05}}}')
+    assert read_mapping(tmp_path / "p.json")["overrides"]["learning_rate"]["stop_lr"] == 1e-05
+    (tmp_path / "bad.json").write_text("{oops")
+    with pytest.raises(InputError, match="is not valid JSON"):
+        read_mapping(tmp_path / "bad.json")
