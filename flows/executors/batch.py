@@ -196,14 +196,15 @@ def batch_script(step: str, params: dict[str, Any] | BaseModel, resources: Resou
     return sub.machine.gen_script(sub.belonging_jobs[0])
 
 
-def _state_file(sub: Any) -> Path:
-    return Path(sub.machine.context.remote_root) / f"{sub.submission_hash}.json"
+def _has_state(sub: Any) -> bool:
+    """Whether dpdispatcher saved this submission before (on the cluster, for SSH)."""
+    return bool(sub.machine.context.check_file_exists(f"{sub.submission_hash}.json"))
 
 
 def _forget(sub: Any) -> None:
     """Drop dpdispatcher's saved state of this submission, so that the next attempt (a retry, or
     a resumed run) submits a new job instead of adopting the failed one."""
-    _state_file(sub).unlink(missing_ok=True)
+    sub.machine.context.block_call(f"rm -f {shlex.quote(sub.submission_hash + '.json')}")
 
 
 def _failure(sub: Any, label: str, batch_type: str) -> Exception:
@@ -252,7 +253,7 @@ def run_as_job(step: str, params: dict[str, Any] | BaseModel, resources: Resourc
     from dpdispatcher.utils.job_status import JobStatus as jobs
 
     started = time.time()
-    if _state_file(sub).is_file():  # a stopped run left a job: adopt it, unless it failed meanwhile
+    if _has_state(sub):  # a stopped run left a job: adopt it, unless it failed meanwhile
         sub.try_recover_from_json()
         sub.update_submission_state()
         if sub.belonging_jobs and sub.belonging_jobs[0].job_state in (jobs.terminated, jobs.failed, jobs.unknown):

@@ -4,6 +4,9 @@ scheduler: fast, and on every machine); Slurm itself is in test_slurm.py."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+import time
 
 import pytest
 import yaml
@@ -63,3 +66,34 @@ def test_a_failed_job_is_retried_per_retries_and_bad_input_is_not(tmp_path, monk
     with pytest.raises(InputError, match="file not found"):
         LocalRunner().map([bad])
     assert len(list((tmp_path / "bad.job" / "submit").iterdir())) == 1  # submitted once, not retried
+
+
+def test_a_job_left_running_by_a_killed_run_is_adopted_not_submitted_twice(tmp_path, cu_data):
+    """lamflow SIGKILLed while its job runs: the job goes on; the same step asked again waits for
+    that job (dpdispatcher finds the submission by its hash) and records its id."""
+    from conftest import TINY_SE_E2_A
+
+    params = {"output": str(tmp_path / "student"), "type_map": ["Cu"], "template": "se_e2_a",
+              "overrides": TINY_SE_E2_A, "train": [str(s) for s in cu_data.systems], "numb_steps": 300,
+              "compress": False}
+    (tmp_path / "params.json").write_text(json.dumps(params))
+    script = (f"import json; from lamflow.flows.executors import run_step; from lamflow.flows.core.resources import "
+              f"Resources; run_step('train', json.load(open({str(tmp_path / 'params.json')!r})), "
+              f"Resources.model_validate({{'threads': 1, 'executor': {{'batch_type': 'Shell', 'check_interval': 0.2}}}}), "
+              f"'train')")
+    first = subprocess.Popen([sys.executable, "-c", script])
+    submit = tmp_path / "student.job" / "submit"
+    for _ in range(200):
+        ids = list(submit.glob("*/*_job_id"))
+        if ids:
+            break
+        time.sleep(0.1)
+    assert ids, "no job was submitted"
+    job = ids[0].read_text().strip()
+    first.kill()
+    first.wait()
+    assert not (tmp_path / "student.result.json").exists()  # the job is still training
+
+    (record,) = LocalRunner().map([StepCall("train", params, "train", _shell())])
+    assert record.job_id == job and not record.cached
+    assert [p.read_text().strip() for p in submit.glob("*/*_job_id")] == [job]  # nothing submitted again
