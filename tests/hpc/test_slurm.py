@@ -26,9 +26,9 @@ pytestmark = pytest.mark.xdist_group("slurm")
 
 CLI = [sys.executable, "-m", "lamflow.flows.cli"]
 #: the compute steps of a distillation, sent to Slurm (the light ones stay in the flow's process)
-ON_SLURM = {"train": {"gpu": 0, "retries": 0, "executor": {"batch_type": "Slurm", "check_interval": 1}},
-            "explore": {"gpu": 0, "executor": {"batch_type": "Slurm", "check_interval": 1}},
-            "teacher_label": {"gpu": 0, "executor": {"batch_type": "Slurm", "check_interval": 1}}}
+ON_SLURM = {"train": {"gpu": 0, "retries": 0, "executor": {"batch_type": "Slurm", "check_interval": 0.5}},
+            "explore": {"gpu": 0, "executor": {"batch_type": "Slurm", "check_interval": 0.5}},
+            "teacher_label": {"gpu": 0, "executor": {"batch_type": "Slurm", "check_interval": 0.5}}}
 
 
 @pytest.fixture(scope="module")
@@ -125,9 +125,21 @@ def test_distillation_with_training_md_and_labelling_as_slurm_jobs_matches_the_e
                              json.loads((prefect_cli_run.run / "report.json").read_text()))
 
 
-@pytest.mark.slow(seconds=200)
-def test_a_training_job_cancelled_with_scancel_fails_in_one_line_and_the_run_resumes(tmp_path, slurm):
-    """On the local engine; one iteration (what is checked is the stop and the resume)."""
+def _running_training(slurm: SlurmCluster, proc: subprocess.Popen) -> str | None:
+    for _ in range(600):
+        lines = slurm.run("squeue", "-h", "-t", "R", "-o", "%i %j").split("\n")
+        job = next((ln.split()[0] for ln in lines if "train" in ln), None)
+        if job or proc.poll() is not None:
+            return job
+        time.sleep(0.5)
+    return None
+
+
+@pytest.mark.slow(seconds=220)
+def test_a_job_cancelled_with_scancel_or_by_sigterm_to_the_run_then_the_run_resumes(tmp_path, slurm):
+    """On the local engine, one iteration (what is checked is the stops and the resume): a
+    training job cancelled with scancel stops the run in one line naming it and its logs; SIGTERM
+    to the next run cancels its running job; the third run finishes, redoing nothing finished."""
     config = _config(tmp_path, {"train": ON_SLURM["train"]}, max_iterations=1)
     run = tmp_path / "run"
     cmd = [*CLI, "distill", str(config), "--engine", "local", "--workdir", str(run)]
@@ -143,36 +155,20 @@ def test_a_training_job_cancelled_with_scancel_fails_in_one_line_and_the_run_res
     before = _records(run)
     assert before, "the steps before the training keep their records"
 
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    second = _running_training(slurm, proc)
+    assert second and second != job, proc.communicate()
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM, stderr[-2000:]
+    assert slurm.run("squeue", "-h", "-t", "all", "-j", second, "-o", "%T").strip() == "CANCELLED"
+
     again = subprocess.run(cmd, capture_output=True, text=True, timeout=1200)
     assert again.returncode in (0, 3), again.stdout[-3000:] + again.stderr[-3000:]
     after = _records(run)
     assert all(after[name]["finished"] == rec["finished"] for name, rec in before.items())  # not rerun
     trainings = [r for r in after.values() if r["step"] == "train"]
-    assert trainings and all(r["job_id"] and r["job_id"] != job for r in trainings)
-
-
-def _running_training(slurm: SlurmCluster, proc: subprocess.Popen) -> str | None:
-    for _ in range(600):
-        lines = slurm.run("squeue", "-h", "-t", "R", "-o", "%i %j").split("\n")
-        job = next((ln.split()[0] for ln in lines if "train" in ln), None)
-        if job or proc.poll() is not None:
-            return job
-        time.sleep(0.5)
-    return None
-
-
-@pytest.mark.slow(seconds=60)
-def test_sigterm_to_the_run_cancels_its_running_job(tmp_path, slurm):
-    config = _config(tmp_path, {"train": ON_SLURM["train"]}, max_iterations=1)
-    proc = subprocess.Popen([*CLI, "distill", str(config), "--engine", "local", "--workdir", str(tmp_path / "run")],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    job = _running_training(slurm, proc)
-    assert job, proc.communicate()
-    proc.send_signal(signal.SIGTERM)
-    _, stderr = proc.communicate(timeout=120)
-    assert proc.returncode == 128 + signal.SIGTERM, stderr[-2000:]
-    state = slurm.run("squeue", "-h", "-t", "all", "-j", job, "-o", "%T").strip()
-    assert state == "CANCELLED", state
+    assert trainings and all(r["job_id"] and r["job_id"] not in (job, second) for r in trainings)
 
 
 @pytest.fixture(scope="module")
@@ -198,7 +194,7 @@ def test_over_ssh_inputs_go_up_outputs_come_back_and_the_numbers_are_those_of_he
     cluster = tmp_path / "cluster"  # the cluster's own folder: nothing of the run is there
     on_ssh = Resources.model_validate({"threads": 1, "gpu": 0, "executor": {
         "context_type": "SSHContext", "remote_root": str(cluster), "remote_profile": ssh.profile,
-        "command": sys.executable, "check_interval": 1}})
+        "command": sys.executable, "check_interval": 0.5}})
     here = Resources(threads=1)
 
     def steps(root: Path, res: Resources):
