@@ -1,6 +1,6 @@
 """Does the student reproduce a real large atomic model? One run, figures printed last.
 
-    python bench/real_teacher.py [--system si] [--threads 2] [--device cpu|cuda] [--max-iterations N] [--workdir DIR]
+    python bench/real_teacher.py [--system si] [--threads 2] [--device cpu|cuda] [--max-iterations N] [--max-workers N] [--workdir DIR]
 
 The teacher is SevenNet-0 (``sevenn``, trained on DFT: MPtrj), the distillation the system's
 example config (``examples/si-sevenn``), run by ``lamflow distill`` on the local engine. Then,
@@ -76,6 +76,9 @@ def main() -> None:
                         help="stop the loop here (its finished steps are reused from the work directory)")
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
                         help="where SevenNet-0 runs (cuda: on a GPU, as do the students' training and MD there)")
+    parser.add_argument("--max-workers", type=int, default=None,
+                        help="steps at once (the config's max_workers, default 1): on a GPU machine with many cores, "
+                             "the two students and the exploration tasks otherwise run one after another")
     parser.add_argument("--workdir", default=None)
     args = parser.parse_args()
 
@@ -113,7 +116,7 @@ def main() -> None:
     # 2. the distillation, as a user runs it
     loop = work / "loop"
     config = system.config
-    if args.max_iterations is not None or args.device != "cpu":  # the example's config, fewer iterations or on a GPU
+    if args.max_iterations is not None or args.device != "cpu" or args.max_workers:  # the example's, changed
         import yaml
 
         from lamflow.flows.core.config import resolve_paths
@@ -122,6 +125,8 @@ def main() -> None:
         raw["teacher"]["calculator_kwargs"] = kwargs
         if args.max_iterations is not None:
             raw["max_iterations"] = args.max_iterations
+        if args.max_workers:
+            raw["max_workers"] = args.max_workers
         config = work / f"config-{args.max_iterations or 'all'}-iterations-{args.device}.yaml"
         config.write_text(yaml.safe_dump(raw, sort_keys=False))
     out = subprocess.run([sys.executable, "-m", "lamflow.flows.cli", "distill", str(config),
