@@ -27,14 +27,15 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def install() -> None:
-    """slurm-wlm and munge from the distribution, or a skip that says why they cannot be had."""
-    if shutil.which("slurmctld") and Path(MUNGED).exists():
+def apt_install(packages: list[str], needed: list[str]) -> None:
+    """Debian ``packages`` when one of the ``needed`` programs is missing (CI's fresh machine), or
+    a skip that says why they cannot be had. Shared by the test Slurm and the test SSH server."""
+    if all(shutil.which(n) or Path(n).exists() for n in needed):
         return
     if os.geteuid() != 0 or not shutil.which("apt-get"):
-        pytest.skip("Slurm is not installed and cannot be installed here (needs root and apt-get)")
+        pytest.skip(f"{' and '.join(packages)} not installed and cannot be installed here (needs root and apt-get)")
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    cmd = ["apt-get", "install", "-y", "-q", "slurm-wlm", "munge"]
+    cmd = ["apt-get", "install", "-y", "-q", *packages]
     if subprocess.run(cmd, env=env, capture_output=True).returncode != 0:
         subprocess.run(["apt-get", "update", "-q"], env=env, capture_output=True, check=True)
         subprocess.run(cmd, env=env, capture_output=True, check=True)
@@ -47,7 +48,7 @@ class SlurmCluster:
         self.env = {"SLURM_CONF": str(self.conf)}
 
     def start(self) -> "SlurmCluster":
-        install()
+        apt_install(["slurm-wlm", "munge"], ["slurmctld", MUNGED])
         r = self.root
         for sub in ("state", "spool"):
             (r / sub).mkdir(parents=True, exist_ok=True)

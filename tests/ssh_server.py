@@ -6,28 +6,15 @@ from __future__ import annotations
 
 import getpass
 import os
-import shutil
 import signal
 import socket
 import subprocess
 import time
 from pathlib import Path
 
-import pytest
+from slurm_cluster import apt_install
 
 SSHD = "/usr/sbin/sshd"
-
-
-def _install() -> None:
-    if Path(SSHD).exists():
-        return
-    if os.geteuid() != 0 or not shutil.which("apt-get"):
-        pytest.skip("openssh-server is not installed and cannot be installed here (needs root and apt-get)")
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    cmd = ["apt-get", "install", "-y", "-q", "openssh-server"]
-    if subprocess.run(cmd, env=env, capture_output=True).returncode != 0:
-        subprocess.run(["apt-get", "update", "-q"], env=env, capture_output=True, check=True)
-        subprocess.run(cmd, env=env, capture_output=True, check=True)
 
 
 class SSHServer:
@@ -36,7 +23,7 @@ class SSHServer:
         self.port = 0
 
     def start(self) -> "SSHServer":
-        _install()
+        apt_install(["openssh-server"], [SSHD])
         r = self.root
         r.mkdir(parents=True, exist_ok=True)
         for key in ("host_key", "client_key"):

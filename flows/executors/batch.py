@@ -55,20 +55,23 @@ def job_folder(params: BaseModel) -> Path:
     return Path(f"{params.output}.job")
 
 
-def _memory(value: str) -> tuple[float, str]:
-    """``16Gi``/``16G``/``500Mi`` as (number, unit letter)."""
+def _memory(value: str, field: str) -> tuple[float, str]:
+    """``16Gi``/``16G``/``500Mi`` as (number, unit letter); a bare number is bytes, as Kubernetes
+    reads the same key (a scheduler would take it as megabytes)."""
     found = re.fullmatch(r"\s*([0-9.]+)\s*([KMGT]?)i?[Bb]?\s*", value)
     if not found:
-        raise InputError("resources.memory", f"expected a size such as 16Gi or 500M, got {value!r}")
-    return float(found.group(1)), found.group(2) or "M"
+        raise InputError(field, f"expected a size such as 16Gi or 500M, got {value!r}")
+    if not found.group(2):
+        return float(math.ceil(float(found.group(1)) / 2**20)), "M"
+    return float(found.group(1)), found.group(2)
 
 
-def _scheduler_lines(batch_type: str, resources: Resources) -> list[str]:
+def _scheduler_lines(batch_type: str, resources: Resources, field: str = "resources.memory") -> list[str]:
     """``memory`` and ``timeout`` (seconds) as header lines, where the batch system has a standard
     one (other systems: put them in ``custom_flags``)."""
     lines = []
     if resources.memory:
-        amount, unit = _memory(resources.memory)
+        amount, unit = _memory(resources.memory, field)
         if batch_type == "Slurm":
             lines.append(f"#SBATCH --mem={amount:g}{unit}")
         elif batch_type in ("PBS", "Torque"):
@@ -90,39 +93,46 @@ def _job_name(label: str) -> str:
 INPUTS, OUTPUT, RESULT = "inputs", "out", "result.json"
 
 
-def remote(params: BaseModel) -> tuple[dict[str, Any], list[str], list[tuple[str, Path]]]:
-    """SSHContext: the step's parameters as the remote job sees them, the files to upload and the
-    (remote, local) path pairs to map its result back.
+def remote(params: BaseModel) -> tuple[dict[str, Any], dict[str, Path]]:
+    """SSHContext: the step's parameters as the remote job sees them, and ``{path there: path
+    here}`` for its inputs and its output (to stage the ones and map the result back).
 
-    Every input path becomes ``inputs/I/NAME`` (a link to it in the local task folder, uploaded
-    as its content) and the output ``out/NAME``, both relative to the job's task folder: the
-    cluster need not have any path of this machine."""
+    Every input path becomes ``inputs/I/NAME`` and the output ``out/NAME``, both relative to the
+    job's task folder: the cluster need not have any path of this machine."""
     data = json.loads(params.model_dump_json())
-    task = job_folder(params).resolve() / TASK
-    shutil.rmtree(task / INPUTS, ignore_errors=True)
-    staged: dict[Path, str] = {}
-    pairs: list[tuple[str, Path]] = []
+    there: dict[Path, str] = {}
 
     def stage(path: Path) -> str:
         path = Path(path).resolve()
-        if path not in staged:
-            where = f"{INPUTS}/{len(staged)}/{path.name}"
-            (task / where).parent.mkdir(parents=True)
-            (task / where).symlink_to(path)
-            staged[path] = where
-            pairs.append((where, path))
-        return staged[path]
+        return there.setdefault(path, f"{INPUTS}/{len(there)}/{path.name}")
 
     for name in type(params).model_fields:
         value = getattr(params, name)
         if name == "output":
             data[name] = f"{OUTPUT}/{Path(value).name}"
-            pairs.append((data[name], Path(value).resolve()))
         elif isinstance(value, Path) and value.exists():
             data[name] = stage(value)
         elif isinstance(value, list) and value and all(isinstance(v, Path) for v in value):
             data[name] = [stage(v) if v.exists() else str(v) for v in value]
-    return data, [where for where in staged.values()], pairs
+    return data, {**{where: path for path, where in there.items()}, data["output"]: Path(params.output).resolve()}
+
+
+def _stage(task: Path, paths: dict[str, Path]) -> list[str]:
+    """Links to the step's inputs in its local task folder (uploaded as their content); their names."""
+    shutil.rmtree(task / INPUTS, ignore_errors=True)
+    inputs = [where for where in paths if where.startswith(f"{INPUTS}/")]
+    for where in inputs:
+        (task / where).parent.mkdir(parents=True)
+        (task / where).symlink_to(paths[where])
+    return inputs
+
+
+def _machine(executor: Any, base: Path) -> Any:
+    """dpdispatcher's ``Machine`` (over SSH: connected) of a step whose job folder is ``base``."""
+    machine = {**executor.machine_dict(str(base)), "remote_root": executor.remote_root or str(base / "submit")}
+    if executor.context_type == "SSHContext":
+        machine["create_remote_root"] = True
+    return dpdispatcher().Machine.load_from_dict(machine)
 
 
 def submission(step: str, params: BaseModel, resources: Resources, label: str) -> Any:
@@ -133,7 +143,11 @@ def submission(step: str, params: BaseModel, resources: Resources, label: str) -
     base = job_folder(params).resolve()
     (base / TASK).mkdir(parents=True, exist_ok=True)
     ssh = executor.context_type == "SSHContext"
-    data, uploads = (json.loads(params.model_dump_json()), []) if not ssh else remote(params)[:2]
+    if ssh:
+        data, paths = remote(params)
+        uploads = _stage(base / TASK, paths)
+    else:
+        data, uploads = json.loads(params.model_dump_json()), []
     write_json(base / TASK / "params.json", data)
     python = executor.command or ("python3" if ssh else shlex.quote(sys.executable))
     command = (f"{python} -m lamflow.flows.cli step {step} --params params.json --threads {resources.threads}"
@@ -141,11 +155,7 @@ def submission(step: str, params: BaseModel, resources: Resources, label: str) -
     if ssh:  # dpdispatcher refuses links in what it downloads (deepmd-kit's model.ckpt.pt is one): copies
         command += f"; [ -e {OUTPUT} ] && cp -rL {OUTPUT} {OUTPUT}.copy && rm -rf {OUTPUT} && mv {OUTPUT}.copy {OUTPUT}"
     command += "; exit $code"
-    machine = executor.machine_dict(str(base))
-    machine["remote_root"] = executor.remote_root or str(base / "submit")
-    if ssh:
-        machine["create_remote_root"] = True
-    machine = dpd.Machine.load_from_dict(machine)
+    machine = _machine(executor, base)
     cpu = math.ceil(resources.cpu) if resources.cpu else resources.threads
     gpu = resources.pod(step).gpu  # the one cluster policy (GPU_STEPS), as for pods
     res = dpd.Resources.load_from_dict(
@@ -156,16 +166,16 @@ def submission(step: str, params: BaseModel, resources: Resources, label: str) -
     return dpd.Submission(work_base=".", machine=machine, resources=res, task_list=[task])
 
 
-def _remap(node: Any, pairs: list[tuple[str, Path]], task: str) -> Any:
+def _remap(node: Any, paths: dict[str, Path], task: str) -> Any:
     """A result computed on the cluster, with its paths (relative to the task folder, or under it)
     turned back into this machine's."""
     if isinstance(node, dict):
-        return {k: _remap(v, pairs, task) for k, v in node.items()}
+        return {k: _remap(v, paths, task) for k, v in node.items()}
     if isinstance(node, list):
-        return [_remap(v, pairs, task) for v in node]
+        return [_remap(v, paths, task) for v in node]
     if isinstance(node, str):
         rel = node[len(task) + 1:] if node.startswith(task + "/") else node
-        for there, here in pairs:
+        for there, here in paths.items():
             if rel == there or rel.startswith(there + "/"):
                 return str(here) + rel[len(there):]
     return node
@@ -175,7 +185,7 @@ def _bring_back(step: str, model: BaseModel, sub: Any, seconds_fallback: float) 
     """SSHContext: the downloaded output moved into place and recorded here, under this machine's
     cache key (the cluster's paths and keys mean nothing here)."""
     task = job_folder(model).resolve() / TASK
-    _, _, pairs = remote(model)
+    _, paths = remote(model)
     out = Path(model.output)
     if out.is_dir():
         shutil.rmtree(out)
@@ -183,7 +193,7 @@ def _bring_back(step: str, model: BaseModel, sub: Any, seconds_fallback: float) 
     out.parent.mkdir(parents=True, exist_ok=True)
     shutil.move(str(task / OUTPUT / out.name), str(out))
     remote_task = f"{sub.machine.context.remote_root}/{TASK}"
-    result = STEPS[step].result.model_validate(_remap(json.loads((task / RESULT).read_text()), pairs, remote_task))
+    result = STEPS[step].result.model_validate(_remap(json.loads((task / RESULT).read_text()), paths, remote_task))
     saved = task / OUTPUT / f"{out.name}{RECORD_SUFFIX}"
     seconds = json.loads(saved.read_text())["seconds"] if saved.is_file() else seconds_fallback
     return write_record(step, model, cache_key(step, model), result, seconds)
@@ -274,9 +284,9 @@ def run_as_job(step: str, params: dict[str, Any] | BaseModel, resources: Resourc
                 raise StepInterrupted(f"{label}: stopped; {executor.batch_type} job {job.job_id} cancelled")
             sub.update_submission_state()
             sub.handle_unexpected_submission_state()  # raises once the job ended without finishing
-    except RuntimeError as exc:
-        if isinstance(exc, StepInterrupted):
-            raise
+    except StepInterrupted:
+        raise
+    except RuntimeError:
         _forget(sub)
         raise _failure(sub, label, executor.batch_type) from None
     job_id = str(sub.belonging_jobs[0].job_id)
@@ -287,8 +297,9 @@ def run_as_job(step: str, params: dict[str, Any] | BaseModel, resources: Resourc
             except Exception as exc:  # noqa: BLE001 — SSH, archive and file errors alike
                 raise StepFailed(f"{label}: {executor.batch_type} job {job_id} finished but its output could not "
                                  f"be downloaded: {str(exc).strip().splitlines()[0] if str(exc).strip() else exc!r}") from None
-        _bring_back(step, model, sub, time.time() - started)
-    record = lookup(step, model)
+        record = _bring_back(step, model, sub, time.time() - started)
+    else:
+        record = lookup(step, model)
     if record is None:
         raise StepFailed(f"{label}: {executor.batch_type} job {job_id} finished but left no record of the step "
                          f"next to {model.output}: do the compute nodes see this run directory?")
@@ -310,8 +321,7 @@ def _probe(field: str, executor: Any) -> str:
     if executor.context_type == "SSHContext":
         profile = executor.remote_profile
         try:
-            machine = dpdispatcher().Machine.load_from_dict(
-                {**executor.machine_dict(str(Path.cwd())), "create_remote_root": True})
+            machine = _machine(executor, Path.cwd())
             _, stdout, stderr = machine.context.ssh_session.exec_command(shlex.join(probe))
             code, text, err = stdout.channel.recv_exit_status(), stdout.read().decode(), stderr.read().decode()
         except Exception as exc:  # noqa: BLE001 — paramiko's and dpdispatcher's many ways to fail
@@ -358,9 +368,12 @@ def check_schedulers(cfg: Any, steps: Any) -> None:
     for step in sorted(steps):
         res = cfg.resources_for(step)
         executor = res.executor
-        if executor is None or executor.batch_type not in PROBES:
+        if executor is None:
             continue
         entry = step if step in cfg.resources else "default"
+        _scheduler_lines(executor.batch_type, res, f"resources.{entry}.memory")  # a size it can read
+        if executor.batch_type not in PROBES:
+            continue
         where = (executor.batch_type, executor.context_type, json.dumps(executor.remote_profile, sort_keys=True))
         if where not in answers:
             answers[where] = _probe(f"resources.{entry}.executor", executor)

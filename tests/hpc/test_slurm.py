@@ -64,6 +64,8 @@ def test_a_gpu_step_script_asks_slurm_for_its_gpus_memory_and_time(tmp_path):
                    "#SBATCH --mem=16G", "#SBATCH --time=90", "#SBATCH --account=abc",
                    "#SBATCH --job-name lamflow-iter-000-train-00", "module load cuda/12.4"):
         assert wanted in lines, (wanted, lines)
+    in_bytes = Resources.model_validate({"memory": "17179869184", "executor": {}})  # Kubernetes' reading: bytes
+    assert "#SBATCH --mem=16384M" in batch_script("train", params, in_bytes).splitlines()
     cpu_only = Resources.model_validate({"executor": {}})  # perturb is no GPU step: no GPU line
     script = batch_script("perturb", {"output": str(tmp_path / "p"), "structures": [str(frames)],
                                       "type_map": ["Cu"]}, cpu_only)
@@ -81,6 +83,7 @@ def test_wrong_executors_and_an_unreachable_slurm_are_one_line_and_exit_2(tmp_pa
         ({"train": {"executor": {"queue_nmae": "gpu"}}}, "resources.train.executor.queue_nmae"),
         ({"train": {"executor": {"kwargs": {"custom_gpu_lin": "x"}}}}, "custom_gpu_lin"),
         ({"default": {"gpu": 0, "executor": {"queue_name": "nosuch"}}}, "no partition 'nosuch'"),
+        ({"default": {"gpu": 0, "memory": "lots", "executor": {}}}, "resources.default.memory: expected a size"),
         # train gets a GPU by default (the one cluster policy): this Slurm has none
         ({"train": {"executor": {}}}, "resources.train.gpu: train asks for 1 GPU"),
     ]

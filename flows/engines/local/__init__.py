@@ -45,7 +45,7 @@ class LocalRunner:
 
         # steps that run here share this machine's cores; batch jobs wait on their scheduler
         width = len(calls) if calls and all(submitted(c.resources) for c in calls) else self.max_workers
-        with ThreadPoolExecutor(max_workers=max(1, width)) as pool:
+        with ThreadPoolExecutor(max_workers=width) as pool:
             return list(pool.map(one, calls))
 
 
