@@ -9,7 +9,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+
+from .structures import check_format
 
 
 class Params(BaseModel):
@@ -25,8 +27,10 @@ Seed = Annotated[int, Field(description="random seed: the same seed and inputs g
 CalculatorKwargs = Annotated[dict[str, Any], Field(
     default_factory=dict, description="keyword arguments of the calculator (e.g. {device: cuda} for sevenn, "
                                       "{model: PATH} for deepmd)")]
-StructureFormat = Annotated[str | None, Field(description="file format of the structures for ASE/dpdata "
-                                                          "(default: from the file name)")]
+#: a dpdata format name (``vasp/outcar``, ``cp2k/output``, ``lammps/lmp`` …), checked when the config loads
+DpdataFormat = Annotated[str | None, AfterValidator(check_format)]
+StructureFormat = Annotated[DpdataFormat, Field(description="dpdata format of the structures (default: from the "
+                                                            "file name)")]
 Chunk = Annotated[int, Field(ge=0, description="this task's share of the frames: part `chunk` of `n_chunks` "
                                                "(how labelling fans out)")]
 NChunks = Annotated[int, Field(ge=1, description="the number of parts the frames are split into")]

@@ -11,7 +11,7 @@ from pathlib import Path
 from pydantic import BaseModel, Field, field_validator
 
 from .artifacts import atomic_dir
-from .base import OutputPath, Params, TypeMap, unique_elements
+from .base import DpdataFormat, OutputPath, Params, TypeMap, unique_elements
 from .errors import InputError
 from .structures import check_labelled, deepmd_systems, read_system
 
@@ -19,9 +19,16 @@ from .structures import check_labelled, deepmd_systems, read_system
 _EXTXYZ = "quip/gap/xyz"
 
 
-class ImportParams(Params):
-    files: list[Path] = Field(min_length=1, description="OUTCARs, CP2K/ABACUS/QE outputs, labelled extxyz")
-    fmt: str | None = Field(None, description="dpdata format, e.g. vasp/outcar (default: guessed per file)")
+class ImportSource(Params):
+    """DFT outputs that dpdata reads, imported as labelled data as they are (no relabelling)."""
+
+    files: list[Path] = Field(min_length=1, description="VASP OUTCAR or vasprun.xml, CP2K/ABACUS/QE outputs, "
+                                                        "labelled extxyz")
+    fmt: DpdataFormat = Field(None, description="dpdata format, e.g. vasp/outcar, cp2k/output (default: guessed "
+                                                "per file: OUTCAR, vasprun.xml, an ABACUS folder, extxyz)")
+
+
+class ImportParams(ImportSource):
     type_map: TypeMap
     output: OutputPath
 

@@ -13,33 +13,60 @@ import numpy as np
 
 from .errors import InputError
 
-#: lamflow format name -> dpdata format name, for the formats that need a type map.
-_DPDATA_FORMATS = {
-    "lammps/lmp": "lammps/lmp",
-    "lammps/dump": "lammps/dump",
-    "deepmd/npy": "deepmd/npy",
-    "deepmd/raw": "deepmd/raw",
-    "vasp/outcar": "vasp/outcar",
-    "cp2k/output": "cp2k/output",
-    "abacus/scf": "abacus/scf",
-    "qe/pw/scf": "qe/pw/scf",
-}
-
 
 def guess_format(path: Path) -> str:
-    """Guess the format from the path; ``ase`` means "let ASE decide"."""
+    """Guess the format from the path; ``ase`` means "let ASE decide".
+
+    DFT outputs are named the way their codes name them (``OUTCAR``, ``vasprun.xml``, an ABACUS
+    folder with ``INPUT`` and ``OUT.*``); a CP2K or QE log has no telling name, so those need
+    ``fmt``.
+    """
     if path.is_dir():
         if (path / "type.raw").exists():
             return "deepmd/npy" if any(path.glob("set.*")) else "deepmd/raw"
-        raise InputError(str(path), "is a folder but not a deepmd/npy system (no type.raw)")
+        if (path / "INPUT").exists() and any(path.glob("OUT.*")):
+            return "abacus/scf"
+        raise InputError(str(path), "is a folder but neither a deepmd/npy system (no type.raw) nor an ABACUS run "
+                                    "(INPUT and OUT.*); give fmt for other dpdata formats")
     name = path.name.lower()
     if name.endswith((".lmp", ".data")) or name.startswith("data."):
         return "lammps/lmp"
     if name.endswith((".dump", ".lammpstrj")):
         return "lammps/dump"
-    if name == "outcar":
+    if name.startswith("outcar") or name.endswith("outcar"):
         return "vasp/outcar"
+    if name.startswith("vasprun") and name.endswith(".xml"):
+        return "vasp/xml"
     return "ase"
+
+
+def check_format(fmt: str | None) -> str | None:
+    """``fmt`` if dpdata (or lamflow's ``ase``/``extxyz``) reads it; else one line with the nearest names."""
+    if fmt is None or fmt in ("ase", "extxyz"):
+        return fmt
+    from dpdata.format import Format
+
+    known = Format.get_formats()
+    if fmt.lower() not in known:
+        import difflib
+
+        near = difflib.get_close_matches(fmt.lower(), sorted(known), n=3)
+        hint = f" (did you mean {', '.join(near)}?)" if near else " (see dpdata's list of formats)"
+        raise ValueError(f"'{fmt}' is not a dpdata format{hint}")
+    return fmt
+
+
+def _labelled(path: Path, fmt: str) -> bool:
+    """Whether ``path`` holds labels: the format only reads labelled data (an OUTCAR, a CP2K
+    log), or a deepmd folder has energies. dpdata's own format registry says which formats
+    read only labelled data, so a code dpdata learns to read needs no change here."""
+    if fmt.startswith("deepmd/"):
+        return any(path.glob("set.*/energy.npy") if fmt == "deepmd/npy" else path.glob("energy.raw"))
+    from dpdata.format import Format
+
+    cls = Format.get_formats().get(fmt.lower())
+    return (cls is not None and cls.from_labeled_system is not Format.from_labeled_system
+            and cls.from_system is Format.from_system)
 
 
 def _check_exists(path: Path) -> Path:
@@ -77,11 +104,7 @@ def read_system(path: Path, type_map: list[str], fmt: str | None = None):
 
     path = _check_exists(path)
     fmt = fmt or guess_format(path)
-    labeled = fmt in ("vasp/outcar", "cp2k/output", "abacus/scf", "qe/pw/scf") or (
-        fmt.startswith("deepmd/")
-        and any(path.glob("set.*/energy.npy") if fmt == "deepmd/npy" else path.glob("energy.raw"))
-    )
-    cls = dpdata.LabeledSystem if labeled else dpdata.System
+    cls = dpdata.LabeledSystem if _labelled(path, fmt) else dpdata.System
     kwargs = {}
     if fmt in ("lammps/lmp", "lammps/dump"):
         kwargs["type_map"] = type_map  # LAMMPS files carry type numbers only
@@ -94,11 +117,13 @@ def read_system(path: Path, type_map: list[str], fmt: str | None = None):
             for other in systems[1:]:
                 system.append(other)
         else:
-            system = cls(str(path), fmt=_DPDATA_FORMATS.get(fmt, fmt), **kwargs)
+            system = cls(str(path), fmt=fmt, **kwargs)
     except InputError:
         raise
     except Exception as exc:
         raise InputError(str(path), f"could not be read as {fmt} ({type(exc).__name__}: {exc})") from None
+    if len(system) == 0 or len(system["atom_types"]) == 0:  # dpdata reads a wrong format as nothing at all
+        raise InputError(str(path), f"holds no frame readable as {fmt}")
     names = list(system["atom_names"])
     unknown = [n for n, c in zip(names, system["atom_numbs"]) if c and n not in type_map]
     if unknown:

@@ -14,7 +14,7 @@ from typing import Any, ClassVar
 
 from pydantic import Field, field_validator, model_validator
 
-from lamflow.steps.base import CalculatorKwargs, TypeMap, unique_elements
+from lamflow.steps.base import CalculatorKwargs, StructureFormat, TypeMap, unique_elements
 from lamflow.steps.calculators import known_calculator
 from lamflow.steps.explore import ExploreSettings
 from lamflow.steps.label import LabelSettings
@@ -103,7 +103,7 @@ class Configurations(Section):
 
     files: list[Path] = Field(min_length=1, description="starting cells of exploration (extxyz, POSCAR, LAMMPS data, "
                                                         "deepmd/npy …); every frame of each file is one")
-    fmt: str | None = Field(None, description="format when not guessed from the name (e.g. lammps/lmp)")
+    fmt: StructureFormat = None
 
 
 class TeacherMD(TeacherMDSettings):

@@ -17,6 +17,7 @@ from pydantic import Field, ValidationError, model_validator
 from lamflow.steps.base import TypeMap, unique_elements
 from lamflow.steps.dp_input import deep_merge
 from lamflow.steps.errors import InputError
+from lamflow.steps.import_data import ImportSource
 from lamflow.steps.train import RANDOM_BRANCH as RANDOM
 from lamflow.steps.train import check_input, finetune_branch
 
@@ -29,11 +30,6 @@ from lamflow.flows.executors import check_executors
 from ..distill.preflight import preflight as distill_preflight
 
 
-class ImportSpec(Section):
-    files: list[Path] = Field(min_length=1, description="VASP OUTCAR, CP2K/ABACUS/QE outputs, labelled extxyz")
-    fmt: str | None = Field(None, description="dpdata format (default: guessed per file)")
-
-
 class Dataset(Section):
     """One labelled dataset: given (deepmd/npy), labelled here, or imported from DFT outputs."""
 
@@ -41,7 +37,7 @@ class Dataset(Section):
     systems: list[Path] = Field(default_factory=list, description="labelled deepmd/npy systems")
     label: LabelSpec | None = Field(None, description="make the dataset: perturb structures and label them with an "
                                                       "ASE calculator")
-    import_: ImportSpec | None = Field(None, alias="import", description="make the dataset: import DFT outputs with "
+    import_: ImportSource | None = Field(None, alias="import", description="make the dataset: import DFT outputs with "
                                                                          "dpdata")
     weight: float = Field(1.0, gt=0, description="sampling importance in pretraining (model_prob)")
 
