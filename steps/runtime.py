@@ -117,7 +117,7 @@ except (OSError, AttributeError):  # not Linux
     _PRCTL = None
 
 
-def _die_with_parent() -> None:  # pragma: no cover (runs in the child, between fork and exec)
+def die_with_parent() -> None:  # pragma: no cover (runs in the child, between fork and exec)
     """Linux: the child gets SIGTERM when the thread that started it ends — the step's thread, or
     the whole lamflow process killed by SIGKILL (a scheduler, the OOM killer). No orphaned
     training or LAMMPS keeps a GPU busy after its run is gone."""
@@ -135,7 +135,7 @@ def run_child(cmd: list[str], *, cwd: Path, env: dict[str, str], timeout: float 
     capture = popen.pop("capture_output", False)
     if capture:
         popen.update(stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    with subprocess.Popen(cmd, cwd=cwd, env=env, preexec_fn=_die_with_parent, **popen) as proc:
+    with subprocess.Popen(cmd, cwd=cwd, env=env, preexec_fn=die_with_parent, **popen) as proc:
         with _CHILDREN_LOCK:
             _CHILDREN.add(proc)
         try:
@@ -177,6 +177,39 @@ def stopping() -> bool:
 def allow_children() -> None:
     """A new run in this process (a second ``main()`` call): children may start again."""
     _STOPPING.clear()
+
+
+#: ``dp`` commands for :func:`run_dp`: the arguments after ``dp``, and the log file of each
+DpCommand = tuple[list[str], str]
+
+
+def run_dp(commands: list[DpCommand], cwd: Path, env: dict[str, str] | None = None) -> list[float]:
+    """``dp`` commands run in order in one child process (:mod:`lamflow.steps.dp_session`),
+    each with its own log in ``cwd``; the seconds of each. The first that fails stops the rest
+    and raises with its log's tail, as :func:`run_logged` does for one command.
+
+    Why one process: each ``dp`` spends ~8 s importing PyTorch and DeePMD-kit before it works
+    (2 CPU cores), so train → freeze → compress as three processes paid it three times."""
+    import json
+
+    cwd.mkdir(parents=True, exist_ok=True)
+    cwd = cwd.resolve()  # the child starts in cwd: a relative path would be read from there
+    spec, results = cwd / ".dp-session.json", cwd / ".dp-session.results.json"
+    results.unlink(missing_ok=True)
+    spec.write_text(json.dumps({"commands": [{"args": args, "log": log} for args, log in commands],
+                                "results": str(results)}))
+    proc = run_child([sys.executable, "-m", "lamflow.steps.dp_session", str(spec)], cwd=cwd,
+                     env=env or library_env(), capture_output=True, text=True)
+    done = json.loads(results.read_text()) if results.exists() else []
+    if proc.returncode != 0:
+        k = len(done) - 1 if done and done[-1]["code"] else len(done)  # the one that failed or was running
+        args, log = commands[min(k, len(commands) - 1)]
+        output = tail(cwd / log) or (proc.stderr or "")[-1500:]  # no log: the session itself failed
+        raise StepFailed(f"dp {' '.join(args[:3])} failed (exit {proc.returncode}) in {cwd}; "
+                         f"last lines of {cwd / log}:\n{output}")
+    spec.unlink()
+    results.unlink()
+    return [r["seconds"] for r in done]
 
 
 def run_logged(

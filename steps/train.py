@@ -29,12 +29,18 @@ from .base import OutputPath, Params, Seed, TypeMap
 from . import dp_input
 from .artifacts import atomic_dir, write_json
 from .errors import InputError, StepFailed
-from .runtime import dp_command, library_env, run_logged
+from .dp_session import FROZEN
+from .runtime import DpCommand, dp_command, library_env, run_dp, run_logged
 from .structures import check_systems
 
 log = logging.getLogger(__name__)
 
 #: descriptors whose PyTorch implementation supports ``dp compress``.
+#: descriptors whose ``dp freeze`` works in the process that trained them, so train, freeze and
+#: compress share one process (and one ~8 s import: :func:`~lamflow.steps.runtime.run_dp`).
+#: DPA-3 cannot be scripted there after training ("Module 'SiLUTScript' has no attribute
+#: 'SiLUTFunction'"): other descriptors freeze in a fresh process, as ``dp`` users do.
+FREEZE_WHERE_TRAINED = frozenset({"se_e2_a", "se_a", "se_atten_v2"})
 COMPRESSIBLE = {"se_e2_a", "se_a", "se_e2_r", "se_r", "se_e3", "se_at", "se_atten_v2", "se_atten",
                 "dpa1", "dpa2", "dpa4c", "hybrid"}
 
@@ -212,29 +218,26 @@ def run(params: TrainParams) -> TrainResult:
     if params.compress and not from_pretrained_script:
         _check_compressible(config)
     env = library_env()
-    dp = dp_command()
-    seconds: dict[str, float] = {}
+    compress_after = params.compress and from_pretrained_script  # compressible? known once trained
     with atomic_dir(params.output) as work:
         write_json(work / "input.json", config)
-        t0 = time.perf_counter()
-        run_logged([*dp, "--pt", "train", "input.json", *flags], work, "train.log", env)
-        seconds["train"] = time.perf_counter() - t0
         head = ["--head", params.head or next(iter(params.branches))] if params.branches else []
-        t0 = time.perf_counter()
-        run_logged([*dp, "--pt", "freeze", "-o", "model.pth", *head], work, "freeze.log", env)
+        train: DpCommand = (["--pt", "train", "input.json", *flags], "train.log")
+        after: list[DpCommand] = [(["--pt", "freeze", "-o", "model.pth", *head], "freeze.log")]
+        compress = (["--pt", "compress", "-i", FROZEN, "-o", "model-compressed.pth", "-t", "input.json"],
+                    "compress.log")
+        if params.compress and not compress_after:
+            after.append(compress)
+        if not from_pretrained_script and _descriptor_type(config) in FREEZE_WHERE_TRAINED:
+            spent = run_dp([train, *after], work, env)
+        else:
+            spent = run_dp([train], work, env) + run_dp(after, work, env)
+        seconds = dict(zip(("train", "freeze", "compress"), spent))
         model_name = frozen_file(work).name
-        seconds["freeze"] = time.perf_counter() - t0
-        compressed = None
-        if params.compress:
-            if from_pretrained_script:  # the model section came from the pretrained checkpoint
-                _check_compressible(json.loads((work / "out.json").read_text()))
-            t0 = time.perf_counter()
-            run_logged(
-                [*dp, "--pt", "compress", "-i", model_name, "-o", "model-compressed.pth", "-t", "input.json"],
-                work, "compress.log", env,
-            )
-            seconds["compress"] = time.perf_counter() - t0
-            compressed = params.output / "model-compressed.pth"
+        if compress_after:  # the model section came from the pretrained checkpoint
+            _check_compressible(json.loads((work / "out.json").read_text()))
+            seconds["compress"] = run_dp([compress], work, env)[0]
+        compressed = params.output / "model-compressed.pth" if params.compress else None
         write_json(work / "timings.json", seconds)
     out = params.output
     return TrainResult(
