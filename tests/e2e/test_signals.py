@@ -33,14 +33,15 @@ def _start(tmp_path: Path, engine: str) -> tuple[subprocess.Popen, Path]:
 
 
 def _training(proc: subprocess.Popen, timeout: float = 600) -> psutil.Process:
-    """The first `dp train` child of the run, once it runs."""
+    """The first training child of the run, once it runs: the process that runs `dp train`
+    (with freeze and compress after it, lamflow.steps.dp_session) in the step's folder."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         assert proc.poll() is None, proc.stderr.read()[-2000:]
         for child in psutil.Process(proc.pid).children(recursive=True):
             try:
                 cmd = child.cmdline()
-                if "train" in cmd and any(Path(part).name == "dp" or part == "deepmd" for part in cmd):
+                if "lamflow.steps.dp_session" in cmd and (Path(child.cwd()) / "train.log").exists():
                     return child
             except psutil.NoSuchProcess:
                 continue
@@ -79,9 +80,14 @@ def test_sigterm_stops_the_run_its_steps_and_its_prefect_server(tmp_path):
 
 
 @pytest.mark.slow(seconds=40)
-def test_a_sigkilled_run_takes_its_training_down_with_it(tmp_path):
-    proc, run = _start(tmp_path, "local")
+def test_a_sigkilled_run_takes_its_training_and_its_prefect_server_down_with_it(tmp_path):
+    """SIGKILL runs no handler and no ``atexit``: the children must die through their
+    parent-death signal, the training and Prefect's temporary server alike."""
+    proc, run = _start(tmp_path, "prefect")
     train = _training(proc)
+    family = psutil.Process(proc.pid).children(recursive=True)
+    assert any("prefect.server.api.server:create_app" in " ".join(p.cmdline()) for p in family), \
+        [" ".join(p.cmdline()[:5]) for p in family]
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait(timeout=30)
-    assert not _gone([train], within=10), "dp train outlived its run"
+    assert train in family and not _gone(family, within=10), "processes outlived their run"

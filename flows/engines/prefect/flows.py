@@ -1,8 +1,9 @@
 """The Prefect engine: each step a Prefect task, the loop a Prefect flow.
 
-Without ``PREFECT_API_URL`` Prefect runs in its local ephemeral mode (no server to start), which
-is lamflow's embedded default; with it, the same flow reports to a Prefect server and its UI,
-and ``prefect.yaml`` deploys it (``distill/local``, ``distill/k8s-gpu``).
+Without ``PREFECT_API_URL`` the flow reports to Prefect's temporary server, which lamflow starts
+for the run so that it dies with it (:func:`~lamflow.flows.engines.prefect.server.temporary_api`):
+lamflow's embedded default. With it, the same flow reports to a Prefect server and its UI, and
+``prefect.yaml`` deploys it (``distill/local``, ``distill/k8s-gpu``).
 
 Resume. Prefect's own result caching is off: every step is cached by lamflow's content hash
 (:mod:`lamflow.flows.core.records`), and its record lives next to its output in the run directory. A
@@ -41,6 +42,8 @@ from lamflow.flows.core.resources import LIGHT_STEPS, Resources
 from lamflow.flows.core.run_lock import run_lock
 from lamflow.flows.executors import run_step, submitted
 from lamflow.flows.pipelines import load_any, parse_any
+
+from .server import temporary_api
 
 #: how often a parent polls a dispatched step's flow run (seconds)
 POLL_SECONDS = 2.0
@@ -170,7 +173,8 @@ def run_pipeline(pipeline: Any, cfg: Any, run_dir: Path, hooks: Any) -> Any:
         out["report"] = pipeline.run(cfg, run_dir, PrefectRunner(cfg.max_workers, hooks.on_done), hooks.on_batch,
                                      hooks.on_iteration)
 
-    wrapper()
+    with temporary_api():
+        wrapper()
     return out["report"]
 
 

@@ -13,8 +13,11 @@ import contextlib
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
+import tempfile
+import threading
 import time
 import urllib.request
 from dataclasses import dataclass, field
@@ -22,6 +25,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from lamflow.steps.errors import InputError, StepFailed
+from lamflow.steps.runtime import die_with_parent
 
 from .k8s import TEMPLATE
 
@@ -161,3 +165,79 @@ def retry_flow_run(client: Any, run_id: str) -> None:
         state = run.state.type.value if run.state else "UNKNOWN"
         raise InputError(f"flow run {run_id}", f"is {state}; only a finished (failed, crashed, cancelled) run can be retried")
     client.set_flow_run_state(run.id, Scheduled(name="AwaitingRetry", message="Retry from lamflow"), force=True)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _drain() -> None:
+    """Send the logs and events Prefect still holds while their server is up (Prefect would
+    send them at exit, to a server that is gone by then: "Error logging to API")."""
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+
+    for worker in (APILogWorker, EventsWorker):
+        worker.drain_all(timeout=5)
+
+
+@contextlib.contextmanager
+def temporary_api(startup_timeout: float = 90) -> Iterator[None]:
+    """Prefect's temporary server for a run without ``PREFECT_API_URL``, started so that it dies
+    with lamflow.
+
+    Prefect starts that server itself in a child process and stops it from ``atexit``; a lamflow
+    killed by SIGKILL (the OOM killer, a scheduler's hard limit) runs no ``atexit``, and the
+    server lived on, holding its port and the SQLite database. lamflow starts the same server
+    (uvicorn on Prefect's ``create_app``, with the settings Prefect gives its own temporary
+    server) with a parent-death signal, points this process at it for the run, and stops it
+    after. With ``PREFECT_API_URL`` set, the run reports to that server and nothing starts.
+    """
+    from prefect.settings import PREFECT_API_URL, get_current_settings, temporary_settings
+
+    if PREFECT_API_URL.value():
+        yield
+        return
+    env = {**os.environ, **get_current_settings().to_environment_variables(exclude_unset=True),
+           "PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1", "PREFECT__SERVER_FINAL": "1"}
+    # the signal comes when the starting thread ends: only the main thread lives as long as lamflow
+    preexec = die_with_parent if threading.current_thread() is threading.main_thread() else None
+    with tempfile.TemporaryFile("w+") as log:
+        proc = None
+        try:
+            for _ in range(3):  # a port taken between choosing and binding it: choose again
+                port = _free_port()
+                proc = subprocess.Popen(
+                    [sys.executable, "-m", "uvicorn", "--factory", "prefect.server.api.server:create_app",
+                     "--host", "127.0.0.1", "--port", str(port), "--log-level", "error", "--lifespan", "on"],
+                    env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, preexec_fn=preexec)
+                url = f"http://127.0.0.1:{port}/api"
+                deadline = time.monotonic() + startup_timeout
+                while proc.poll() is None and time.monotonic() < deadline:
+                    try:
+                        with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
+                            if response.status == 200:
+                                break
+                    except OSError:
+                        time.sleep(0.2)
+                if proc.poll() is None:
+                    break
+            if proc.poll() is not None or time.monotonic() >= deadline:
+                log.seek(0)
+                tail = " | ".join(log.read().strip().splitlines()[-3:])
+                raise StepFailed(f"Prefect's temporary server did not start on 127.0.0.1 ({tail or 'no output'}); "
+                                 "set PREFECT_API_URL to a running server or use --engine local")
+            with temporary_settings({PREFECT_API_URL: url}):
+                yield
+        finally:
+            if proc is not None and proc.poll() is None:
+                _drain()
+                proc.terminate()
+                try:
+                    proc.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+
