@@ -51,6 +51,27 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 T = TypeVar("T")
 
+#: key → cap, applied wherever the key appears in a config (examples and docs scaled down to CPU
+#: seconds: step counts, MD lengths, frame counts and iterations; nothing else changed)
+CAPS = {"numb_steps": 20, "numb_steps_next": 10, "nsteps": 40, "trj_freq": 10, "perturbed_frames": 3,
+        "max_candidates": 4, "validation_frames": 3, "max_iterations": 1, "consecutive": 1}
+
+
+def shrink(node):
+    """The config with every size capped (and one temperature per MD), nothing else changed."""
+    if isinstance(node, dict):
+        out = {}
+        for key, value in node.items():
+            if key in CAPS and isinstance(value, int):
+                value = min(value, CAPS[key])
+            elif key == "temps" and isinstance(value, list):
+                value = value[:1]
+            out[key] = shrink(value)
+        return out
+    if isinstance(node, list):
+        return [shrink(v) for v in node]
+    return node
+
 
 def write_cu_frames(path: Path, n: int, seed: int = 0, symbols_every: str | None = None) -> Path:
     """``n`` rattled, slightly strained 32-atom fcc Cu cells (optionally every 4th atom Au)."""

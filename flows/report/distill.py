@@ -154,7 +154,8 @@ def summarize(console: Any, cfg: Any, report: DistillReport) -> None:
     if last is not None:
         rmse = "-" if last.rmse_f is None else f"{last.rmse_f:.4f} eV/Å"
         ratio = "-" if last.speed_ratio is None else f"{last.speed_ratio:.1f}x"
-        console.print(f"student: {report.final_student}")
+        console.print(f"student: {report.delivered} (iteration {last.iteration}'s)" if report.delivered
+                      else f"student: {report.final_student}")
         console.print(f"student force RMSE vs teacher on unseen explored frames: {rmse}; "
                       f"MD speed vs teacher: {ratio} per atom-step (student in LAMMPS, teacher in "
                       f"{'LAMMPS' if report.teacher_engine == 'lammps' else 'ASE'})")

@@ -12,17 +12,13 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import yaml
-from conftest import DPA4_TEACHER, REPO
+from conftest import DPA4_TEACHER, REPO, shrink
 
 from lamflow.flows.core.config import resolve_paths
 
-#: key → cap, applied wherever the key appears in a config
-CAPS = {"numb_steps": 20, "numb_steps_next": 10, "nsteps": 40, "trj_freq": 10, "perturbed_frames": 3,
-        "max_candidates": 4, "validation_frames": 3, "max_iterations": 1, "consecutive": 1}
 EXAMPLES = {  # name: (command, rough seconds)
     "cu-emt": ("distill", 90),
     "lam-cuau": ("lam", 150),
@@ -30,22 +26,6 @@ EXAMPLES = {  # name: (command, rough seconds)
     "lam-sevenn": ("lam", 200),
     "water-dpa4": ("distill", 420),  # freezing the DPA-4 checkpoint for LAMMPS alone takes ~3 min
 }
-
-
-def shrink(node):
-    """The config with every size capped (and one temperature per MD), nothing else changed."""
-    if isinstance(node, dict):
-        out = {}
-        for key, value in node.items():
-            if key in CAPS and isinstance(value, int):
-                value = min(value, CAPS[key])
-            elif key == "temps" and isinstance(value, list):
-                value = value[:1]
-            out[key] = shrink(value)
-        return out
-    if isinstance(node, list):
-        return [shrink(v) for v in node]
-    return node
 
 
 def test_every_example_is_covered():

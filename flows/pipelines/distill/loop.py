@@ -12,6 +12,7 @@ student k's own exploration, before any retraining. Engines differ only in the
 
 from __future__ import annotations
 
+import shutil
 import time
 from pathlib import Path
 from typing import Callable
@@ -149,6 +150,10 @@ def run_distill(
             if report.converged:
                 break
         report.status = "converged" if report.converged else "max_iterations"
+        if report.final_student:
+            delivered = lay.delivered(Path(report.final_student))
+            shutil.copyfile(report.final_student, delivered)
+            report.delivered = str(delivered)
     except Pending:
         report.status = "running"  # a planner stopped at steps still to run (dflow engine)
         raise

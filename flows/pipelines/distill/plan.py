@@ -49,6 +49,11 @@ class Layout:
     def iteration(self, k: int) -> Path:
         return self.root / f"iter-{k:03d}"
 
+    def delivered(self, student: Path) -> Path:
+        """Where a finished run leaves its student (a copy): one path to hand to LAMMPS or ASE,
+        whichever iteration delivered it."""
+        return self.root / f"student{student.suffix}"
+
 
 # -- preparation -------------------------------------------------------------------------------
 

@@ -50,7 +50,8 @@ class DistillReport:
     init_seconds: dict[str, float] = field(default_factory=dict)
     iterations: list[IterationRecord] = field(default_factory=list)
     converged: bool = False
-    final_student: str = ""
+    final_student: str = ""  # the measured student, in the iteration that trained it
+    delivered: str = ""  # its copy in the run directory, once the run has finished
     wall_seconds: float = 0.0
     step_seconds: float = 0.0  # in steps that ran in the last session
     compute_seconds: float = 0.0  # in every step of the run, whichever session ran it
