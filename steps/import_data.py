@@ -12,12 +12,7 @@ from pydantic import BaseModel, Field, field_validator
 
 from .artifacts import atomic_dir
 from .base import DpdataFormat, OutputPath, Params, TypeMap, unique_elements
-from .errors import InputError
-from .structures import check_labelled, deepmd_systems, read_system
-
-#: labelled extxyz (energy and forces per frame, as ASE writes them) in dpdata's name
-_EXTXYZ = "quip/gap/xyz"
-
+from .structures import check_labelled, deepmd_systems, read_labelled
 
 class ImportSource(Params):
     """DFT outputs that dpdata reads, imported as labelled data as they are (no relabelling)."""
@@ -40,31 +35,12 @@ class ImportResult(BaseModel):
     n_frames: int
 
 
-def _read(path: Path, fmt: str | None, type_map: list[str]):
-    import dpdata
-
-    if (fmt or "").lower() in (_EXTXYZ, "extxyz") or (fmt is None and path.suffix in (".xyz", ".extxyz")):
-        try:
-            multi = dpdata.MultiSystems.from_file(str(path), fmt=_EXTXYZ)
-        except Exception as exc:
-            raise InputError(str(path), f"could not be read as labelled extxyz ({type(exc).__name__}: {exc})") from None
-        out = []
-        for system in multi:
-            unknown = sorted(set(system["atom_names"]) - set(type_map))
-            if unknown:
-                raise InputError(str(path), f"has elements {unknown} that are not in type_map {type_map}")
-            system.apply_type_map(list(type_map))
-            out.append(system)
-        return out
-    return [read_system(path, type_map, fmt)]
-
-
 def run(params: ImportParams) -> ImportResult:
     import dpdata
 
     multi = dpdata.MultiSystems(type_map=list(params.type_map))
     for path in map(Path, params.files):
-        for system in _read(path, params.fmt, params.type_map):
+        for system in read_labelled(path, params.type_map, params.fmt):
             multi.append(check_labelled(system, path))
     with atomic_dir(params.output) as work:
         multi.to_deepmd_npy(str(work))

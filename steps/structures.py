@@ -98,15 +98,16 @@ def read_atoms(path: Path, type_map: list[str], fmt: str | None = None) -> list:
     return frames
 
 
-def read_system(path: Path, type_map: list[str], fmt: str | None = None):
-    """``path`` as a dpdata ``System``/``LabeledSystem`` whose atom names follow ``type_map``."""
+def read_system(path: Path, type_map: list[str] | None, fmt: str | None = None):
+    """``path`` as a dpdata ``System``/``LabeledSystem`` whose atom names follow ``type_map``
+    (``None``: the file's own elements, in its own order)."""
     import dpdata
 
     path = _check_exists(path)
     fmt = fmt or guess_format(path)
     cls = dpdata.LabeledSystem if _labelled(path, fmt) else dpdata.System
     kwargs = {}
-    if fmt in ("lammps/lmp", "lammps/dump"):
+    if fmt in ("lammps/lmp", "lammps/dump") and type_map:
         kwargs["type_map"] = type_map  # LAMMPS files carry type numbers only
     try:
         if fmt == "ase":
@@ -124,12 +125,42 @@ def read_system(path: Path, type_map: list[str], fmt: str | None = None):
         raise InputError(str(path), f"could not be read as {fmt} ({type(exc).__name__}: {exc})") from None
     if len(system) == 0 or len(system["atom_types"]) == 0:  # dpdata reads a wrong format as nothing at all
         raise InputError(str(path), f"holds no frame readable as {fmt}")
+    if type_map is None:
+        return system
     names = list(system["atom_names"])
     unknown = [n for n, c in zip(names, system["atom_numbs"]) if c and n not in type_map]
     if unknown:
         raise InputError(str(path), f"has elements {unknown} that are not in type_map {type_map}")
     system.apply_type_map(list(type_map))
     return system
+
+
+#: labelled extxyz (energy and forces per frame, as ASE writes them) in dpdata's name
+EXTXYZ = "quip/gap/xyz"
+
+
+def read_labelled(path: Path, type_map: list[str] | None, fmt: str | None = None) -> list:
+    """The labelled systems of one file or folder: a labelled extxyz holds one per composition
+    (read by dpdata's ``quip/gap/xyz``, where ASE would drop the labels); anything else is
+    :func:`read_system`. ``type_map=None``: the file's own elements."""
+    import dpdata
+
+    path = _check_exists(Path(path))
+    if (fmt or "").lower() in (EXTXYZ, "extxyz") or (fmt is None and path.suffix in (".xyz", ".extxyz")):
+        try:
+            multi = dpdata.MultiSystems.from_file(str(path), fmt=EXTXYZ)
+        except Exception as exc:
+            raise InputError(str(path), f"could not be read as labelled extxyz ({type(exc).__name__}: {exc})") from None
+        out = []
+        for system in multi:
+            if type_map is not None:
+                unknown = sorted(set(system["atom_names"]) - set(type_map))
+                if unknown:
+                    raise InputError(str(path), f"has elements {unknown} that are not in type_map {type_map}")
+                system.apply_type_map(list(type_map))
+            out.append(system)
+        return out
+    return [read_system(path, type_map, fmt)]
 
 
 def load_labeled(paths: list[Path], type_map: list[str]):
@@ -200,12 +231,13 @@ def check_systems(systems: list[Path], type_map: list[str], field: str) -> list[
 OVERLAP_FRACTION = 0.5
 
 
-def check_overlaps(atoms_list: list, where: str, fraction: float = OVERLAP_FRACTION) -> None:
-    """One line naming the first frame with two atoms closer than ``fraction`` of their covalent
-    radii (periodic images included), before any MD or labelling is spent on it."""
+def overlaps(atoms_list: list, fraction: float = OVERLAP_FRACTION) -> list[tuple[int, str]]:
+    """Every frame with two atoms closer than ``fraction`` of their covalent radii (periodic
+    images included): (frame, the closest such pair in words)."""
     from ase.data import covalent_radii
     from ase.neighborlist import neighbor_list
 
+    found = []
     for index, atoms in enumerate(atoms_list):
         radii = fraction * covalent_radii[atoms.numbers]
         i, j, d = neighbor_list("ijd", atoms, radii)
@@ -214,6 +246,15 @@ def check_overlaps(atoms_list: list, where: str, fraction: float = OVERLAP_FRACT
             a, b = int(i[k]), int(j[k])
             sym = atoms.get_chemical_symbols()
             limit = fraction * (covalent_radii[atoms.numbers[a]] + covalent_radii[atoms.numbers[b]])
-            raise InputError(where, f"frame {index}: atoms {a} ({sym[a]}) and {b} ({sym[b]}) are {d[k]:.3f} Å "
-                                    f"apart, closer than {fraction} of their covalent radii ({limit:.2f} Å): "
-                                    "overlapping atoms")
+            found.append((index, f"atoms {a} ({sym[a]}) and {b} ({sym[b]}) are {d[k]:.3f} Å apart, closer than "
+                                 f"{fraction} of their covalent radii ({limit:.2f} Å)"))
+    return found
+
+
+def check_overlaps(atoms_list: list, where: str, fraction: float = OVERLAP_FRACTION) -> None:
+    """One line naming the first frame with two atoms closer than ``fraction`` of their covalent
+    radii (periodic images included), before any MD or labelling is spent on it."""
+    found = overlaps(atoms_list, fraction)
+    if found:
+        index, pair = found[0]
+        raise InputError(where, f"frame {index}: {pair}: overlapping atoms")

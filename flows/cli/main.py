@@ -287,6 +287,30 @@ def cmd_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_dataset_check(args: argparse.Namespace) -> int:
+    """Every problem of the datasets, one line each; exit 2 when any is an error (the data would
+    spoil a training), 0 with warnings only."""
+    from lamflow.steps.check_data import CheckDataParams, run
+
+    from lamflow.flows.core.errors import one_line
+
+    try:
+        params = CheckDataParams(paths=args.paths, type_map=args.type_map, fmt=args.fmt)
+    except ValidationError as exc:
+        raise InputError("dataset check", one_line(exc)) from None
+    result = run(params)
+    if args.json:
+        print(json.dumps({**result.model_dump(mode="json"), "ok": not result.errors}, indent=2))
+    else:
+        for d in result.datasets:
+            print(f"{d.path}: {d.formula}, {d.n_frames} frames")
+        for problem in result.problems:
+            print(problem.line(), file=sys.stderr if problem.severity == "error" else sys.stdout)
+        print(f"{len(result.datasets)} systems, {sum(d.n_frames for d in result.datasets)} frames: "
+              f"{len(result.errors)} errors, {len(result.warnings)} warnings")
+    return EXIT_BAD_INPUT if result.errors else 0
+
+
 def cmd_prefect_up(args: argparse.Namespace) -> int:
     from lamflow.flows.engines.prefect.server import LocalPrefect
 
@@ -417,6 +441,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reference", action="store_true",
                    help="every key of every config and step, with type, default and meaning (docs/input.md), as Markdown")
     p.set_defaults(func=cmd_config)
+
+    p = sub.add_parser("dataset", help="check labelled datasets before training on them")
+    dsub = p.add_subparsers(dest="dataset_command", required=True)
+    q = dsub.add_parser("check", help="errors (exit 2: NaN, missing labels, unknown elements, overlapping atoms, "
+                                      "bad cells) and warnings (outliers, duplicates, suspicious units) of labelled "
+                                      "data: deepmd/npy folders and any format dpdata reads")
+    q.add_argument("paths", nargs="+", metavar="PATH", help="a deepmd/npy system, a folder of them, or a DFT output")
+    q.add_argument("--type-map", nargs="+", metavar="ELEMENT", help="the run's elements: others are errors")
+    q.add_argument("--fmt", help="dpdata format of every PATH (default: guessed per path)")
+    q.add_argument("--json", action="store_true", help="the result as JSON on stdout")
+    q.set_defaults(func=cmd_dataset_check)
 
     p = sub.add_parser("prefect", help="a local Prefect server with lamflow's deployments; k8s job preview")
     psub = p.add_subparsers(dest="prefect_command", required=True)

@@ -95,11 +95,13 @@ def test_the_walkthrough_runs_as_written(tmp_path, prefect_lam_run):
         ran.append((body, out.stdout + out.stderr))
 
     commands = [body.split()[0] for body, _ in ran]
-    assert commands.count("lamflow") == 3 and "dp" in commands and "lmp" in commands, commands
+    assert commands.count("lamflow") == 4 and "dp" in commands and "lmp" in commands, commands
     text = dict(ran)
     # the dpdata look at the data: every run and its frames
     look = next(o for b, o in ran if b.startswith("import dpdata"))
     assert "aimd-600K: Cu24Au8, 10 frames" in look and "aimd-1200K: Cu24Au8, 6 frames" in look, look
+    checked = next(o for b, o in ran if b.startswith("lamflow dataset check"))
+    assert "3 systems, 26 frames: 0 errors" in checked, checked
     shown = next(o for b, o in ran if b.startswith("dp --pt show"))
     assert "cu_bulk" in shown and "cuau" in shown, shown[-1500:]
     # the pipeline imported the OUTCARs, finetuned from the named branch and delivered a student

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from lamflow.steps.check_data import check_or_raise
 from lamflow.steps.dp_input import load_template
 from lamflow.steps.errors import InputError
 from lamflow.steps.inference import eval_frames, first_sentence, load_model, model_type_indices
@@ -74,6 +75,7 @@ def _labelled(systems: list[Path], type_map: list[str], field: str) -> None:
     for system in map(Path, systems):
         if not any(system.glob("set.*/energy.npy")) or not any(system.glob("set.*/force.npy")):
             raise InputError(str(system), f"({field}) has no labels: expected energy.npy and force.npy in set.*")
+    check_or_raise(systems, type_map, field)  # what `lamflow dataset check` calls an error
 
 
 def check_calculator_teacher(cfg: DistillConfig, probe_path: Path, probe) -> None:

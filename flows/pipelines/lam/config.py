@@ -16,6 +16,7 @@ from pydantic import Field, ValidationError, model_validator
 
 from lamflow.steps.base import TypeMap, unique_elements
 from lamflow.steps.dp_input import deep_merge
+from lamflow.steps.check_data import check_or_raise
 from lamflow.steps.errors import InputError
 from lamflow.steps.import_data import ImportSource
 from lamflow.steps.train import RANDOM_BRANCH as RANDOM
@@ -159,6 +160,11 @@ def preflight(cfg: LamConfig) -> None:
     """Every file the pipeline names, the DeePMD-kit inputs of pretraining and finetuning, and
     the distillation stage's own inputs (all but its teacher, which the pipeline makes)."""
     check_lam_files(cfg)
+    for d in cfg.datasets:  # what `lamflow dataset check` calls an error stops the run before any work
+        if d.systems:
+            check_or_raise(d.systems, cfg.type_map, f"datasets.{d.name}.systems")
+        if d.import_:
+            check_or_raise(d.import_.files, cfg.type_map, f"datasets.{d.name}.import", d.import_.fmt)
     check_executors(cfg)
     if cfg.finetune.model is None:
         if cfg.pretrain.model is None:

@@ -1,0 +1,117 @@
+"""`lamflow dataset check`: what would spoil a training is an error (exit 2), what deserves a look a
+warning; each names the file, how many frames and the first; a run's preflight stops on the errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from conftest import lam_config
+
+from lamflow.steps.check_data import CheckDataParams, run
+from lamflow.steps.errors import InputError
+
+CLI = [sys.executable, "-m", "lamflow.flows.cli"]
+
+
+def emt_system(n: int = 12, seed: int = 0):
+    """``n`` rattled 32-atom Cu3Au cells with EMT energies and forces, as a dpdata LabeledSystem."""
+    import dpdata
+    from ase.build import bulk
+    from ase.calculators.emt import EMT
+
+    rng = np.random.default_rng(seed)
+    system = None
+    for i in range(n):
+        atoms = bulk("Cu", "fcc", a=3.75 * (1 + rng.uniform(-0.01, 0.01)), cubic=True).repeat(2)
+        atoms.symbols[::4] = "Au"
+        atoms.rattle(0.05, seed=seed * 100 + i)
+        atoms.calc = EMT()
+        atoms.get_potential_energy()
+        frame = dpdata.LabeledSystem(atoms, fmt="ase/structure")
+        system = frame if system is None else system + frame
+    return system
+
+
+def write(system, path: Path) -> Path:
+    system.to("deepmd/npy", str(path))
+    return path
+
+
+def test_clean_data_has_no_problem_and_the_cli_says_so(tmp_path):
+    data = write(emt_system(), tmp_path / "clean")
+    result = run(CheckDataParams(paths=[data], type_map=["Cu", "Au"]))
+    assert result.problems == [] and [(d.formula, d.n_frames) for d in result.datasets] == [("Au8Cu24", 12)]
+    out = subprocess.run([*CLI, "dataset", "check", str(tmp_path), "--type-map", "Cu", "Au", "--json"],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    report = json.loads(out.stdout)
+    assert report["ok"] is True and report["datasets"][0]["n_frames"] == 12 and report["problems"] == []
+
+
+def test_what_would_spoil_a_training_is_an_error_naming_frames(tmp_path):
+    system = emt_system()
+    system.data["forces"][3, 5, 1] = np.nan
+    system.data["coords"][5, 1] = system.data["coords"][5, 0] + [0.3, 0, 0]  # two atoms 0.3 Å apart
+    system.data["cells"][7] = -system.data["cells"][7]  # negative volume
+    bad = write(system, tmp_path / "bad")
+    result = run(CheckDataParams(paths=[bad], type_map=["Cu"]))
+    lines = {p.check: p.line() for p in result.errors}
+    assert set(lines) == {"finite", "overlap", "cell", "type_map"}, lines
+    assert lines["finite"] == f"error: {bad}: NaN or infinite forces in 1 frame (first: frame 3)"
+    assert "overlapping atoms: atoms 0 (Au) and 1 (Cu) are 0.300 Å apart" in lines["overlap"]
+    assert "(first: frame 5)" in lines["overlap"]
+    assert lines["cell"].startswith(f"error: {bad}: cell volume -") and "(first: frame 7)" in lines["cell"]
+    assert lines["type_map"] == f"error: {bad}: elements ['Au'] are not in type_map ['Cu']"
+    # the CLI: one line per problem, exit 2
+    out = subprocess.run([*CLI, "dataset", "check", str(bad), "--type-map", "Cu"], capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 2 and out.stderr.count("\n") == 4 and "Traceback" not in out.stderr, out.stderr
+
+
+def test_unlabelled_or_unreadable_data_is_an_error(tmp_path):
+    unlabelled = tmp_path / "unlabelled"
+    emt_system(2).to("deepmd/npy", str(unlabelled))
+    for f in unlabelled.glob("set.*/energy.npy"):
+        f.unlink()
+    garbage = tmp_path / "OUTCAR"
+    garbage.write_text("not an OUTCAR\n")
+    result = run(CheckDataParams(paths=[unlabelled, garbage]))
+    assert [(p.path, p.check) for p in result.errors] == [(str(unlabelled), "labels"), (str(garbage), "read")]
+    assert "no energies" in result.errors[0].message
+
+
+def test_what_deserves_a_look_is_a_warning(tmp_path):
+    system = emt_system(40)
+    system.data["energies"][9] += 5.0 * 32  # 5 eV/atom off its composition
+    system.data["coords"][20] = system.data["coords"][19]  # a duplicate frame
+    system.data["cells"][20] = system.data["cells"][19]
+    odd = write(system, tmp_path / "odd")
+    hartree = emt_system(6, seed=1)
+    hartree.data["forces"] /= 51.42208619083232  # forces in Hartree/Bohr
+    result = run(CheckDataParams(paths=[odd, write(hartree, tmp_path / "hartree")], type_map=["Cu", "Au"]))
+    assert result.errors == []
+    lines = {(p.path, p.check): p.line() for p in result.warnings}
+    assert "(first: frame 9)" in lines[(str(odd), "outlier")] and "energy per atom" in lines[(str(odd), "outlier")]
+    assert lines[(str(odd), "duplicates")].endswith("in 1 frame (first: frame 20)")
+    assert "Hartree/Bohr?" in lines[(str(tmp_path / "hartree"), "units")]
+
+
+def test_a_run_stops_in_preflight_on_a_dataset_error(tmp_path):
+    from lamflow.flows.pipelines.lam.config import LamConfig, preflight
+
+    raw = lam_config(tmp_path)
+    system = emt_system(4)
+    system.data["energies"][2] = np.inf
+    raw["datasets"].append({"name": "broken", "systems": [str(write(system, tmp_path / "broken"))]})
+    raw["pretrain"]["datasets"] = ["cu_bulk", "cuau", "broken"]
+    (tmp_path / "lam.yaml").write_text(yaml.safe_dump(raw))
+    with pytest.raises(InputError) as err:
+        preflight(LamConfig.parse(raw, tmp_path))
+    assert str(err.value) == (f"{tmp_path / 'broken'} (datasets.broken.systems): NaN or infinite energies in 1 frame(s), "
+                              "first: frame 2")
