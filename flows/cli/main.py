@@ -311,6 +311,17 @@ def cmd_dataset_check(args: argparse.Namespace) -> int:
     return EXIT_BAD_INPUT if result.errors else 0
 
 
+def cmd_package(args: argparse.Namespace) -> int:
+    from lamflow.flows.deploy.package import package
+
+    out = Path(args.output) if args.output else Path(args.run_dir) / "package"
+    card = package(Path(args.run_dir), out)
+    rmse = "-" if card.rmse_f_vs_teacher is None else f"{card.rmse_f_vs_teacher:.4f} eV/Å"
+    print(f"{out}: model.pth ({', '.join(card.type_map)}; iteration {card.iteration}, {card.status}; "
+          f"force RMSE vs teacher {rmse}), model-card.json, README.md, in.lammps, md_ase.py")
+    return 0
+
+
 def cmd_prefect_up(args: argparse.Namespace) -> int:
     from lamflow.flows.engines.prefect.server import LocalPrefect
 
@@ -441,6 +452,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reference", action="store_true",
                    help="every key of every config and step, with type, default and meaning (docs/input.md), as Markdown")
     p.set_defaults(func=cmd_config)
+
+    p = sub.add_parser("package", help="the delivered student as a folder for production: model, model card, "
+                                       "LAMMPS input, ASE script")
+    p.add_argument("run_dir", help="run directory (of `lamflow distill` or `lamflow lam`)")
+    p.add_argument("-o", "--output", help="the folder to write (new or empty; default: RUN_DIR/package)")
+    p.set_defaults(func=cmd_package)
 
     p = sub.add_parser("dataset", help="check labelled datasets before training on them")
     dsub = p.add_subparsers(dest="dataset_command", required=True)

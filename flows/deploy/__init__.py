@@ -1,0 +1,1 @@
+"""Deployment: what leaves a run for production (``lamflow package``)."""

@@ -1,0 +1,144 @@
+"""``lamflow package RUN``: the delivered student as a folder a user takes to production.
+
+A run directory is a workshop (hundreds of steps, checkpoints, logs); what a user deploys is one
+model, the facts that say how far to trust it, and an input that runs it. The folder holds:
+
+* ``model.pth``: the delivered student (compressed where its descriptor allows);
+* ``model-card.json`` and ``README.md``: type map, teacher, labels used, error against the
+  teacher on unseen explored frames, speed against the teacher, the run's outcome, and the
+  lamflow, DeePMD-kit and PyTorch versions it was made with, with the model's SHA-256;
+* ``conf.lmp``/``conf.extxyz``: the cell its speed was measured on; ``in.lammps`` and
+  ``md_ase.py``: MD with the model in LAMMPS and in ASE (the tests run both on a packaged model).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from importlib import metadata, resources
+from pathlib import Path
+from string import Template
+
+from lamflow.steps.errors import InputError
+from lamflow.steps.structures import read_system
+
+from lamflow.flows.pipelines.distill.records import DistillReport, IterationRecord
+
+#: MD the packaged inputs run: short, so that trying them takes seconds
+TEMPERATURE, NSTEPS_LAMMPS, NSTEPS_ASE = 300.0, 1000, 100
+
+
+@dataclass
+class ModelCard:
+    name: str
+    created: str
+    model: str
+    sha256: str
+    type_map: list[str]
+    teacher: str
+    status: str
+    iteration: int
+    teacher_labels: int
+    rmse_f_vs_teacher: float | None
+    rmse_e_per_atom_vs_teacher: float | None
+    n_eval_frames: int
+    us_per_atom_step: float | None
+    speed_vs_teacher: float | None
+    teacher_engine: str
+    run_dir: str
+    versions: dict[str, str]
+
+
+def _distill_report(run: Path) -> DistillReport:
+    for candidate in (run / "report.json", run / "distill" / "report.json"):  # a distill or a lam run
+        if candidate.is_file():
+            return DistillReport.from_json(candidate)
+    raise InputError(str(run), "no report.json (nor distill/report.json): not a lamflow run directory")
+
+
+def _delivering(report: DistillReport) -> IterationRecord:
+    for it in report.iterations:
+        if it.student == report.final_student:
+            return it
+    raise InputError(report.run_dir, "the report names no iteration of its final student")
+
+
+def _version(package: str) -> str:
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def package(run: Path, out: Path) -> ModelCard:
+    run = Path(run)
+    report = _distill_report(run)
+    if report.status not in ("converged", "max_iterations") or not report.final_student:
+        raise InputError(str(run), f"the run has not finished (status {report.status}): no student to package")
+    it = _delivering(report)
+    student = Path(report.delivered or report.final_student)
+    cell = Path(report.run_dir) / f"iter-{it.iteration:03d}" / "speed" / "task.000" / "conf.lmp"
+    for path in (student, cell):
+        if not path.is_file():
+            raise InputError(str(path), "missing from the run directory")
+    type_map = json.loads((student.parent / "input.json").read_text())["model"]["type_map"] \
+        if (student.parent / "input.json").is_file() else None
+    if type_map is None:
+        from lamflow.steps.inference import load_model
+
+        type_map = list(load_model(student).get_type_map())
+    if out.exists() and any(out.iterdir()):
+        raise InputError(str(out), "exists and is not empty: give a new folder (-o)")
+    out.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(student, out / "model.pth")
+    shutil.copyfile(cell, out / "conf.lmp")
+    read_system(cell, type_map, "lammps/lmp").to("ase/structure")[0].write(out / "conf.extxyz")
+    templates = resources.files("lamflow.templates").joinpath("package")
+    fields = {"model": "model.pth", "elements": " ".join(type_map), "temperature": TEMPERATURE}
+    (out / "in.lammps").write_text(Template(templates.joinpath("in.lammps").read_text()).substitute(
+        fields, nsteps=NSTEPS_LAMMPS))
+    (out / "md_ase.py").write_text(Template(templates.joinpath("md_ase.py.tmpl").read_text()).substitute(
+        fields, nsteps=NSTEPS_ASE))
+    last = report.iterations[-1]
+    card = ModelCard(
+        name=report.name, created=datetime.now(timezone.utc).isoformat(timespec="seconds"), model="model.pth",
+        sha256=hashlib.sha256((out / "model.pth").read_bytes()).hexdigest(), type_map=type_map,
+        teacher=report.teacher, status=report.status, iteration=it.iteration,
+        teacher_labels=last.n_train_frames + sum(i.n_eval_frames for i in report.iterations),
+        rmse_f_vs_teacher=it.rmse_f, rmse_e_per_atom_vs_teacher=it.rmse_e_per_atom, n_eval_frames=it.n_eval_frames,
+        us_per_atom_step=it.student_us_per_atom_step, speed_vs_teacher=it.speed_ratio,
+        teacher_engine=report.teacher_engine, run_dir=report.run_dir,
+        versions={p: _version(p) for p in ("lamflow", "deepmd-kit", "torch")})
+    (out / "model-card.json").write_text(json.dumps(asdict(card), indent=2) + "\n")
+    (out / "README.md").write_text(_readme(card))
+    return card
+
+
+def _readme(card: ModelCard) -> str:
+    def num(value: float | None, fmt: str) -> str:
+        return "-" if value is None else format(value, fmt)
+
+    return f"""# {card.name}: a DeePMD-kit model distilled by lamflow
+
+| | |
+|---|---|
+| model | `{card.model}` (SHA-256 `{card.sha256[:16]}…`) |
+| elements (type_map) | {", ".join(card.type_map)} |
+| teacher | `{card.teacher}` |
+| run | {card.status} (iteration {card.iteration} delivered), {card.teacher_labels} teacher labels; `{card.run_dir}` |
+| force RMSE vs the teacher | {num(card.rmse_f_vs_teacher, ".4f")} eV/Å on {card.n_eval_frames} explored frames the student never trained on |
+| energy RMSE vs the teacher | {num(None if card.rmse_e_per_atom_vs_teacher is None else 1000 * card.rmse_e_per_atom_vs_teacher, ".2f")} meV/atom |
+| speed | {num(card.us_per_atom_step, ".2f")} µs/atom-step in LAMMPS, {num(card.speed_vs_teacher, ".1f")}× the teacher (teacher in {card.teacher_engine}) |
+| made with | {", ".join(f"{k} {v}" for k, v in card.versions.items())}, {card.created} |
+
+The errors are against the teacher, not against DFT: the student is as good as its teacher
+where the exploration went, and nothing is known outside it.
+
+```bash
+lmp -in in.lammps      # LAMMPS (pair_style deepmd model.pth), NVT at {TEMPERATURE:.0f} K on conf.lmp
+python md_ase.py       # ASE (deepmd.calculator.DP), the same cell
+```
+"""
