@@ -95,7 +95,7 @@ def test_the_walkthrough_runs_as_written(tmp_path, prefect_lam_run):
         ran.append((body, out.stdout + out.stderr))
 
     commands = [body.split()[0] for body, _ in ran]
-    assert commands.count("lamflow") == 4 and "dp" in commands and "lmp" in commands, commands
+    assert commands.count("lamflow") == 5 and "dp" in commands and "lmp" in commands, commands
     text = dict(ran)
     # the dpdata look at the data: every run and its frames
     look = next(o for b, o in ran if b.startswith("import dpdata"))
@@ -114,6 +114,8 @@ def test_the_walkthrough_runs_as_written(tmp_path, prefect_lam_run):
     distill = json.loads((run / "distill" / "report.json").read_text())
     assert distill["delivered"] == str(student) and student.read_bytes() == Path(distill["final_student"]).read_bytes()
     assert f"student: {student}" in text["lamflow report runs/cuau-own/distill\n"]
+    card = json.loads((run / "package" / "model-card.json").read_text())
+    assert card["type_map"] == ["Cu", "Au"] and card["iteration"] == distill["iterations"][-1]["iteration"]
     # the student ran in LAMMPS and in ASE
     log = (tmp_path / "md.log").read_text()
     assert "pair_style      deepmd" in log and "Loop time of" in log
