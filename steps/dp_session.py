@@ -23,13 +23,12 @@ import traceback
 from pathlib import Path
 
 FROZEN = "{frozen}"
+#: what ``dp freeze`` writes: TorchScript, or for DPA-4 an AOTInductor package
+FROZEN_NAMES = ("model.pth", "model.pt2")
 
 
 def _frozen() -> str:
-    for name in ("model.pth", "model.pt2"):
-        if Path(name).is_file():
-            return name
-    return "model.pth"
+    return next((name for name in FROZEN_NAMES if Path(name).is_file()), FROZEN_NAMES[0])
 
 
 def _run(args: list[str], log: Path) -> int:

@@ -164,19 +164,18 @@ def cmd_status(args: argparse.Namespace) -> int:
     interrupted (an ``NAME.partial`` folder without a record), and the MD tasks that failed."""
     from rich.console import Console
 
-    from lamflow.flows.pipelines.distill.records import DistillReport
+    from lamflow.flows.pipelines.distill.records import DistillReport, report_path
     from lamflow.flows.report.distill import table
 
     run_dir = Path(args.run_dir)
     if not run_dir.is_dir():
         raise InputError(str(run_dir), "no such run directory")
     console = Console(width=None if sys.stdout.isatty() else 160)
-    for candidate in (run_dir / "report.json", run_dir / "distill" / "report.json"):
-        if candidate.is_file():
-            report = DistillReport.from_json(candidate)
-            console.print(table(report))
-            console.print(f"status: {report.status}")
-            break
+    candidate = report_path(run_dir)
+    if candidate is not None:
+        report = DistillReport.from_json(candidate)
+        console.print(table(report))
+        console.print(f"status: {report.status}")
     records = [json.loads(p.read_text()) for p in sorted(run_dir.rglob("*.result.json"))]
     seconds = sum(r.get("seconds", 0.0) for r in records)
     console.print(f"finished steps: {len(records)} ({seconds:,.0f} s of compute)")
@@ -194,20 +193,11 @@ def cmd_status(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from rich.console import Console
 
-    from lamflow.flows.pipelines.distill.records import DistillReport
+    from lamflow.flows.pipelines.distill.records import find_report
     from lamflow.flows.report.distill import summarize, table
     from lamflow.flows.report.html import render_html
 
-    run_dir = Path(args.run_dir)
-    for candidate in (run_dir / "report.json", run_dir / "distill" / "report.json"):  # a distill or a lam run
-        if candidate.is_file():
-            break
-    else:
-        raise InputError(str(run_dir), "no report.json (nor distill/report.json): not a lamflow run directory")
-    try:
-        report = DistillReport.from_json(candidate)
-    except (ValueError, TypeError) as exc:
-        raise InputError(str(candidate), f"is not a lamflow report ({str(exc).splitlines()[0][:120]})") from None
+    candidate, report = find_report(Path(args.run_dir))
     page = render_html(report, candidate.parent)
     console = Console(width=None if sys.stdout.isatty() else 160)
     console.print(table(report))

@@ -25,7 +25,7 @@ from string import Template
 from lamflow.steps.errors import InputError
 from lamflow.steps.structures import read_system
 
-from lamflow.flows.pipelines.distill.records import DistillReport, IterationRecord
+from lamflow.flows.pipelines.distill.records import DistillReport, IterationRecord, find_report
 
 #: MD the packaged inputs run: short, so that trying them takes seconds
 TEMPERATURE, NSTEPS_LAMMPS, NSTEPS_ASE = 300.0, 1000, 100
@@ -52,13 +52,6 @@ class ModelCard:
     versions: dict[str, str]
 
 
-def _distill_report(run: Path) -> DistillReport:
-    for candidate in (run / "report.json", run / "distill" / "report.json"):  # a distill or a lam run
-        if candidate.is_file():
-            return DistillReport.from_json(candidate)
-    raise InputError(str(run), "no report.json (nor distill/report.json): not a lamflow run directory")
-
-
 def _delivering(report: DistillReport) -> IterationRecord:
     for it in report.iterations:
         if it.student == report.final_student:
@@ -75,7 +68,7 @@ def _version(package: str) -> str:
 
 def package(run: Path, out: Path) -> ModelCard:
     run = Path(run)
-    report = _distill_report(run)
+    _, report = find_report(run)
     if report.status not in ("converged", "max_iterations") or not report.final_student:
         raise InputError(str(run), f"the run has not finished (status {report.status}): no student to package")
     it = _delivering(report)

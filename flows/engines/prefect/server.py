@@ -86,16 +86,10 @@ class LocalPrefect:
                                 cwd=self.project, env=self.env(), stdout=self._log("server"),
                                 stderr=subprocess.STDOUT, start_new_session=True)
         self.processes.append(proc)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                raise StepFailed(f"prefect server exited with {proc.returncode}; see {self.home / 'server.log'}")
-            try:
-                with urllib.request.urlopen(f"{self.api_url}/health", timeout=2) as resp:
-                    if resp.status == 200:
-                        return
-            except OSError:
-                time.sleep(0.5)
+        if _healthy(proc, self.api_url, timeout):
+            return
+        if proc.poll() is not None:
+            raise StepFailed(f"prefect server exited with {proc.returncode}; see {self.home / 'server.log'}")
         raise StepFailed(f"prefect server not healthy after {timeout:.0f} s; see {self.home / 'server.log'}")
 
     def create_pools(self) -> None:
@@ -167,6 +161,20 @@ def retry_flow_run(client: Any, run_id: str) -> None:
     client.set_flow_run_state(run.id, Scheduled(name="AwaitingRetry", message="Retry from lamflow"), force=True)
 
 
+def _healthy(proc: subprocess.Popen, api_url: str, timeout: float) -> bool:
+    """Whether the Prefect server ``proc`` answers ``api_url``/health within ``timeout`` s (False
+    as soon as it exits: the caller says why)."""
+    deadline = time.monotonic() + timeout
+    while proc.poll() is None and time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"{api_url}/health", timeout=2) as response:
+                if response.status == 200:
+                    return True
+        except OSError:
+            time.sleep(0.2)
+    return False
+
+
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -214,17 +222,10 @@ def temporary_api(startup_timeout: float = 90) -> Iterator[None]:
                      "--host", "127.0.0.1", "--port", str(port), "--log-level", "error", "--lifespan", "on"],
                     env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, preexec_fn=preexec)
                 url = f"http://127.0.0.1:{port}/api"
-                deadline = time.monotonic() + startup_timeout
-                while proc.poll() is None and time.monotonic() < deadline:
-                    try:
-                        with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
-                            if response.status == 200:
-                                break
-                    except OSError:
-                        time.sleep(0.2)
+                healthy = _healthy(proc, url, startup_timeout)
                 if proc.poll() is None:
                     break
-            if proc.poll() is not None or time.monotonic() >= deadline:
+            if not healthy:
                 log.seek(0)
                 tail = " | ".join(log.read().strip().splitlines()[-3:])
                 raise StepFailed(f"Prefect's temporary server did not start on 127.0.0.1 ({tail or 'no output'}); "

@@ -11,6 +11,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lamflow.steps.errors import InputError
+
 
 @dataclass
 class IterationRecord:
@@ -66,6 +68,26 @@ class DistillReport:
         data = json.loads(Path(path).read_text())
         data["iterations"] = [IterationRecord(**it) for it in data.get("iterations", [])]
         return cls(**data)
+
+
+#: where a run directory keeps its distillation's report: a distill run, or a LAM run's distill stage
+REPORT_PLACES = ("report.json", "distill/report.json")
+
+
+def report_path(run_dir: Path) -> Path | None:
+    """The distillation report of ``run_dir`` (a distill or a LAM run), if there is one yet."""
+    return next((Path(run_dir) / p for p in REPORT_PLACES if (Path(run_dir) / p).is_file()), None)
+
+
+def find_report(run_dir: Path) -> tuple[Path, DistillReport]:
+    """The report of a run directory a user names, or one line saying why there is none."""
+    path = report_path(run_dir)
+    if path is None:
+        raise InputError(str(run_dir), "no report.json (nor distill/report.json): not a lamflow run directory")
+    try:
+        return path, DistillReport.from_json(path)
+    except (ValueError, TypeError) as exc:
+        raise InputError(str(path), f"is not a lamflow report ({str(exc).splitlines()[0][:120]})") from None
 
 
 def read_report(run_dir: Path) -> DistillReport:
