@@ -153,6 +153,8 @@ def read_labelled(path: Path, type_map: list[str] | None, fmt: str | None = None
             raise InputError(str(path), f"could not be read as labelled extxyz ({type(exc).__name__}: {exc})") from None
         out = []
         for system in multi:
+            # dpdata's extxyz reader names elements with numpy strings ("np.str_('O')" in messages)
+            system.data["atom_names"] = [str(name) for name in system.data["atom_names"]]
             if type_map is not None:
                 unknown = sorted(set(system["atom_names"]) - set(type_map))
                 if unknown:

@@ -99,6 +99,9 @@ def quiet_libraries(debug: bool) -> None:
         logging.getLogger(name).setLevel(logging.ERROR)
     # SevenNet says on every load that it runs without its optional CUDA kernels
     warnings.filterwarnings("ignore", message="No tensor product accelerator")
+    # dpdata's extxyz reader, on every frame ASE wrote with per-atom energies or charges: lamflow
+    # reads the frame's energy and forces, and the lines bury an error line under library noise
+    warnings.filterwarnings("ignore", message="Skipping unknown per-atom property")
     # A failed step's traceback stays in the Prefect UI (the run loggers' API handler), not on
     # the terminal, where lamflow says what failed in one line.
     for name in ("prefect.flow_runs", "prefect.task_runs"):

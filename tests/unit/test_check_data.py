@@ -74,6 +74,26 @@ def test_what_would_spoil_a_training_is_an_error_naming_frames(tmp_path):
     assert out.returncode == 2 and out.stderr.count("\n") == 4 and "Traceback" not in out.stderr, out.stderr
 
 
+def test_a_labelled_extxyz_of_molecules_is_checked_like_any_data(tmp_path):
+    """No cell (a molecule): no volume check; its element names are plain in every message."""
+    import ase.io
+    from ase.build import molecule
+    from ase.calculators.emt import EMT
+
+    frames = []
+    for i in range(4):
+        atoms = molecule("CH3CH2OH")
+        atoms.rattle(0.02, seed=i)
+        atoms.calc = EMT()
+        atoms.get_forces()
+        frames.append(atoms)
+    ase.io.write(tmp_path / "ethanol.extxyz", frames)
+    result = run(CheckDataParams(paths=[tmp_path / "ethanol.extxyz"], type_map=["C", "H"]))
+    assert [p.line() for p in result.errors] == [
+        f"error: {tmp_path / 'ethanol.extxyz'}: elements ['O'] are not in type_map ['C', 'H']"]
+    assert [(d.formula, d.n_frames) for d in result.datasets] == [("C2H6O1", 4)]
+
+
 def test_unlabelled_or_unreadable_data_is_an_error(tmp_path):
     unlabelled = tmp_path / "unlabelled"
     emt_system(2).to("deepmd/npy", str(unlabelled))
