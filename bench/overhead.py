@@ -26,6 +26,16 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 
 
+def union_seconds(intervals: list[tuple[float, float]]) -> float:
+    """Length of the union of (start, stop) intervals: the time at least one of them was running."""
+    total, end = 0.0, float("-inf")
+    for start, stop in sorted(intervals):
+        if stop > end:
+            total += stop - max(start, end)
+            end = stop
+    return total
+
+
 def busy_seconds(run_dir: Path) -> tuple[float, int]:
     """Length of the union of the step intervals recorded under ``run_dir``, and the step count."""
     intervals = []
@@ -33,12 +43,7 @@ def busy_seconds(run_dir: Path) -> tuple[float, int]:
         data = json.loads(rec.read_text())
         if "finished" in data and "seconds" in data:
             intervals.append((data["finished"] - data["seconds"], data["finished"]))
-    total, end = 0.0, float("-inf")
-    for start, stop in sorted(intervals):
-        if stop > end:
-            total += stop - max(start, end)
-            end = stop
-    return total, len(intervals)
+    return union_seconds(intervals), len(intervals)
 
 
 def on_slurm(config: Path, out: Path, check_interval: float) -> Path:
