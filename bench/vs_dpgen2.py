@@ -425,7 +425,8 @@ def print_tables(task: Task, runs: list[Outcome], label_rows: list[tuple[str, in
         before = [sum(o.labels_per_iteration[:k]) for k in range(len(o.curve))]
         print(f"  {o.tool:8} " + ", ".join(f"{n} → {e:.3f}" for n, e in zip(before, o.curve)))
     d, lf = runs
-    print(f"  lamflow/dpgen2: labels {lf.labels / max(d.labels, 1):.2f}x, wall {lf.wall / d.wall:.2f}x, "
+    labels = f"{lf.labels / d.labels:.2f}x" if d.labels else f"{lf.labels} vs 0"
+    print(f"  lamflow/dpgen2: labels {labels}, wall {lf.wall / d.wall:.2f}x, "
           f"held-out force RMSE {lf.rmse_f / d.rmse_f:.2f}x")
     print("  not comparable: dpgen2's teacher drives its MD (lamflow's student does); dpgen2 never labels frames "
           "above its upper level (lamflow does: label_failed)")
@@ -462,6 +463,9 @@ def main() -> None:
     if args.teacher and not (args.structures and args.type_map):
         parser.error("--teacher needs --structures and --type-map")
 
+    from lamflow.flows.cli.main import quiet_libraries
+
+    quiet_libraries(debug=False)  # deepmd-kit's hints in this process would bury the tables
     work = Path(args.workdir).resolve()
     work.mkdir(parents=True, exist_ok=True)
     dpgen2_bin, version = dpgen2_env(Path(args.dpgen2_env).resolve() if args.dpgen2_env else work / "dpgen2-env")
