@@ -27,8 +27,13 @@ FROZEN = "{frozen}"
 FROZEN_NAMES = ("model.pth", "model.pt2")
 
 
+def frozen_model(folder: Path) -> Path | None:
+    """The model ``dp freeze`` wrote in ``folder``, if it wrote one."""
+    return next((folder / name for name in FROZEN_NAMES if (folder / name).is_file()), None)
+
+
 def _frozen() -> str:
-    return next((name for name in FROZEN_NAMES if Path(name).is_file()), FROZEN_NAMES[0])
+    return (frozen_model(Path(".")) or Path(FROZEN_NAMES[0])).name
 
 
 def _run(args: list[str], log: Path) -> int:

@@ -125,10 +125,14 @@ def read_system(path: Path, type_map: list[str] | None, fmt: str | None = None):
         raise InputError(str(path), f"could not be read as {fmt} ({type(exc).__name__}: {exc})") from None
     if len(system) == 0 or len(system["atom_types"]) == 0:  # dpdata reads a wrong format as nothing at all
         raise InputError(str(path), f"holds no frame readable as {fmt}")
-    if type_map is None:
-        return system
-    names = list(system["atom_names"])
-    unknown = [n for n, c in zip(names, system["atom_numbs"]) if c and n not in type_map]
+    return system if type_map is None else _follow_type_map(system, path, type_map)
+
+
+def _follow_type_map(system, path: Path, type_map: list[str]):
+    """``system`` with its atom types in ``type_map``'s order; one line naming the elements it
+    holds that ``type_map`` lacks (names listed with no atom, as multi-system files list every
+    system's elements, are dropped)."""
+    unknown = [n for n, c in zip(system["atom_names"], system["atom_numbs"]) if c and n not in type_map]
     if unknown:
         raise InputError(str(path), f"has elements {unknown} that are not in type_map {type_map}")
     system.apply_type_map(list(type_map))
@@ -151,17 +155,10 @@ def read_labelled(path: Path, type_map: list[str] | None, fmt: str | None = None
             multi = dpdata.MultiSystems.from_file(str(path), fmt=EXTXYZ)
         except Exception as exc:
             raise InputError(str(path), f"could not be read as labelled extxyz ({type(exc).__name__}: {exc})") from None
-        out = []
         for system in multi:
             # dpdata's extxyz reader names elements with numpy strings ("np.str_('O')" in messages)
             system.data["atom_names"] = [str(name) for name in system.data["atom_names"]]
-            if type_map is not None:
-                unknown = sorted(set(system["atom_names"]) - set(type_map))
-                if unknown:
-                    raise InputError(str(path), f"has elements {unknown} that are not in type_map {type_map}")
-                system.apply_type_map(list(type_map))
-            out.append(system)
-        return out
+        return [system if type_map is None else _follow_type_map(system, path, type_map) for system in multi]
     return [read_system(path, type_map, fmt)]
 
 

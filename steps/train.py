@@ -29,7 +29,7 @@ from .base import OutputPath, Params, Seed, TypeMap
 from . import dp_input
 from .artifacts import atomic_dir, write_json
 from .errors import InputError, StepFailed
-from .dp_session import FROZEN, FROZEN_NAMES
+from .dp_session import FROZEN, frozen_model
 from .runtime import DpCommand, dp_command, library_env, run_dp, run_logged
 from .structures import check_systems
 
@@ -252,10 +252,10 @@ def run(params: TrainParams) -> TrainResult:
 
 def frozen_file(folder: Path) -> Path:
     """The model ``dp freeze`` wrote: ``model.pth`` (TorchScript) or, for DPA-4, ``model.pt2``."""
-    for name in FROZEN_NAMES:
-        if (folder / name).is_file():
-            return folder / name
-    raise StepFailed(f"dp freeze wrote no model in {folder}")
+    found = frozen_model(folder)
+    if found is None:
+        raise StepFailed(f"dp freeze wrote no model in {folder}")
+    return found
 
 
 class FreezeParams(Params):
