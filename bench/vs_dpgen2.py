@@ -117,64 +117,51 @@ def _execute(step: str, params):
     return execute(step, params).result
 
 
-def make_teacher(work: Path, steps: int) -> tuple[Path, Path]:
-    """The quickstart's teacher (its ``teacher.train`` section), ``steps`` training steps."""
-    from lamflow.flows.pipelines.distill.config import DistillConfig
-    from lamflow.steps.label import LabelParams, LabelSettings
-    from lamflow.steps.perturb import PerturbParams, PerturbSettings
-    from lamflow.steps.train import TrainParams
-
-    cfg = DistillConfig.load(QUICKSTART)
-    t = cfg.teacher.train
-    pert = _execute("perturb", PerturbParams(
-        structures=t.label.structures, type_map=cfg.type_map, output=work / "teacher-structures",
-        n_per_structure=t.label.perturbed_frames, seed=cfg.seed,
-        **t.label.model_dump(include=set(PerturbSettings.model_fields))))
-    lab = _execute("label", LabelParams(structures=pert.systems, type_map=cfg.type_map, output=work / "teacher-data",
-                                        **t.label.model_dump(include=set(LabelSettings.model_fields))))
-    trained = _execute("train", TrainParams(output=work / "teacher", type_map=cfg.type_map, template=t.template,
-                                            overrides=t.overrides, train=lab.systems, numb_steps=steps,
-                                            compress=False, seed=cfg.seed))
-    return trained.checkpoint, trained.model
+def _systems(calls) -> list[Path]:
+    """Run a distillation plan's step calls here, one after the other; the systems they made."""
+    return [Path(p) for call in calls for p in _execute(call.step, call.params).systems]
 
 
 def make_task(args, work: Path) -> Task:
-    """The quickstart's settings, aligned for both tools (see the module's docstring)."""
-    from lamflow.flows.pipelines.distill.config import DistillConfig
-    from lamflow.steps.perturb import PerturbParams
-    from lamflow.steps.teacher_label import TeacherLabelParams
+    """The quickstart's settings, aligned for both tools (see the module's docstring). Its
+    teacher and initial data are made by the distillation's own plan (``plan.reference_*``,
+    ``plan.teacher_model``, ``plan.initial_structures``, ``plan.teacher_labels``): the same
+    steps, parameters and seeds as ``lamflow distill`` of the quickstart."""
+    from lamflow.flows.pipelines.distill import plan
+    from lamflow.flows.pipelines.distill.config import Configurations, DistillConfig
     from lamflow.steps.train import FreezeParams
 
     cfg = DistillConfig.load(QUICKSTART)
+    lay = plan.Layout(work)
     if args.teacher:
         checkpoint = Path(args.teacher).resolve()
         teacher = _execute("freeze", FreezeParams(checkpoint=checkpoint, output=work / "teacher-frozen")).model
-        type_map, structures = args.type_map, [Path(s).resolve() for s in args.structures]
+        cfg = cfg.model_copy(update={"type_map": args.type_map, "configurations": Configurations(
+            files=[Path(s).resolve() for s in args.structures])})
         name = str(checkpoint)
     else:
-        checkpoint, teacher = make_teacher(work, args.teacher_steps)
-        type_map, structures = cfg.type_map, cfg.configurations.files
+        cfg.teacher.train.numb_steps = args.teacher_steps
+        reference = _systems(plan.reference_labels(cfg, lay, _systems(plan.reference_structures(cfg, lay))))
+        call = plan.teacher_model(cfg, lay, reference)
+        trained = _execute(call.step, call.params)
+        checkpoint, teacher = trained.checkpoint, trained.model
         name = f"the quickstart's DPA-3 ({args.teacher_steps} steps on EMT labels)"
-    pert = _execute("perturb", PerturbParams(
-        structures=structures, type_map=type_map, output=work / "init-structures",
-        n_per_structure=cfg.initial_data.perturbed_frames, seed=cfg.seed,
-        cell_fraction=cfg.initial_data.cell_fraction, atom_distance=cfg.initial_data.atom_distance))
-    init = _execute("teacher_label", TeacherLabelParams(model=teacher, systems=pert.systems, type_map=type_map,
-                                                        output=work / "init-data"))
+    ref = plan.TeacherRef(lammps=teacher, infer=teacher)
+    init = _systems(plan.teacher_labels(cfg, ref, _systems(plan.initial_structures(cfg, lay)), lay.init / "label",
+                                        "init/label"))
     grid = cfg.iterations[0].model_dump()
     if args.nsteps:
         grid["nsteps"] = args.nsteps
     s = cfg.student
     overrides = json.loads(json.dumps(s.overrides))
-    # one learning-rate decay for both: dpgen2 keeps the template's for later students, lamflow
-    # fits it to each run's steps
     numb_steps = args.student_steps or s.numb_steps
     numb_steps_next = args.student_steps or s.numb_steps_next
+    # one learning-rate decay for both: dpgen2 keeps the template's for later students, lamflow
+    # fits it to each run's steps
     overrides.setdefault("learning_rate", {})["decay_steps"] = max(1, min(numb_steps, numb_steps_next) // 10)
-    return Task(type_map=type_map, structures=structures, teacher_name=name, teacher_checkpoint=checkpoint,
-                teacher=teacher,
-                init_data=[Path(p) for p in init.systems], student_template=s.template, student_overrides=overrides,
-                numb_steps=numb_steps, numb_steps_next=numb_steps_next, grid=grid,
+    return Task(type_map=cfg.type_map, structures=cfg.configurations.files, teacher_name=name,
+                teacher_checkpoint=checkpoint, teacher=teacher, init_data=init, student_template=s.template,
+                student_overrides=overrides, numb_steps=numb_steps, numb_steps_next=numb_steps_next, grid=grid,
                 trust_lo=args.trust_lo or cfg.selection.trust_lo, trust_hi=cfg.selection.trust_hi,
                 max_candidates=args.max_candidates or cfg.selection.max_candidates,
                 accurate_ratio=args.accurate_ratio, max_iterations=args.max_iterations)
@@ -194,19 +181,15 @@ def make_heldout(task: Task, work: Path, frames_per_run: int) -> list[Path]:
 
 # -- dpgen2 ------------------------------------------------------------------------------------
 
-def _student_input(task: Task, numb_steps: int) -> dict[str, Any]:
-    from lamflow.steps import dp_input
-
-    return dp_input.render_single(dp_input.load_template(task.student_template), task.student_overrides,
-                                  task.type_map, task.init_data, [], numb_steps, seed=1)
-
-
 def dpgen2_input(task: Task, work: Path) -> Path:
     """dpgen2's input for ``task``: its ch4 ``input_dist.json`` with the task's settings, run locally."""
     from ase.data import atomic_masses, atomic_numbers
     from ase.io import iread, write
 
-    template = _student_input(task, task.numb_steps)
+    from lamflow.steps import dp_input
+
+    template = dp_input.render_single(dp_input.load_template(task.student_template), task.student_overrides,
+                                      task.type_map, task.init_data, [], task.numb_steps, seed=1)
     (work / "train.json").write_text(json.dumps(template, indent=2))
     confs = work / "confs"
     confs.mkdir(exist_ok=True)
