@@ -24,6 +24,7 @@ from typing import Literal
 import numpy as np
 from pydantic import BaseModel, Field
 
+from .artifacts import write_json
 from .base import DpdataFormat, Params
 from .errors import InputError
 from .structures import OVERLAP_FRACTION, deepmd_systems, overlaps, read_labelled
@@ -45,6 +46,8 @@ class CheckDataParams(Params):
                                                                              "of their covalent radii overlap")
     outlier_score: float = Field(8.0, gt=0, description="robust score (|x − median| / (1.4826 MAD)) above which "
                                                        "a frame's energy per atom or largest force is an outlier")
+    output: Path | None = Field(None, description="JSON file for the findings (as a pipeline's step: a dataset's "
+                                                  "verification, recorded)")
 
 
 class Problem(BaseModel):
@@ -79,6 +82,11 @@ class CheckDataResult(BaseModel):
     @property
     def warnings(self) -> list[Problem]:
         return [p for p in self.problems if p.severity == "warning"]
+
+    @property
+    def passed(self) -> bool:
+        """Fit to train on: no error (warnings are worth a look, not a refusal)."""
+        return not self.errors
 
 
 def _expand(path: Path) -> list[Path]:
@@ -193,7 +201,10 @@ def run(params: CheckDataParams) -> CheckDataResult:
             for system in systems:
                 _summarise(where, system, params, add_for, summaries, per_composition)
     _outliers(per_composition, params, add_for)
-    return CheckDataResult(datasets=summaries, problems=problems)
+    result = CheckDataResult(datasets=summaries, problems=problems)
+    if params.output is not None:
+        write_json(params.output, result.model_dump(mode="json"))
+    return result
 
 
 def _summarise(where: str, system, params: CheckDataParams, add_for, summaries: list[DataSummary],

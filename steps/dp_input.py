@@ -130,7 +130,8 @@ def render_multitask(
 ) -> dict[str, Any]:
     """One shared descriptor, one fitting net and loss per branch, ``model_prob`` from weights.
 
-    ``branches`` maps a branch name to ``{"train": [...], "valid": [...], "weight": w}``.
+    ``branches`` maps a branch name to ``{"train": [...], "valid": [...], "weight": w}`` and, for
+    multi-task fine-tuning, ``"finetune_head"``: where a new branch starts.
     """
     single = deep_merge(template, overrides)
     model = single["model"]
@@ -143,8 +144,9 @@ def render_multitask(
                 "type_map": "type_map_all",
                 "descriptor": "shared_descriptor",
                 "fitting_net": copy.deepcopy(model["fitting_net"]),
+                **({"finetune_head": b["finetune_head"]} if b.get("finetune_head") else {}),
             }
-            for name in branches
+            for name, b in branches.items()
         },
     }
     config["loss_dict"] = {name: copy.deepcopy(single["loss"]) for name in branches}

@@ -12,8 +12,8 @@ from typing import Callable
 
 from pydantic import BaseModel
 
-from . import (change_bias, evaluate, explore, import_data, label, label_md, perturb, select, speed, teacher_label,
-               train)
+from . import (change_bias, check_data, evaluate, explore, import_data, label, label_md, perturb, select, speed, stability,
+               teacher_label, train)
 
 
 @dataclass(frozen=True)
@@ -46,5 +46,7 @@ STEPS: dict[str, Step] = {
         _step("speed", speed, speed.SpeedParams, speed.SpeedResult),
         _step("import_data", import_data, import_data.ImportParams, import_data.ImportResult),
         _step("change_bias", change_bias, change_bias.ChangeBiasParams, change_bias.ChangeBiasResult),
+        _step("check_data", check_data, check_data.CheckDataParams, check_data.CheckDataResult),
+        _step("stability", stability, stability.StabilityParams, stability.StabilityResult),
     )
 }

@@ -8,6 +8,9 @@ the input is rendered:
   ``model_prob`` from the branch weights (DPA-2 paper, multi-task pretraining).
 * **finetune**: ``finetune_from`` a (multi-task) checkpoint, ``model_branch`` picks the upstream
   fitting net or ``RANDOM`` re-initialises it.
+* **a new model version**: ``finetune_from`` a multi-task checkpoint *and* ``branches``:
+  DeePMD-kit's multi-task fine-tuning. Branches of the checkpoint resume; a new branch starts
+  from the fitting net its ``finetune_head`` names (or a random one).
 * **student**: a small model from a template, optionally initialised from the previous
   iteration's student (``init_model``), so each distillation iteration trains for fewer steps.
 
@@ -51,6 +54,9 @@ class Branch(Params):
     train: list[Path] = Field(min_length=1, description="deepmd/npy systems of this branch")
     valid: list[Path] = Field(default_factory=list, description="deepmd/npy validation systems of this branch")
     weight: float = Field(1.0, gt=0, description="sampling importance (DeePMD-kit's model_prob)")
+    finetune_head: str | None = Field(None, description="multi-task fine-tuning: the branch of finetune_from a "
+                                                        "new branch starts from, or RANDOM (none: the branch "
+                                                        "resumes its namesake in finetune_from)")
 
 
 class TrainParams(Params):
@@ -68,8 +74,8 @@ class TrainParams(Params):
     finetune_from: Path | None = Field(None, description="a pretrained model to finetune (dp --pt train --finetune)")
     model_branch: str | None = Field(None, description="branch of a multi-task finetune_from, or RANDOM "
                                                       "(default: its first branch)")
-    use_pretrain_script: bool = Field(True, description="take the model section from the pretrained model "
-                                                        "(--use-pretrain-script)")
+    use_pretrain_script: bool = Field(True, description="single-task finetuning: take the model section from the "
+                                                        "pretrained model (--use-pretrain-script)")
     init_model: Path | None = Field(None, description="continue from this checkpoint (.pt) or frozen model (.pth)")
     head: str | None = Field(None, description="multi-task: the branch to freeze (default: the first)")
     compress: bool = Field(description="dp compress the frozen model (each config role has its default)")
@@ -80,6 +86,8 @@ class TrainParams(Params):
             raise ValueError("give either 'train' (single task) or 'branches' (multi-task), not both")
         if not self.branches and not self.train:
             raise ValueError("'train' needs at least one deepmd/npy system")
+        if self.finetune_from is None and any(b.finetune_head for b in self.branches.values()):
+            raise ValueError("'finetune_head' needs 'finetune_from' (the multi-task checkpoint it names)")
         if self.finetune_from and self.init_model:
             raise ValueError("'finetune_from' and 'init_model' exclude each other")
         return self
@@ -109,6 +117,7 @@ def render(params: TrainParams) -> dict[str, Any]:
                 "train": check_systems(b.train, params.type_map, f"branches.{name}.train"),
                 "valid": b.valid,
                 "weight": b.weight,
+                "finetune_head": b.finetune_head,
             }
             for name, b in params.branches.items()
         }
@@ -187,6 +196,9 @@ def _train_flags(params: TrainParams) -> list[str]:
         if not src.is_file():
             raise InputError(str(src), "finetune_from: model file not found")
         flags += ["--finetune", str(src.resolve())]
+        if params.branches:  # multi-task fine-tuning: each branch says where it starts (finetune_head)
+            _check_branch_sources(src, params.branches)
+            return flags
         branch = finetune_branch(src, params.model_branch)
         if branch:
             flags += ["--model-branch", branch]
@@ -198,6 +210,29 @@ def _train_flags(params: TrainParams) -> list[str]:
             raise InputError(str(src), "init_model: model file not found")
         flags += ["--init-frz-model" if src.suffix == ".pth" else "--init-model", str(src.resolve())]
     return flags
+
+
+def _check_branch_sources(src: Path, branches: dict[str, Branch]) -> None:
+    """Every branch of a multi-task fine-tuning starts where it is meant to.
+
+    DeePMD-kit silently re-initialises a branch that is missing from the checkpoint and names no
+    ``finetune_head`` (a misspelt branch loses what it learnt), and re-initialises from its head
+    one that names one though it exists (a copied ``finetune_head`` resets a trained branch)."""
+    known = model_branches(src)
+    if not known:
+        raise InputError("branches", f"{src.name} is a single-task model: multi-task fine-tuning needs a "
+                                     "multi-task checkpoint")
+    for name, b in branches.items():
+        head = b.finetune_head
+        if head is None and name not in known:
+            raise InputError(f"branches.{name}", f"is not a branch of {src.name} ({sorted(set(known.values()))}): "
+                                                 "give finetune_head (a branch, or RANDOM) for a new branch")
+        if head is not None and name in known:
+            raise InputError(f"branches.{name}.finetune_head", f"'{name}' is already a branch of {src.name}; "
+                                                                "it resumes without finetune_head")
+        if head not in (None, RANDOM_BRANCH) and head not in known:
+            raise InputError(f"branches.{name}.finetune_head", f"'{head}' is not a branch of {src.name} "
+                                                                f"({sorted(set(known.values()))}) nor {RANDOM_BRANCH}")
 
 
 def _check_compressible(config: dict[str, Any]) -> None:
@@ -214,7 +249,7 @@ def run(params: TrainParams) -> TrainResult:
     config = render(params)
     dp_input.check_input(config, "overrides")
     flags = _train_flags(params)
-    from_pretrained_script = params.finetune_from is not None and params.use_pretrain_script
+    from_pretrained_script = params.finetune_from is not None and params.use_pretrain_script and not params.branches
     if params.compress and not from_pretrained_script:
         _check_compressible(config)
     env = library_env()

@@ -151,6 +151,39 @@ def lam_config(tmp_path: Path) -> dict:
     }
 
 
+def version_config(tmp_path: Path) -> dict:
+    """Model versions on Cu/Au: version 1 from two EMT-labelled datasets, then an imported
+    "DFT" export; between them a dataset with a NaN force, which verification must refuse.
+    Two standard datasets, one scored through a branch that only exists from version 2 on."""
+    from lamflow.steps.structures import read_labelled
+
+    write_cu_frames(tmp_path / "cu.extxyz", 1, seed=3)
+    write_cu_frames(tmp_path / "cuau.extxyz", 1, seed=4, symbols_every="Au")
+    _labelled_extxyz(tmp_path / "alloy-dft.extxyz", 8, seed=5)
+    bad = read_labelled(_labelled_extxyz(tmp_path / "bad.extxyz", 4, seed=6), ["Cu", "Au"])[0]
+    bad.data["forces"][2, 5, 0] = np.nan
+    bad.to("deepmd/npy", str(tmp_path / "bad"))
+    label = {"perturbed_frames": 6}
+    return {
+        "name": "tiny-versions",
+        "type_map": ["Cu", "Au"],
+        "datasets": [
+            {"name": "cu_bulk", "label": {"structures": ["cu.extxyz"], **label}, "weight": 2.0},
+            {"name": "cuau", "label": {"structures": ["cuau.extxyz"], **label}},
+            {"name": "broken", "systems": ["bad"]},
+            {"name": "alloy", "import": {"files": ["alloy-dft.extxyz"]}},
+            {"name": "cu_test", "label": {"structures": ["cu.extxyz"], "perturbed_frames": 4}},
+            {"name": "cuau_test", "label": {"structures": ["cuau.extxyz"], "perturbed_frames": 4}},
+        ],
+        "pretrain": {"datasets": ["cu_bulk", "cuau"], "template": "dpa3", "overrides": TINY_DPA3, "numb_steps": 20},
+        "versions": [{"dataset": "broken", "numb_steps": 10},
+                     {"dataset": "alloy", "start_from": "cuau", "replay": 0.4, "numb_steps": 20}],
+        "benchmarks": [{"dataset": "cu_test"}, {"dataset": "cuau_test", "head": "alloy"}],
+        "stability": {"nsteps": 100},
+        "resources": {"train": {"retries": 0}},
+    }
+
+
 def _shared(tmp_path_factory, name: str, make: Callable[[Path], T]) -> T:
     """``make(folder)`` once per test session, shared by every pytest-xdist worker.
 

@@ -209,6 +209,25 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_versions(args: argparse.Namespace) -> int:
+    """The version history of a ``lamflow version`` run: a table, or its ``versions.json``."""
+    from rich.console import Console
+
+    from lamflow.flows.pipelines.version.history import read_history
+    from lamflow.flows.report.versions import history_table
+
+    history = read_history(Path(args.run_dir))
+    if args.json:
+        print(history.model_dump_json(indent=2))
+        return 0
+    console = Console(width=None if sys.stdout.isatty() else 200)
+    console.print(history_table(history))
+    for r in history.rejected:
+        console.print(f"dataset {r.dataset}: failed verification, no version: " + "; ".join(r.problems),
+                      markup=False)
+    return 0
+
+
 def _argo_settings(args: argparse.Namespace):
     from lamflow.flows.engines.dflow.engine import ArgoSettings
 
@@ -305,9 +324,14 @@ def cmd_dataset_check(args: argparse.Namespace) -> int:
 
 
 def cmd_package(args: argparse.Namespace) -> int:
-    from lamflow.flows.deploy.package import package
+    from lamflow.flows.deploy.package import package, package_version
 
     out = Path(args.output) if args.output else Path(args.run_dir) / "package"
+    if (Path(args.run_dir) / "versions.json").is_file() or args.version is not None or args.head:
+        v = package_version(Path(args.run_dir), out, args.version, args.head)
+        print(f"{out}: model.pth ({', '.join(v.type_map)}; version {v.version}, branch {v.head}), model-card.json, "
+              "README.md, in.lammps, md_ase.py")
+        return 0
     card = package(Path(args.run_dir), out)
     rmse = "-" if card.rmse_f_vs_teacher is None else f"{card.rmse_f_vs_teacher:.4f} eV/Å"
     print(f"{out}: model.pth ({', '.join(card.type_map)}; iteration {card.iteration}, {card.status}; "
@@ -438,6 +462,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_dir", help="run directory (of `lamflow distill` or `lamflow lam`)")
     p.set_defaults(func=cmd_report)
 
+    p = sub.add_parser("versions", help="the model-version history of a `lamflow version` run: parents, datasets, "
+                                        "scores on the standard datasets")
+    p.add_argument("run_dir", help="run directory (of `lamflow version`)")
+    p.add_argument("--json", action="store_true", help="versions.json as it is")
+    p.set_defaults(func=cmd_versions)
+
     p = sub.add_parser("config", help="print the config schema, or check a config")
     p.add_argument("--schema", action="store_true", help="JSON schema of a pipeline's config")
     p.add_argument("--pipeline", choices=list(PIPELINES), default="distill", help="the pipeline of --schema")
@@ -446,10 +476,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="every key of every config and step, with type, default and meaning (docs/input.md), as Markdown")
     p.set_defaults(func=cmd_config)
 
-    p = sub.add_parser("package", help="the delivered student as a folder for production: model, model card, "
-                                       "LAMMPS input, ASE script")
-    p.add_argument("run_dir", help="run directory (of `lamflow distill` or `lamflow lam`)")
+    p = sub.add_parser("package", help="the delivered student (or a model version) as a folder for production: "
+                                       "model, model card, LAMMPS input, ASE script")
+    p.add_argument("run_dir", help="run directory (of `lamflow distill`, `lamflow lam` or `lamflow version`)")
     p.add_argument("-o", "--output", help="the folder to write (new or empty; default: RUN_DIR/package)")
+    p.add_argument("--version", type=int, help="a `lamflow version` run: the version to package (default: current)")
+    p.add_argument("--head", help="a `lamflow version` run: the branch to freeze (default: the version's newest)")
     p.set_defaults(func=cmd_package)
 
     p = sub.add_parser("dataset", help="check labelled datasets before training on them")

@@ -29,7 +29,8 @@ LIGHT_STEPS = frozenset({"perturb", "select"})
 #: alike: the steps that compute with DeePMD-kit models (training, freezing, MD, inference) get
 #: one GPU unless their resources say otherwise (``gpu: 0``); data preparation, selection,
 #: labelling with an ASE calculator and the planner never hold one unless asked.
-GPU_STEPS = frozenset({"train", "freeze", "change_bias", "explore", "teacher_label", "evaluate", "speed"})
+GPU_STEPS = frozenset({"train", "freeze", "change_bias", "explore", "teacher_label", "evaluate", "speed",
+                       "stability"})
 #: the images built from images/: a pod that holds a GPU runs the CUDA one
 IMAGES = {"cpu": "lamflow/lamflow:0.1.0-cpu", "gpu": "lamflow/lamflow:0.1.0-cuda12"}
 #: cores and memory of a pod whose resources leave them unset, by whether it holds a GPU

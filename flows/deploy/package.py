@@ -1,4 +1,5 @@
-"""``lamflow package RUN``: the delivered student as a folder a user takes to production.
+"""``lamflow package RUN``: the delivered student (or ``--version N``, a model version) as a
+folder a user takes to production.
 
 A run directory is a workshop (hundreds of steps, checkpoints, logs); what a user deploys is one
 model, the facts that say how far to trust it, and an input that runs it. The folder holds:
@@ -9,6 +10,10 @@ model, the facts that say how far to trust it, and an input that runs it. The fo
   lamflow, DeePMD-kit and PyTorch versions it was made with, with the model's SHA-256;
 * ``conf.lmp``/``conf.extxyz``: the cell its speed was measured on; ``in.lammps`` and
   ``md_ase.py``: MD with the model in LAMMPS and in ASE (the tests run both on a packaged model).
+
+A model version (``lamflow version``) is packaged the same way: its newest branch frozen, or the
+branch ``--head`` names, and a card with its datasets, frame counts and scores on the standard
+datasets (:func:`package_version`).
 """
 
 from __future__ import annotations
@@ -83,18 +88,7 @@ def package(run: Path, out: Path) -> ModelCard:
         from lamflow.steps.inference import load_model
 
         type_map = list(load_model(student).get_type_map())
-    if out.exists() and any(out.iterdir()):
-        raise InputError(str(out), "exists and is not empty: give a new folder (-o)")
-    out.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(student, out / "model.pth")
-    shutil.copyfile(cell, out / "conf.lmp")
-    read_system(cell, type_map, "lammps/lmp").to("ase/structure")[0].write(out / "conf.extxyz")
-    templates = resources.files("lamflow.templates").joinpath("package")
-    fields = {"model": "model.pth", "elements": " ".join(type_map), "temperature": TEMPERATURE}
-    (out / "in.lammps").write_text(Template(templates.joinpath("in.lammps").read_text()).substitute(
-        fields, nsteps=NSTEPS_LAMMPS))
-    (out / "md_ase.py").write_text(Template(templates.joinpath("md_ase.py.tmpl").read_text()).substitute(
-        fields, nsteps=NSTEPS_ASE))
+    _write_folder(out, student, read_system(cell, type_map, "lammps/lmp"), type_map)
     last = report.iterations[-1]
     card = ModelCard(
         name=report.name, created=datetime.now(timezone.utc).isoformat(timespec="seconds"), model="model.pth",
@@ -108,6 +102,115 @@ def package(run: Path, out: Path) -> ModelCard:
     (out / "model-card.json").write_text(json.dumps(asdict(card), indent=2) + "\n")
     (out / "README.md").write_text(_readme(card))
     return card
+
+
+def _write_folder(out: Path, model: Path, cell, type_map: list[str]) -> None:
+    """The model, its cell (``cell``: a dpdata system, first frame used) and the LAMMPS input and
+    ASE script that run MD with it; ``out`` must be new or empty (nothing is overwritten)."""
+    if out.exists() and any(out.iterdir()):
+        raise InputError(str(out), "exists and is not empty: give a new folder (-o)")
+    out.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(model, out / "model.pth")
+    first = cell.sub_system([0])
+    first.to("lammps/lmp", str(out / "conf.lmp"))
+    first.to("ase/structure")[0].write(out / "conf.extxyz")
+    templates = resources.files("lamflow.templates").joinpath("package")
+    fields = {"model": "model.pth", "elements": " ".join(type_map), "temperature": TEMPERATURE}
+    (out / "in.lammps").write_text(Template(templates.joinpath("in.lammps").read_text()).substitute(
+        fields, nsteps=NSTEPS_LAMMPS))
+    (out / "md_ase.py").write_text(Template(templates.joinpath("md_ase.py.tmpl").read_text()).substitute(
+        fields, nsteps=NSTEPS_ASE))
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+@dataclass
+class VersionCard:
+    name: str
+    created: str
+    version: int
+    parent: int | None
+    model: str
+    sha256: str
+    head: str
+    type_map: list[str]
+    branches: dict[str, int]
+    numb_steps: int
+    checkpoint_sha256: str
+    scores: list[dict]
+    score: float | None
+    run_dir: str
+    versions: dict[str, str]
+
+
+def package_version(run: Path, out: Path, number: int | None = None, head: str | None = None) -> VersionCard:
+    """Model version ``number`` (default: the current one) of a ``lamflow version`` run: the
+    frozen model of its newest branch, or of ``head`` (frozen now from the version's checkpoint)."""
+    from lamflow.steps.train import FreezeParams, freeze
+    from lamflow.steps.structures import read_system as read
+
+    from lamflow.flows.pipelines.version.history import read_history
+
+    history = read_history(run)
+    number = number if number is not None else history.current
+    if number is None:
+        raise InputError(str(run), "has no trained version to package")
+    try:
+        version = history.get(number)
+    except KeyError:
+        trained = [v.version for v in history.versions if v.status == "trained"]
+        raise InputError("--version", f"{number} is not a trained version of {run} (trained: {trained})") from None
+    branch = head or version.added[-1]
+    if branch not in version.branches:
+        raise InputError("--head", f"'{branch}' is not a branch of version {number} ({sorted(version.branches)})")
+    if out.exists() and any(out.iterdir()):
+        raise InputError(str(out), "exists and is not empty: give a new folder (-o)")
+    model = Path(version.model)
+    if branch != version.added[-1]:
+        model = freeze(FreezeParams(checkpoint=Path(version.checkpoint), head=branch,
+                                    output=out.parent / f".{out.name}-freeze")).model
+    trained_on = json.loads((Path(version.checkpoint).parent / "input.json").read_text())
+    cell = read(Path(trained_on["training"]["data_dict"][branch]["training_data"]["systems"][0]), history.type_map)
+    _write_folder(out, model, cell, history.type_map)
+    if model.parent.name.startswith("."):
+        shutil.rmtree(model.parent)
+    card = VersionCard(
+        name=history.name, created=datetime.now(timezone.utc).isoformat(timespec="seconds"), version=number,
+        parent=version.parent, model="model.pth", sha256=_sha256(out / "model.pth"), head=branch,
+        type_map=history.type_map, branches=version.branches, numb_steps=version.numb_steps,
+        checkpoint_sha256=version.checkpoint_sha256, scores=[s.model_dump() for s in version.scores],
+        score=version.score, run_dir=history.run_dir,
+        versions={p: _version(p) for p in ("lamflow", "deepmd-kit", "torch")})
+    (out / "model-card.json").write_text(json.dumps(asdict(card), indent=2) + "\n")
+    (out / "README.md").write_text(_version_readme(card))
+    return card
+
+
+def _version_readme(card: VersionCard) -> str:
+    rows = "\n".join(f"| {s['dataset']} ({s['head']}) | {s['n_frames']} | {s['rmse_f']:.4f} | "
+                     f"{1000 * s['rmse_e_per_atom_shifted']:.2f} | {s['normalized_f']:.3f} | {s['normalized_e']:.3f} | "
+                     f"{'-' if s['instability'] is None else format(s['instability'], '.2f')} |" for s in card.scores)
+    return f"""# {card.name}, version {card.version}: a DeePMD-kit model made by lamflow
+
+| | |
+|---|---|
+| model | `{card.model}` (branch `{card.head}`, SHA-256 `{card.sha256[:16]}…`) |
+| elements (type_map) | {", ".join(card.type_map)} |
+| trained | from version {card.parent if card.parent is not None else "- (from scratch)"}, {card.numb_steps} steps; branches (frames): {", ".join(f"{k} ({v})" for k, v in card.branches.items())} |
+| score | {"-" if card.score is None else format(card.score, ".3f")} (LAMBench-style: 0 perfect, 1 no better than the composition alone) |
+| made with | {", ".join(f"{k} {v}" for k, v in card.versions.items())}, {card.created} |
+
+| standard dataset (head) | frames | force RMSE eV/Å | energy RMSE meV/atom (shifted) | norm. F | norm. E | NVE instability |
+|---|---|---|---|---|---|---|
+{rows}
+
+```bash
+lmp -in in.lammps      # LAMMPS (pair_style deepmd model.pth), NVT at {TEMPERATURE:.0f} K on conf.lmp
+python md_ase.py       # ASE (deepmd.calculator.DP), the same cell
+```
+"""
 
 
 def _readme(card: ModelCard) -> str:

@@ -57,7 +57,7 @@ class Pipeline:
         self._get(self.summary_ref)(console, cfg, report)
 
 
-_D, _L = "lamflow.flows.pipelines.distill", "lamflow.flows.pipelines.lam"
+_D, _L, _V = "lamflow.flows.pipelines.distill", "lamflow.flows.pipelines.lam", "lamflow.flows.pipelines.version"
 
 PIPELINES: dict[str, Pipeline] = {p.name: p for p in (
     Pipeline("distill", "distil a teacher into a fast student (the loop)",
@@ -66,6 +66,9 @@ PIPELINES: dict[str, Pipeline] = {p.name: p for p in (
     Pipeline("lam", "the full pipeline: datasets → pretrain → finetune → distill",
              f"{_L}.config:LamConfig", f"{_L}.pipeline:run_lam", f"{_L}.config:preflight",
              f"{_L}.pipeline:read_report", f"{_L}.pipeline:summarize", marker="finetune"),
+    Pipeline("version", "model versions: each verified dataset a new version of a multi-task model, scored on "
+             "standard datasets", f"{_V}.config:VersionConfig", f"{_V}.pipeline:run_versions",
+             f"{_V}.config:preflight", f"{_V}.pipeline:read_report", f"{_V}.pipeline:summarize", marker="versions"),
 )}
 
 

@@ -1,21 +1,90 @@
-"""Reference-labelled datasets, for every pipeline that labels structures with a calculator:
-(optionally) perturbed copies of the structures, then ASE-calculator labels in chunks.
+"""Datasets, for every pipeline that trains on labelled data or makes it.
 
-One builder for the teacher's data in ``distill`` and the datasets of ``lam``, so a
-:class:`~lamflow.flows.pipelines.distill.config.LabelSpec` means the same in both.
+* Reference-labelled data: (optionally) perturbed copies of structures, then ASE-calculator
+  labels in chunks. One builder for the teacher's data in ``distill`` and the datasets of
+  ``lam`` and ``version``, so a :class:`~lamflow.flows.pipelines.distill.config.LabelSpec`
+  means the same in all.
+* :class:`Dataset`: a named dataset of a config (given, labelled here or imported), and
+  :func:`build`, which makes it through the engine's runner.
 """
 
 from __future__ import annotations
 
+import zlib
 from pathlib import Path
+from typing import Protocol
 
+from pydantic import Field, model_validator
+
+from lamflow.steps.check_data import check_or_raise
+from lamflow.steps.import_data import ImportParams, ImportSource
 from lamflow.steps.label import LabelParams, LabelSettings
 from lamflow.steps.perturb import PerturbParams, PerturbSettings
 
-from lamflow.flows.core.config import RunConfig
+from lamflow.flows.core.book import Book
+from lamflow.flows.core.config import RunConfig, Section
 from lamflow.flows.core.records import StepCall
 
 from .distill.config import LabelSpec
+
+#: seed offset of the datasets' perturbations (a random stream of its own)
+DATASET_SEED = 31
+
+
+def dataset_seed(run_seed: int, name: str) -> int:
+    """The perturbation seed of dataset ``name``: a stream per dataset. With one seed for all, a
+    held-out set made from the same cells as a training set (``cu3au_test`` beside ``cu3au``)
+    was the training set's first frames, and its "held-out" errors were training errors."""
+    return run_seed + DATASET_SEED + zlib.crc32(name.encode()) % 1_000_003
+
+
+class Dataset(Section):
+    """One labelled dataset: given (deepmd/npy), labelled here, or imported from DFT outputs."""
+
+    name: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", description="also the name of its branch (fitting "
+                                                                       "net) in multi-task training")
+    systems: list[Path] = Field(default_factory=list, description="labelled deepmd/npy systems")
+    label: LabelSpec | None = Field(None, description="make the dataset: perturb structures and label them with an "
+                                                      "ASE calculator")
+    import_: ImportSource | None = Field(None, alias="import", description="make the dataset: import DFT outputs with "
+                                                                         "dpdata")
+    weight: float = Field(1.0, gt=0, description="sampling importance in multi-task training (model_prob)")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "Dataset":
+        given = [k for k, v in (("systems", self.systems), ("label", self.label), ("import", self.import_)) if v]
+        if len(given) != 1:
+            raise ValueError(f"dataset '{self.name}': give exactly one of systems, label, import (got {given or 'none'})")
+        return self
+
+    def files(self) -> list[tuple[str, Path]]:
+        """``(field, path)`` of every file the dataset names, for the run's missing-file check."""
+        where = f"datasets.{self.name}"
+        found = [(f"{where}.systems[{i}]", p) for i, p in enumerate(self.systems)]
+        if self.label:
+            found += [(f"{where}.label.structures[{i}]", p) for i, p in enumerate(self.label.structures)]
+        if self.import_:
+            found += [(f"{where}.import.files[{i}]", p) for i, p in enumerate(self.import_.files)]
+        return found
+
+    def check(self, type_map: list[str]) -> None:
+        """What `lamflow dataset check` calls an error, as one line (preflight) for data given as
+        they are; labelled data are made by the run and checked when made."""
+        if self.systems:
+            check_or_raise(self.systems, type_map, f"datasets.{self.name}.systems")
+        if self.import_:
+            check_or_raise(self.import_.files, type_map, f"datasets.{self.name}.import", self.import_.fmt)
+
+
+class DatasetConfig(Protocol):
+    """What :func:`build` needs of a pipeline's config."""
+
+    type_map: list[str]
+    seed: int
+
+    def dataset(self, name: str) -> Dataset: ...
+
+    def resources_for(self, step: str): ...
 
 
 def call(cfg: RunConfig, step: str, params, label: str) -> StepCall:
@@ -40,3 +109,27 @@ def label_calls(cfg: RunConfig, spec: LabelSpec, type_map: list[str], structures
         structures=structures or spec.structures, type_map=type_map, chunk=c, n_chunks=spec.chunks,
         output=out / f"chunk-{c:03d}", **spec.model_dump(include=set(LabelSettings.model_fields))),
         f"{label}/chunk-{c:03d}") for c in range(spec.chunks)]
+
+
+def dataset_calls(cfg: DatasetConfig, root: Path, name: str, perturbed: list[Path] | None = None) -> list[StepCall]:
+    """The steps that produce dataset ``name`` under ``root/data`` (after ``perturb`` for
+    labelled ones)."""
+    d, out = cfg.dataset(name), root / "data" / name
+    if d.import_:
+        return [call(cfg, "import_data", ImportParams(files=d.import_.files, fmt=d.import_.fmt,
+                                                      type_map=cfg.type_map, output=out), f"data/{name}")]
+    if d.label:
+        if d.label.perturbed_frames and perturbed is None:
+            return perturb_calls(cfg, d.label, cfg.type_map, root / "data" / f"{name}-structures",
+                                 f"data/{name}-structures", dataset_seed(cfg.seed, name))
+        return label_calls(cfg, d.label, cfg.type_map, perturbed or [], out, f"data/{name}")
+    return []
+
+
+def build(cfg: DatasetConfig, root: Path, name: str, book: Book, seconds: dict[str, float]) -> list[Path]:
+    """The deepmd/npy systems of dataset ``name``: given, or made through the engine's runner."""
+    d = cfg.dataset(name)
+    if d.systems:
+        return list(d.systems)
+    perturbed = book.systems(dataset_calls(cfg, root, name), seconds) if d.label and d.label.perturbed_frames else None
+    return book.systems(dataset_calls(cfg, root, name, perturbed), seconds)

@@ -42,12 +42,14 @@ def _sections(model: type[BaseModel], seen: set | None = None) -> list[type[Base
     return out
 
 
-#: same name, another parameter: the speed benchmark's MD length is not the exploration's, and
-#: the teacher's ``calculator`` is one of its three sources (None: a model), not a labeller's choice
-NOT_THE_SAME = {("nsteps", "speed"), ("calculator", "label"), ("calculator", "speed")}
+#: same name, another parameter: the speed benchmark's and the NVE stability run's MD lengths are
+#: not the exploration's, and the teacher's ``calculator`` is one of its three sources (None: a
+#: model), not a labeller's choice
+NOT_THE_SAME = {("nsteps", "speed"), ("nsteps", "stability"), ("calculator", "label"), ("calculator", "speed")}
 #: ... and the teacher's MD for initial data is a short warm-up, not an exploration
 SECTION_NOT_THE_SAME = {(section, name, step) for name in ("nsteps", "trj_freq")
                         for section, step in (("TeacherMD", "explore"), ("Exploration", "label_md"))}
+SECTION_NOT_THE_SAME |= {("StabilitySettings", "nsteps", step) for step in ("explore", "label_md")}
 
 
 def _bounds(info) -> list[str]:

@@ -213,3 +213,12 @@ def lam_flow(config: str | dict[str, Any], workdir: str | None = None,
     """The full pipeline (label → pretrain → finetune → distill): ``prefect deployment run 'lam/local'``."""
     return _as_dict(_deployed("lam", config, workdir, step_deployment))
 
+
+@flow(name="version", persist_result=False)
+def version_flow(config: str | dict[str, Any], workdir: str | None = None,
+                 step_deployment: str | None = None) -> dict[str, Any]:
+    """Model versions (each verified dataset a new version, scored on the standard datasets):
+    ``prefect deployment run 'version/local'``; after a dataset is added to the config, the same
+    command trains only the new version."""
+    return _deployed("version", config, workdir, step_deployment).model_dump(mode="json")
+

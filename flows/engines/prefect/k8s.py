@@ -33,7 +33,7 @@ def job_template(path: Path | None = None) -> dict[str, Any]:
 def deployment_job_variables(prefect_yaml: Path, deployment: str) -> dict[str, Any]:
     """The job variables ``prefect.yaml`` gives ``flow/deployment`` (e.g. ``step/k8s-gpu``)."""
     flow_name, _, dep_name = deployment.partition("/")
-    entry_suffix = {"distill": "distill_flow", "step": "step_flow", "lam": "lam_flow"}.get(flow_name, flow_name)
+    entry_suffix = f"{flow_name}_flow"  # distill_flow, lam_flow, version_flow, step_flow
     spec = yaml.safe_load(Path(prefect_yaml).read_text())
     for dep in spec.get("deployments", []):
         if dep.get("name") == dep_name and str(dep.get("entrypoint", "")).endswith(entry_suffix):

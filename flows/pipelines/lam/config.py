@@ -16,50 +16,35 @@ from pydantic import Field, ValidationError, model_validator
 
 from lamflow.steps.base import TypeMap, unique_elements
 from lamflow.steps.dp_input import deep_merge
-from lamflow.steps.check_data import check_or_raise
 from lamflow.steps.errors import InputError
-from lamflow.steps.import_data import ImportSource
 from lamflow.steps.train import RANDOM_BRANCH as RANDOM
 from lamflow.steps.train import check_input, finetune_branch
 
 from lamflow.flows.core.config import RunConfig, Section, check_exist
 from lamflow.flows.core.errors import one_line
 
-from ..distill.config import DistillConfig, LabelSpec
+from ..datasets import Dataset
+from ..distill.config import DistillConfig
 from lamflow.flows.executors import check_executors
 
 from ..distill.preflight import preflight as distill_preflight
 
 
-class Dataset(Section):
-    """One labelled dataset: given (deepmd/npy), labelled here, or imported from DFT outputs."""
+class MultiTask(Section):
+    """Multi-task training: one shared DPA descriptor, a fitting net per dataset (branch)."""
 
-    name: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", description="also the pretraining branch name")
-    systems: list[Path] = Field(default_factory=list, description="labelled deepmd/npy systems")
-    label: LabelSpec | None = Field(None, description="make the dataset: perturb structures and label them with an "
-                                                      "ASE calculator")
-    import_: ImportSource | None = Field(None, alias="import", description="make the dataset: import DFT outputs with "
-                                                                         "dpdata")
-    weight: float = Field(1.0, gt=0, description="sampling importance in pretraining (model_prob)")
-
-    @model_validator(mode="after")
-    def _one_source(self) -> "Dataset":
-        given = [k for k, v in (("systems", self.systems), ("label", self.label), ("import", self.import_)) if v]
-        if len(given) != 1:
-            raise ValueError(f"dataset '{self.name}': give exactly one of systems, label, import (got {given or 'none'})")
-        return self
-
-
-class Pretrain(Section):
-    """Multi-task pretraining: one shared DPA descriptor, a fitting net per dataset (branch)."""
-
-    model: Path | None = Field(None, description="a pretrained (multi-task) checkpoint: skip pretraining")
     datasets: list[str] = Field(default_factory=list, description="branches (default: every dataset but the "
                                                                   "downstream ones)")
     template: str = Field("dpa3", description="multi-task DeePMD-kit template: dpa3, dpa2 or a .json path")
     overrides: dict[str, Any] = Field(default_factory=dict, description="DeePMD-kit input keys deep-merged into the "
-                                                                        "pretraining template")
+                                                                        "template")
     numb_steps: int = Field(2000, ge=1, description="multi-task training steps")
+
+
+class Pretrain(MultiTask):
+    """Multi-task pretraining, or a pretrained model given."""
+
+    model: Path | None = Field(None, description="a pretrained (multi-task) checkpoint: skip pretraining")
 
 
 class Finetune(Section):
@@ -145,13 +130,7 @@ class LamConfig(RunConfig):
 
 
 def check_lam_files(cfg: LamConfig) -> None:
-    needed: list[tuple[str, Path]] = []
-    for d in cfg.datasets:
-        needed += [(f"datasets.{d.name}.systems[{i}]", p) for i, p in enumerate(d.systems)]
-        if d.label:
-            needed += [(f"datasets.{d.name}.label.structures[{i}]", p) for i, p in enumerate(d.label.structures)]
-        if d.import_:
-            needed += [(f"datasets.{d.name}.import.files[{i}]", p) for i, p in enumerate(d.import_.files)]
+    needed: list[tuple[str, Path | None]] = [f for d in cfg.datasets for f in d.files()]
     needed += [("pretrain.model", cfg.pretrain.model), ("finetune.model", cfg.finetune.model)]
     check_exist(needed)
 
@@ -161,10 +140,7 @@ def preflight(cfg: LamConfig) -> None:
     the distillation stage's own inputs (all but its teacher, which the pipeline makes)."""
     check_lam_files(cfg)
     for d in cfg.datasets:  # what `lamflow dataset check` calls an error stops the run before any work
-        if d.systems:
-            check_or_raise(d.systems, cfg.type_map, f"datasets.{d.name}.systems")
-        if d.import_:
-            check_or_raise(d.import_.files, cfg.type_map, f"datasets.{d.name}.import", d.import_.fmt)
+        d.check(cfg.type_map)
     check_executors(cfg)
     if cfg.finetune.model is None:
         if cfg.pretrain.model is None:

@@ -22,23 +22,17 @@ from typing import Any, Callable
 from lamflow.steps.artifacts import write_json
 from lamflow.steps.change_bias import ChangeBiasParams, ChangeBiasResult
 from lamflow.steps.evaluate import EvaluateParams, EvaluateResult
-from lamflow.steps.import_data import ImportParams
 from lamflow.steps.structures import count_frames
 from lamflow.steps.train import Branch, FreezeParams, TrainParams, TrainResult
 
 from lamflow.flows.core.book import Book
-from lamflow.flows.core.records import StepCall
 from lamflow.flows.core.runner import Pending, Runner
 
+from ..datasets import build
 from ..datasets import call as _call
-from ..datasets import label_calls, perturb_calls
 from ..distill.loop import run_distill
 from ..distill.records import DistillReport
 from .config import LamConfig, check_lam_files
-
-#: seed offset of the datasets' perturbations (a random stream of its own)
-DATASET_SEED = 31
-
 
 @dataclass
 class LamReport:
@@ -54,20 +48,6 @@ class LamReport:
     seconds: dict[str, float] = field(default_factory=dict)
     wall_seconds: float = 0.0
     status: str = "running"
-
-
-def dataset_calls(cfg: LamConfig, root: Path, name: str, perturbed: list[Path] | None = None) -> list[StepCall]:
-    """The steps that produce dataset ``name`` (after ``perturb`` for labelled ones)."""
-    d, out = cfg.dataset(name), root / "data" / name
-    if d.import_:
-        return [_call(cfg, "import_data", ImportParams(files=d.import_.files, fmt=d.import_.fmt,
-                                                       type_map=cfg.type_map, output=out), f"data/{name}")]
-    if d.label:
-        if d.label.perturbed_frames and perturbed is None:
-            return perturb_calls(cfg, d.label, cfg.type_map, root / "data" / f"{name}-structures",
-                                 f"data/{name}-structures", cfg.seed + DATASET_SEED)
-        return label_calls(cfg, d.label, cfg.type_map, perturbed or [], out, f"data/{name}")
-    return []
 
 
 def run_lam(cfg: LamConfig, run_dir: Path, runner: Runner, on_batch: Callable[[str], None] | None = None,
@@ -97,13 +77,7 @@ def run_lam(cfg: LamConfig, run_dir: Path, runner: Runner, on_batch: Callable[[s
             # --- datasets (only those a stage uses)
             used = [*([] if cfg.pretrain.model else cfg.branches()), cfg.finetune.dataset,
                     *([cfg.finetune.validation] if cfg.finetune.validation else [])]
-            data: dict[str, list[Path]] = {}
-            for name in dict.fromkeys(used):
-                d = cfg.dataset(name)
-                perturbed = None
-                if d.label and d.label.perturbed_frames:
-                    perturbed = book.systems(dataset_calls(cfg, root, name), secs)
-                data[name] = d.systems or book.systems(dataset_calls(cfg, root, name, perturbed), secs)
+            data = {name: build(cfg, root, name, book, secs) for name in dict.fromkeys(used)}
             report.datasets = {n: count_frames(s) for n, s in data.items()}
             # --- pretrain
             pretrained = cfg.pretrain.model

