@@ -196,6 +196,15 @@ def cmd_status(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from rich.console import Console
 
+    if (Path(args.run_dir) / "versions.json").is_file():  # a `lamflow version` run: its history
+        from lamflow.flows.pipelines.version.history import read_history
+        from lamflow.flows.report.versions import history_table, render_versions_html
+
+        history = read_history(Path(args.run_dir))
+        Console(width=None if sys.stdout.isatty() else 200).print(history_table(history))
+        print(f"html: {render_versions_html(history, Path(args.run_dir))}")
+        return 0
+
     from lamflow.flows.pipelines.distill.records import find_report
     from lamflow.flows.report.distill import summarize, table
     from lamflow.flows.report.html import render_html
@@ -326,16 +335,25 @@ def cmd_dataset_check(args: argparse.Namespace) -> int:
 def cmd_package(args: argparse.Namespace) -> int:
     from lamflow.flows.deploy.package import package, package_version
 
+    from lamflow.flows.core.artifact_store import ENV_URL, ArtifactStore
+
     out = Path(args.output) if args.output else Path(args.run_dir) / "package"
+    store = ArtifactStore.from_env() if args.upload else None
+    if args.upload and store is None:  # before any work: say where it would have gone
+        raise InputError("--upload", f"set {ENV_URL} (e.g. s3://bucket/prefix) to say where to upload")
     if (Path(args.run_dir) / "versions.json").is_file() or args.version is not None or args.head:
         v = package_version(Path(args.run_dir), out, args.version, args.head)
         print(f"{out}: model.pth ({', '.join(v.type_map)}; version {v.version}, branch {v.head}), model-card.json, "
               "README.md, in.lammps, md_ase.py")
-        return 0
-    card = package(Path(args.run_dir), out)
-    rmse = "-" if card.rmse_f_vs_teacher is None else f"{card.rmse_f_vs_teacher:.4f} eV/Å"
-    print(f"{out}: model.pth ({', '.join(card.type_map)}; iteration {card.iteration}, {card.status}; "
-          f"force RMSE vs teacher {rmse}), model-card.json, README.md, in.lammps, md_ase.py")
+        key = f"packages/{v.name}-v{v.version}-{v.head}"
+    else:
+        card = package(Path(args.run_dir), out)
+        rmse = "-" if card.rmse_f_vs_teacher is None else f"{card.rmse_f_vs_teacher:.4f} eV/Å"
+        print(f"{out}: model.pth ({', '.join(card.type_map)}; iteration {card.iteration}, {card.status}; "
+              f"force RMSE vs teacher {rmse}), model-card.json, README.md, in.lammps, md_ase.py")
+        key = f"packages/{card.name}-student-iter{card.iteration:03d}"
+    if store is not None:
+        print(f"uploaded to {store.upload(out, key)}")
     return 0
 
 
@@ -348,8 +366,9 @@ def cmd_prefect_up(args: argparse.Namespace) -> int:
     print(f"starting Prefect server on {local.ui_url} (state: {local.home}) ...", flush=True)
     local.up()
     print(f"""Prefect UI:   {local.ui_url}
-deployments:  distill/local, lam/local, step/local (pool 'local', worker running here)
-              distill/k8s-gpu, lam/k8s-gpu, step/k8s-gpu (pool 'k8s-gpu': start its worker in the cluster)
+deployments:  distill/local, lam/local, version/local, step/local (pool 'local', worker running here)
+              distill/k8s-gpu, lam/k8s-gpu, version/k8s-gpu, step/k8s-gpu (pool 'k8s-gpu': start its worker
+              in the cluster)
 in another shell:
   export PREFECT_API_URL={local.api_url}
   prefect deployment run 'distill/local' -p config=$PWD/examples/cu-emt/config.yaml
@@ -459,7 +478,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_status)
 
     p = sub.add_parser("report", help="a run's summary in the terminal and as a self-contained HTML page")
-    p.add_argument("run_dir", help="run directory (of `lamflow distill` or `lamflow lam`)")
+    p.add_argument("run_dir", help="run directory (of `lamflow distill`, `lamflow lam` or `lamflow version`)")
     p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("versions", help="the model-version history of a `lamflow version` run: parents, datasets, "
@@ -482,6 +501,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", help="the folder to write (new or empty; default: RUN_DIR/package)")
     p.add_argument("--version", type=int, help="a `lamflow version` run: the version to package (default: current)")
     p.add_argument("--head", help="a `lamflow version` run: the branch to freeze (default: the version's newest)")
+    p.add_argument("--upload", action="store_true", help="also upload the folder to the artifact store "
+                                                         "($LAMFLOW_ARTIFACTS/packages/...)")
     p.set_defaults(func=cmd_package)
 
     p = sub.add_parser("dataset", help="check labelled datasets before training on them")

@@ -82,14 +82,23 @@ class ArtifactStore:
         target = self.remote(path)
         if target is None or not Path(path).exists():
             return
-        fs = self.fs
         if Path(path).is_dir():
-            if fs.exists(target):
-                fs.rm(target, recursive=True)  # a rerun's output replaces the old one whole
-            files = [p for p in sorted(Path(path).rglob("*")) if p.is_file()]
-            fs.put([str(p) for p in files], [f"{target}/{p.relative_to(path).as_posix()}" for p in files])
+            self._put_folder(Path(path), target)
         else:
-            fs.put_file(str(path), target)
+            self.fs.put_file(str(path), target)
+
+    def upload(self, folder: Path, key: str) -> str:
+        """A folder that is not part of a run (a package for production) to ``URL/key``; its URL."""
+        target = f"{self.url}/{key.strip('/')}"
+        self._put_folder(Path(folder), target)
+        return target
+
+    def _put_folder(self, folder: Path, target: str) -> None:
+        fs = self.fs
+        if fs.exists(target):
+            fs.rm(target, recursive=True)  # a rerun's output replaces the old one whole
+        files = [p for p in sorted(folder.rglob("*")) if p.is_file()]
+        fs.put([str(p) for p in files], [f"{target}/{p.relative_to(folder).as_posix()}" for p in files])
 
     def pull(self, path: Path) -> bool:
         """Fetch a file or folder from the store if it is missing here; True if it is here now."""

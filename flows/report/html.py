@@ -50,7 +50,7 @@ def _rows(report: "DistillReport") -> str:
     return "\n".join(out)
 
 
-def _figure(path: Path, caption: str) -> str:
+def figure_html(path: Path, caption: str) -> str:
     data = base64.b64encode(path.read_bytes()).decode()
     return (f'<figure><img alt="{html.escape(caption)}" src="data:image/png;base64,{data}">'
             f"<figcaption>{html.escape(caption)}</figcaption></figure>")
@@ -63,7 +63,7 @@ def render_html(report: "DistillReport", run_dir: Path) -> Path:
     if report.iterations:
         for name, plot, caption in PLOTS:
             plot(report, run_dir / name)
-            figures.append(_figure(run_dir / name, caption))
+            figures.append(figure_html(run_dir / name, caption))
     last = report.iterations[-1] if report.iterations else None
     status_class = "ok" if report.converged else "warn"
     if report.cached_steps:  # a resumed run: its wall time is this session's, steps came from earlier ones

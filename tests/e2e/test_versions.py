@@ -99,11 +99,38 @@ def test_every_version_is_scored_on_the_standard_datasets_it_has_a_head_for(vers
     assert json.loads(as_json.stdout) == versions.history
 
 
+@pytest.mark.slow(seconds=10)
+def test_the_report_of_a_version_run_is_its_history_page(versions):
+    out = subprocess.run([*CLI, "report", str(versions.run)], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0 and "html: " in out.stdout, out.stderr[-2000:]
+    page = (versions.run / "versions.html").read_text()
+    assert "2 (current)" in page and "broken: error: " in page and "data:image/png;base64," in page
+
+
 @pytest.mark.slow(seconds=60)
-def test_a_packaged_version_runs_in_lammps_and_ase(versions, tmp_path):
-    out = subprocess.run([*CLI, "package", str(versions.run), "--version", "1", "--head", "cuau", "-o",
-                          str(tmp_path / "pkg")], capture_output=True, text=True, timeout=300)
+def test_a_packaged_version_runs_in_lammps_and_ase_and_is_uploaded(versions, tmp_path):
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    s3 = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
+          "LAMFLOW_ARTIFACTS": "s3://models/lamflow", "LAMFLOW_S3_ENDPOINT": f"http://{host}:{port}"}
+    try:
+        client = boto3.client("s3", endpoint_url=f"http://{host}:{port}", region_name="us-east-1",
+                              aws_access_key_id="testing", aws_secret_access_key="testing")
+        client.create_bucket(Bucket="models")
+        out = subprocess.run([*CLI, "package", str(versions.run), "--version", "1", "--head", "cuau", "-o",
+                              str(tmp_path / "pkg"), "--upload"], capture_output=True, text=True, timeout=300,
+                             env={**os.environ, **s3})
+        keys = {o["Key"] for o in client.list_objects_v2(Bucket="models").get("Contents", [])}
+    finally:
+        server.stop()
     assert out.returncode == 0, out.stderr[-2000:]
+    prefix = "lamflow/packages/tiny-versions-v1-cuau/"
+    assert f"uploaded to s3://models/{prefix.rstrip('/')}" in out.stdout
+    assert {prefix + n for n in ("model.pth", "model-card.json", "in.lammps", "md_ase.py")} <= keys
     pkg = tmp_path / "pkg"
     card = json.loads((pkg / "model-card.json").read_text())
     assert card["version"] == 1 and card["head"] == "cuau" and card["branches"] == {"cu_bulk": 6, "cuau": 6}
@@ -119,3 +146,9 @@ def test_a_packaged_version_runs_in_lammps_and_ase(versions, tmp_path):
                              capture_output=True, text=True, timeout=300)
     assert missing.returncode == 2
     assert missing.stderr == f"lamflow: error: --version: 5 is not a trained version of {versions.run} (trained: [1, 2])\n"
+    nowhere = subprocess.run([*CLI, "package", str(versions.run), "--upload", "-o", str(tmp_path / "p3")],
+                             capture_output=True, text=True, timeout=300,
+                             env={k: v for k, v in os.environ.items() if k != "LAMFLOW_ARTIFACTS"})
+    assert nowhere.returncode == 2 and not (tmp_path / "p3").exists()
+    assert nowhere.stderr == "lamflow: error: --upload: set LAMFLOW_ARTIFACTS (e.g. s3://bucket/prefix) to say where " \
+                             "to upload\n"
