@@ -1,7 +1,7 @@
 """Model versions (`lamflow version`): version 1 from two datasets, a dataset that fails
 verification and makes no version, a version whose training fails and leaves the previous one
-current, the resume that trains only it; the history, the LAMBench-style scores, and a packaged
-version that runs in LAMMPS and ASE."""
+current, the resume (on another engine) that trains only it; the history, the LAMBench-style
+scores, and a packaged version that runs in LAMMPS and ASE."""
 
 from __future__ import annotations
 
@@ -28,11 +28,11 @@ def versions(tmp_path_factory) -> SimpleNamespace:
     (base / "config.yaml").write_text(yaml.safe_dump(version_config(base)))
     faults = base / "faults.yaml"
     faults.write_text(yaml.safe_dump([{"step": "train", "where": "v002/train", "times": 1}]))
-    cmd = [*CLI, "version", str(base / "config.yaml"), "--workdir", str(base / "run"), "--engine", "local"]
-    failed = subprocess.run(cmd, capture_output=True, text=True, timeout=900,
+    cmd = [*CLI, "version", str(base / "config.yaml"), "--workdir", str(base / "run")]
+    failed = subprocess.run([*cmd, "--engine", "local"], capture_output=True, text=True, timeout=900,
                             env={**os.environ, "LAMFLOW_FAULTS": str(faults)})
     history_after_failure = json.loads((base / "run" / "versions.json").read_text())
-    resumed = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    resumed = subprocess.run(cmd, capture_output=True, text=True, timeout=900)  # embedded Prefect, the default
     return SimpleNamespace(base=base, run=base / "run", failed=failed, after_failure=history_after_failure,
                            resumed=resumed, history=json.loads((base / "run" / "versions.json").read_text()))
 
