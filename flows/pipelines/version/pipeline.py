@@ -82,12 +82,9 @@ def run_versions(cfg: VersionConfig, run_dir: Path, runner: Runner, on_batch: Ca
                 continue
             for name in added:
                 data[name] = build(cfg, root, name, book, secs)
-            checks = book.run([_call(cfg, "check_data", CheckDataParams(
-                paths=data[n], type_map=cfg.type_map, output=root / "checks" / f"{n}.json"), f"checks/{n}")
-                for n in added], secs)
-            refused = [(n, r.result) for n, r in zip(added, checks) if not r.result.passed]
+            refused = _verify(cfg, root / "checks", book, secs, {n: data[n] for n in added})
             if refused:
-                history.rejected += [Rejected(dataset=n, problems=[p.line() for p in res.errors]) for n, res in refused]
+                history.rejected += refused
                 history.save(run_dir)
                 continue
             number = (history.current or 0) + 1
@@ -120,6 +117,16 @@ def run_versions(cfg: VersionConfig, run_dir: Path, runner: Runner, on_batch: Ca
         history.seconds["wall"] = time.perf_counter() - t0
         history.save(run_dir)
     return history
+
+
+def _verify(cfg: VersionConfig, out: Path, book: Book, secs: dict[str, float],
+            data: dict[str, list[Path]]) -> list[Rejected]:
+    """The datasets among ``data`` that fail verification (``lamflow dataset check``'s errors)."""
+    checks = book.run([_call(cfg, "check_data", CheckDataParams(
+        paths=systems, type_map=cfg.type_map, output=out / f"{name}.json"), f"checks/{name}")
+        for name, systems in data.items()], secs)
+    return [Rejected(dataset=name, problems=[p.line() for p in rec.result.errors])
+            for name, rec in zip(data, checks) if not rec.result.passed]
 
 
 def _train(cfg: VersionConfig, out: Path, book: Book, secs: dict[str, float], data: dict[str, list[Path]],
