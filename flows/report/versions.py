@@ -23,12 +23,12 @@ def history_table(history: History) -> Table:
     for col in ("version", "parent", "added", "branches (frames)", "steps", "status"):
         table.add_column(col)
     for b in benches:
-        table.add_column(f"{b}\nF eV/Å | E meV/atom\nnorm. E/F | NVE", justify="right")
+        table.add_column(f"{_title(b, benches)}\nF eV/Å | E meV/atom\nnorm. E/F | NVE", justify="right")
     table.add_column("score", justify="right")
     for v in history.versions:
         cells = []
         for b in benches:
-            s = next((s for s in v.scores if s.dataset == b), None)
+            s = _score(v, b)
             nve = "" if s is None or s.instability is None else f" | {s.instability:.2f}"
             cells.append("-" if s is None else f"{s.rmse_f:.4f} | {1000 * s.rmse_e_per_atom_shifted:.2f}\n"
                                                f"{s.normalized_e:.3f}/{s.normalized_f:.3f}{nve}")
@@ -40,8 +40,18 @@ def history_table(history: History) -> Table:
     return table
 
 
-def _benchmarks(history: History) -> list[str]:
-    return list(dict.fromkeys(s.dataset for v in history.versions for s in v.scores))
+def _benchmarks(history: History) -> list[tuple[str, str]]:
+    """(dataset, head) of every score: one standard dataset may be scored through several heads."""
+    return list(dict.fromkeys((s.dataset, s.head) for v in history.versions for s in v.scores))
+
+
+def _title(key: tuple[str, str], keys: list[tuple[str, str]]) -> str:
+    dataset, head = key
+    return dataset if sum(k[0] == dataset for k in keys) == 1 else f"{dataset} ({head})"
+
+
+def _score(version, key: tuple[str, str]):
+    return next((s for s in version.scores if (s.dataset, s.head) == key), None)
 
 
 def plot_scores(history: History, path: Path) -> Path:
@@ -53,11 +63,12 @@ def plot_scores(history: History, path: Path) -> Path:
 
     trained = [v for v in history.versions if v.status == "trained"]
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
-    for b in _benchmarks(history):
-        points = [(v.version, s) for v in trained for s in v.scores if s.dataset == b]
+    keys = _benchmarks(history)
+    for b in keys:
+        points = [(v.version, s) for v in trained if (s := _score(v, b)) is not None]
         xs = [x for x, _ in points]
-        axes[0].plot(xs, [s.rmse_f for _, s in points], "o-", label=b)
-        axes[1].plot(xs, [1000 * s.rmse_e_per_atom_shifted for _, s in points], "o-", label=b)
+        axes[0].plot(xs, [s.rmse_f for _, s in points], "o-", label=_title(b, keys))
+        axes[1].plot(xs, [1000 * s.rmse_e_per_atom_shifted for _, s in points], "o-", label=_title(b, keys))
     for ax, ylabel in zip(axes, ("force RMSE (eV/Å)", "energy RMSE, shifted (meV/atom)")):
         ax.set_xlabel("version")
         ax.set_ylabel(ylabel)
@@ -75,7 +86,7 @@ def render_versions_html(history: History, run_dir: Path) -> Path:
     run_dir = Path(run_dir)
     benches = _benchmarks(history)
     head = ["version", "parent", "added", "branches (frames)", "steps", "status", "score"]
-    head += [f"{b}: F eV/Å · E meV/atom · norm. F/E · NVE" for b in benches]
+    head += [f"{_title(b, benches)}: F eV/Å · E meV/atom · norm. F/E · NVE" for b in benches]
     rows = []
     for v in history.versions:
         cells = [f"{v.version}{' (current)' if v.version == history.current else ''}",
@@ -83,7 +94,7 @@ def render_versions_html(history: History, run_dir: Path) -> Path:
                  ", ".join(f"{n} ({k})" for n, k in v.branches.items()), str(v.numb_steps),
                  v.status + (f": {v.error}" if v.error else ""), "–" if v.score is None else f"{v.score:.3f}"]
         for b in benches:
-            s = next((s for s in v.scores if s.dataset == b), None)
+            s = _score(v, b)
             cells.append("–" if s is None else
                          f"{s.rmse_f:.4f} · {1000 * s.rmse_e_per_atom_shifted:.2f} · {s.normalized_f:.3f}/"
                          f"{s.normalized_e:.3f} · {'–' if s.instability is None else format(s.instability, '.2f')}")

@@ -63,6 +63,10 @@ def test_the_config_names_what_is_wrong(tmp_path):
     raw = version_config(tmp_path)
     cfg = VersionConfig.parse(raw, tmp_path)
     assert cfg.benchmark_head(cfg.benchmarks[0]) == "cu_bulk" and cfg.versions[1].start_from == "cuau"
+    assert [cfg.benchmark_name(b) for b in cfg.benchmarks] == ["cu_test", "cuau_test"]
+    twice = VersionConfig.parse({**raw, "benchmarks": [{"dataset": "cu_test"}, {"dataset": "cu_test", "head": "cuau"}]},
+                                tmp_path)  # one standard dataset through two heads: files of their own
+    assert [twice.benchmark_name(b) for b in twice.benchmarks] == ["cu_test.cu_bulk", "cu_test.cuau"]
     cases = [
         ({"benchmarks": [{"dataset": "cuau"}]}, "benchmarks[0].dataset: 'cuau' is trained on; a benchmark must be held out"),
         ({"versions": [{"dataset": "cuau"}]}, "versions[0].dataset: 'cuau' is already a branch of an earlier version"),
@@ -71,6 +75,8 @@ def test_the_config_names_what_is_wrong(tmp_path):
         ({"versions": [{"dataset": "nope"}]}, "versions[0].dataset: no dataset named 'nope'"),
         ({"benchmarks": [{"dataset": "cu_test", "head": "cu_test"}]}, "benchmarks[0].head: 'cu_test' is not a branch"),
         ({"versions": [{"dataset": "alloy", "replay": 0}]}, "versions[0].replay: input should be greater than 0, got 0"),
+        ({"benchmarks": [{"dataset": "cu_test"}, {"dataset": "cu_test", "head": "cu_bulk"}]},
+         "benchmarks[1]: 'cu_test' through head 'cu_bulk' is listed twice"),
     ]
     for change, message in cases:
         with pytest.raises(InputError, match=re.escape(message)):

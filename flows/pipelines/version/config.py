@@ -88,7 +88,12 @@ class VersionConfig(RunConfig):
                 raise ValueError(f"versions[{i}].start_from: '{v.start_from}' is not a branch of the previous "
                                  f"versions {branches} nor {RANDOM}")
             branches.append(v.dataset)
+        seen = set()
         for i, b in enumerate(self.benchmarks):
+            key = (b.dataset, b.head or self.pretrain.datasets[0])
+            if key in seen:
+                raise ValueError(f"benchmarks[{i}]: '{b.dataset}' through head '{key[1]}' is listed twice")
+            seen.add(key)
             if b.dataset in branches:
                 raise ValueError(f"benchmarks[{i}].dataset: '{b.dataset}' is trained on; a benchmark must be "
                                  "held out")
@@ -106,6 +111,11 @@ class VersionConfig(RunConfig):
 
     def benchmark_head(self, bench: Benchmark) -> str:
         return bench.head or self.pretrain.datasets[0]
+
+    def benchmark_name(self, bench: Benchmark) -> str:
+        """Its files' name: the dataset, and the head when the dataset is scored through several."""
+        heads = {self.benchmark_head(b) for b in self.benchmarks if b.dataset == bench.dataset}
+        return bench.dataset if len(heads) == 1 else f"{bench.dataset}.{self.benchmark_head(bench)}"
 
 
 def preflight(cfg: VersionConfig) -> None:

@@ -160,7 +160,8 @@ def _scores(cfg: VersionConfig, out: Path, book: Book, secs: dict[str, float], b
     version = out.parent.name
     evals = book.run([_call(cfg, "evaluate", EvaluateParams(
         model=checkpoint, head=cfg.benchmark_head(b), systems=bench[b.dataset], type_map=cfg.type_map,
-        output=out / f"{b.dataset}.json"), f"{version}/benchmarks/{b.dataset}") for b in todo], secs)
+        output=out / f"{cfg.benchmark_name(b)}.json"), f"{version}/benchmarks/{cfg.benchmark_name(b)}")
+        for b in todo], secs)
     runs: list[StabilityResult | None] = [None] * len(todo)
     if cfg.stability is not None and todo:
         used = list(dict.fromkeys(cfg.benchmark_head(b) for b in todo))
@@ -169,8 +170,8 @@ def _scores(cfg: VersionConfig, out: Path, book: Book, secs: dict[str, float], b
         models = {h: f.result.model for h, f in zip(used, frozen)}
         runs = [r.result for r in book.run([_call(cfg, "stability", StabilityParams(
             model=models[cfg.benchmark_head(b)], structure=bench[b.dataset][0], type_map=cfg.type_map,
-            output=out / f"{b.dataset}-nve", seed=cfg.seed, **cfg.stability.model_dump()),
-            f"{version}/benchmarks/{b.dataset}-nve") for b in todo], secs)]
+            output=out / f"{cfg.benchmark_name(b)}-nve", seed=cfg.seed, **cfg.stability.model_dump()),
+            f"{version}/benchmarks/{cfg.benchmark_name(b)}-nve") for b in todo], secs)]
     return [Score.of(b.dataset, cfg.benchmark_head(b), ev.result, md) for b, ev, md in zip(todo, evals, runs)]
 
 
