@@ -62,6 +62,8 @@ class ExploreParams(ExploreSettings):
     structure: Path = Field(description="the starting cell (any ASE or dpdata format, or LAMMPS data)")
     fmt: StructureFormat = None
     frame: int = Field(0, ge=0, description="which frame of the structure file to start from")
+    replicate: tuple[int, int, int] = Field((1, 1, 1), description="supercell of the starting cell along its three "
+                                                                   "cell vectors")
     seed: int = Field(1, ge=1, description="velocity seed of the MD (LAMMPS wants it positive)")
     skin: float = Field(1.0, gt=0, description="LAMMPS neighbour-list skin (Å)")
     timeout: float | None = Field(None, gt=0, description="seconds per task")
@@ -121,7 +123,10 @@ def _write_conf(params: ExploreParams, path: Path) -> None:
     if system.nopbc:
         raise InputError(str(params.structure), "exploration needs a periodic cell")
     check_overlaps(system.sub_system([params.frame]).to("ase/structure"), str(params.structure))
-    system.sub_system([params.frame]).to("lammps/lmp", str(path))
+    cell = system.sub_system([params.frame])
+    if params.replicate != (1, 1, 1):
+        cell = cell.replicate(params.replicate)
+    cell.to("lammps/lmp", str(path))
 
 
 def _check_models(models: list[Path]) -> list[str]:

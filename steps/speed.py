@@ -30,15 +30,22 @@ from .structures import read_atoms
 WARMUP_STEPS = 3
 
 
-class SpeedParams(Params):
+class SpeedSettings(Params):
+    """How long the timed MD runs; a config's speed sections inherit these."""
+
+    nsteps: int = Field(200, ge=10, description="LAMMPS steps; an ASE calculator runs nsteps // 10 (>= 10)")
+    temp: float = Field(300.0, gt=0, description="initial temperature (K)")
+
+
+class SpeedParams(SpeedSettings):
     model: Path | None = Field(None, description="a DeePMD-kit model, run in LAMMPS")
     calculator: str | None = Field(None, description="or an ASE calculator, run with ASE's MD")
     calculator_kwargs: CalculatorKwargs
     structure: Path = Field(description="the periodic cell to time MD on")
     type_map: TypeMap
     output: OutputPath
-    nsteps: int = Field(200, ge=10, description="LAMMPS steps; an ASE calculator runs nsteps // 10 (>= 10)")
-    temp: float = Field(300.0, gt=0, description="initial temperature (K)")
+    min_atoms: int = Field(0, ge=0, description="LAMMPS: time a supercell of at least this many atoms, as near "
+                                                "cubic as the cell allows (LAMBench times 800-1000 atoms)")
 
     _known = field_validator("calculator")(classmethod(lambda cls, v: known_calculator(v)))
 
@@ -66,7 +73,7 @@ def run(params: SpeedParams) -> SpeedResult:
     md = explore_run(ExploreParams(
         output=params.output, models=[params.model], type_map=params.type_map,
         structure=params.structure, temps=[params.temp], nsteps=params.nsteps,
-        trj_freq=params.nsteps,
+        trj_freq=params.nsteps, replicate=supercell(params.structure, params.type_map, params.min_atoms),
     ))
     task = md.tasks[0]
     if task.status != "ok":
@@ -77,6 +84,21 @@ def run(params: SpeedParams) -> SpeedResult:
     if not perf:
         raise StepFailed(f"no Performance line in {task.path / 'log.lammps'}")
     return SpeedResult(timesteps_per_second=float(perf[-1]), natoms=int(natoms[-1]) if natoms else 0)
+
+
+def supercell(structure: Path, type_map: list[str], min_atoms: int) -> tuple[int, int, int]:
+    """Repeats along the three cell vectors giving at least ``min_atoms`` atoms: each added
+    repeat goes to the currently shortest side, so the supercell is as near cubic as the cell
+    allows (speed per atom then measures the model, not the neighbour list's edge effects)."""
+    from .structures import read_system
+
+    first = read_system(Path(structure), type_map).sub_system([0])
+    lengths = np.linalg.norm(first["cells"][0], axis=1)
+    reps = [1, 1, 1]
+    while first.get_natoms() * reps[0] * reps[1] * reps[2] < min_atoms:
+        shortest = int(np.argmin(lengths * reps))
+        reps[shortest] += 1
+    return (reps[0], reps[1], reps[2])
 
 
 def _ase(params: SpeedParams) -> SpeedResult:

@@ -25,6 +25,7 @@ def history_table(history: History) -> Table:
     for b in benches:
         table.add_column(f"{_title(b, benches)}\nF eV/Å | E meV/atom\nnorm. E/F | NVE", justify="right")
     table.add_column("score", justify="right")
+    table.add_column("µs/atom/step", justify="right")
     for v in history.versions:
         cells = []
         for b in benches:
@@ -36,8 +37,12 @@ def history_table(history: History) -> Table:
         table.add_row(f"{v.version}{mark}", "-" if v.parent is None else str(v.parent), ", ".join(v.added),
                       ", ".join(f"{n} ({k})" for n, k in v.branches.items()), str(v.numb_steps),
                       v.status if not v.error else f"{v.status}: {v.error[:60]}", *cells,
-                      "-" if v.score is None else f"{v.score:.3f}")
+                      "-" if v.score is None else f"{v.score:.3f}", _speed(v))
     return table
+
+
+def _speed(version) -> str:
+    return "-" if version.us_per_atom_step is None else f"{version.us_per_atom_step:.1f} ({version.efficiency_atoms} at.)"
 
 
 def _benchmarks(history: History) -> list[tuple[str, str]]:
@@ -85,14 +90,15 @@ def render_versions_html(history: History, run_dir: Path) -> Path:
     """Write ``RUN_DIR/versions.html`` (its plot beside it), self-contained like the distillation's page."""
     run_dir = Path(run_dir)
     benches = _benchmarks(history)
-    head = ["version", "parent", "added", "branches (frames)", "steps", "status", "score"]
+    head = ["version", "parent", "added", "branches (frames)", "steps", "status", "score", "µs/atom/step"]
     head += [f"{_title(b, benches)}: F eV/Å · E meV/atom · norm. F/E · NVE" for b in benches]
     rows = []
     for v in history.versions:
         cells = [f"{v.version}{' (current)' if v.version == history.current else ''}",
                  "–" if v.parent is None else str(v.parent), ", ".join(v.added),
                  ", ".join(f"{n} ({k})" for n, k in v.branches.items()), str(v.numb_steps),
-                 v.status + (f": {v.error}" if v.error else ""), "–" if v.score is None else f"{v.score:.3f}"]
+                 v.status + (f": {v.error}" if v.error else ""), "–" if v.score is None else f"{v.score:.3f}",
+                 _speed(v)]
         for b in benches:
             s = _score(v, b)
             cells.append("–" if s is None else

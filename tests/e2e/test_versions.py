@@ -67,6 +67,9 @@ def test_every_version_is_scored_on_the_standard_datasets_it_has_a_head_for(vers
     v1, v2 = version_run.history["versions"]
     assert [(s["dataset"], s["head"]) for s in v1["scores"]] == [("cu_test", "cu_bulk")]
     assert [(s["dataset"], s["head"]) for s in v2["scores"]] == [("cu_test", "cu_bulk"), ("cuau_test", "alloy")]
+    for v in (v1, v2):  # efficiency: MD on the first benchmark's 32-atom cell made a supercell of >= 100 atoms
+        assert v["efficiency_atoms"] == 128 and v["us_per_atom_step"] > 0
+    assert (version_run.run / "versions/v001/efficiency/task.000/conf.lmp").read_text().count("\n") > 128
     for s in v1["scores"] + v2["scores"]:
         assert s["n_frames"] == 4 and s["rmse_f"] > 0
         assert 0 < s["normalized_f"] <= 1 and 0 < s["normalized_e"] <= 1

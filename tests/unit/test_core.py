@@ -49,7 +49,8 @@ NOT_THE_SAME = {("nsteps", "speed"), ("nsteps", "stability"), ("calculator", "la
 #: ... and the teacher's MD for initial data is a short warm-up, not an exploration
 SECTION_NOT_THE_SAME = {(section, name, step) for name in ("nsteps", "trj_freq")
                         for section, step in (("TeacherMD", "explore"), ("Exploration", "label_md"))}
-SECTION_NOT_THE_SAME |= {("StabilitySettings", "nsteps", step) for step in ("explore", "label_md")}
+SECTION_NOT_THE_SAME |= {(section, "nsteps", step) for step in ("explore", "label_md", "stability")
+                         for section in ("StabilitySettings", "Efficiency")}
 
 
 def _bounds(info) -> list[str]:

@@ -17,6 +17,7 @@ from pydantic import Field, model_validator
 
 from lamflow.steps.base import TypeMap, unique_elements
 from lamflow.steps.dp_input import deep_merge
+from lamflow.steps.speed import SpeedSettings
 from lamflow.steps.stability import StabilitySettings
 from lamflow.steps.train import RANDOM_BRANCH as RANDOM
 from lamflow.steps.train import check_input
@@ -49,6 +50,13 @@ class Benchmark(Section):
                                                "branch of version 1)")
 
 
+class Efficiency(SpeedSettings):
+    """Each version's speed as LAMBench measures efficiency: µs per atom per step on a cell of
+    800-1000 atoms (here MD in LAMMPS, on the first benchmark's first frame made a supercell)."""
+
+    atoms: int = Field(800, ge=1, description="the supercell has at least this many atoms")
+
+
 class VersionConfig(RunConfig):
     pipeline_name: ClassVar[str] = "version"
 
@@ -61,6 +69,8 @@ class VersionConfig(RunConfig):
                                                                          "in order")
     benchmarks: list[Benchmark] = Field(default_factory=list, description="standard datasets every version is "
                                                                           "scored on")
+    efficiency: Efficiency | None = Field(default_factory=Efficiency, description="MD speed of every version on "
+                                          "a supercell of the first benchmark; null: none")
     stability: StabilitySettings | None = Field(
         default_factory=StabilitySettings, description="NVE MD of each benchmark's first frame with every version "
                                                        "(energy drift, speed); null: none")

@@ -75,6 +75,8 @@ class Version(BaseModel):
     model: str = Field("", description="the frozen model of the newest branch (dp freeze --head)")
     model_sha256: str = ""
     scores: list[Score] = Field(default_factory=list)
+    us_per_atom_step: float | None = Field(None, description="LAMMPS MD speed on the efficiency supercell")
+    efficiency_atoms: int | None = Field(None, description="atoms of that supercell")
     error: str = ""
 
     @property

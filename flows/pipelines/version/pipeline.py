@@ -5,7 +5,8 @@
                 from version N with a new branch (the earlier branches resume on their data
                 for a ``replay`` share of the steps) → the new branch frozen
     every version: each benchmark scored from the checkpoint with its head (evaluate, LAMBench's
-                normalised errors), and NVE MD of its first frame with that head frozen (stability)
+                normalised errors), and NVE MD of its first frame with that head frozen (stability);
+                its MD speed on a supercell of the first benchmark (efficiency)
 
 Verification is a step like any other, so its verdict is recorded and the pipeline's shape
 (which datasets became versions) replays identically on dflow's planner and after a resume.
@@ -20,6 +21,7 @@ from typing import Any, Callable
 
 from lamflow.steps.check_data import CheckDataParams
 from lamflow.steps.evaluate import EvaluateParams
+from lamflow.steps.speed import SpeedParams, SpeedResult
 from lamflow.steps.stability import StabilityParams, StabilityResult
 from lamflow.steps.structures import count_frames
 from lamflow.steps.train import Branch, FreezeParams, TrainParams, TrainResult
@@ -97,6 +99,7 @@ def run_versions(cfg: VersionConfig, run_dir: Path, runner: Runner, on_batch: Ca
                                               spec, version)
                 version.scores = _scores(cfg, root / f"v{number:03d}" / "benchmarks", book, secs, bench, checkpoint,
                                          set(branches))
+                _efficiency(cfg, root / f"v{number:03d}" / "efficiency", book, secs, bench, version)
             except Pending:
                 history.versions.pop()
                 raise
@@ -173,6 +176,19 @@ def _scores(cfg: VersionConfig, out: Path, book: Book, secs: dict[str, float], b
             output=out / f"{cfg.benchmark_name(b)}-nve", seed=cfg.seed, **cfg.stability.model_dump()),
             f"{version}/benchmarks/{cfg.benchmark_name(b)}-nve") for b in todo], secs)]
     return [Score.of(b.dataset, cfg.benchmark_head(b), ev.result, md) for b, ev, md in zip(todo, evals, runs)]
+
+
+def _efficiency(cfg: VersionConfig, out: Path, book: Book, secs: dict[str, float], bench: dict[str, list[Path]],
+                version: Version) -> None:
+    """The version's MD speed on a supercell of the first benchmark's first frame (any head costs
+    the same: the branches share the descriptor, which is most of the work)."""
+    if cfg.efficiency is None or not cfg.benchmarks:
+        return
+    speed: SpeedResult = book.one(_call(cfg, "speed", SpeedParams(
+        model=Path(version.model), structure=bench[cfg.benchmarks[0].dataset][0], type_map=cfg.type_map,
+        output=out, min_atoms=cfg.efficiency.atoms, **cfg.efficiency.model_dump(exclude={"atoms"})),
+        f"v{version.version:03d}/efficiency"), secs)
+    version.us_per_atom_step, version.efficiency_atoms = speed.us_per_atom_step, speed.natoms
 
 
 def read_report(run_dir: Path) -> History:
