@@ -78,11 +78,19 @@ def run(params: SpeedParams) -> SpeedResult:
     task = md.tasks[0]
     if task.status != "ok":
         raise StepFailed(f"speed MD failed: {task.reason}")
-    log = (task.path / "log.lammps").read_text()
+    result = lammps_speed((task.path / "log.lammps").read_text())
+    if result is None:
+        raise StepFailed(f"no Performance line in {task.path / 'log.lammps'}")
+    return result
+
+
+def lammps_speed(log: str) -> SpeedResult | None:
+    """The speed of the last run in a LAMMPS log (its ``Performance:`` and ``Loop time`` lines),
+    or None when the run wrote none."""
     perf = re.findall(r"Performance:.*?([\d.]+) timesteps/s", log)
     natoms = re.findall(r"Loop time of .* steps with (\d+) atoms", log)
     if not perf:
-        raise StepFailed(f"no Performance line in {task.path / 'log.lammps'}")
+        return None
     return SpeedResult(timesteps_per_second=float(perf[-1]), natoms=int(natoms[-1]) if natoms else 0)
 
 

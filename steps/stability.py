@@ -27,6 +27,7 @@ from .base import OutputPath, Params, TypeMap
 from .artifacts import write_json
 from .explore import ExploreParams
 from .explore import run as explore_run
+from .speed import lammps_speed
 
 #: LAMBench: the first 20 % of the run is equilibration; Φ_tol = 5e-4 (its units); a failed run scores 5
 WARMUP_FRACTION, TOLERANCE, FAILED_SCORE = 0.2, 5e-4, 5.0
@@ -94,10 +95,10 @@ def run(params: StabilityParams) -> StabilityResult:
         kept = rows[rows[:, 0] >= WARMUP_FRACTION * params.nsteps]
         slope = np.polyfit(kept[:, 0] * params.dt, kept[:, 4], 1)[0]  # eV/ps
         drift = abs(float(slope)) / n
-        perf = re.findall(r"Performance:.*?([\d.]+) timesteps/s", log)
+        speed = lammps_speed(log)
         result = StabilityResult(ok=True, natoms=n, drift_ev_atom_ps=drift, lambench_drift=drift * ASE_TIME_UNIT_FS,
                                  instability=score(drift * ASE_TIME_UNIT_FS),
-                                 us_per_atom_step=1e6 / (float(perf[-1]) * n) if perf else None)
+                                 us_per_atom_step=speed.us_per_atom_step if speed else None)
     elif task.status == "ok":
         result.reason = "no finite energies in the LAMMPS log"
     write_json(Path(params.output) / "stability.json", result.model_dump(mode="json"))

@@ -87,7 +87,9 @@ class StepRecord:
 _FILE_DIGESTS: dict[tuple[str, int, int], str] = {}
 
 
-def _file_digest(path: Path) -> str:
+def file_digest(path: Path) -> str:
+    """SHA-256 of a file's content (hex), computed once per process for a given size and mtime."""
+    path = Path(path)
     st = path.stat()
     memo = (str(path), st.st_size, st.st_mtime_ns)
     if memo not in _FILE_DIGESTS:
@@ -132,12 +134,12 @@ def _hash_input(h, path: Path) -> None:
         return
     if path.is_file():
         h.update(path.name.encode())
-        h.update(_file_digest(path).encode())
+        h.update(file_digest(path).encode())
     elif path.is_dir():
         for child in sorted(path.rglob("*")):
             if child.is_file() and not child.name.endswith(RECORD_SUFFIX):
                 h.update(str(child.relative_to(path)).encode())
-                h.update(_file_digest(child).encode())
+                h.update(file_digest(child).encode())
 
 
 def input_paths(params: BaseModel) -> list[Path]:

@@ -18,7 +18,6 @@ datasets (:func:`package_version`).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 from dataclasses import asdict, dataclass
@@ -30,6 +29,7 @@ from string import Template
 from lamflow.steps.errors import InputError
 from lamflow.steps.structures import read_system
 
+from lamflow.flows.core.records import file_digest
 from lamflow.flows.pipelines.distill.records import DistillReport, IterationRecord, find_report
 
 #: MD the packaged inputs run: short, so that trying them takes seconds
@@ -92,7 +92,7 @@ def package(run: Path, out: Path) -> ModelCard:
     last = report.iterations[-1]
     card = ModelCard(
         name=report.name, created=datetime.now(timezone.utc).isoformat(timespec="seconds"), model="model.pth",
-        sha256=hashlib.sha256((out / "model.pth").read_bytes()).hexdigest(), type_map=type_map,
+        sha256=file_digest(out / "model.pth"), type_map=type_map,
         teacher=report.teacher, status=report.status, iteration=it.iteration,
         teacher_labels=last.n_train_frames + sum(i.n_eval_frames for i in report.iterations),
         rmse_f_vs_teacher=it.rmse_f, rmse_e_per_atom_vs_teacher=it.rmse_e_per_atom, n_eval_frames=it.n_eval_frames,
@@ -104,11 +104,15 @@ def package(run: Path, out: Path) -> ModelCard:
     return card
 
 
+def _check_empty(out: Path) -> None:
+    if out.exists() and any(out.iterdir()):
+        raise InputError(str(out), "exists and is not empty: give a new folder (-o)")
+
+
 def _write_folder(out: Path, model: Path, cell, type_map: list[str]) -> None:
     """The model, its cell (``cell``: a dpdata system, first frame used) and the LAMMPS input and
     ASE script that run MD with it; ``out`` must be new or empty (nothing is overwritten)."""
-    if out.exists() and any(out.iterdir()):
-        raise InputError(str(out), "exists and is not empty: give a new folder (-o)")
+    _check_empty(out)
     out.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(model, out / "model.pth")
     first = cell.sub_system([0])
@@ -120,10 +124,6 @@ def _write_folder(out: Path, model: Path, cell, type_map: list[str]) -> None:
         fields, nsteps=NSTEPS_LAMMPS))
     (out / "md_ase.py").write_text(Template(templates.joinpath("md_ase.py.tmpl").read_text()).substitute(
         fields, nsteps=NSTEPS_ASE))
-
-
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 @dataclass
@@ -149,7 +149,6 @@ def package_version(run: Path, out: Path, number: int | None = None, head: str |
     """Model version ``number`` (default: the current one) of a ``lamflow version`` run: the
     frozen model of its newest branch, or of ``head`` (frozen now from the version's checkpoint)."""
     from lamflow.steps.train import FreezeParams, freeze
-    from lamflow.steps.structures import read_system as read
 
     from lamflow.flows.pipelines.version.history import read_history
 
@@ -165,20 +164,20 @@ def package_version(run: Path, out: Path, number: int | None = None, head: str |
     branch = head or version.added[-1]
     if branch not in version.branches:
         raise InputError("--head", f"'{branch}' is not a branch of version {number} ({sorted(version.branches)})")
-    if out.exists() and any(out.iterdir()):
-        raise InputError(str(out), "exists and is not empty: give a new folder (-o)")
+    _check_empty(out)  # before freezing: nothing is computed for a folder that cannot be written
     model = Path(version.model)
-    if branch != version.added[-1]:
+    frozen_here = branch != version.added[-1]
+    if frozen_here:
         model = freeze(FreezeParams(checkpoint=Path(version.checkpoint), head=branch,
                                     output=out.parent / f".{out.name}-freeze")).model
     trained_on = json.loads((Path(version.checkpoint).parent / "input.json").read_text())
-    cell = read(Path(trained_on["training"]["data_dict"][branch]["training_data"]["systems"][0]), history.type_map)
+    cell = read_system(Path(trained_on["training"]["data_dict"][branch]["training_data"]["systems"][0]), history.type_map)
     _write_folder(out, model, cell, history.type_map)
-    if model.parent.name.startswith("."):
+    if frozen_here:
         shutil.rmtree(model.parent)
     card = VersionCard(
         name=history.name, created=datetime.now(timezone.utc).isoformat(timespec="seconds"), version=number,
-        parent=version.parent, model="model.pth", sha256=_sha256(out / "model.pth"), head=branch,
+        parent=version.parent, model="model.pth", sha256=file_digest(out / "model.pth"), head=branch,
         type_map=history.type_map, branches=version.branches, numb_steps=version.numb_steps,
         checkpoint_sha256=version.checkpoint_sha256, scores=[s.model_dump() for s in version.scores],
         score=version.score, run_dir=history.run_dir,

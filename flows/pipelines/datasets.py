@@ -76,6 +76,19 @@ class Dataset(Section):
             check_or_raise(self.import_.files, type_map, f"datasets.{self.name}.import", self.import_.fmt)
 
 
+def check_names(datasets: list[Dataset], refs: list[tuple[str, str | None]]) -> list[str]:
+    """The datasets' names, after refusing a name given twice and a reference (``(field, name)``)
+    to a dataset that does not exist; a validator of every config with ``datasets``."""
+    names = [d.name for d in datasets]
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise ValueError(f"datasets: duplicate names {dup}")
+    for field, ref in refs:
+        if ref is not None and ref not in names:
+            raise ValueError(f"{field}: no dataset named '{ref}' (have {names})")
+    return names
+
+
 class DatasetConfig(Protocol):
     """What :func:`build` needs of a pipeline's config."""
 

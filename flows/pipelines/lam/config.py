@@ -23,7 +23,7 @@ from lamflow.steps.train import check_input, finetune_branch
 from lamflow.flows.core.config import RunConfig, Section, check_exist
 from lamflow.flows.core.errors import one_line
 
-from ..datasets import Dataset
+from ..datasets import Dataset, check_names
 from ..distill.config import DistillConfig
 from lamflow.flows.executors import check_executors
 
@@ -76,17 +76,13 @@ class LamConfig(RunConfig):
     @model_validator(mode="after")
     def _check(self) -> "LamConfig":
         unique_elements(self.type_map)
-        names = [d.name for d in self.datasets]
-        dup = sorted({n for n in names if names.count(n) > 1})
-        if dup:
-            raise ValueError(f"datasets: duplicate names {dup}")
+        check_names(self.datasets, [])
         if self.finetune.model is None:
             if self.finetune.dataset is None:
                 raise ValueError("finetune: give 'dataset' (the downstream data) or 'model' (a finetuned model)")
-            for field, ref in (("finetune.dataset", self.finetune.dataset), ("finetune.validation", self.finetune.validation),
-                               *((f"pretrain.datasets[{i}]", n) for i, n in enumerate(self.pretrain.datasets))):
-                if ref is not None and ref not in names:
-                    raise ValueError(f"{field}: no dataset named '{ref}' (have {names})")
+            check_names(self.datasets, [("finetune.dataset", self.finetune.dataset),
+                                        ("finetune.validation", self.finetune.validation),
+                                        *((f"pretrain.datasets[{i}]", n) for i, n in enumerate(self.pretrain.datasets))])
             if self.pretrain.model is None:
                 if not self.branches():
                     raise ValueError("pretrain: no dataset to pretrain on (all are downstream); give datasets or pretrain.model")

@@ -25,7 +25,7 @@ from lamflow.steps.train import check_input
 from lamflow.flows.core.config import RunConfig, Section, check_exist
 from lamflow.flows.executors import check_executors
 
-from ..datasets import Dataset
+from ..datasets import Dataset, check_names
 from ..lam.config import MultiTask
 
 
@@ -78,18 +78,12 @@ class VersionConfig(RunConfig):
     @model_validator(mode="after")
     def _check(self) -> "VersionConfig":
         unique_elements(self.type_map)
-        names = [d.name for d in self.datasets]
-        dup = sorted({n for n in names if names.count(n) > 1})
-        if dup:
-            raise ValueError(f"datasets: duplicate names {dup}")
+        check_names(self.datasets, [])
         if not self.pretrain.datasets:
             raise ValueError("pretrain.datasets: name the datasets of version 1")
-        refs = [(f"pretrain.datasets[{i}]", n) for i, n in enumerate(self.pretrain.datasets)]
-        refs += [(f"versions[{i}].dataset", v.dataset) for i, v in enumerate(self.versions)]
-        refs += [(f"benchmarks[{i}].dataset", b.dataset) for i, b in enumerate(self.benchmarks)]
-        for field, ref in refs:
-            if ref not in names:
-                raise ValueError(f"{field}: no dataset named '{ref}' (have {names})")
+        check_names(self.datasets, [*((f"pretrain.datasets[{i}]", n) for i, n in enumerate(self.pretrain.datasets)),
+                                    *((f"versions[{i}].dataset", v.dataset) for i, v in enumerate(self.versions)),
+                                    *((f"benchmarks[{i}].dataset", b.dataset) for i, b in enumerate(self.benchmarks))])
         branches = list(self.pretrain.datasets)
         for i, v in enumerate(self.versions):
             if v.dataset in branches:
@@ -100,7 +94,7 @@ class VersionConfig(RunConfig):
             branches.append(v.dataset)
         seen = set()
         for i, b in enumerate(self.benchmarks):
-            key = (b.dataset, b.head or self.pretrain.datasets[0])
+            key = (b.dataset, self.benchmark_head(b))
             if key in seen:
                 raise ValueError(f"benchmarks[{i}]: '{b.dataset}' through head '{key[1]}' is listed twice")
             seen.add(key)
@@ -132,7 +126,7 @@ def preflight(cfg: VersionConfig) -> None:
     """Every file the run names, the DeePMD-kit inputs of every version, and the data given as
     they are of version 1 and of the benchmarks. A later version's dataset is not refused here:
     verification decides whether it becomes a version (and the versions before it still do)."""
-    check_exist([f for d in cfg.datasets for f in d.files()])
+    check_files(cfg)
     for name in [*cfg.pretrain.datasets, *(b.dataset for b in cfg.benchmarks)]:
         cfg.dataset(name).check(cfg.type_map)
     check_executors(cfg)
@@ -146,5 +140,6 @@ def preflight(cfg: VersionConfig) -> None:
 
 
 def check_files(cfg: VersionConfig) -> None:
+    """Every file the run names exists (a replay's only check: preflight ran at its start)."""
     check_exist([f for d in cfg.datasets for f in d.files()])
 

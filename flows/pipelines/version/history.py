@@ -102,6 +102,7 @@ class History(BaseModel):
     rejected: list[Rejected] = Field(default_factory=list)
     status: Literal["running", "done", "failed"] = "running"
     seconds: dict[str, float] = Field(default_factory=dict, description="compute seconds per step kind")
+    wall_seconds: float = Field(0.0, description="this session's wall time (not a step kind)")
 
     def save(self, run_dir: Path) -> Path:
         """Written after every version, and mirrored to the artifact store when one is set."""

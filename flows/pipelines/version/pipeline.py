@@ -14,7 +14,6 @@ Verification is a step like any other, so its verdict is recorded and the pipeli
 
 from __future__ import annotations
 
-import hashlib
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -27,20 +26,13 @@ from lamflow.steps.structures import count_frames
 from lamflow.steps.train import Branch, FreezeParams, TrainParams, TrainResult
 
 from lamflow.flows.core.book import Book
+from lamflow.flows.core.records import file_digest
 from lamflow.flows.core.runner import Pending, Runner
 
 from ..datasets import build
 from ..datasets import call as _call
 from .config import NewVersion, VersionConfig, check_files
 from .history import History, Rejected, Score, Version, read_history
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(Path(path).resolve(), "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _branches(cfg: VersionConfig, data: dict[str, list[Path]], old: dict[str, Branch],
@@ -117,7 +109,7 @@ def run_versions(cfg: VersionConfig, run_dir: Path, runner: Runner, on_batch: Ca
         history.status = "failed"
         raise
     finally:
-        history.seconds["wall"] = time.perf_counter() - t0
+        history.wall_seconds = time.perf_counter() - t0
         history.save(run_dir)
     return history
 
@@ -150,8 +142,8 @@ def _train(cfg: VersionConfig, out: Path, book: Book, secs: dict[str, float], da
                              head=spec.dataset)
     version.branches = {n: count_frames(b.train) for n, b in branches.items()}
     trained: TrainResult = book.one(_call(cfg, "train", params, f"v{version.version:03d}/train"), secs)
-    version.checkpoint, version.checkpoint_sha256 = str(trained.checkpoint), _sha256(trained.checkpoint)
-    version.model, version.model_sha256 = str(trained.model), _sha256(trained.model)
+    version.checkpoint, version.checkpoint_sha256 = str(trained.checkpoint), file_digest(trained.checkpoint)
+    version.model, version.model_sha256 = str(trained.model), file_digest(trained.model)
     return trained.checkpoint, branches
 
 
