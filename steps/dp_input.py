@@ -14,7 +14,7 @@ import json
 import re
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from .errors import InputError
 
@@ -164,6 +164,61 @@ def render_multitask(
     config["training"] = training
     _fit_schedule(config, numb_steps)
     return config
+
+
+def _auto_sel(node: Any, path: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+    """Where a descriptor leaves a neighbour count to DeePMD-kit (``"sel": "auto"``, ``"auto:1.1"``,
+    ``nsel``/``e_sel``/``a_sel`` of the repinit/repformer/repflow blocks)."""
+    if isinstance(node, dict):
+        return [p for key, value in node.items() for p in _auto_sel(value, (*path, key))]
+    if isinstance(node, str) and node.startswith("auto") and path and "sel" in path[-1]:
+        return [path]
+    return []
+
+
+def share_auto_sel(config: dict[str, Any], pretrained: Callable[[], dict[str, Any] | None]) -> list[str]:
+    """Resolve a shared descriptor's ``auto`` neighbour counts once, for every branch.
+
+    ``dp --pt train`` resolves ``sel: auto`` per branch from that branch's data, so a descriptor
+    shared by a Cu branch and a CuAu branch gets two ``sel`` and training dies on a tensor-size
+    mismatch (DeePMD-kit 3.2, se_e2_a). The counts are taken from the checkpoint a fine-tuning
+    starts from (``pretrained()``: its descriptor, which the new input must match), else counted
+    by DeePMD-kit's own rule (max neighbours × 1.1, rounded up to 4) over all branches' training
+    data together. Returns the resolved keys (``descriptor.sel=[60, 16]``) for the log."""
+    if "shared_dict" not in config["model"]:
+        return []
+    descriptor = config["model"]["shared_dict"]["shared_descriptor"]
+    paths = _auto_sel(descriptor)
+    if not paths:
+        return []
+    source = pretrained()
+    if source is None or not all(_has(source, p) for p in paths):
+        from deepmd.dpmodel.model.base_model import BaseModel
+        from deepmd.utils.data_system import get_data
+
+        type_map = config["model"]["shared_dict"]["type_map_all"]
+        systems = [s for d in config["training"]["data_dict"].values() for s in d["training_data"]["systems"]]
+        data = get_data({"systems": systems, "batch_size": 1}, 0, type_map, None)
+        single = {"type_map": type_map, "descriptor": copy.deepcopy(descriptor), "fitting_net": {}}
+        source = BaseModel.update_sel(data, type_map, single)[0]["descriptor"]
+    resolved = []
+    for path in paths:
+        node, value = descriptor, source
+        for key in path:
+            value = value[key]
+        for key in path[:-1]:
+            node = node[key]
+        node[path[-1]] = copy.deepcopy(value)
+        resolved.append(f"descriptor.{'.'.join(path)}={value}")
+    return resolved
+
+
+def _has(node: Any, path: tuple[str, ...]) -> bool:
+    for key in path:
+        if not isinstance(node, dict) or key not in node:
+            return False
+        node = node[key]
+    return not (isinstance(node, str) and node.startswith("auto"))
 
 
 # --- DeePMD-kit's own input check ------------------------------------------------------------

@@ -109,6 +109,16 @@ def _descriptor_type(config: dict[str, Any]) -> str:
     return str(model["descriptor"].get("type", "")).lower()
 
 
+def branch_descriptor(config: dict[str, Any], branch: str) -> str:
+    """The descriptor type of one branch of a multi-task input (its ``input.json``, where a
+    shared descriptor is a name in ``shared_dict``, or the ``out.json`` DeePMD-kit expands)."""
+    model = config["model"]
+    descriptor = model["model_dict"][branch]["descriptor"]
+    if isinstance(descriptor, str):
+        descriptor = model["shared_dict"][descriptor]
+    return str(descriptor.get("type", "")).lower()
+
+
 def render(params: TrainParams) -> dict[str, Any]:
     template = dp_input.load_template(params.template)
     if params.branches:
@@ -148,18 +158,30 @@ def check_input(template: str, overrides: dict[str, Any], type_map: list[str], n
 RANDOM_BRANCH = "RANDOM"
 
 
-def model_branches(path: Path) -> dict[str, str]:
-    """Branch names of a multi-task model, aliases included (alias → branch); empty for a
-    single-task one. What ``dp --pt show MODEL model-branch`` lists, read the way it reads it."""
+def model_script(path: Path) -> dict[str, Any]:
+    """The model definition a DeePMD-kit model or checkpoint was trained with."""
     from deepmd.infer.deep_eval import DeepEval
-    from deepmd.utils.model_branch_dict import get_model_dict
 
     from .inference import not_a_model
 
     try:
-        script = DeepEval(str(Path(path).resolve()), head=0).get_model_def_script()
+        return DeepEval(str(Path(path).resolve()), head=0).get_model_def_script()
     except Exception as exc:
         raise not_a_model(path, exc) from None
+
+
+def model_descriptor(path: Path) -> dict[str, Any]:
+    """The descriptor of a model (the shared one of a multi-task model: every branch has it)."""
+    script = model_script(path)
+    return next(iter(script["model_dict"].values()))["descriptor"] if "model_dict" in script else script["descriptor"]
+
+
+def model_branches(path: Path) -> dict[str, str]:
+    """Branch names of a multi-task model, aliases included (alias → branch); empty for a
+    single-task one. What ``dp --pt show MODEL model-branch`` lists, read the way it reads it."""
+    from deepmd.utils.model_branch_dict import get_model_dict
+
+    script = model_script(path)
     if "model_dict" not in script:
         return {}
     aliases, _ = get_model_dict(script["model_dict"])
@@ -249,6 +271,9 @@ def run(params: TrainParams) -> TrainResult:
     config = render(params)
     dp_input.check_input(config, "overrides")
     flags = _train_flags(params)
+    src = params.finetune_from
+    for resolved in dp_input.share_auto_sel(config, lambda: model_descriptor(src) if src is not None else None):
+        log.info("shared descriptor: %s for every branch", resolved)
     from_pretrained_script = params.finetune_from is not None and params.use_pretrain_script and not params.branches
     if params.compress and not from_pretrained_script:
         _check_compressible(config)
@@ -319,3 +344,28 @@ def freeze(params: FreezeParams) -> FreezeResult:
                    work, "freeze.log", library_env())
         name = frozen_file(work).name
     return FreezeResult(model=Path(params.output) / name, seconds=time.perf_counter() - t0)
+
+
+class CompressParams(Params):
+    model: Path = Field(description="a frozen DeePMD-kit model (.pth) whose descriptor is compressible")
+    output: OutputPath
+
+
+class CompressResult(BaseModel):
+    model: Path
+    seconds: float
+
+
+def compress(params: CompressParams) -> CompressResult:
+    """``dp --pt compress`` of a frozen model: the embedding nets tabulated, MD several times
+    faster at the same accuracy (:data:`COMPRESSIBLE` descriptors; DeePMD-kit refuses the others
+    with its own message). A model trained by DeePMD-kit 3 carries its smallest neighbour
+    distance, so no training data is needed; a frozen multi-task head compresses alone."""
+    src = Path(params.model)
+    if not src.is_file():
+        raise InputError(str(src), "model file not found")
+    t0 = time.perf_counter()
+    with atomic_dir(params.output) as work:
+        run_logged([*dp_command(), "--pt", "compress", "-i", str(src.resolve()), "-o", "model-compressed.pth"],
+                   work, "compress.log", library_env())
+    return CompressResult(model=Path(params.output) / "model-compressed.pth", seconds=time.perf_counter() - t0)

@@ -1,8 +1,9 @@
 """lamflow: pretrain, finetune and distil DeePMD-kit large atomic models.
 
 Every bad input ends in one line on stderr and exit code 2 (``--debug`` shows the traceback);
-a failing library call (dp, LAMMPS) ends with its log's tail and exit code 1; a run that stops
-at max_iterations without converging exits 3 (see :data:`EXIT_NOT_CONVERGED`).
+a failing library call (dp, LAMMPS) ends with its log's tail and exit code 1; a run that ends
+short of what its config asked (no convergence by max_iterations, a dataset refused by
+verification) exits 3 (see :data:`EXIT_INCOMPLETE`).
 """
 
 from __future__ import annotations
@@ -108,19 +109,20 @@ def quiet_libraries(debug: bool) -> None:
         logging.getLogger(name).propagate = False
 
 
-#: exit codes of ``lamflow distill`` / ``lamflow lam``: 0 converged, 1 a step failed, 2 bad input,
-#: 3 stopped at max_iterations without meeting the convergence rule (the student is delivered,
-#: but a script or a scheduler must be able to tell it from a converged run); 128 + the signal
-#: when stopped by one (130 SIGINT, 143 SIGTERM)
-EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_NOT_CONVERGED = 0, 1, 2, 3
+#: exit codes of the pipelines: 0 done as asked, 1 a step failed, 2 bad input, 3 finished short
+#: of what the config asked: stopped at max_iterations without meeting the convergence rule (the
+#: student is delivered), or a dataset of ``lamflow version`` refused by verification (the other
+#: versions are trained); a script or a scheduler must be able to tell either from a complete
+#: run. 128 + the signal when stopped by one (130 SIGINT, 143 SIGTERM)
+EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INCOMPLETE = 0, 1, 2, 3
 
 
 def run_exit_code(report: Any) -> int:
-    """The exit code of a finished run from its report (a distillation's, or the LAM pipeline's
-    whose last stage is one)."""
+    """The exit code of a finished run from its report (a distillation's, the LAM pipeline's
+    whose last stage is one, or a version history)."""
     distill = getattr(report, "distill", None)
     status = distill.get("status") if isinstance(distill, dict) else getattr(report, "status", None)
-    return EXIT_NOT_CONVERGED if status == "max_iterations" else EXIT_OK
+    return EXIT_INCOMPLETE if status == "max_iterations" or getattr(report, "rejected", None) else EXIT_OK
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -175,7 +177,9 @@ def cmd_status(args: argparse.Namespace) -> int:
         raise InputError(str(run_dir), "no such run directory")
     console = Console(width=None if sys.stdout.isatty() else 160)
     candidate = report_path(run_dir)
-    if candidate is not None:
+    if (run_dir / "versions.json").is_file():  # a `lamflow version` run: its history so far
+        _print_history(console, run_dir)
+    elif candidate is not None:
         report = DistillReport.from_json(candidate)
         console.print(table(report))
         console.print(f"status: {report.status}")
@@ -223,18 +227,23 @@ def cmd_versions(args: argparse.Namespace) -> int:
     from rich.console import Console
 
     from lamflow.flows.pipelines.version.history import read_history
-    from lamflow.flows.report.versions import history_table
 
-    history = read_history(Path(args.run_dir))
     if args.json:
-        print(history.model_dump_json(indent=2))
+        print(read_history(Path(args.run_dir)).model_dump_json(indent=2))
         return 0
-    console = Console(width=None if sys.stdout.isatty() else 200)
-    console.print(history_table(history))
-    for r in history.rejected:
-        console.print(f"dataset {r.dataset}: failed verification, no version: " + "; ".join(r.problems),
-                      markup=False)
+    _print_history(Console(width=None if sys.stdout.isatty() else 200), Path(args.run_dir))
     return 0
+
+
+def _print_history(console: Any, run_dir: Path) -> None:
+    from lamflow.flows.pipelines.version.history import read_history
+    from lamflow.flows.report.versions import history_table, refusals
+
+    history = read_history(run_dir)
+    console.print(history_table(history))
+    for line in refusals(history):
+        console.print(line, markup=False)
+    console.print(f"status: {history.status}")
 
 
 def _argo_settings(args: argparse.Namespace):
@@ -344,13 +353,14 @@ def cmd_package(args: argparse.Namespace) -> int:
     if not args.student and ((Path(args.run_dir) / "versions.json").is_file() or args.version is not None
                              or args.head):
         v = package_version(Path(args.run_dir), out, args.version, args.head)
-        print(f"{out}: model.pth ({', '.join(v.type_map)}; version {v.version}, branch {v.head}), model-card.json, "
-              "README.md, in.lammps, md_ase.py")
+        print(f"{out}: {v.model} ({', '.join(v.type_map)}; version {v.version}, branch {v.head}; "
+              f"{'compressed' if v.compressed else 'not compressed'} ({v.compression})), model-card.json, README.md, "
+              "in.lammps, md_ase.py")
         key = f"packages/{v.name}-v{v.version}-{v.head}"
     else:
         card = package(Path(args.run_dir), out)
         rmse = "-" if card.rmse_f_vs_teacher is None else f"{card.rmse_f_vs_teacher:.4f} eV/Å"
-        print(f"{out}: model.pth ({', '.join(card.type_map)}; iteration {card.iteration}, {card.status}; "
+        print(f"{out}: {card.model} ({', '.join(card.type_map)}; iteration {card.iteration}, {card.status}; "
               f"force RMSE vs teacher {rmse}), model-card.json, README.md, in.lammps, md_ase.py")
         key = f"packages/{card.name}-student-iter{card.iteration:03d}"
     if store is not None:

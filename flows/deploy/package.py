@@ -4,7 +4,8 @@ folder a user takes to production.
 A run directory is a workshop (hundreds of steps, checkpoints, logs); what a user deploys is one
 model, the facts that say how far to trust it, and an input that runs it. The folder holds:
 
-* ``model.pth``: the delivered student (compressed where its descriptor allows);
+* ``model.pth`` (``model.pt2`` for DPA-4): the delivered student (compressed where its
+  descriptor allows);
 * ``model-card.json`` and ``README.md``: type map, teacher, labels used, error against the
   teacher on unseen explored frames, speed against the teacher, the run's outcome, and the
   lamflow, DeePMD-kit and PyTorch versions it was made with, with the model's SHA-256;
@@ -12,8 +13,9 @@ model, the facts that say how far to trust it, and an input that runs it. The fo
   ``md_ase.py``: MD with the model in LAMMPS and in ASE (the tests run both on a packaged model).
 
 A model version (``lamflow version``) is packaged the same way: its newest branch frozen, or the
-branch ``--head`` names, and a card with its datasets, frame counts and scores on the standard
-datasets (:func:`package_version`).
+branch ``--head`` names, compressed where its descriptor allows it (a large atomic model's DPA-3
+does not; an se_e2_a or se_atten_v2 version does), and a card with its datasets, frame counts and
+scores on the standard datasets (:func:`package_version`).
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from importlib import metadata, resources
 from pathlib import Path
 from string import Template
 
-from lamflow.steps.errors import InputError
+from lamflow.steps.errors import InputError, StepFailed
 from lamflow.steps.structures import read_system
 
 from lamflow.flows.core.records import file_digest
@@ -88,11 +90,11 @@ def package(run: Path, out: Path) -> ModelCard:
         from lamflow.steps.inference import load_model
 
         type_map = list(load_model(student).get_type_map())
-    _write_folder(out, student, read_system(cell, type_map, "lammps/lmp"), type_map)
+    name = _write_folder(out, student, read_system(cell, type_map, "lammps/lmp"), type_map)
     last = report.iterations[-1]
     card = ModelCard(
-        name=report.name, created=datetime.now(timezone.utc).isoformat(timespec="seconds"), model="model.pth",
-        sha256=file_digest(out / "model.pth"), type_map=type_map,
+        name=report.name, created=datetime.now(timezone.utc).isoformat(timespec="seconds"), model=name,
+        sha256=file_digest(out / name), type_map=type_map,
         teacher=report.teacher, status=report.status, iteration=it.iteration,
         teacher_labels=last.n_train_frames + sum(i.n_eval_frames for i in report.iterations),
         rmse_f_vs_teacher=it.rmse_f, rmse_e_per_atom_vs_teacher=it.rmse_e_per_atom, n_eval_frames=it.n_eval_frames,
@@ -109,21 +111,25 @@ def _check_empty(out: Path) -> None:
         raise InputError(str(out), "exists and is not empty: give a new folder (-o)")
 
 
-def _write_folder(out: Path, model: Path, cell, type_map: list[str]) -> None:
+def _write_folder(out: Path, model: Path, cell, type_map: list[str]) -> str:
     """The model, its cell (``cell``: a dpdata system, first frame used) and the LAMMPS input and
-    ASE script that run MD with it; ``out`` must be new or empty (nothing is overwritten)."""
+    ASE script that run MD with it; ``out`` must be new or empty (nothing is overwritten).
+    Returns the model's name there: ``model`` plus its own suffix, which tells DeePMD-kit how
+    to load it (``.pth`` TorchScript, ``.pt2`` DPA-4's exported program)."""
     _check_empty(out)
     out.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(model, out / "model.pth")
+    name = f"model{model.suffix}"
+    shutil.copyfile(model, out / name)
     first = cell.sub_system([0])
     first.to("lammps/lmp", str(out / "conf.lmp"))
     first.to("ase/structure")[0].write(out / "conf.extxyz")
     templates = resources.files("lamflow.templates").joinpath("package")
-    fields = {"model": "model.pth", "elements": " ".join(type_map), "temperature": TEMPERATURE}
+    fields = {"model": name, "elements": " ".join(type_map), "temperature": TEMPERATURE}
     (out / "in.lammps").write_text(Template(templates.joinpath("in.lammps").read_text()).substitute(
         fields, nsteps=NSTEPS_LAMMPS))
     (out / "md_ase.py").write_text(Template(templates.joinpath("md_ase.py.tmpl").read_text()).substitute(
         fields, nsteps=NSTEPS_ASE))
+    return name
 
 
 @dataclass
@@ -139,6 +145,8 @@ class VersionCard:
     branches: dict[str, int]
     numb_steps: int
     checkpoint_sha256: str
+    compressed: bool
+    compression: str
     scores: list[dict]
     score: float | None
     run_dir: str
@@ -147,8 +155,9 @@ class VersionCard:
 
 def package_version(run: Path, out: Path, number: int | None = None, head: str | None = None) -> VersionCard:
     """Model version ``number`` (default: the current one) of a ``lamflow version`` run: the
-    frozen model of its newest branch, or of ``head`` (frozen now from the version's checkpoint)."""
-    from lamflow.steps.train import FreezeParams, freeze
+    frozen model of its newest branch, or of ``head`` (frozen now from the version's checkpoint),
+    compressed when its descriptor is one ``dp compress`` knows."""
+    from lamflow.steps.train import COMPRESSIBLE, CompressParams, FreezeParams, branch_descriptor, compress, freeze
 
     from lamflow.flows.pipelines.version.history import read_history
 
@@ -166,20 +175,28 @@ def package_version(run: Path, out: Path, number: int | None = None, head: str |
         raise InputError("--head", f"'{branch}' is not a branch of version {number} ({sorted(version.branches)})")
     _check_empty(out)  # before freezing: nothing is computed for a folder that cannot be written
     model = Path(version.model)
-    frozen_here = branch != version.added[-1]
-    if frozen_here:
-        model = freeze(FreezeParams(checkpoint=Path(version.checkpoint), head=branch,
-                                    output=out.parent / f".{out.name}-freeze")).model
+    scratch = out.parent / f".{out.name}-work"
+    shutil.rmtree(scratch, ignore_errors=True)
+    if branch != version.added[-1]:
+        model = freeze(FreezeParams(checkpoint=Path(version.checkpoint), head=branch, output=scratch / "freeze")).model
     trained_on = json.loads((Path(version.checkpoint).parent / "input.json").read_text())
+    kind = branch_descriptor(trained_on, branch)
+    compressed, compression = False, f"{kind} descriptor: dp compress does not support it"
+    if kind in COMPRESSIBLE:
+        try:
+            model = compress(CompressParams(model=model, output=scratch / "compress")).model
+            compressed, compression = True, f"dp compress of its {kind} descriptor"
+        except StepFailed as exc:  # e.g. attention layers: the frozen model still runs, uncompressed
+            compression = f"{kind} descriptor: dp compress failed ({str(exc).strip().splitlines()[-1][:200]})"
     cell = read_system(Path(trained_on["training"]["data_dict"][branch]["training_data"]["systems"][0]), history.type_map)
-    _write_folder(out, model, cell, history.type_map)
-    if frozen_here:
-        shutil.rmtree(model.parent)
+    name = _write_folder(out, model, cell, history.type_map)
+    shutil.rmtree(scratch, ignore_errors=True)
     card = VersionCard(
         name=history.name, created=datetime.now(timezone.utc).isoformat(timespec="seconds"), version=number,
-        parent=version.parent, model="model.pth", sha256=file_digest(out / "model.pth"), head=branch,
+        parent=version.parent, model=name, sha256=file_digest(out / name), head=branch,
         type_map=history.type_map, branches=version.branches, numb_steps=version.numb_steps,
-        checkpoint_sha256=version.checkpoint_sha256, scores=[s.model_dump() for s in version.scores],
+        checkpoint_sha256=version.checkpoint_sha256, compressed=compressed, compression=compression,
+        scores=[s.model_dump() for s in version.scores],
         score=version.score, run_dir=history.run_dir,
         versions={p: _version(p) for p in ("lamflow", "deepmd-kit", "torch")})
     (out / "model-card.json").write_text(json.dumps(asdict(card), indent=2) + "\n")
@@ -195,7 +212,7 @@ def _version_readme(card: VersionCard) -> str:
 
 | | |
 |---|---|
-| model | `{card.model}` (branch `{card.head}`, SHA-256 `{card.sha256[:16]}…`) |
+| model | `{card.model}` (branch `{card.head}`, {"compressed" if card.compressed else "not compressed"}: {card.compression}; SHA-256 `{card.sha256[:16]}…`) |
 | elements (type_map) | {", ".join(card.type_map)} |
 | trained | from version {card.parent if card.parent is not None else "- (from scratch)"}, {card.numb_steps} steps; branches (frames): {", ".join(f"{k} ({v})" for k, v in card.branches.items())} |
 | score | {"-" if card.score is None else format(card.score, ".3f")} (LAMBench-style: 0 perfect, 1 no better than the composition alone) |
@@ -206,7 +223,7 @@ def _version_readme(card: VersionCard) -> str:
 {rows}
 
 ```bash
-lmp -in in.lammps      # LAMMPS (pair_style deepmd model.pth), NVT at {TEMPERATURE:.0f} K on conf.lmp
+lmp -in in.lammps      # LAMMPS (pair_style deepmd {card.model}), NVT at {TEMPERATURE:.0f} K on conf.lmp
 python md_ase.py       # ASE (deepmd.calculator.DP), the same cell
 ```
 """
@@ -233,7 +250,7 @@ The errors are against the teacher, not against DFT: the student is as good as i
 where the exploration went, and nothing is known outside it.
 
 ```bash
-lmp -in in.lammps      # LAMMPS (pair_style deepmd model.pth), NVT at {TEMPERATURE:.0f} K on conf.lmp
+lmp -in in.lammps      # LAMMPS (pair_style deepmd {card.model}), NVT at {TEMPERATURE:.0f} K on conf.lmp
 python md_ase.py       # ASE (deepmd.calculator.DP), the same cell
 ```
 """

@@ -41,6 +41,13 @@ def history_table(history: History) -> Table:
     return table
 
 
+def refusals(history: History) -> list[str]:
+    """One line per dataset that verification refused, with its problems (the same words in the
+    run's summary, ``lamflow versions`` and ``lamflow status``)."""
+    return [f"dataset {r.dataset} failed verification, no version made: " + "; ".join(r.problems)
+            for r in history.rejected]
+
+
 def _speed(version) -> str:
     return "-" if version.us_per_atom_step is None else f"{version.us_per_atom_step:.1f} ({version.efficiency_atoms} at.)"
 

