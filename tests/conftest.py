@@ -321,14 +321,15 @@ def pytest_collection_modifyitems(config, items) -> None:
 
 def _version_run(base: Path) -> SimpleNamespace:
     """`lamflow version` of :func:`version_config`: version 2's training is made to fail once on
-    the local engine (the run stops, version 1 stays current), then the same command on the
-    embedded Prefect engine (the default) trains only what is missing."""
+    the dflow engine (an Argo workflow in dflow's debug mode, each step a process; the run stops,
+    version 1 stays current), then the same command on the embedded Prefect engine (the default)
+    reads back what dflow's steps finished and trains only what is missing."""
     (base / "config.yaml").write_text(yaml.safe_dump(version_config(base)))
     faults = base / "faults.yaml"
     faults.write_text(yaml.safe_dump([{"step": "train", "where": "v002/train", "times": 1}]))
     cmd = [sys.executable, "-m", "lamflow.flows.cli", "version", str(base / "config.yaml"), "--workdir",
            str(base / "run")]
-    failed = subprocess.run([*cmd, "--engine", "local"], capture_output=True, text=True, timeout=900,
+    failed = subprocess.run([*cmd, "--engine", "dflow"], capture_output=True, text=True, timeout=900,
                             env={**os.environ, "LAMFLOW_FAULTS": str(faults)})
     after_failure = json.loads((base / "run" / "versions.json").read_text())
     resumed = subprocess.run(cmd, capture_output=True, text=True, timeout=900)

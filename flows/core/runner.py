@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import Protocol
 
+from lamflow.steps.errors import StepFailed
+
 from .execute import lookup
 from .records import StepCall, StepRecord
 
@@ -45,3 +47,18 @@ class PlanningRunner:
             # run by the engine, not read back from an earlier run: count its time in the report
             rec.label, rec.cached = call.label, False
         return records
+
+
+class FailedReplay(PlanningRunner):
+    """A replay after a static workflow stopped on a failed step: the batch it stopped at is
+    raised as that failure, so the pipeline records it as it does under an in-process engine
+    (a failed version in ``versions.json``, a run marked failed) instead of "still running"."""
+
+    def __init__(self, error: str):
+        self.error = error
+
+    def map(self, calls: list[StepCall]) -> list[StepRecord]:
+        try:
+            return super().map(calls)
+        except Pending:
+            raise StepFailed(self.error) from None

@@ -1,6 +1,7 @@
 """Model versions (`lamflow version`): version 1 from two datasets, a dataset that fails
 verification and makes no version, a version whose training fails and leaves the previous one
-current, the resume (on another engine) that trains only it; the history, the LAMBench-style
+current, the resume (the run fails on the dflow engine, the same command resumes it on Prefect) that
+trains only it; the history, the LAMBench-style
 scores, and a packaged version that runs in LAMMPS and ASE."""
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ CLI = [sys.executable, "-m", "lamflow.flows.cli"]
 @pytest.mark.slow(seconds=240)
 def test_a_failed_version_leaves_the_previous_one_current_and_the_rerun_trains_only_it(version_run):
     assert version_run.failed.returncode == 1, version_run.failed.stderr[-2000:]
+    assert "injected failure" in version_run.failed.stderr and "lamflow resume" in version_run.failed.stderr
     before = version_run.after_failure
     assert before["current"] == 1 and before["status"] == "failed"
     assert [(v["version"], v["status"]) for v in before["versions"]] == [(1, "trained"), (2, "failed")]

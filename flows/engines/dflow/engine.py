@@ -41,7 +41,7 @@ from lamflow.steps.registry import STEPS
 
 from lamflow.flows.core.policy import retryable
 from lamflow.flows.core.resources import Resources
-from lamflow.flows.core.runner import Pending, PlanningRunner
+from lamflow.flows.core.runner import FailedReplay, Pending, PlanningRunner
 from lamflow.flows.executors import run_step
 from lamflow.flows.pipelines import PIPELINES
 
@@ -86,10 +86,11 @@ STEP_OPS: dict[str, type[OP]] = {step: _step_op(step) for step in STEPS}
 globals().update({cls.__name__: cls for cls in STEP_OPS.values()})
 
 
-def _replay(flow: str, config: dict[str, Any], run_dir: str, check_inputs: bool) -> Any:
+def _replay(flow: str, config: dict[str, Any], run_dir: str, check_inputs: bool,
+            runner: PlanningRunner | None = None) -> Any:
     """Run the pipeline ``flow`` with the planning runner."""
     pipeline = PIPELINES[flow]
-    return pipeline.run(pipeline.config.model_validate(config), Path(run_dir), PlanningRunner(),
+    return pipeline.run(pipeline.config.model_validate(config), Path(run_dir), runner or PlanningRunner(),
                         check_inputs=check_inputs)
 
 
@@ -410,10 +411,27 @@ def resume(workflow_id: str, workdir: Path | None = None, settings: ArgoSettings
         return _finish(wf, run_dir)
 
 
+def _pod_error(run: "DflowRun") -> str | None:
+    """The error a failed step's pod ended with (debug mode: the last line of its log.txt)."""
+    for phase in sorted((run.run_dir / "dflow" / run.workflow_id).glob("*/phase")):
+        log = phase.parent / "log.txt"
+        if phase.read_text().strip() == "Failed" and log.is_file():
+            lines = [line for line in log.read_text(errors="replace").splitlines() if line.strip()]
+            if lines:  # "dflow.python...TransientError: v002/train: ...": the message, not the class
+                return re.sub(r"^[\w.]+(Error|Exception|Failed): ", "", lines[-1])[:500]
+    return None
+
+
 def run_pipeline(pipeline: Any, cfg: Any, run_dir: Path, hooks: Any) -> Any:
-    """The engine's entry in the registry: the workflow in debug mode, then its report."""
+    """The engine's entry in the registry: the workflow in debug mode, then its report. A failed
+    workflow is replayed once more with the failure (:class:`FailedReplay`), so its report and
+    history say what failed, as under the other engines."""
     run = run_debug(pipeline.name, cfg, run_dir)
     if run.status != "Succeeded":
-        raise StepFailed(f"workflow {run.workflow_id} {run.status.lower()}; fix the cause, then "
+        error = _pod_error(run) or f"workflow {run.workflow_id} {run.status.lower()}"
+        with contextlib.suppress(StepFailed):
+            _replay(pipeline.name, cfg.model_dump(mode="json", by_alias=True), str(run.run_dir), False,
+                    FailedReplay(error))
+        raise StepFailed(f"{error}; workflow {run.workflow_id} {run.status.lower()}: fix the cause, then "
                          f"`lamflow resume {run.workflow_id} --workdir {run.run_dir}` reuses every finished step")
     return pipeline.read_report(run.run_dir)
