@@ -5,7 +5,7 @@
   ``lam`` and ``version``, so a :class:`~lamflow.flows.pipelines.distill.config.LabelSpec`
   means the same in all.
 * :class:`Dataset`: a named dataset of a config (given, labelled here or imported), and
-  :func:`build`, which makes it through the engine's runner.
+  :func:`build`, which makes datasets through the engine's runner.
 """
 
 from __future__ import annotations
@@ -139,10 +139,26 @@ def dataset_calls(cfg: DatasetConfig, root: Path, name: str, perturbed: list[Pat
     return []
 
 
-def build(cfg: DatasetConfig, root: Path, name: str, book: Book, seconds: dict[str, float]) -> list[Path]:
-    """The deepmd/npy systems of dataset ``name``: given, or made through the engine's runner."""
-    d = cfg.dataset(name)
-    if d.systems:
-        return list(d.systems)
-    perturbed = book.systems(dataset_calls(cfg, root, name), seconds) if d.label and d.label.perturbed_frames else None
-    return book.systems(dataset_calls(cfg, root, name, perturbed), seconds)
+def build(cfg: DatasetConfig, root: Path, names: list[str], book: Book,
+          seconds: dict[str, float]) -> dict[str, list[Path]]:
+    """The deepmd/npy systems of the datasets ``names``: given, or made through the engine's
+    runner. Independent steps go in one batch per step kind (every perturbation, then every
+    label chunk, then every import), not one batch per dataset: they run side by side on every
+    engine, and on dflow they are one planning level each instead of two per dataset."""
+    names = list(dict.fromkeys(names))
+    given = {n: list(cfg.dataset(n).systems) for n in names if cfg.dataset(n).systems}
+    todo = [n for n in names if n not in given]
+    perturbing = [n for n in todo if cfg.dataset(n).label and cfg.dataset(n).label.perturbed_frames]
+    perturbed = _by_kind(book, {n: dataset_calls(cfg, root, n) for n in perturbing}, seconds)
+    made = _by_kind(book, {n: dataset_calls(cfg, root, n, perturbed.get(n)) for n in todo}, seconds)
+    return {n: given[n] if n in given else made[n] for n in names}
+
+
+def _by_kind(book: Book, calls: dict[str, list[StepCall]], seconds: dict[str, float]) -> dict[str, list[Path]]:
+    """Each name's calls run, those of one step kind in one batch; per name, the systems they wrote."""
+    out: dict[str, list[Path]] = {n: [] for n in calls}
+    for kind in dict.fromkeys(c.step for cs in calls.values() for c in cs):
+        batch = [(n, c) for n, cs in calls.items() for c in cs if c.step == kind]
+        for (name, _), rec in zip(batch, book.run([c for _, c in batch], seconds)):
+            out[name] += [Path(p) for p in rec.result.systems]
+    return out

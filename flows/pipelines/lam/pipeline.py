@@ -77,7 +77,7 @@ def run_lam(cfg: LamConfig, run_dir: Path, runner: Runner, on_batch: Callable[[s
             # --- datasets (only those a stage uses)
             used = [*([] if cfg.pretrain.model else cfg.branches()), cfg.finetune.dataset,
                     *([cfg.finetune.validation] if cfg.finetune.validation else [])]
-            data = {name: build(cfg, root, name, book, secs) for name in dict.fromkeys(used)}
+            data = build(cfg, root, used, book, secs)
             report.datasets = {n: count_frames(s) for n, s in data.items()}
             # --- pretrain
             pretrained = cfg.pretrain.model

@@ -62,21 +62,24 @@ def run_versions(cfg: VersionConfig, run_dir: Path, runner: Runner, on_batch: Ca
     history = History(name=cfg.name, run_dir=str(run_dir), type_map=cfg.type_map)
     book = Book(runner, on_batch)
     secs = history.seconds
-    data: dict[str, list[Path]] = {}
     branches: dict[str, Branch] = {}
     checkpoint: Path | None = None
     stages: list[tuple[list[str], NewVersion | None]] = [(list(cfg.pretrain.datasets), None)]
     stages += [([v.dataset], v) for v in cfg.versions]
     t0 = time.perf_counter()
     try:
-        bench = {b.dataset: build(cfg, root, b.dataset, book, secs) for b in cfg.benchmarks}
+        # every dataset made and verified before the first version: independent steps, one batch
+        # per step kind (a dataset that arrives later is made when the config names it, the
+        # versions before it are read back)
+        trained = [n for added, _ in stages for n in added]
+        data = build(cfg, root, [*(b.dataset for b in cfg.benchmarks), *trained], book, secs)
+        bench = {b.dataset: data[b.dataset] for b in cfg.benchmarks}
+        problems = _verify(cfg, root / "checks", book, secs, {n: data[n] for n in trained})
         for added, spec in stages:
             if spec is not None and checkpoint is None:  # version 1 was refused: nothing to add to
                 history.rejected.append(Rejected(dataset=spec.dataset, problems=["no version 1 to add it to"]))
                 continue
-            for name in added:
-                data[name] = build(cfg, root, name, book, secs)
-            refused = _verify(cfg, root / "checks", book, secs, {n: data[n] for n in added})
+            refused = [Rejected(dataset=n, problems=problems[n]) for n in added if problems[n]]
             if refused:
                 history.rejected += refused
                 history.save(run_dir)
@@ -115,13 +118,14 @@ def run_versions(cfg: VersionConfig, run_dir: Path, runner: Runner, on_batch: Ca
 
 
 def _verify(cfg: VersionConfig, out: Path, book: Book, secs: dict[str, float],
-            data: dict[str, list[Path]]) -> list[Rejected]:
-    """The datasets among ``data`` that fail verification (``lamflow dataset check``'s errors)."""
+            data: dict[str, list[Path]]) -> dict[str, list[str]]:
+    """Per dataset of ``data``, why verification refuses it (``lamflow dataset check``'s errors;
+    empty: it passed)."""
     checks = book.run([_call(cfg, "check_data", CheckDataParams(
         paths=systems, type_map=cfg.type_map, output=out / f"{name}.json"), f"checks/{name}")
         for name, systems in data.items()], secs)
-    return [Rejected(dataset=name, problems=[p.line() for p in rec.result.errors])
-            for name, rec in zip(data, checks) if not rec.result.passed]
+    return {name: [] if rec.result.passed else [p.line() for p in rec.result.errors]
+            for name, rec in zip(data, checks)}
 
 
 def _train(cfg: VersionConfig, out: Path, book: Book, secs: dict[str, float], data: dict[str, list[Path]],
