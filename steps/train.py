@@ -262,7 +262,7 @@ def _check_compressible(config: dict[str, Any]) -> None:
     if kind not in COMPRESSIBLE:
         raise InputError(
             "compress",
-            f"descriptor '{kind}' cannot be compressed; use se_e2_a, se_atten_v2 (attn_layer 0), "
+            f"descriptor '{kind}' cannot be compressed; use se_e2_a, se_atten_v2, "
             "DPA-2 (tebd_input_mode strip) or DPA4C",
         )
 

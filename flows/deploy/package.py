@@ -186,7 +186,7 @@ def package_version(run: Path, out: Path, number: int | None = None, head: str |
         try:
             model = compress(CompressParams(model=model, output=scratch / "compress")).model
             compressed, compression = True, f"dp compress of its {kind} descriptor"
-        except StepFailed as exc:  # e.g. attention layers: the frozen model still runs, uncompressed
+        except StepFailed as exc:  # e.g. a DPA-2 that concatenates its type embedding: ship it uncompressed
             compression = f"{kind} descriptor: dp compress failed ({str(exc).strip().splitlines()[-1][:200]})"
     cell = read_system(Path(trained_on["training"]["data_dict"][branch]["training_data"]["systems"][0]), history.type_map)
     name = _write_folder(out, model, cell, history.type_map)

@@ -144,3 +144,19 @@ def test_a_packaged_version_runs_in_lammps_and_ase_and_is_uploaded(version_run, 
     assert nowhere.returncode == 2 and not (tmp_path / "p3").exists()
     assert nowhere.stderr == "lamflow: error: --upload: set LAMFLOW_ARTIFACTS (e.g. s3://bucket/prefix) to say where " \
                              "to upload\n"
+
+
+@pytest.mark.slow(seconds=30)
+def test_a_version_dp_compress_refuses_is_packaged_uncompressed_with_deepmds_reason(version_run, tmp_path,
+                                                                                    monkeypatch):
+    """Where ``dp compress`` refuses a descriptor lamflow took for compressible, the frozen model
+    is packaged as it is and the card carries DeePMD-kit's reason (a real refusal: DPA-3
+    declared compressible for this test)."""
+    from lamflow.flows.deploy.package import package_version
+    from lamflow.steps import train
+
+    monkeypatch.setattr(train, "COMPRESSIBLE", {"dpa3"})
+    card = package_version(version_run.run, tmp_path / "pkg")
+    assert not card.compressed and card.compression.startswith("dpa3 descriptor: dp compress failed (")
+    assert card.sha256 == version_run.history["versions"][1]["model_sha256"]  # the frozen model itself
+    assert not list(tmp_path.glob(".pkg-work*"))  # no scratch left beside the package
