@@ -201,11 +201,9 @@ def cmd_report(args: argparse.Namespace) -> int:
     from rich.console import Console
 
     if (Path(args.run_dir) / "versions.json").is_file():  # a `lamflow version` run: its history
-        from lamflow.flows.pipelines.version.history import read_history
-        from lamflow.flows.report.versions import history_table, render_versions_html
+        from lamflow.flows.report.versions import render_versions_html
 
-        history = read_history(Path(args.run_dir))
-        Console(width=None if sys.stdout.isatty() else 200).print(history_table(history))
+        history = _print_history(Console(width=None if sys.stdout.isatty() else 200), Path(args.run_dir))
         print(f"html: {render_versions_html(history, Path(args.run_dir))}")
         return 0
 
@@ -235,7 +233,9 @@ def cmd_versions(args: argparse.Namespace) -> int:
     return 0
 
 
-def _print_history(console: Any, run_dir: Path) -> None:
+def _print_history(console: Any, run_dir: Path) -> Any:
+    """A version run's history as ``lamflow versions``, ``status`` and ``report`` print it:
+    the table, the refused datasets, the status; returns the history read."""
     from lamflow.flows.pipelines.version.history import read_history
     from lamflow.flows.report.versions import history_table, refusals
 
@@ -244,6 +244,7 @@ def _print_history(console: Any, run_dir: Path) -> None:
     for line in refusals(history):
         console.print(line, markup=False)
     console.print(f"status: {history.status}")
+    return history
 
 
 def _argo_settings(args: argparse.Namespace):
