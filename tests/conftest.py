@@ -6,6 +6,7 @@ Everything here runs the real libraries (ASE EMT labels, ``dp --pt train``, LAMM
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
@@ -205,6 +206,17 @@ def _shared(tmp_path_factory, name: str, make: Callable[[Path], T]) -> T:
             saved.with_suffix(".tmp").write_bytes(pickle.dumps(value))
             saved.with_suffix(".tmp").replace(saved)
         return pickle.loads(saved.read_bytes())
+
+
+@contextlib.contextmanager
+def run_in_use(shared: SimpleNamespace, exclusive: bool = False):
+    """Hold a shared run (from :func:`_cli_run`) while reading it, or, ``exclusive``, while
+    running it again: a resume rewrites its report.json iteration by iteration, and a test on
+    the other xdist worker must not read it half-way (CI once compared a half-written report
+    with the CLI's). Yields the run directory."""
+    with open(shared.base / "in-use.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+        yield shared.run
 
 
 def _cli_run(command: str, config_of: Callable[[Path], dict]) -> Callable[[Path], SimpleNamespace]:

@@ -8,7 +8,7 @@ import re
 import subprocess
 
 import pytest
-from conftest import write_cu_frames
+from conftest import run_in_use, write_cu_frames
 from lamflow.flows.core.execute import execute
 from lamflow.steps.evaluate import EvaluateParams
 from lamflow.steps.evaluate import run as evaluate_run
@@ -47,7 +47,8 @@ def test_two_iterations_with_prefect_then_resume_recomputes_nothing(prefect_cli_
     assert "\x1b[" not in stdout  # no terminal control codes in a log file
 
     assert prefect_cli_run.returncode == 3  # delivered, but not converged: a script can tell
-    again = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    with run_in_use(prefect_cli_run, exclusive=True):  # others read this run meanwhile
+        again = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert again.returncode == 3, again.stderr[-3000:]
     second = json.loads((run / "report.json").read_text())
     assert second["step_seconds"] == 0.0  # every step came from its record

@@ -14,19 +14,20 @@ from pathlib import Path
 
 import pytest
 
+from conftest import run_in_use
+
 CLI = [sys.executable, "-m", "lamflow.flows.cli"]
 
 
 @pytest.mark.slow(seconds=20)
 def test_the_package_runs_in_lammps_and_ase_and_its_card_is_the_runs(prefect_cli_run, tmp_path):
-    run = prefect_cli_run.run
-    out = subprocess.run([*CLI, "package", str(run), "-o", str(tmp_path / "pkg")], capture_output=True, text=True,
-                         timeout=300)
-    assert out.returncode == 0, out.stderr[-2000:]
     pkg = tmp_path / "pkg"
+    with run_in_use(prefect_cli_run) as run:
+        out = subprocess.run([*CLI, "package", str(run), "-o", str(pkg)], capture_output=True, text=True, timeout=300)
+        report = json.loads((run / "report.json").read_text())
+    assert out.returncode == 0, out.stderr[-2000:]
     assert {p.name for p in pkg.iterdir()} == {"model.pth", "model-card.json", "README.md", "in.lammps", "md_ase.py",
                                               "conf.lmp", "conf.extxyz"}
-    report = json.loads((run / "report.json").read_text())
     card = json.loads((pkg / "model-card.json").read_text())
     delivered = next(it for it in report["iterations"] if it["student"] == report["final_student"])
     assert card["iteration"] == delivered["iteration"] and card["status"] == report["status"]
@@ -50,7 +51,8 @@ def test_the_package_runs_in_lammps_and_ase_and_its_card_is_the_runs(prefect_cli
 
 def test_a_run_without_a_delivered_student_is_one_line(prefect_cli_run, tmp_path):
     run = tmp_path / "run"
-    shutil.copytree(prefect_cli_run.run, run, symlinks=True)
+    with run_in_use(prefect_cli_run) as shared:
+        shutil.copytree(shared, run, symlinks=True)
     report = json.loads((run / "report.json").read_text())
     (run / "report.json").write_text(json.dumps({**report, "status": "running"}))
     out = subprocess.run([*CLI, "package", str(run)], capture_output=True, text=True, timeout=300)

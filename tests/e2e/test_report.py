@@ -10,19 +10,21 @@ import sys
 
 import pytest
 
+from conftest import run_in_use
+
 CLI = [sys.executable, "-m", "lamflow.flows.cli"]
 
 
 @pytest.mark.slow(seconds=15)
 def test_report_of_a_real_run_is_one_self_contained_page(prefect_cli_run):
-    run = prefect_cli_run.run
-    out = subprocess.run([*CLI, "report", str(run)], capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0, out.stderr[-2000:]
-    report = json.loads((run / "report.json").read_text())
+    with run_in_use(prefect_cli_run) as run:
+        out = subprocess.run([*CLI, "report", str(run)], capture_output=True, text=True, timeout=300)
+        assert out.returncode == 0, out.stderr[-2000:]
+        report = json.loads((run / "report.json").read_text())
+        page = (run / "report.html").read_text()
     last = report["iterations"][-1]
     assert f"{last['rmse_f']:.4f}" in out.stdout and "html:" in out.stdout
 
-    page = (run / "report.html").read_text()
     assert "<script" not in page and 'src="http' not in page and "<link" not in page  # nothing fetched
     images = re.findall(r'src="data:image/png;base64,([^"]+)"', page)
     assert len(images) == 3
@@ -46,7 +48,8 @@ def test_status_tells_where_a_run_stands(prefect_cli_run, tmp_path):
     import shutil
 
     run = tmp_path / "run"
-    shutil.copytree(prefect_cli_run.run, run, symlinks=True)
+    with run_in_use(prefect_cli_run) as shared:
+        shutil.copytree(shared, run, symlinks=True)
     (run / "iter-001" / "train-00.partial").mkdir()  # as a training killed mid-way leaves it
     out = subprocess.run([*CLI, "status", str(run)], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]

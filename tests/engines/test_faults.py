@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import yaml
 
-from conftest import assert_same_distillation, tiny_config, write_cu_frames
+from conftest import assert_same_distillation, run_in_use, tiny_config, write_cu_frames
 from lamflow.flows.core.faults import ENV as FAULTS_ENV
 from lamflow.flows.core.run_lock import run_lock
 from lamflow.flows.core.execute import execute
@@ -72,7 +72,8 @@ def test_killed_mid_training_md_and_labelling_then_a_full_disk_resumes_to_the_sa
     assert all(_records(run)[k] == v for k, v in kept.items())
     assert not list(run.rglob("*.partial")) and not list(run.rglob("*.tmp"))
     ours = json.loads((run / "report.json").read_text())
-    reference = json.loads((prefect_cli_run.run / "report.json").read_text())
+    with run_in_use(prefect_cli_run) as shared:
+        reference = json.loads((shared / "report.json").read_text())
     assert_same_distillation(ours, reference)
 
 

@@ -21,7 +21,8 @@ import pytest
 import yaml
 from prefect.states import Failed
 
-from conftest import REPO, assert_same_distillation, assert_same_lam, lam_config, tiny_config, write_cu_frames
+from conftest import (REPO, assert_same_distillation, assert_same_lam, lam_config, run_in_use, tiny_config,
+                      write_cu_frames)
 from lamflow.flows.core.faults import ENV as FAULTS_ENV
 from lamflow.flows.engines.prefect.flows import PrefectRunner
 from lamflow.flows.engines.prefect.server import retry_flow_run
@@ -247,7 +248,8 @@ def test_deployment_run_then_a_failed_run_retried_from_the_ui_recomputes_nothing
 
     # 3. the resumed run ends where an uninterrupted one (`lamflow distill`, embedded) did
     report_b = json.loads((run_b / "report.json").read_text())
-    report_a = json.loads((prefect_cli_run.run / "report.json").read_text())
+    with run_in_use(prefect_cli_run) as reference:
+        report_a = json.loads((reference / "report.json").read_text())
     assert report_a["status"] == "max_iterations" and Path(report_b["final_student"]).is_file()
     assert_same_distillation(report_b, report_a)
     np.testing.assert_allclose(_student_forces(report_b), _student_forces(report_a), rtol=1e-6, atol=1e-8)

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import yaml
 
-from conftest import assert_same_distillation, tiny_config, write_cu_frames
+from conftest import assert_same_distillation, run_in_use, tiny_config, write_cu_frames
 from slurm_cluster import SlurmCluster, free_port
 
 from lamflow.flows.core.resources import Resources
@@ -124,8 +124,9 @@ def test_distillation_with_training_md_and_labelling_as_slurm_jobs_matches_the_e
     # Slurm knows every one of them, finished
     known = dict(line.split() for line in slurm.run("squeue", "-h", "-t", "all", "-o", "%i %T").splitlines())
     assert all(known.get(job) == "COMPLETED" for job in jobs.values()), (jobs, known)
-    assert_same_distillation(json.loads((run / "report.json").read_text()),
-                             json.loads((prefect_cli_run.run / "report.json").read_text()))
+    with run_in_use(prefect_cli_run) as reference:
+        assert_same_distillation(json.loads((run / "report.json").read_text()),
+                                 json.loads((reference / "report.json").read_text()))
 
 
 def _running_training(slurm: SlurmCluster, proc: subprocess.Popen) -> str | None:
