@@ -6,7 +6,7 @@ RUN    ?= runs/quickstart
 # pytest-xdist workers: one per CI core (each step process uses its own threads on top);
 # loadgroup keeps the tests of one test Slurm cluster (xdist_group "slurm") on one worker.
 TEST_WORKERS ?= 2
-PYTEST := $(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadgroup --maxschedchunk 1
+PYTEST := $(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadgroup --maxschedchunk 1 --durations=20
 
 .PHONY: setup quickstart test test-fast prefect-up clean
 

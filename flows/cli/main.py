@@ -198,13 +198,19 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
+    """A run's table and summary, its HTML page, and where its Prefect flow run shows them."""
     from rich.console import Console
 
+    from lamflow.flows.engines.prefect.artifacts import read_link
+
+    link = read_link(Path(args.run_dir))
     if (Path(args.run_dir) / "versions.json").is_file():  # a `lamflow version` run: its history
         from lamflow.flows.report.versions import render_versions_html
 
         history = _print_history(Console(width=None if sys.stdout.isatty() else 200), Path(args.run_dir))
         print(f"html: {render_versions_html(history, Path(args.run_dir))}")
+        if link:
+            print(link)
         return 0
 
     from lamflow.flows.pipelines.distill.records import find_report
@@ -217,6 +223,8 @@ def cmd_report(args: argparse.Namespace) -> int:
     console.print(table(report))
     summarize(console, None, report)
     console.print(f"html: {page}")
+    if link:
+        console.print(link, markup=False, soft_wrap=True)
     return 0
 
 

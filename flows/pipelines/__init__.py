@@ -32,6 +32,8 @@ class Pipeline:
     summary_ref: str
     #: a top-level key that only this pipeline's configs have (when ``pipeline:`` is not given)
     marker: str
+    #: the report's table (iterations, versions) as the terminal and the Prefect UI show it
+    table_ref: str
 
     @staticmethod
     def _get(ref: str) -> Any:
@@ -56,19 +58,26 @@ class Pipeline:
     def summarize(self, console: Any, cfg: RunConfig, report: Any) -> None:
         self._get(self.summary_ref)(console, cfg, report)
 
+    def table(self, report: Any) -> Any:
+        """A rich ``Table`` of ``report``, or None where it has none yet."""
+        return self._get(self.table_ref)(report)
+
 
 _D, _L, _V = "lamflow.flows.pipelines.distill", "lamflow.flows.pipelines.lam", "lamflow.flows.pipelines.version"
 
 PIPELINES: dict[str, Pipeline] = {p.name: p for p in (
     Pipeline("distill", "distil a teacher into a fast student (the loop)",
              f"{_D}.config:DistillConfig", f"{_D}.loop:run_distill", f"{_D}.preflight:preflight",
-             f"{_D}.records:read_report", "lamflow.flows.report.distill:summarize", marker="teacher"),
+             f"{_D}.records:read_report", "lamflow.flows.report.distill:summarize", marker="teacher",
+             table_ref="lamflow.flows.report.distill:table"),
     Pipeline("lam", "the full pipeline: datasets → pretrain → finetune → distill",
              f"{_L}.config:LamConfig", f"{_L}.pipeline:run_lam", f"{_L}.config:preflight",
-             f"{_L}.pipeline:read_report", f"{_L}.pipeline:summarize", marker="finetune"),
+             f"{_L}.pipeline:read_report", f"{_L}.pipeline:summarize", marker="finetune",
+             table_ref=f"{_L}.pipeline:table"),
     Pipeline("version", "model versions: each verified dataset a new version of a multi-task model, scored on "
              "standard datasets", f"{_V}.config:VersionConfig", f"{_V}.pipeline:run_versions",
-             f"{_V}.config:preflight", f"{_V}.pipeline:read_report", f"{_V}.pipeline:summarize", marker="versions"),
+             f"{_V}.config:preflight", f"{_V}.pipeline:read_report", f"{_V}.pipeline:summarize", marker="versions",
+             table_ref="lamflow.flows.report.versions:history_table"),
 )}
 
 

@@ -197,6 +197,18 @@ def _step_runs_for(server, run_dir: Path) -> list[str]:
                   if str(r.parameters["params"]["output"]).startswith(str(run_dir)))
 
 
+def _artifacts(server, flow_run_id) -> tuple[list[list[dict]], list[str]]:
+    """The table artifacts (rows) and markdown artifacts of a flow run, oldest first."""
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+    from prefect.client.schemas.sorting import ArtifactSort
+
+    with server.client() as client:
+        found = client.read_artifacts(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])),
+                                      sort=ArtifactSort.CREATED_DESC)[::-1]
+    tables = [json.loads(a.data) if isinstance(a.data, str) else a.data for a in found if a.type == "table"]
+    return tables, [a.data for a in found if a.type == "markdown"]
+
+
 def _student_forces(report: dict) -> np.ndarray:
     from deepmd.infer import DeepPot
 
@@ -231,6 +243,10 @@ def test_deployment_run_then_a_failed_run_retried_from_the_ui_recomputes_nothing
     assert "iter-000/train-00.result.json" in done_before
     assert not any(k.startswith("iter-001/label") for k in done_before)
     assert len(_step_runs_for(server, run_b)) == 2  # iteration 2's speed was never reached
+    tables, summaries = _artifacts(server, flow_b.id)
+    failed_report = json.loads((run_b / "report.json").read_text())  # as the failure left it
+    assert [row["iter"] for row in tables[-1]] == [str(it["iteration"]) for it in failed_report["iterations"]]
+    assert "**failed:**" in summaries[-1] and "injected" in summaries[-1]
 
     # 2. Retry, as the UI's button does it (`lamflow prefect retry <id>`): back to Scheduled
     with server.client() as client:
@@ -245,9 +261,19 @@ def test_deployment_run_then_a_failed_run_retried_from_the_ui_recomputes_nothing
     assert set(done_after) - set(done_before) >= {"iter-001/label/chunk-000.result.json",
                                                    "iter-001/speed.result.json"}
     assert len(_step_runs_for(server, run_b)) == 3  # finished steps were not dispatched again
+    # the UI tells the story: the iteration table (one version per iteration and attempt) and
+    # the summary as artifacts of the flow run, which `lamflow report` points to
+    tables, summaries = _artifacts(server, flow_b.id)
+    report_b = json.loads((run_b / "report.json").read_text())
+    last = tables[-1]
+    assert [row["iter"] for row in last] == ["0", "1"]
+    assert last[1]["RMSE F (eV/Å)"] == f"{report_b['iterations'][1]['rmse_f']:.4f}"
+    assert "max_iterations after 2 iterations" in summaries[-1] and "failed" not in summaries[-1].split("```")[0]
+    out = subprocess.run([sys.executable, "-m", "lamflow.flows.cli", "report", str(run_b)], capture_output=True,
+                         text=True, timeout=300)
+    assert f"prefect: {server.ui_url}/runs/flow-run/{flow_b.id} " in out.stdout, out.stdout[-1500:]
 
     # 3. the resumed run ends where an uninterrupted one (`lamflow distill`, embedded) did
-    report_b = json.loads((run_b / "report.json").read_text())
     with run_in_use(prefect_cli_run) as reference:
         report_a = json.loads((reference / "report.json").read_text())
     assert report_a["status"] == "max_iterations" and Path(report_b["final_student"]).is_file()

@@ -43,6 +43,7 @@ from lamflow.flows.core.run_lock import run_lock
 from lamflow.flows.executors import run_step, submitted
 from lamflow.flows.pipelines import load_any, parse_any
 
+from .artifacts import publish_outcome, publish_table
 from .server import temporary_api
 
 #: how often a parent polls a dispatched step's flow run (seconds)
@@ -162,16 +163,50 @@ class PrefectRunner:
         return records
 
 
+def _told(pipeline: Any, cfg: Any, run_dir: Path, runner: PrefectRunner, on_server: bool,
+          on_batch: Callable[[str], None] | None = None, on_iteration: Callable[[Any], None] | None = None) -> Any:
+    """``pipeline.run`` inside a flow run, its story published as the flow run's artifacts
+    (:mod:`.artifacts`): the table after each iteration, the table and summary at the end, also
+    when it fails. Publishing never fails the run; a warning in the run's log says it failed."""
+    def iteration_done(report: Any) -> None:
+        if on_iteration:
+            on_iteration(report)
+        _quietly(publish_table, pipeline, cfg, report)
+
+    try:
+        report = pipeline.run(cfg, run_dir, runner, on_batch, iteration_done)
+    except Exception as exc:
+        try:
+            partial = pipeline.read_report(run_dir)
+        except Exception:  # failed before its report was first written: nothing to tell
+            partial = None
+        if partial is not None:
+            _quietly(publish_outcome, pipeline, cfg, partial, run_dir, on_server, failed=str(exc)[:500])
+        raise
+    _quietly(publish_outcome, pipeline, cfg, report, run_dir, on_server)
+    return report
+
+
+def _quietly(publish: Callable[..., None], *args: Any, **kwargs: Any) -> None:
+    try:
+        publish(*args, **kwargs)
+    except Exception as exc:  # the UI's extras must never cost a run
+        get_run_logger().warning(f"could not publish the run's artifacts: {type(exc).__name__}: {exc}")
+
+
 def run_pipeline(pipeline: Any, cfg: Any, run_dir: Path, hooks: Any) -> Any:
     """The pipeline as a Prefect flow in this process (embedded, or on ``PREFECT_API_URL``'s
     server), with the CLI's progress hooks: the engine's entry in the registry."""
+    from prefect.settings import PREFECT_API_URL
+
     out: dict[str, Any] = {}
+    on_server = bool(PREFECT_API_URL.value())  # else a temporary server: no address to keep
 
     @flow(name=pipeline.name, flow_run_name=cfg.name, persist_result=False)
     def wrapper() -> None:
         stopping.reclaim()  # Prefect's SIGTERM handler would wait for the running steps to end
-        out["report"] = pipeline.run(cfg, run_dir, PrefectRunner(cfg.max_workers, hooks.on_done), hooks.on_batch,
-                                     hooks.on_iteration)
+        out["report"] = _told(pipeline, cfg, run_dir, PrefectRunner(cfg.max_workers, hooks.on_done), on_server,
+                              hooks.on_batch, hooks.on_iteration)
 
     with temporary_api():
         wrapper()
@@ -187,7 +222,8 @@ def _deployed(name: str, config: str | dict[str, Any], workdir: str | None, step
         pipeline, cfg = load_any(Path(config), expect=name)
     run_dir = cfg.run_dir(workdir)
     with run_lock(run_dir):
-        return pipeline.run(cfg, run_dir, PrefectRunner(cfg.max_workers, step_deployment=step_deployment))
+        return _told(pipeline, cfg, run_dir, PrefectRunner(cfg.max_workers, step_deployment=step_deployment),
+                     on_server=True)
 
 
 def _as_dict(report: Any) -> dict[str, Any]:

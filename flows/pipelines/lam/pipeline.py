@@ -148,6 +148,14 @@ def read_report(run_dir: Path) -> LamReport:
     return LamReport(**json.loads((Path(run_dir) / "lam-report.json").read_text()))
 
 
+def table(report: LamReport) -> Any:
+    """The distillation stage's iteration table; None before that stage has a report."""
+    from lamflow.flows.report.distill import table as distill_table
+
+    path = report.distill.get("report")
+    return distill_table(DistillReport.from_json(Path(path))) if path and Path(path).is_file() else None
+
+
 def summarize(console: Any, cfg: LamConfig, report: LamReport) -> None:
     """The pipeline's outcome in the terminal, after its progress."""
     console.print()
