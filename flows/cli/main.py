@@ -166,16 +166,42 @@ def _check_writable(run_dir: Path) -> None:
 def cmd_status(args: argparse.Namespace) -> int:
     """Where a run stands, from its run directory alone (any engine, running or not): the
     iteration table, then the steps finished (and how long they computed), those under way or
-    interrupted (an ``NAME.partial`` folder without a record), and the MD tasks that failed."""
+    interrupted (an ``NAME.partial`` folder without a record), and the MD tasks that failed.
+    Given a dflow/Argo workflow's id instead: the workflow's phase and its step pods by key."""
     from rich.console import Console
 
+    console = Console(width=None if sys.stdout.isatty() else 160)
+    run_dir = Path(args.run_dir)
+    if run_dir.is_dir():
+        _print_run_status(console, run_dir)
+    elif args.workdir or args.host or os.environ.get("LAMFLOW_ARGO_HOST"):
+        _print_workflow_status(console, args)
+    else:
+        raise InputError(str(run_dir), "no such run directory (a workflow id needs --workdir for dflow's debug "
+                         "mode, or --host / LAMFLOW_ARGO_HOST for Argo)")
+    return 0
+
+
+def _print_workflow_status(console: Any, args: argparse.Namespace) -> None:
+    """A workflow's phase, its run directory's status when it is here, and its step pods."""
+    from lamflow.flows.engines.dflow.engine import workflow_state
+
+    workdir = Path(args.workdir) if args.workdir else None
+    state = workflow_state(args.run_dir, workdir, None if workdir else _argo_settings(args))
+    console.print(f"workflow {state.workflow_id}: {state.status} (run directory {state.run_dir})")
+    if state.run_dir.is_dir():  # debug mode, or the shared volume mounted here
+        _print_run_status(console, state.run_dir)
+    done = [s for s in state.steps if s.phase == "Succeeded"]
+    console.print(f"step pods finished: {len(done)} ({sum(s.cached for s in done)} read back from their records)")
+    for s in state.steps:
+        if s.phase != "Succeeded":
+            console.print(f"{'failed' if s.phase in ('Failed', 'Error') else s.phase.lower()}: {s.key} ({s.kind})")
+
+
+def _print_run_status(console: Any, run_dir: Path) -> None:
     from lamflow.flows.pipelines.distill.records import DistillReport, report_path
     from lamflow.flows.report.distill import table
 
-    run_dir = Path(args.run_dir)
-    if not run_dir.is_dir():
-        raise InputError(str(run_dir), "no such run directory")
-    console = Console(width=None if sys.stdout.isatty() else 160)
     candidate = report_path(run_dir)
     if (run_dir / "versions.json").is_file():  # a `lamflow version` run: its history so far
         _print_history(console, run_dir)
@@ -194,7 +220,6 @@ def cmd_status(args: argparse.Namespace) -> int:
         task = json.loads(status.read_text())
         if task.get("status") == "failed":
             console.print(f"failed MD task: {status.parent.relative_to(run_dir)}: {task.get('reason', '')[:160]}")
-    return 0
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -293,16 +318,19 @@ def cmd_submit(args: argparse.Namespace) -> int:
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
-    from lamflow.flows.engines.dflow.engine import resume
+    from lamflow.flows.engines.dflow.engine import pod_error, resume
 
     quiet_libraries(args.debug)
     if args.workdir:  # debug mode drives the run directory from here: one run at a time
         with run_lock(Path(args.workdir)):
-            run = resume(args.workflow_id, Path(args.workdir), None)
+            run = resume(args.workflow_id, Path(args.workdir), None, args.from_iteration)
     else:
-        run = resume(args.workflow_id, None, _argo_settings(args))
+        run = resume(args.workflow_id, None, _argo_settings(args), args.from_iteration)
     print(f"workflow {run.workflow_id} (resumed from {args.workflow_id}): {run.status}")
-    return 0 if run.status in ("Succeeded", "Running", "Pending") else 1
+    if run.status in ("Succeeded", "Running", "Pending"):
+        return 0
+    error = pod_error(run) if args.workdir else None  # on Argo: `lamflow status` names the failed pods
+    raise StepFailed(error or f"see `lamflow status {run.workflow_id}`")
 
 
 def cmd_config(args: argparse.Namespace) -> int:
@@ -489,12 +517,19 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("resume", help="resubmit a failed dflow/Argo workflow, reusing its finished steps")
     p.add_argument("workflow_id")
     p.add_argument("--workdir", help="the run directory of a local (debug-mode) workflow; omit for Argo")
+    p.add_argument("--from-iteration", type=int, metavar="N",
+                   help="reuse only the steps before iteration N; later steps are scheduled again and each "
+                        "reads its record back unless its inputs changed")
     argo_flags(p)
     p.set_defaults(func=cmd_resume)
 
     p = sub.add_parser("status", help="where a run stands: iterations, finished, running or interrupted steps, "
-                                      "failed MD tasks (from its run directory, any engine)")
-    p.add_argument("run_dir", help="run directory")
+                                      "failed MD tasks (from its run directory, any engine), or a dflow/Argo "
+                                      "workflow's step pods")
+    p.add_argument("run_dir", metavar="RUN_DIR|WORKFLOW_ID", help="run directory, or a dflow/Argo workflow's id")
+    p.add_argument("--workdir", help="with a workflow id: the run directory of a local (debug-mode) workflow; "
+                                     "omit for Argo")
+    argo_flags(p)
     p.set_defaults(func=cmd_status)
 
     p = sub.add_parser("report", help="a run's summary in the terminal and as a self-contained HTML page")

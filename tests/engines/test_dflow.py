@@ -7,11 +7,13 @@ the same numbers as the Prefect engine."""
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import jsonschema
+from dflow.python import FatalError
 import pytest
 import yaml
 
@@ -44,6 +46,10 @@ def test_planner_returns_the_first_unfinished_batch_then_the_next(tmp_path):
     first = PlanOP().execute(ip)
     assert first["done"] is False and first["step"] == "perturb" and len(first["calls"]) == 1
     assert first["calls"][0]["label"] == "init/reference-structures"
+    # Argo names the step by its place in the run (its output), not by the planning level
+    assert first["batch"] == [{"index": 0, "key": "init-reference-structures"}]
+    with pytest.raises(FatalError, match="init-reference-structures: reused from the resumed workflow"):
+        PlanOP().execute({**ip, "planned": first["batch"]})  # planned twice: its record is gone
     execute("perturb", first["calls"][0]["params"])  # what the fanned-out step does in its pod
     second = PlanOP().execute({**ip, "level": 1})
     assert second["step"] == "label" and second["next_level"] == 2
@@ -90,6 +96,11 @@ def test_exported_workflow_is_valid_argo_with_gpus_images_and_the_recursive_loop
     assert len(recursive) == 1 and recursive[0]["when"].endswith("== false")
     fanned = [s for s in inner if s.get("withParam")]
     assert {s["name"] for s in fanned} >= {"explore", "teacher-label", "train", "select"}
+    # each item is a planned call: its slice of the plan's calls, and its key (iter-001-explore-task-003)
+    explore_step = next(s for s in fanned if s["name"] == "explore")
+    assert explore_step["withParam"] == "{{=steps['plan'].outputs.parameters['batch']}}"
+    params = {p["name"]: p["value"] for p in explore_step["arguments"]["parameters"]}
+    assert params["dflow_key"] == "{{item.key}}" and "{{item.index}}" in params.values()  # the slice
 
 
 def test_every_step_asks_argo_and_prefect_for_the_same_pod(tmp_path):
@@ -124,12 +135,12 @@ def test_cli_exports_the_manifest(tmp_path):
 
 
 def _steps(workflow_dir: Path) -> dict[str, dict]:
-    """Pod steps of a debug-mode workflow: key → phase and outputs."""
+    """Pod steps of a debug-mode workflow: key → step kind, phase and outputs."""
     out = {}
     for d in workflow_dir.iterdir():
         if (d / "type").is_file() and (d / "type").read_text() == "Pod" and not d.name.startswith("plan-"):
             outs = d / "outputs" / "parameters"
-            out[d.name] = {"phase": (d / "phase").read_text(),
+            out[d.name] = {"kind": (d / "name").read_text().split("(")[0], "phase": (d / "phase").read_text(),
                            "cached": (outs / "cached").read_text() if (outs / "cached").is_file() else None}
     return out
 
@@ -168,21 +179,46 @@ def test_lam_pipeline_in_debug_mode_fails_resumes_reusing_finished_steps_and_mat
     (first_id,) = [p.name for p in (run / "dflow").iterdir() if p.is_dir()]
     before = _steps(run / "dflow" / first_id)
     done_before = {k for k, v in before.items() if v["phase"] == "Succeeded"}
-    kinds = {name.rsplit("-", 2)[0] for name in done_before}  # pods are named <op>-<level>-<index>
+    kinds = {before[k]["kind"] for k in done_before}
     assert kinds == {"perturb", "label", "import-data", "train", "freeze", "evaluate", "change-bias", "speed",
                      "teacher-label", "explore", "select"}, kinds
-    assert any(v["phase"] == "Failed" for k, v in before.items() if k.startswith("teacher-label"))
+    # each step is keyed by where it is in the run: a user finds the failed iteration at a glance
+    assert {"lam-pretrain", "lam-finetune", "distill-iter-000-explore-task-000"} <= done_before, sorted(done_before)
+    failed_keys = {k for k, v in before.items() if v["phase"] == "Failed"}
+    assert failed_keys and all(k.startswith("distill-iter-000-label-chunk-") for k in failed_keys), failed_keys
+
+    status = subprocess.run([*cli, "status", first_id, "--workdir", str(run)], capture_output=True, text=True,
+                            timeout=300)
+    assert status.returncode == 0 and f"workflow {first_id}: Failed" in status.stdout, status.stderr[-2000:]
+    assert "failed: distill-iter-000-label-chunk-000 (teacher-label)" in status.stdout
+    assert f"step pods finished: {len(done_before)} (0 read back" in status.stdout
 
     faults.write_text("[]\n")  # the cause is fixed
-    resumed = subprocess.run([*cli, "resume", first_id, "--workdir", str(run)], capture_output=True, text=True,
-                             timeout=900)
+    # iteration 0's MD output is lost (deleted, or a volume swapped): reused by its key, its
+    # record is missing; the planner says so in one line instead of planning it forever
+    lost = run / "distill" / "iter-000" / "explore" / "task-000"
+    lost.with_suffix(".result.json").unlink()
+    shutil.rmtree(lost)
+    stuck = subprocess.run([*cli, "resume", first_id, "--workdir", str(run)], capture_output=True, text=True,
+                           timeout=900)
+    assert stuck.returncode == 1 and stuck.stderr.count("\n") == 1, stuck.stdout[-2000:] + stuck.stderr[-2000:]
+    assert "distill-iter-000-explore-task-000: reused from the resumed workflow, but its record is not" in stuck.stderr
+    never = subprocess.run([*cli, "resume", first_id, "--workdir", str(run), "--from-iteration", "7"],
+                           capture_output=True, text=True, timeout=300)
+    assert never.returncode == 2 and never.stderr.count("\n") == 1 and "reached iteration 0" in never.stderr
+    # restart from iteration 0: nothing of the loop is reused from the old workflow; the lost MD
+    # runs again, everything before the loop is reused
+    resumed = subprocess.run([*cli, "resume", first_id, "--workdir", str(run), "--from-iteration", "0"],
+                             capture_output=True, text=True, timeout=900)
     assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-2000:]
-    (second_id,) = [p.name for p in (run / "dflow").iterdir() if p.is_dir() and p.name != first_id]
+    second_id = next(p.name for p in sorted((run / "dflow").iterdir(), key=lambda p: p.stat().st_mtime)[::-1]
+                     if p.is_dir())
     after = _steps(run / "dflow" / second_id)
     assert all(v["phase"] == "Succeeded" for v in after.values())
-    assert done_before <= set(after)
+    assert after["distill-iter-000-explore-task-000"]["cached"] == "false"  # the lost one ran again
+    kept = {k for k in done_before if not k.startswith("distill-iter-")}
+    assert kept <= set(after) and all(after[k]["cached"] == before[k]["cached"] for k in kept)
     # a finished step that ran again would have found its record and said cached=true
     assert not [k for k, v in after.items() if v["cached"] == "true"]
-    assert all(after[k]["cached"] == before[k]["cached"] for k in done_before)
 
     assert_same_lam(run, prefect_lam_run.run)

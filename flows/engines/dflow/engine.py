@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
-from dflow import InputParameter, Step, Steps, Workflow, argo_len, argo_range
+from dflow import InputParameter, Step, Steps, Workflow
 from dflow import config as dflow_config
 from dflow.python import OP, OPIO, FatalError, OPIOSign, Parameter, PythonOPTemplate, Slices, TransientError
 
@@ -99,15 +99,21 @@ class PlanOP(OP):
 
     Only the first level checks the inputs (preflight): later levels re-enter a run whose
     inputs were already checked, and re-checking cost one teacher evaluation per level.
+
+    ``planned`` is the batch the previous level fanned out. A step that succeeded always leaves
+    its record, so planning the same batch twice in a row means its steps were reused from an
+    old workflow by key (``lamflow resume``) while their records are gone from the run
+    directory: reused again, they would be planned forever. That stops with one line instead.
     """
 
     @classmethod
     def get_input_sign(cls) -> OPIOSign:
-        return OPIOSign({"flow": str, "config": dict, "run_dir": str, "level": int})
+        return OPIOSign({"flow": str, "config": dict, "run_dir": str, "level": int,
+                         "planned": Parameter(list, default=[])})
 
     @classmethod
     def get_output_sign(cls) -> OPIOSign:
-        return OPIOSign({"done": bool, "step": str, "calls": list, "next_level": int, "status": str})
+        return OPIOSign({"done": bool, "step": str, "calls": list, "batch": list, "next_level": int, "status": str})
 
     @OP.exec_sign_check
     def execute(self, ip: OPIO) -> OPIO:
@@ -117,10 +123,31 @@ class PlanOP(OP):
             calls = [{"params": c.params.model_dump(mode="json"), "label": c.label,
                       "resources": c.resources.model_dump(mode="json", exclude_defaults=True)}
                      for c in pending.calls]
-            return OPIO({"done": False, "step": pending.calls[0].step, "calls": calls,
+            batch = [{"index": i, "key": key} for i, key in enumerate(step_keys(pending.calls, Path(ip["run_dir"])))]
+            if batch == ip["planned"]:
+                raise FatalError(f"{batch[0]['key']}: reused from the resumed workflow, but its record is not in "
+                                 f"{ip['run_dir']} (deleted, or another volume): resume with --from-iteration "
+                                 "to run it again, or submit the config afresh")
+            return OPIO({"done": False, "step": pending.calls[0].step, "calls": calls, "batch": batch,
                          "next_level": ip["level"] + 1, "status": "running"})
-        return OPIO({"done": True, "step": "none", "calls": [], "next_level": ip["level"] + 1,
+        return OPIO({"done": True, "step": "none", "calls": [], "batch": [], "next_level": ip["level"] + 1,
                      "status": report.status})
+
+
+def step_keys(calls: list[Any], run_dir: Path) -> list[str]:
+    """The Argo key of each planned call: its output's path in the run directory, in dashes
+    (``iter-001-explore-task-003``, ``distill-iter-000-train-00``), so that the Argo UI, dflow's
+    debug folders and ``reuse_step`` name a step by its iteration and task. Outputs are unique in
+    a run (each is where its step's record lives), and so are the keys."""
+    keys = []
+    for call in calls:
+        output = Path(call.params.output)
+        try:
+            where = output.relative_to(run_dir).with_suffix("") if output.is_absolute() else output
+        except ValueError:  # an output outside the run directory (a package, a user's folder)
+            where = Path(call.label)
+        keys.append(re.sub(r"[^a-z0-9]+", "-", str(where).lower()).strip("-") or call.step)
+    return keys
 
 
 # --- the workflow ----------------------------------------------------------------------------
@@ -232,7 +259,7 @@ def _template(step: str, cfg: Any, claim: str | None) -> PythonOPTemplate:
         retry_on_transient_error=res.retries_for(step) or None, timeout_as_transient_error=True,
         upload_dflow=False,
         envs={"OMP_NUM_THREADS": str(res.threads)},
-        slices=None if step == "plan" else Slices(input_parameter=["call"]),
+        slices=None if step == "plan" else Slices(slices="{{item.index}}", input_parameter=["call"]),
         # debug mode runs each step's script here: with this interpreter, not whatever python3 is
         command=None if claim else [sys.executable],
         **kwargs,
@@ -279,22 +306,24 @@ def _advance(cfg: Any, claim: str | None) -> Steps:
     advance = Steps("advance")
     for name in ("flow", "config", "run_dir", "level"):
         advance.inputs.parameters[name] = InputParameter()
+    advance.inputs.parameters["planned"] = InputParameter(value=[])
     level = advance.inputs.parameters["level"]
     plan = Step("plan", template=_template("plan", cfg, claim), key=f"plan-{level}",
-                parameters={k: advance.inputs.parameters[k] for k in ("flow", "config", "run_dir", "level")})
+                parameters={k: advance.inputs.parameters[k] for k in ("flow", "config", "run_dir", "level", "planned")})
     advance.add(plan)
     calls, kind = plan.outputs.parameters["calls"], plan.outputs.parameters["step"]
+    # one item per planned call: its index in ``calls`` (the slice the pod runs) and its key
     advance.add([
         Step(step.replace("_", "-"), template=_template(step, cfg, claim), parameters={"call": calls},
-             with_param=argo_range(argo_len(calls)), when=f"{kind} == {step}",
-             key=f"{step.replace('_', '-')}-{level}-{{{{item}}}}")
+             with_param=plan.outputs.parameters["batch"], when=f"{kind} == {step}", key="{{item.key}}")
         for step in steps_used
     ])
     advance.add(Step("next", template=advance, when=f"{plan.outputs.parameters['done']} == false",
                      parameters={"flow": advance.inputs.parameters["flow"],
                                  "config": advance.inputs.parameters["config"],
                                  "run_dir": advance.inputs.parameters["run_dir"],
-                                 "level": plan.outputs.parameters["next_level"]}))
+                                 "level": plan.outputs.parameters["next_level"],
+                                 "planned": plan.outputs.parameters["batch"]}))
     return advance
 
 
@@ -337,11 +366,31 @@ def run_debug(flow: str, cfg: Any, run_dir: Path) -> DflowRun:
     run_dir = Path(run_dir).resolve()
     with dflow_mode("debug", run_dir / "dflow", cfg.max_workers):
         wf = build_workflow(flow, cfg, run_dir)
-        try:
-            wf.submit()
-        except RuntimeError:
-            pass  # debug mode raises when a step fails; the workflow's status says so
+        _submit_here(wf, run_dir)
         return _finish(wf, run_dir)
+
+
+def _submit_here(wf: Workflow, run_dir: Path, reuse: list[Any] | None = None) -> None:
+    """Submit in debug mode, where the steps run here: their output and dflow's tracebacks of a
+    failed step (several screens, one per nesting level) go to ``RUN/dflow/debug.log``, not to
+    the terminal, which gets lamflow's one line naming the failed step (from its pod's log)."""
+    log = run_dir / "dflow" / "debug.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(log, "a") as sink:
+            os.dup2(sink.fileno(), 2)
+            try:
+                wf.submit(reuse_step=reuse)
+            except RuntimeError:
+                pass  # debug mode raises when a step fails; the workflow's status says so
+            finally:
+                sys.stderr.flush()
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
 
 
 def export(flow: str, cfg: Any, run_dir: Path, settings: ArgoSettings | None = None) -> dict[str, Any]:
@@ -382,36 +431,98 @@ def _plain(value: Any) -> Any:
     return value.recover() if hasattr(value, "recover") else value
 
 
-def resume(workflow_id: str, workdir: Path | None = None, settings: ArgoSettings | None = None) -> DflowRun:
-    """Resubmit a failed workflow, reusing every step that succeeded (dflow's ``reuse_step``).
-
-    ``workdir`` (a run directory) selects debug mode, where the workflow lives in
-    ``RUN/dflow/<id>``; without it the workflow is looked up on the Argo server.
-    """
+def _mode_of(workflow_id: str, workdir: Path | None, settings: ArgoSettings | None) -> Any:
+    """dflow's mode for an existing workflow: debug mode in ``workdir``'s ``dflow`` folder, else
+    the Argo server of ``settings`` (or of the environment)."""
     if workdir is not None:
         wf_dir = Path(workdir).resolve() / "dflow"
         if not (wf_dir / workflow_id).is_dir():
             raise InputError(workflow_id, f"no such workflow in {wf_dir}")
-        mode = dflow_mode("debug", wf_dir)
-    else:
-        (settings or ArgoSettings.from_env()).apply()
-        mode = dflow_mode("default")
-    with mode:
+        return dflow_mode("debug", wf_dir)
+    (settings or ArgoSettings.from_env()).apply()
+    return dflow_mode("default")
+
+
+@dataclass
+class PodStep:
+    """One step pod of a workflow, as ``lamflow status WORKFLOW_ID`` shows it."""
+
+    key: str  # where it is in the run: iter-001-explore-task-003
+    kind: str  # the step: explore, teacher-label, ...
+    phase: str  # Argo's: Pending, Running, Succeeded, Failed, Error
+    cached: bool  # read back from its record instead of computed
+
+
+@dataclass
+class WorkflowState:
+    workflow_id: str
+    status: str
+    run_dir: Path  # as the pods see it
+    steps: list[PodStep]
+
+
+def workflow_state(workflow_id: str, workdir: Path | None = None,
+                   settings: ArgoSettings | None = None) -> WorkflowState:
+    """Where a workflow stands, from Argo (or debug mode's folder): its phase and step pods."""
+    with _mode_of(workflow_id, workdir, settings):
+        wf = Workflow(id=workflow_id)
+        start = _inputs_of_start(wf)
+        steps = []
+        for s in wf.query_step(type="Pod"):
+            if not s.key or s.key.startswith("plan-"):
+                continue
+            outputs = getattr(getattr(s, "outputs", None), "parameters", None) or {}  # none yet while pending
+            cached = outputs["cached"].value if "cached" in outputs else False
+            steps.append(PodStep(s.key, str(s.displayName).split("(")[0], s.phase, _plain(cached) is True))
+        return WorkflowState(workflow_id, wf.query_status(), Path(start["run_dir"]),
+                             sorted(steps, key=lambda p: p.key))
+
+
+def resume(workflow_id: str, workdir: Path | None = None, settings: ArgoSettings | None = None,
+           from_iteration: int | None = None) -> DflowRun:
+    """Resubmit a failed workflow, reusing every step that succeeded (dflow's ``reuse_step``).
+
+    ``workdir`` (a run directory) selects debug mode, where the workflow lives in
+    ``RUN/dflow/<id>``; without it the workflow is looked up on the Argo server.
+    ``from_iteration``: reuse only the steps before that iteration (see :func:`before_iteration`).
+    """
+    with _mode_of(workflow_id, workdir, settings):
         old = Workflow(id=workflow_id)
         start = _inputs_of_start(old)
         reused = [s for s in old.query_step(phase="Succeeded", type="Pod")
                   if s.key and not s.key.startswith("plan-")]
+        if from_iteration is not None:
+            reused = before_iteration(reused, from_iteration, workflow_id)
         flow, raw, run_dir = start["flow"], start["config"], Path(start["run_dir"])
         cfg = PIPELINES[flow].config.model_validate(raw)
         wf = build_workflow(flow, cfg, run_dir, cluster=workdir is None, settings=settings)
-        try:
+        if workdir is None:
             wf.submit(reuse_step=reused)
-        except RuntimeError:
-            pass  # debug mode raises when a step fails; the status says so
+        else:
+            _submit_here(wf, run_dir, reused)
         return _finish(wf, run_dir)
 
 
-def _pod_error(run: "DflowRun") -> str | None:
+#: the iteration in a step's key (``iter-001-explore-task-003``, ``distill-iter-001-select``)
+ITERATION_KEY = re.compile(r"(?:^|-)iter-(\d+)-")
+
+
+def before_iteration(steps: list[Any], iteration: int, workflow_id: str) -> list[Any]:
+    """The steps to reuse when restarting from ``iteration``: those of earlier iterations and
+    of the stages before the loop (``init``, a ``lam`` run's datasets and trainings). The others
+    are scheduled again; each still finds its record in the run directory when its inputs did
+    not change, so only what a changed config or a changed input feeds is computed again."""
+    found = {int(m.group(1)) for s in steps if (m := ITERATION_KEY.search(s.key))}
+    if not found:
+        raise InputError("--from-iteration", f"workflow {workflow_id} has no iteration that finished a step "
+                         "(a `lamflow version` run has none)")
+    if iteration not in range(max(found) + 2):
+        raise InputError("--from-iteration", f"workflow {workflow_id} reached iteration {max(found)}: "
+                         f"expected 0 to {max(found) + 1}, got {iteration}")
+    return [s for s in steps if not ((m := ITERATION_KEY.search(s.key)) and int(m.group(1)) >= iteration)]
+
+
+def pod_error(run: "DflowRun") -> str | None:
     """The error a failed step's pod ended with (debug mode: the last line of its log.txt)."""
     for phase in sorted((run.run_dir / "dflow" / run.workflow_id).glob("*/phase")):
         log = phase.parent / "log.txt"
@@ -428,7 +539,7 @@ def run_pipeline(pipeline: Any, cfg: Any, run_dir: Path, hooks: Any) -> Any:
     history say what failed, as under the other engines."""
     run = run_debug(pipeline.name, cfg, run_dir)
     if run.status != "Succeeded":
-        error = _pod_error(run) or f"workflow {run.workflow_id} {run.status.lower()}"
+        error = pod_error(run) or f"workflow {run.workflow_id} {run.status.lower()}"
         with contextlib.suppress(StepFailed):
             _replay(pipeline.name, cfg.model_dump(mode="json", by_alias=True), str(run.run_dir), False,
                     FailedReplay(error))
