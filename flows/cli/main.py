@@ -296,13 +296,39 @@ def cmd_export(args: argparse.Namespace) -> int:
     flow = pipeline.name
     run_dir = Path(args.workdir or f"{RUNS_MOUNT}/{cfg.name}")
     settings = _argo_settings(args)
-    text = yaml.safe_dump(export(flow, cfg, run_dir, settings), sort_keys=False)
+    cfg, staged = _staged(args, cfg, run_dir, settings)
+    text = yaml.safe_dump(export(flow, cfg, run_dir, settings, staged), sort_keys=False)
     if args.output:
         Path(args.output).write_text(text)
         print(f"{args.output}: Argo Workflow of the {flow} flow (run directory {run_dir} on volume {settings.runs_claim})")
     else:
         print(text)
     return 0
+
+
+def _staged(args: argparse.Namespace, cfg: Any, run_dir: Path, settings: Any) -> tuple[Any, Any]:
+    """With ``--stage``: the config pointing into ``RUN_DIR/inputs`` and the uploaded artifact
+    of the files it names (see :mod:`lamflow.flows.engines.dflow.staging`); else as given."""
+    if not args.stage:
+        return cfg, None
+    from lamflow.flows.engines.dflow.engine import dflow_mode
+    from lamflow.flows.engines.dflow.staging import stage_config, upload_inputs
+
+    if not settings.s3.get("endpoint"):
+        raise InputError("--stage", "uploads the inputs to Argo's artifact repository: set LAMFLOW_S3_ENDPOINT, "
+                         "LAMFLOW_S3_ACCESS_KEY, LAMFLOW_S3_SECRET_KEY and LAMFLOW_S3_BUCKET_NAME")
+    cfg, files = stage_config(cfg, run_dir)
+    if not files:
+        return cfg, None
+    settings.apply()
+    try:
+        with dflow_mode("default"):
+            artifact = upload_inputs(files)
+    except Exception as exc:  # unreachable endpoint, wrong keys, no bucket: before anything is submitted
+        raise InputError("--stage", f"could not upload the inputs to {settings.s3['endpoint']} "
+                         f"({type(exc).__name__}: {str(exc)[:200]})") from None
+    print(f"staged {len(files)} input(s) as {run_dir}/inputs: " + ", ".join(files), file=sys.stderr)
+    return cfg, artifact
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
@@ -312,7 +338,9 @@ def cmd_submit(args: argparse.Namespace) -> int:
     pipeline, cfg = load_any(Path(args.config))
     flow = pipeline.name
     run_dir = Path(args.workdir or f"{RUNS_MOUNT}/{cfg.name}")
-    workflow_id = submit(flow, cfg, run_dir, _argo_settings(args))
+    settings = _argo_settings(args)
+    cfg, staged = _staged(args, cfg, run_dir, settings)
+    workflow_id = submit(flow, cfg, run_dir, settings, staged)
     print(f"submitted {workflow_id}; watch it in the Argo UI; after a failure: lamflow resume {workflow_id}")
     return 0
 
@@ -452,6 +480,11 @@ def cmd_prefect_job(args: argparse.Namespace) -> int:
     return 0
 
 
+STAGE_HELP = ("upload every file the config names to Argo's artifact repository (LAMFLOW_S3_*) and point the "
+              "config at RUN_DIR/inputs, where the workflow's first step puts them: no path of this machine "
+              "in the manifest")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from lamflow.steps.registry import STEPS
 
@@ -505,12 +538,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("config")
     p.add_argument("-o", "--output", help="file to write (default: stdout)")
     p.add_argument("--workdir", help="run directory in the pods (default: /runs/<name>)")
+    p.add_argument("--stage", action="store_true", help=STAGE_HELP)
     argo_flags(p)
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("submit", help="submit a distill or pipeline config to an Argo server")
     p.add_argument("config")
     p.add_argument("--workdir", help="run directory in the pods (default: /runs/<name>)")
+    p.add_argument("--stage", action="store_true", help=STAGE_HELP)
     argo_flags(p)
     p.set_defaults(func=cmd_submit)
 

@@ -34,7 +34,8 @@ from typing import Any, Iterator
 
 from dflow import InputParameter, Step, Steps, Workflow
 from dflow import config as dflow_config
-from dflow.python import OP, OPIO, FatalError, OPIOSign, Parameter, PythonOPTemplate, Slices, TransientError
+from dflow.python import (OP, OPIO, Artifact, FatalError, OPIOSign, Parameter, PythonOPTemplate, Slices,
+                          TransientError)
 
 from lamflow.steps.errors import InputError, StepFailed
 from lamflow.steps.registry import STEPS
@@ -150,6 +151,36 @@ def step_keys(calls: list[Any], run_dir: Path) -> list[str]:
     return keys
 
 
+class StageOP(OP):
+    """Puts the inputs uploaded at submission (:mod:`.staging`) into ``RUN_DIR/inputs``, where
+    the staged config points. A resubmission overwrites them: the config names what it staged."""
+
+    @classmethod
+    def get_input_sign(cls) -> OPIOSign:
+        return OPIOSign({"inputs": Artifact(Path), "run_dir": str})
+
+    @classmethod
+    def get_output_sign(cls) -> OPIOSign:
+        return OPIOSign({"files": list})
+
+    @OP.exec_sign_check
+    def execute(self, ip: OPIO) -> OPIO:
+        import shutil
+
+        from .staging import INPUTS
+
+        dest = Path(ip["run_dir"]) / INPUTS
+        dest.mkdir(parents=True, exist_ok=True)
+        names = []
+        for item in sorted(Path(ip["inputs"]).iterdir()):
+            if item.is_dir():
+                shutil.copytree(item, dest / item.name, dirs_exist_ok=True)
+            else:
+                shutil.copy2(item, dest / item.name)
+            names.append(item.name)
+        return OPIO({"files": names})
+
+
 # --- the workflow ----------------------------------------------------------------------------
 
 
@@ -196,6 +227,9 @@ class ArgoSettings:
             if getattr(self, key):
                 dflow_config[key] = getattr(self, key)
         for key, value in self.s3.items():
+            if key == "endpoint" and "://" in value:  # dflow's MinIO client wants host:port
+                s3_config["secure"] = value.startswith("https")
+                value = value.split("://", 1)[1]
             s3_config[key] = value
 
 
@@ -233,7 +267,8 @@ def credentials_hidden() -> Iterator[None]:
 
 def _template(step: str, cfg: Any, claim: str | None) -> PythonOPTemplate:
     """The container of one step kind: image, requests, GPU, retries, timeout from its resources."""
-    res = cfg.resources_for(step)
+    op = {"plan": PlanOP, "stage": StageOP}.get(step) or STEP_OPS[step]
+    res = cfg.resources_for("plan" if step == "stage" else step)  # staging: a light CPU pod as planning
     pod = res.pod(step)  # the one policy: the same GPU, image, CPU and memory as under Prefect
     requests = {"cpu": f"{pod.cpu:g}", "memory": pod.memory}
     if pod.gpu:
@@ -252,14 +287,13 @@ def _template(step: str, cfg: Any, claim: str | None) -> PythonOPTemplate:
             tolerations=[V1Toleration(**t) for t in pod.tolerations] or None,
         )
     return PythonOPTemplate(
-        STEP_OPS[step] if step != "plan" else PlanOP,
-        image=pod.image, requests=requests, limits=limits, timeout=int(res.timeout) if res.timeout else None,
+        op, image=pod.image, requests=requests, limits=limits, timeout=int(res.timeout) if res.timeout else None,
         # the core's retry policy: FatalError (exit 2: bad input, full disk) is never retried;
         # a TransientError, a kill or a timeout is, up to the step's retries
         retry_on_transient_error=res.retries_for(step) or None, timeout_as_transient_error=True,
         upload_dflow=False,
         envs={"OMP_NUM_THREADS": str(res.threads)},
-        slices=None if step == "plan" else Slices(slices="{{item.index}}", input_parameter=["call"]),
+        slices=None if step in ("plan", "stage") else Slices(slices="{{item.index}}", input_parameter=["call"]),
         # debug mode runs each step's script here: with this interpreter, not whatever python3 is
         command=None if claim else [sys.executable],
         **kwargs,
@@ -276,8 +310,9 @@ def _no_batch_executor(cfg: Any) -> None:
 
 
 def build_workflow(flow: str, cfg: Any, run_dir: Path, cluster: bool = False,
-                   settings: ArgoSettings | None = None) -> Workflow:
-    """The workflow of ``flow`` (``distill`` or ``lam``) for ``cfg``, writing to ``run_dir``."""
+                   settings: ArgoSettings | None = None, staged: Any = None) -> Workflow:
+    """The workflow of ``flow`` (``distill`` or ``lam``) for ``cfg``, writing to ``run_dir``;
+    ``staged``: the artifact of inputs uploaded at submission, put into place first."""
     settings = settings or ArgoSettings()
     claim = settings.runs_claim if cluster else None
     if cluster:
@@ -294,6 +329,11 @@ def build_workflow(flow: str, cfg: Any, run_dir: Path, cluster: bool = False,
     wf = Workflow(name=f"lamflow-{flow}-{cfg.name}".lower().replace("_", "-"),
                   parallelism=settings.parallelism if cluster else cfg.max_workers,
                   image_pull_secrets=pull_secrets)
+    if staged is not None:
+        with credentials_hidden():
+            stage = _template("stage", cfg, claim)
+        wf.add(Step("stage", template=stage, artifacts={"inputs": staged},
+                    parameters={"run_dir": str(run_dir)}, key="stage-inputs"))
     wf.add(Step("start", template=advance, parameters={
         "flow": flow, "config": cfg.model_dump(mode="json", by_alias=True), "run_dir": str(run_dir),
         "level": 0}))
@@ -393,10 +433,11 @@ def _submit_here(wf: Workflow, run_dir: Path, reuse: list[Any] | None = None) ->
         os.close(saved)
 
 
-def export(flow: str, cfg: Any, run_dir: Path, settings: ArgoSettings | None = None) -> dict[str, Any]:
+def export(flow: str, cfg: Any, run_dir: Path, settings: ArgoSettings | None = None,
+           staged: Any = None) -> dict[str, Any]:
     """The Argo ``Workflow`` manifest, without submitting it."""
     with dflow_mode("default"):
-        manifest = build_workflow(flow, cfg, run_dir, cluster=True, settings=settings).to_dict()
+        manifest = build_workflow(flow, cfg, run_dir, cluster=True, settings=settings, staged=staged).to_dict()
     manifest.pop("status", None)
     manifest = {"apiVersion": "argoproj.io/v1alpha1", "kind": "Workflow", **manifest}  # `argo submit`-able
     for template in manifest["spec"]["templates"]:
@@ -406,10 +447,10 @@ def export(flow: str, cfg: Any, run_dir: Path, settings: ArgoSettings | None = N
     return manifest
 
 
-def submit(flow: str, cfg: Any, run_dir: Path, settings: ArgoSettings) -> str:
+def submit(flow: str, cfg: Any, run_dir: Path, settings: ArgoSettings, staged: Any = None) -> str:
     settings.apply()
     with dflow_mode("default"):
-        wf = build_workflow(flow, cfg, run_dir, cluster=True, settings=settings)
+        wf = build_workflow(flow, cfg, run_dir, cluster=True, settings=settings, staged=staged)
         wf.submit()
         return wf.id
 
