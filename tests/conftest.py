@@ -208,6 +208,19 @@ def _shared(tmp_path_factory, name: str, make: Callable[[Path], T]) -> T:
         return pickle.loads(saved.read_bytes())
 
 
+@pytest.fixture
+def s3_endpoint():
+    """An S3 server (moto) on 127.0.0.1 for the test: its ``http://host:port``. It takes any keys,
+    so tests pass marker credentials and check where they end up."""
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield f"http://{host}:{port}"
+    server.stop()
+
+
 @contextlib.contextmanager
 def run_in_use(shared: SimpleNamespace, exclusive: bool = False):
     """Hold a shared run (from :func:`_cli_run`) while reading it, or, ``exclusive``, while

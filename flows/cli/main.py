@@ -307,16 +307,19 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def _staged(args: argparse.Namespace, cfg: Any, run_dir: Path, settings: Any) -> tuple[Any, Any]:
-    """With ``--stage``: the config pointing into ``RUN_DIR/inputs`` and the uploaded artifact
-    of the files it names (see :mod:`lamflow.flows.engines.dflow.staging`); else as given."""
+    """When staging (``submit`` by default, ``export --stage``): the config pointing into
+    ``RUN_DIR/inputs`` and the uploaded artifact of the files it names (see
+    :mod:`lamflow.flows.engines.dflow.staging`); else as given."""
     if not args.stage:
         return cfg, None
     from lamflow.flows.engines.dflow.engine import dflow_mode
     from lamflow.flows.engines.dflow.staging import stage_config, upload_inputs
 
     if not settings.s3.get("endpoint"):
+        opt_out = "--no-stage" if args.command == "submit" else "no --stage"
         raise InputError("--stage", "uploads the inputs to Argo's artifact repository: set LAMFLOW_S3_ENDPOINT, "
-                         "LAMFLOW_S3_ACCESS_KEY, LAMFLOW_S3_SECRET_KEY and LAMFLOW_S3_BUCKET_NAME")
+                         "LAMFLOW_S3_ACCESS_KEY, LAMFLOW_S3_SECRET_KEY and LAMFLOW_S3_BUCKET_NAME, or give "
+                         f"{opt_out} when the config's paths are already the pods' paths")
     cfg, files = stage_config(cfg, run_dir)
     if not files:
         return cfg, None
@@ -545,7 +548,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("submit", help="submit a distill or pipeline config to an Argo server")
     p.add_argument("config")
     p.add_argument("--workdir", help="run directory in the pods (default: /runs/<name>)")
-    p.add_argument("--stage", action="store_true", help=STAGE_HELP)
+    p.add_argument("--no-stage", dest="stage", action="store_false",
+                   help="do not stage: the config's paths are already the pods' paths (a config on the shared "
+                        "volume). By default, submit stages: " + STAGE_HELP)
     argo_flags(p)
     p.set_defaults(func=cmd_submit)
 

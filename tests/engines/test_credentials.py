@@ -75,18 +75,28 @@ def _config(tmp_path: Path) -> Path:
     return path
 
 
-def test_submit_sends_the_token_as_its_header_and_no_credential_in_the_workflow(tmp_path, argo_server):
+def test_submit_sends_the_token_as_its_header_and_no_credential_in_the_workflow(tmp_path, argo_server,
+                                                                                s3_endpoint):
+    """The marker S3 keys are used for real (the inputs are staged to an S3 server) and still
+    reach no request to Argo; nor does any path of this machine."""
+    import boto3
+
+    boto3.client("s3", endpoint_url=s3_endpoint, aws_access_key_id=ACCESS, aws_secret_access_key=SECRET,
+                 region_name="us-east-1").create_bucket(Bucket="runs")
     host = f"http://127.0.0.1:{argo_server.server_address[1]}"
     out = subprocess.run([sys.executable, "-m", "lamflow.flows.cli", "submit", str(_config(tmp_path)),
                           "--engine", "argo", "--host", host, "--token", f"Bearer {TOKEN}",
-                          "--namespace", "lamflow"], capture_output=True, text=True, env=_env(), timeout=300)
+                          "--namespace", "lamflow"], capture_output=True, text=True,
+                         env={**_env(), "LAMFLOW_S3_ENDPOINT": s3_endpoint}, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
+    assert "staged 1 input(s) as /runs/tiny/inputs: 00-start.extxyz" in out.stderr
     assert "lamflow-distill-tiny-x7k2p" in out.stdout
     [created] = [r for r in argo_server.received if r["method"] == "POST"]
     assert created["path"] == "/api/v1/workflows/lamflow"
     assert created["headers"].get("Authorization") == f"Bearer {TOKEN}"  # the token did its one job
     workflow = json.loads(created["body"])["workflow"]
     assert workflow["spec"]["templates"] and "script" in json.dumps(workflow)  # the step scripts were sent
+    assert str(tmp_path) not in created["body"] and "/runs/tiny/inputs/00-start.extxyz" in created["body"]
     for marker in (TOKEN, ACCESS, SECRET):
         assert marker not in created["body"], f"{marker} leaked into the submitted Workflow"
     for request in argo_server.received:  # nor in any other request's body or URL

@@ -29,20 +29,15 @@ ACCESS, SECRET = "stage-access-marker", "stage-secret-marker"
 
 
 @pytest.fixture
-def s3():
+def s3(s3_endpoint):
     import boto3
-    from moto.server import ThreadedMotoServer
 
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    client = boto3.client("s3", endpoint_url=f"http://{host}:{port}", aws_access_key_id=ACCESS,
+    client = boto3.client("s3", endpoint_url=s3_endpoint, aws_access_key_id=ACCESS,
                           aws_secret_access_key=SECRET, region_name="us-east-1")
     client.create_bucket(Bucket=BUCKET)
-    env = {**os.environ, "LAMFLOW_S3_ENDPOINT": f"http://{host}:{port}", "LAMFLOW_S3_ACCESS_KEY": ACCESS,
+    env = {**os.environ, "LAMFLOW_S3_ENDPOINT": s3_endpoint, "LAMFLOW_S3_ACCESS_KEY": ACCESS,
            "LAMFLOW_S3_SECRET_KEY": SECRET, "LAMFLOW_S3_BUCKET_NAME": BUCKET}
-    yield client, env
-    server.stop()
+    return client, env
 
 
 def test_export_stage_uploads_the_inputs_and_the_manifest_names_no_local_path(s3, tmp_path):
@@ -96,3 +91,7 @@ def test_stage_without_an_artifact_repository_is_one_line(tmp_path):
                          capture_output=True, text=True, env=env, timeout=300)
     assert out.returncode == 2 and out.stderr.count("\n") == 1 and "--stage" in out.stderr
     assert "LAMFLOW_S3_ENDPOINT" in out.stderr
+    # `submit` stages by default: the same line, before any request, naming the way out
+    out = subprocess.run([*CLI, "submit", str(tmp_path / "config.yaml"), "--engine", "argo", "--host",
+                          "http://127.0.0.1:9"], capture_output=True, text=True, env=env, timeout=300)
+    assert out.returncode == 2 and out.stderr.count("\n") == 1 and "--no-stage" in out.stderr
