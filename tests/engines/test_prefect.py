@@ -294,6 +294,12 @@ def test_lam_deployment_runs_the_whole_pipeline_like_the_cli(server, tmp_path, p
     assert ours["datasets"] == {"cu_bulk": 10, "cuau": 10, "alloy": 12}
     assert Path(json.loads((run / "distill/report.json").read_text())["final_student"]).is_file()
     assert {"pretrain", "finetune", "change-bias"} <= {p.name for p in (run / "lam").iterdir()}
+    # the distillation's table after each of its iterations, then once more with the summary
+    distilled = json.loads((run / "distill/report.json").read_text())["iterations"]
+    tables, summaries = _artifacts(server, flow.id)
+    assert len(tables) == len(distilled) + 1 and [r["iter"] for r in tables[0]] == ["0"]
+    assert [r["iter"] for r in tables[-1]] == [str(it["iteration"]) for it in distilled]
+    assert len(summaries) == 1 and "finetuned on" in summaries[0]
 
 
 def test_flow_takes_the_config_itself_with_paths_relative_to_the_working_directory(tmp_path, monkeypatch):

@@ -52,12 +52,23 @@ def summary_markdown(pipeline: Any, cfg: Any, report: Any, failed: str | None = 
 
 
 def publish_table(pipeline: Any, cfg: Any, report: Any) -> None:
-    """The pipeline's table of ``report`` as a table artifact of the current flow run."""
+    """The pipeline's table of its ``report`` as a table artifact of the current flow run."""
+    _publish(pipeline.table(report), pipeline.name, cfg.name)
+
+
+def publish_iteration(pipeline: Any, cfg: Any, report: Any) -> None:
+    """After an iteration: the distillation's table (``report`` is the loop's own report, also
+    inside a ``lam`` run), under the same key as the pipeline's table."""
+    from lamflow.flows.report.distill import table
+
+    _publish(table(report), pipeline.name, cfg.name)
+
+
+def _publish(table: Any, pipeline: str, name: str) -> None:
     from prefect.artifacts import create_table_artifact
 
-    table = pipeline.table(report)
     if table is not None:
-        create_table_artifact(table_rows(table), key=artifact_key(pipeline.name, cfg.name, "table"),
+        create_table_artifact(table_rows(table), key=artifact_key(pipeline, name, "table"),
                               description=str(table.title or ""))
 
 

@@ -43,7 +43,7 @@ from lamflow.flows.core.run_lock import run_lock
 from lamflow.flows.executors import run_step, submitted
 from lamflow.flows.pipelines import load_any, parse_any
 
-from .artifacts import publish_outcome, publish_table
+from .artifacts import publish_iteration, publish_outcome
 from .server import temporary_api
 
 #: how often a parent polls a dispatched step's flow run (seconds)
@@ -171,7 +171,7 @@ def _told(pipeline: Any, cfg: Any, run_dir: Path, runner: PrefectRunner, on_serv
     def iteration_done(report: Any) -> None:
         if on_iteration:
             on_iteration(report)
-        _quietly(publish_table, pipeline, cfg, report)
+        _quietly(publish_iteration, pipeline, cfg, report)
 
     try:
         report = pipeline.run(cfg, run_dir, runner, on_batch, iteration_done)
