@@ -558,8 +558,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("workflow_id")
     p.add_argument("--workdir", help="the run directory of a local (debug-mode) workflow; omit for Argo")
     p.add_argument("--from-iteration", type=int, metavar="N",
-                   help="reuse only the steps before iteration N; later steps are scheduled again and each "
-                        "reads its record back unless its inputs changed")
+                   help="reuse only the steps before iteration N; the later ones are read back from their "
+                        "records in the run directory, and run again where output and record are gone")
     argo_flags(p)
     p.set_defaults(func=cmd_resume)
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any, ClassVar, TypeVar
+from typing import Any, Callable, ClassVar, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -36,23 +36,30 @@ PATH_LIST_KEYS = frozenset({"files", "structures", "systems", "data"})
 OPAQUE_KEYS = frozenset({"overrides", "calculator_kwargs"})
 
 
-def resolve_paths(node: Any, base: Path) -> Any:
-    """Every relative path in a raw config made relative to the config file's folder."""
+def map_paths(node: Any, change: Callable[[str, str], str]) -> Any:
+    """A raw config with every path it names (the values of :data:`PATH_KEYS`, the items of
+    :data:`PATH_LIST_KEYS`) replaced by ``change(key, path)``: the one place that knows which
+    values of a config are paths (resolving them here, staging them for a cluster)."""
     if isinstance(node, dict):
         out = {}
         for key, value in node.items():
             if key in OPAQUE_KEYS:
                 out[key] = value
             elif key in PATH_KEYS and isinstance(value, str):
-                out[key] = _path(value, base, template=(key == "template"))
+                out[key] = change(key, value)
             elif key in PATH_LIST_KEYS and isinstance(value, list):
-                out[key] = [_path(v, base) if isinstance(v, str) else v for v in value]
+                out[key] = [change(key, v) if isinstance(v, str) else v for v in value]
             else:
-                out[key] = resolve_paths(value, base)
+                out[key] = map_paths(value, change)
         return out
     if isinstance(node, list):
-        return [resolve_paths(v, base) for v in node]
+        return [map_paths(v, change) for v in node]
     return node
+
+
+def resolve_paths(node: Any, base: Path) -> Any:
+    """Every relative path in a raw config made relative to the config file's folder."""
+    return map_paths(node, lambda key, value: _path(value, base, template=(key == "template")))
 
 
 def _path(value: str, base: Path, template: bool = False) -> str:

@@ -17,7 +17,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from lamflow.flows.core.config import OPAQUE_KEYS, PATH_KEYS, PATH_LIST_KEYS
+from lamflow.flows.core.config import map_paths
 
 #: the folder of the run directory that staged inputs land in
 INPUTS = "inputs"
@@ -30,8 +30,8 @@ def stage_config(cfg: Any, run_dir: Path) -> tuple[Any, dict[str, Path]]:
     files: dict[str, Path] = {}
     placed: dict[Path, str] = {}
 
-    def place(value: Any) -> Any:
-        if not isinstance(value, str) or not Path(value).is_absolute() or not Path(value).exists():
+    def place(key: str, value: str) -> str:
+        if key == "workdir" or not Path(value).is_absolute() or not Path(value).exists():
             return value
         local = Path(value).resolve()
         if local not in placed:
@@ -40,15 +40,7 @@ def stage_config(cfg: Any, run_dir: Path) -> tuple[Any, dict[str, Path]]:
             placed[local] = str(Path(run_dir) / INPUTS / name)
         return placed[local]
 
-    def walk(node: Any) -> Any:
-        if isinstance(node, dict):
-            return {k: v if k in OPAQUE_KEYS or k == "workdir"
-                    else place(v) if k in PATH_KEYS
-                    else [place(x) for x in v] if k in PATH_LIST_KEYS and isinstance(v, list)
-                    else walk(v) for k, v in node.items()}
-        return [walk(v) for v in node] if isinstance(node, list) else node
-
-    raw = walk(cfg.model_dump(mode="json", by_alias=True))
+    raw = map_paths(cfg.model_dump(mode="json", by_alias=True), place)
     return type(cfg).model_validate(raw), files
 
 
