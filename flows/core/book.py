@@ -40,6 +40,16 @@ class Book:
                 self.step_seconds += rec.seconds
         return records
 
+    def together(self, batches: list[list[StepCall]], seconds: dict[str, float]) -> list[list[StepRecord]]:
+        """Independent batches run as one: their steps at once on an in-process engine, one
+        fan-out (one planning level) on a static one. The records, batch by batch."""
+        records = self.run([c for batch in batches for c in batch], seconds)
+        out, start = [], 0
+        for batch in batches:
+            out.append(records[start:start + len(batch)])
+            start += len(batch)
+        return out
+
     def one(self, call: StepCall, seconds: dict[str, float]) -> BaseModel:
         """The typed result of one step."""
         return self.run([call], seconds)[0].result

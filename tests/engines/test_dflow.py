@@ -44,16 +44,30 @@ def test_planner_returns_the_first_unfinished_batch_then_the_next(tmp_path):
     cfg = DistillConfig.parse(tiny_config(tmp_path), tmp_path)
     ip = {"flow": "distill", "config": cfg.model_dump(mode="json"), "run_dir": str(tmp_path / "run"), "level": 0}
     first = PlanOP().execute(ip)
-    assert first["done"] is False and first["step"] == "perturb" and len(first["calls"]) == 1
-    assert first["calls"][0]["label"] == "init/reference-structures"
+    # the light perturb step ran in the planner (its record is there); the labelling is planned
+    assert (tmp_path / "run" / "init" / "reference-structures.result.json").is_file()
+    assert first["done"] is False and first["step"] == "label" and len(first["calls"]) == 1
+    assert first["calls"][0]["label"] == "init/reference/chunk-000"
+    assert first["calls"][0]["params"]["calculator"] == "emt"
     # Argo names the step by its place in the run (its output), not by the planning level
-    assert first["batch"] == [{"index": 0, "key": "init-reference-structures"}]
-    with pytest.raises(FatalError, match="init-reference-structures: reused from the resumed workflow"):
+    assert first["batch"] == [{"index": 0, "key": "init-reference-chunk-000"}]
+    with pytest.raises(FatalError, match="init-reference-chunk-000: reused from the resumed workflow"):
         PlanOP().execute({**ip, "planned": first["batch"]})  # planned twice: its record is gone
-    execute("perturb", first["calls"][0]["params"])  # what the fanned-out step does in its pod
+    execute("label", first["calls"][0]["params"])  # what the fanned-out step does in its pod
     second = PlanOP().execute({**ip, "level": 1})
-    assert second["step"] == "label" and second["next_level"] == 2
-    assert second["calls"][0]["params"]["calculator"] == "emt"
+    assert second["step"] == "train" and second["next_level"] == 2
+    assert second["calls"][0]["label"] == "init/teacher"
+
+
+def test_light_steps_run_in_the_planner_unless_they_ask_for_a_pod(tmp_path):
+    """A light step (select, perturb) costs a planning level and a pod: the planner runs it
+    itself, unless its resources ask for what only a pod gives (a GPU, an image, a batch job)."""
+    raw = tiny_config(tmp_path)
+    raw["resources"] = {"perturb": {"gpu": 1}}
+    cfg = DistillConfig.parse(raw, tmp_path)
+    ip = {"flow": "distill", "config": cfg.model_dump(mode="json"), "run_dir": str(tmp_path / "run"), "level": 0}
+    first = PlanOP().execute(ip)
+    assert first["step"] == "perturb" and first["calls"][0]["label"] == "init/reference-structures"
 
 
 def _manifest(tmp_path) -> dict:
@@ -152,7 +166,7 @@ def test_planner_drives_the_lam_pipeline_too(tmp_path):
     ip = {"flow": "lam", "config": cfg.model_dump(mode="json", by_alias=True), "run_dir": str(tmp_path / "run"),
           "level": 0}
     first = PlanOP().execute(ip)
-    assert first["step"] == "perturb" and first["calls"][0]["label"] == "data/cu_bulk-structures"
+    assert first["step"] == "label" and first["calls"][0]["label"] == "data/cu_bulk/chunk-000"
     manifest = export("lam", cfg, Path("/runs/lam"))
     assert manifest["kind"] == "Workflow"
 
@@ -180,8 +194,9 @@ def test_lam_pipeline_in_debug_mode_fails_resumes_reusing_finished_steps_and_mat
     before = _steps(run / "dflow" / first_id)
     done_before = {k for k, v in before.items() if v["phase"] == "Succeeded"}
     kinds = {before[k]["kind"] for k in done_before}
-    assert kinds == {"perturb", "label", "import-data", "train", "freeze", "evaluate", "change-bias", "speed",
-                     "teacher-label", "explore", "select"}, kinds
+    # perturb and select ran in the planner (light steps): no pod of their own
+    assert kinds == {"label", "import-data", "train", "freeze", "evaluate", "change-bias", "speed",
+                     "teacher-label", "explore"}, kinds
     # each step is keyed by where it is in the run: a user finds the failed iteration at a glance
     assert {"lam-pretrain", "lam-finetune", "distill-iter-000-explore-task-000"} <= done_before, sorted(done_before)
     failed_keys = {k for k, v in before.items() if v["phase"] == "Failed"}

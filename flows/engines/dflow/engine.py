@@ -40,8 +40,9 @@ from dflow.python import (OP, OPIO, Artifact, FatalError, OPIOSign, Parameter, P
 from lamflow.steps.errors import InputError, StepFailed
 from lamflow.steps.registry import STEPS
 
+from lamflow.flows.core.execute import execute
 from lamflow.flows.core.policy import retryable
-from lamflow.flows.core.resources import Resources
+from lamflow.flows.core.resources import LIGHT_STEPS, Resources
 from lamflow.flows.core.runner import FailedReplay, Pending, PlanningRunner
 from lamflow.flows.executors import run_step
 from lamflow.flows.pipelines import PIPELINES
@@ -69,16 +70,46 @@ def _step_op(step: str) -> type[OP]:
         try:
             record = run_step(step, call["params"], Resources.model_validate(call.get("resources") or {}),
                               call.get("label", step))
-        except Exception as exc:  # the core's retry policy, in the exit codes Argo's retryStrategy reads
-            kind = TransientError if retryable(exc) else FatalError
-            raise kind(f"{call.get('label', step)}: {exc}") from exc
+        except Exception as exc:
+            raise _policy_error(call.get("label", step), exc) from exc
+        self.finished = True
         return OPIO({**record.to_json()["result"], "cached": record.cached, "seconds": float(record.seconds)})
 
     name = "".join(part.title() for part in step.split("_")) + "OP"
-    cls = type(name, (OP,), {"__doc__": spec.doc, "__module__": __name__, "__qualname__": name,
-                             "get_input_sign": classmethod(get_input_sign),
-                             "get_output_sign": classmethod(get_output_sign), "execute": execute_op})
+    cls = type(name, (QuickExit,), {"__doc__": spec.doc, "__module__": __name__, "__qualname__": name,
+                                    "get_input_sign": classmethod(get_input_sign),
+                                    "get_output_sign": classmethod(get_output_sign), "execute": execute_op})
     return cls
+
+
+def _policy_error(label: str, exc: Exception) -> Exception:
+    """The core's retry policy, in the exit codes Argo's retryStrategy reads."""
+    kind = TransientError if retryable(exc) else FatalError
+    return kind(f"{label}: {exc}")
+
+
+class QuickExit(OP):
+    """An OP whose process ends as soon as its outputs are written.
+
+    A step's pod (in debug mode, its process) is a Python that ran one step: with torch,
+    deepmd-kit and LAMMPS loaded, the interpreter's own teardown takes ~1.3 s (measured on 2
+    cores) after the step's record and outputs are on disk, once per step and planning level.
+    Only a successful OP run by dflow's generated script (its ``op_obj``) leaves early: a failure
+    keeps the script's exit code and traceback, and a test calling the OP keeps its process.
+    """
+
+    finished = False
+
+    def handle_outputs(self, outputs, symlink=False):
+        done = super().handle_outputs(outputs, symlink)
+        if self.finished and getattr(sys.modules.get("__main__"), "op_obj", None) is self:
+            import logging
+
+            logging.shutdown()
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(0)
+        return done
 
 
 #: one OP class per step, importable by name (``lamflow.flows.engines.dflow.engine.ExploreOP``) so that
@@ -95,7 +126,35 @@ def _replay(flow: str, config: dict[str, Any], run_dir: str, check_inputs: bool,
                         check_inputs=check_inputs)
 
 
-class PlanOP(OP):
+def runs_in_planner(call: Any) -> bool:
+    """A seconds-long step (:data:`~lamflow.flows.core.resources.LIGHT_STEPS`) that asks for
+    nothing a pod of its own would give it: no GPU, no batch job, no image of its own. Its own
+    pod would cost more than it computes: in debug mode two Python processes and a planning
+    level (~5 s, measured), on Argo a pod start."""
+    res = call.resources
+    return call.step in LIGHT_STEPS and res.pod(call.step).gpu == 0 and res.executor is None and res.image is None
+
+
+class InliningPlanner(PlanningRunner):
+    """The planner's runner: a batch of light steps (:func:`runs_in_planner`) runs here, in the
+    planner, and the replay goes on; any other batch is returned to be fanned out. The steps leave the same records and
+    outputs as in a pod of their own; they appear in Argo as part of their planning level."""
+
+    def map(self, calls: list[Any]) -> list[Any]:
+        try:
+            return super().map(calls)
+        except Pending as pending:
+            if not all(runs_in_planner(c) for c in pending.calls):
+                raise
+            for c in pending.calls:
+                try:
+                    execute(c.step, c.params, c.resources)
+                except Exception as exc:
+                    raise _policy_error(c.label, exc) from exc
+        return super().map(calls)
+
+
+class PlanOP(QuickExit):
     """Replays the loop from the step records; the next batch to fan out, or done.
 
     Only the first level checks the inputs (preflight): later levels re-enter a run whose
@@ -119,8 +178,12 @@ class PlanOP(OP):
     @OP.exec_sign_check
     def execute(self, ip: OPIO) -> OPIO:
         try:
-            report = _replay(ip["flow"], ip["config"], ip["run_dir"], check_inputs=ip["level"] == 0)
+            report = _replay(ip["flow"], ip["config"], ip["run_dir"], check_inputs=ip["level"] == 0,
+                             runner=InliningPlanner())
         except Pending as pending:
+            # a level fans out one step kind (one template); a batch of several kinds takes a
+            # level per kind, the replay returning what is left
+            pending.calls = [c for c in pending.calls if c.step == pending.calls[0].step]
             calls = [{"params": c.params.model_dump(mode="json"), "label": c.label,
                       "resources": c.resources.model_dump(mode="json", exclude_defaults=True)}
                      for c in pending.calls]
@@ -129,8 +192,10 @@ class PlanOP(OP):
                 raise FatalError(f"{batch[0]['key']}: reused from the resumed workflow, but its record is not in "
                                  f"{ip['run_dir']} (deleted, or another volume): resume with --from-iteration "
                                  "to run it again, or submit the config afresh")
+            self.finished = True
             return OPIO({"done": False, "step": pending.calls[0].step, "calls": calls, "batch": batch,
                          "next_level": ip["level"] + 1, "status": "running"})
+        self.finished = True
         return OPIO({"done": True, "step": "none", "calls": [], "batch": [], "next_level": ip["level"] + 1,
                      "status": report.status})
 
@@ -151,7 +216,7 @@ def step_keys(calls: list[Any], run_dir: Path) -> list[str]:
     return keys
 
 
-class StageOP(OP):
+class StageOP(QuickExit):
     """Puts the inputs uploaded at submission (:mod:`.staging`) into ``RUN_DIR/inputs``, where
     the staged config points. A resubmission overwrites them: the config names what it staged."""
 
@@ -178,6 +243,7 @@ class StageOP(OP):
             else:
                 shutil.copy2(item, dest / item.name)
             names.append(item.name)
+        self.finished = True
         return OPIO({"files": names})
 
 
@@ -352,12 +418,18 @@ def _advance(cfg: Any, claim: str | None) -> Steps:
                 parameters={k: advance.inputs.parameters[k] for k in ("flow", "config", "run_dir", "level", "planned")})
     advance.add(plan)
     calls, kind = plan.outputs.parameters["calls"], plan.outputs.parameters["step"]
-    # one item per planned call: its index in ``calls`` (the slice the pod runs) and its key
-    advance.add([
-        Step(step.replace("_", "-"), template=_template(step, cfg, claim), parameters={"call": calls},
-             with_param=plan.outputs.parameters["batch"], when=f"{kind} == {step}", key="{{item.key}}")
-        for step in steps_used
-    ])
+    # one item per planned call: its index in ``calls`` (the slice the pod runs) and its key;
+    # one step per kind, of which the planned one runs
+    fan_out = [Step(step.replace("_", "-"), template=_template(step, cfg, claim), parameters={"call": calls},
+                    with_param=plan.outputs.parameters["batch"], when=f"{kind} == {step}", key="{{item.key}}")
+               for step in steps_used]
+    if claim:
+        advance.add(fan_out)  # one group: one row of skipped steps per level in Argo's UI
+    else:
+        # debug mode hands each member of a group to a worker process with a copy of the whole
+        # template (~0.2 s per skipped kind and level, measured); in sequence it skips them here
+        for step in fan_out:
+            advance.add(step)
     advance.add(Step("next", template=advance, when=f"{plan.outputs.parameters['done']} == false",
                      parameters={"flow": advance.inputs.parameters["flow"],
                                  "config": advance.inputs.parameters["config"],

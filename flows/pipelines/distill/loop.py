@@ -119,10 +119,10 @@ def run_distill(
             rec.failed_ratio, rec.failed_tasks = sel.failed_ratio, sel.n_failed_tasks
             rec.deviations = str(sel.deviations)
             it_dir = lay.iteration(k)
-            new = book.run(plan.teacher_labels(cfg, teacher, sel.candidates, it_dir / "label",
-                                               f"iter-{k:03d}/label"), secs)
-            val = book.run(plan.teacher_labels(cfg, teacher, sel.validation, it_dir / "validation",
-                                               f"iter-{k:03d}/validation"), secs)
+            new, val = book.together([
+                plan.teacher_labels(cfg, teacher, sel.candidates, it_dir / "label", f"iter-{k:03d}/label"),
+                plan.teacher_labels(cfg, teacher, sel.validation, it_dir / "validation", f"iter-{k:03d}/validation"),
+            ], secs)
             rec.labels_added = sum(r.result.n_frames for r in new)
             rec.labels_dropped = sum(r.result.n_dropped for r in new + val)
             new_systems = [p for r in new for p in r.result.systems]
