@@ -137,8 +137,9 @@ def runs_in_planner(call: Any) -> bool:
 
 class InliningPlanner(PlanningRunner):
     """The planner's runner: a batch of light steps (:func:`runs_in_planner`) runs here, in the
-    planner, and the replay goes on; any other batch is returned to be fanned out. The steps leave the same records and
-    outputs as in a pod of their own; they appear in Argo as part of their planning level."""
+    planner, and the replay goes on; any other batch is returned to be fanned out. The steps
+    leave the same records and outputs as in a pod of their own; in Argo they are part of their
+    planning level's pod."""
 
     def map(self, calls: list[Any]) -> list[Any]:
         try:
