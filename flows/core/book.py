@@ -24,6 +24,15 @@ class Book:
         self.cached_steps = 0
         self.step_seconds = 0.0  # this session's
         self.compute_seconds = 0.0  # every attempt's
+        #: (start, finish) epoch seconds of the steps this session ran: a planner's replay takes
+        #: its wall times from them, its own clock having run for a second
+        self.intervals: list[tuple[float, float]] = []
+
+    def span(self, since: int = 0) -> float:
+        """Seconds from the first start to the last finish of the steps run since ``since``
+        (a length of :attr:`intervals`)."""
+        recent = self.intervals[since:]
+        return max(f for _, f in recent) - min(s for s, _ in recent) if recent else 0.0
 
     def run(self, calls: list[StepCall], seconds: dict[str, float]) -> list[StepRecord]:
         if not calls:
@@ -38,6 +47,8 @@ class Book:
                 self.cached_steps += 1
             else:
                 self.step_seconds += rec.seconds
+                if rec.finished:
+                    self.intervals.append((rec.finished - rec.seconds, rec.finished))
         return records
 
     def together(self, batches: list[list[StepCall]], seconds: dict[str, float]) -> list[list[StepRecord]]:

@@ -74,6 +74,11 @@ def run_distill(
     t_start = time.perf_counter()
     init_s = report.init_seconds
 
+    def wall(since: float, mark: int = 0) -> float:
+        """Wall seconds since ``since``; in a planner's replay (a static engine, one process per
+        level) from the first start to the last finish of the steps, taken from their records."""
+        return book.span(mark) if replay else time.perf_counter() - since
+
     def save(plots: bool = False) -> None:
         report.cached_steps, report.step_seconds = book.cached_steps, book.step_seconds
         report.compute_seconds = book.compute_seconds
@@ -102,7 +107,7 @@ def run_distill(
         save()
 
         for k in range(cfg.max_iterations):
-            t_iter = time.perf_counter()
+            t_iter, mark = time.perf_counter(), len(book.intervals)
             rec = IterationRecord(iteration=k)
             report.iterations.append(rec)
             secs = rec.seconds
@@ -141,9 +146,9 @@ def run_distill(
                 report.converged = True
             elif k + 1 < cfg.max_iterations:
                 trained = [r.result for r in book.run(plan.students(cfg, it_dir, data, checkpoints), secs)]
-            rec.wall = time.perf_counter() - t_iter
+            rec.wall = wall(t_iter, mark)
             report.final_student = rec.student
-            report.wall_seconds = time.perf_counter() - t_start
+            report.wall_seconds = wall(t_start)
             save()
             if on_iteration:
                 on_iteration(report)
@@ -161,6 +166,6 @@ def run_distill(
         report.status = "failed"
         raise
     finally:
-        report.wall_seconds = time.perf_counter() - t_start
+        report.wall_seconds = wall(t_start)
         save(plots=True)
     return report
