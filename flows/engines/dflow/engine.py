@@ -141,18 +141,16 @@ class InliningPlanner(PlanningRunner):
     leave the same records and outputs as in a pod of their own; in Argo they are part of their
     planning level's pod."""
 
-    def map(self, calls: list[Any]) -> list[Any]:
-        try:
-            return super().map(calls)
-        except Pending as pending:
-            if not all(runs_in_planner(c) for c in pending.calls):
-                raise
-            for c in pending.calls:
-                try:
-                    execute(c.step, c.params, c.resources)
-                except Exception as exc:
-                    raise _policy_error(c.label, exc) from exc
-        return super().map(calls)
+    def run_missing(self, calls: list[Any]) -> list[Any]:
+        if not all(runs_in_planner(c) for c in calls):
+            return super().run_missing(calls)
+        records = []
+        for c in calls:
+            try:
+                records.append(execute(c.step, c.params, c.resources))
+            except Exception as exc:
+                raise _policy_error(c.label, exc) from exc
+        return records
 
 
 class PlanOP(QuickExit):
@@ -184,17 +182,17 @@ class PlanOP(QuickExit):
         except Pending as pending:
             # a level fans out one step kind (one template); a batch of several kinds takes a
             # level per kind, the replay returning what is left
-            pending.calls = [c for c in pending.calls if c.step == pending.calls[0].step]
+            todo = [c for c in pending.calls if c.step == pending.calls[0].step]
             calls = [{"params": c.params.model_dump(mode="json"), "label": c.label,
                       "resources": c.resources.model_dump(mode="json", exclude_defaults=True)}
-                     for c in pending.calls]
-            batch = [{"index": i, "key": key} for i, key in enumerate(step_keys(pending.calls, Path(ip["run_dir"])))]
+                     for c in todo]
+            batch = [{"index": i, "key": key} for i, key in enumerate(step_keys(todo, Path(ip["run_dir"])))]
             if batch == ip["planned"]:
                 raise FatalError(f"{batch[0]['key']}: reused from the resumed workflow, but its record is not in "
                                  f"{ip['run_dir']} (deleted, or another volume): resume with --from-iteration "
                                  "to run it again, or submit the config afresh")
             self.finished = True
-            return OPIO({"done": False, "step": pending.calls[0].step, "calls": calls, "batch": batch,
+            return OPIO({"done": False, "step": todo[0].step, "calls": calls, "batch": batch,
                          "next_level": ip["level"] + 1, "status": "running"})
         self.finished = True
         return OPIO({"done": True, "step": "none", "calls": [], "batch": [], "next_level": ip["level"] + 1,
