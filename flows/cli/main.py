@@ -285,7 +285,7 @@ def _argo_settings(args: argparse.Namespace):
 
     return ArgoSettings.from_env(host=args.host, token=args.token, namespace=args.namespace,
                                  runs_claim=args.runs_claim, image_pull_secrets=args.image_pull_secret,
-                                 parallelism=args.parallelism)
+                                 parallelism=args.parallelism, ssh_secret=getattr(args, "ssh_secret", None))
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -536,6 +536,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="docker-registry Secret for private images (repeatable; or LAMFLOW_IMAGE_PULL_SECRETS=a,b)")
         q.add_argument("--parallelism", type=int,
                        help="pods of the workflow running at once (or LAMFLOW_ARGO_PARALLELISM; default: no limit)")
+        q.add_argument("--ssh-secret", help="Secret holding the SSH key of steps run as batch jobs "
+                                            "(resources.*.executor, SSHContext; or LAMFLOW_ARGO_SSH_SECRET)")
 
     p = sub.add_parser("export", help="write the Argo Workflow manifest of a distill or pipeline config")
     p.add_argument("config")

@@ -35,6 +35,8 @@ GPU_STEPS = frozenset({"train", "freeze", "change_bias", "explore", "teacher_lab
 IMAGES = {"cpu": "lamflow/lamflow:0.1.0-cpu", "gpu": "lamflow/lamflow:0.1.0-cuda12"}
 #: cores and memory of a pod whose resources leave them unset, by whether it holds a GPU
 POD_SIZE = {True: (8.0, "32Gi"), False: (2.0, "8Gi")}
+#: cores and memory of the pod of a step run as a batch job: it uploads, submits, polls, downloads
+WAITER_POD = (0.5, "2Gi")
 #: where a GPU pod may run: the label NVIDIA's GPU operator sets, the taint GPU node pools carry
 GPU_NODE_SELECTOR = {"nvidia.com/gpu.present": "true"}
 GPU_TOLERATIONS = [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
@@ -174,9 +176,19 @@ class Resources(BaseModel):
     def retries_for(self, step: str) -> int:
         return self.retries if self.retries is not None else DEFAULT_RETRIES.get(step, 0)
 
+    def gpus(self, step: str) -> int:
+        """The GPUs ``step`` computes with, in its pod or its batch job (see :data:`GPU_STEPS`)."""
+        return self.gpu if self.gpu is not None else int(step in GPU_STEPS)
+
     def pod(self, step: str) -> Pod:
-        """The pod of ``step`` on a cluster (see :data:`GPU_STEPS`)."""
-        gpu = self.gpu if self.gpu is not None else int(step in GPU_STEPS)
+        """The pod of ``step`` on a cluster (see :data:`GPU_STEPS`). A step run as a batch job
+        (``executor``) only submits the job and waits in its pod: the job gets the GPUs, cores and
+        memory, the pod neither a GPU nor a GPU node (an idle GPU for the queue's wait)."""
+        if self.executor is not None:
+            cpu, memory = WAITER_POD
+            return Pod(gpu=0, cpu=cpu, memory=memory, image=self.image or IMAGES["cpu"],
+                       node_selector=self.node_selector, tolerations=self.tolerations)
+        gpu = self.gpus(step)
         cpu, memory = POD_SIZE[gpu > 0]
         return Pod(gpu=gpu, cpu=self.cpu or cpu, memory=self.memory or memory,
                    image=self.image or IMAGES["gpu" if gpu else "cpu"],

@@ -157,7 +157,7 @@ def submission(step: str, params: BaseModel, resources: Resources, label: str) -
     command += "; exit $code"
     machine = _machine(executor, base)
     cpu = math.ceil(resources.cpu) if resources.cpu else resources.threads
-    gpu = resources.pod(step).gpu  # the one cluster policy (GPU_STEPS), as for pods
+    gpu = resources.gpus(step)  # the one cluster policy (GPU_STEPS), as for pods
     res = dpd.Resources.load_from_dict(
         executor.resources_dict(cpu, gpu, _scheduler_lines(executor.batch_type, resources)))
     task = dpd.Task(command=command, task_work_path=TASK, forward_files=["params.json", *uploads],
@@ -384,7 +384,7 @@ def check_schedulers(cfg: Any, steps: Any) -> None:
         if partition not in gres:
             raise InputError(f"resources.{entry}.executor.queue_name",
                              f"Slurm has no partition {partition!r}; it has {sorted(gres)}")
-        gpu = res.pod(step).gpu
+        gpu = res.gpus(step)
         if gpu and "gpu" not in gres[partition] and not executor.kwargs.get("custom_gpu_line"):
             why = "" if res.gpu is not None else f" (the default for {step}: it computes with DeePMD-kit models)"
             raise InputError(f"resources.{entry}.gpu",

@@ -7,6 +7,7 @@ the same numbers as the Prefect engine."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -22,6 +23,7 @@ from lamflow.flows.pipelines.distill.config import DistillConfig
 from lamflow.flows.engines.dflow.engine import STEP_OPS, ArgoSettings, PlanOP, export
 from lamflow.flows.core.faults import ENV as FAULTS_ENV
 from lamflow.flows.core.execute import execute
+from lamflow.steps.errors import InputError
 from lamflow.steps.registry import STEPS
 
 SCHEMA = Path(__file__).parents[1] / "data" / "argo-workflows.schema.json"  # Argo's api/jsonschema/schema.json
@@ -237,3 +239,68 @@ def test_lam_pipeline_in_debug_mode_fails_resumes_reusing_finished_steps_and_mat
     assert not [k for k, v in after.items() if v["cached"] == "true"]
 
     assert_same_lam(run, prefect_lam_run.run)
+
+
+def _ssh_executor(**profile) -> dict:
+    return {"context_type": "SSHContext", "remote_root": "/scratch/me/lamflow", "queue_name": "gpu",
+            "remote_profile": {"hostname": "login.cluster.example", "username": "me",
+                               "key_filename": "/home/me/.ssh/id_ed25519", **profile}}
+
+
+def test_on_argo_a_batch_job_step_waits_in_a_light_pod_that_reads_its_ssh_key_from_a_secret(tmp_path):
+    """A pod has no scheduler: a step with an executor submits over SSH to the login node. Its pod
+    holds no GPU (the job does), has no timeout (the queue's wait) and no Argo retries (lamflow's
+    executor retries the job), and reads the key from the Secret, whose name the config carries
+    (a resume finds it without the flag); the password-free key never enters the Workflow."""
+    from lamflow.flows.engines.dflow.engine import SSH_MOUNT, for_pods
+
+    raw = tiny_config(tmp_path)
+    raw["resources"] = {"train": {"timeout": 3600, "retries": 2, "executor": _ssh_executor()}}
+    cfg = DistillConfig.parse(raw, tmp_path)
+    manifest = export("distill", cfg, Path("/runs/tiny"), ArgoSettings(ssh_secret="lamflow-ssh"))
+    schema = json.loads(SCHEMA.read_text())
+    schema = {**{k: v for k, v in schema.items() if k != "oneOf"},
+              "$ref": "#/definitions/io.argoproj.workflow.v1alpha1.Workflow"}
+    errors = list(jsonschema.validators.validator_for(schema)(schema).iter_errors(manifest))
+    assert not errors, [f"{list(e.path)}: {e.message[:150]}" for e in errors[:5]]
+
+    templates = {t["name"].rsplit("-", 1)[0]: t for t in manifest["spec"]["templates"] if "script" in t}
+    train, explore = templates["trainop"], templates["exploreop"]
+    assert "nvidia.com/gpu" not in train["script"]["resources"]["requests"] and train["script"]["image"].endswith("-cpu")
+    assert not train.get("retryStrategy") and not train.get("timeout") and not train.get("nodeSelector")
+    key_dir = str(SSH_MOUNT / "lamflow-ssh")
+    assert {"name": "ssh-key", "secret": {"secretName": "lamflow-ssh", "defaultMode": 0o400}} in train["volumes"]
+    assert {"name": "ssh-key", "mountPath": key_dir, "readOnly": True} in train["script"]["volumeMounts"]
+    # a step without an executor keeps its GPU pod, and no key
+    assert explore["script"]["resources"]["requests"]["nvidia.com/gpu"] == "1"
+    assert "ssh-key" not in json.dumps(explore)
+    start = next(s for group in manifest["spec"]["templates"] if group["name"] == manifest["spec"]["entrypoint"]
+                 for s in sum(group["steps"], []) if s["name"] == "start")
+    sent = json.loads(next(p["value"] for p in start["arguments"]["parameters"] if p["name"] == "config"))
+    ex = sent["resources"]["train"]["executor"]
+    assert ex["remote_profile"]["key_filename"] == f"{key_dir}/id_ed25519"
+    # the job still gets the training's GPU and time; a resume rebuilds the same mount without the flag
+    rebuilt = DistillConfig.model_validate(sent)
+    assert rebuilt.resources_for("train").gpus("train") == 1
+    assert for_pods(rebuilt, None).resources["train"].executor.remote_profile == ex["remote_profile"]
+
+    for resources, field in (
+            ({"train": {"executor": {**_ssh_executor(), "context_type": "LocalContext"}}},
+             "resources.train.executor.context_type"),
+            ({"default": {"executor": _ssh_executor(password="hunter2")}}, "resources.default.executor.remote_profile.password"),
+            ({"train": {"executor": {**_ssh_executor(), "remote_profile": {"hostname": "h", "username": "u"}}}},
+             "resources.train.executor.remote_profile.key_filename")):
+        with pytest.raises(InputError) as err:
+            for_pods(DistillConfig.parse({**raw, "resources": resources}, tmp_path), "lamflow-ssh")
+        assert err.value.where == field, err.value
+
+
+def test_exporting_ssh_batch_jobs_without_the_secret_is_one_line_and_exit_2(tmp_path):
+    raw = tiny_config(tmp_path)
+    raw["resources"] = {"default": {"executor": _ssh_executor()}}
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(raw))
+    out = subprocess.run([sys.executable, "-m", "lamflow.flows.cli", "export", str(tmp_path / "config.yaml"),
+                          "--engine", "argo"], capture_output=True, text=True, env={**os.environ,
+                                                                                 "LAMFLOW_ARGO_SSH_SECRET": ""})
+    assert out.returncode == 2 and out.stderr.strip().startswith("lamflow: error: --ssh-secret: "), out.stderr[-2000:]
+    assert len(out.stderr.strip().splitlines()) == 1 and "kubectl create secret generic" in out.stderr

@@ -235,3 +235,35 @@ def test_an_ssh_host_that_does_not_answer_is_one_line_and_exit_2(tmp_path, slurm
     assert len(out.stderr.strip().splitlines()) == 1, out.stderr
     assert _check(tmp_path, {"default": {"gpu": 0, "executor": {**executor, "remote_profile": ssh.profile}}}
                   ).returncode == 0
+
+
+def test_an_argo_pod_plans_and_submits_its_step_over_ssh_with_the_key_from_its_secret(tmp_path, slurm, ssh):
+    """What the pods of an Argo workflow do with a step sent to Slurm: the planner (level 0:
+    preflight, the cluster must answer) plans the labelling; the step's OP submits it over SSH
+    with the key where the Secret is mounted, and its outputs and record come back into the run
+    directory. The mount is a link here (no Kubernetes); the config is the one the Workflow carries."""
+    from lamflow.flows.engines.dflow.engine import SSH_MOUNT, STEP_OPS, PlanOP, for_pods
+    from lamflow.flows.pipelines.distill.config import DistillConfig
+
+    secret = f"lamflow-test-{os.getpid()}"
+    mount = Path(str(SSH_MOUNT / secret))
+    mount.parent.mkdir(parents=True, exist_ok=True)
+    mount.symlink_to(ssh.root, target_is_directory=True)
+    try:
+        executor = {"context_type": "SSHContext", "remote_root": str(tmp_path / "cluster"),
+                    "remote_profile": ssh.profile, "command": sys.executable, "check_interval": 0.5}
+        raw = {**tiny_config(tmp_path), "resources": {"label": {"gpu": 0, "executor": executor}}}
+        cfg = for_pods(DistillConfig.parse(raw, tmp_path), secret)
+        assert cfg.resources["label"].executor.remote_profile["key_filename"] == str(mount / "client_key")
+        run = tmp_path / "run"
+        plan = PlanOP().execute({"flow": "distill", "config": cfg.model_dump(mode="json", by_alias=True),
+                                 "run_dir": str(run), "level": 0})
+        assert plan["step"] == "label", plan
+        out = STEP_OPS["label"]().execute({"call": plan["calls"][0]})
+        assert out["n_frames"] > 0 and out["cached"] is False
+        record = json.loads(next(run.rglob("chunk-000.result.json")).read_text())
+        assert record["job_id"] and slurm.run("squeue", "-h", "-t", "all", "-j", record["job_id"],
+                                              "-o", "%T").strip() == "COMPLETED"
+        assert any((tmp_path / "cluster").rglob("inputs/*/*"))  # went up; the cluster has no path of the run
+    finally:
+        mount.unlink()

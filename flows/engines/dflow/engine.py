@@ -29,7 +29,7 @@ import os
 import re
 import sys
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any, Iterator
 
 from dflow import InputParameter, Step, Steps, Workflow
@@ -262,6 +262,8 @@ class ArgoSettings:
     #: tasks of the workflow running at once; None: no limit (the cluster's quotas and the fan-out
     #: decide), not the local engine's ``max_workers``
     parallelism: int | None = None
+    #: Kubernetes Secret holding the SSH key of the steps run as batch jobs (see :func:`for_pods`)
+    ssh_secret: str | None = None
 
     @classmethod
     def from_env(cls, **overrides: Any) -> "ArgoSettings":
@@ -274,7 +276,8 @@ class ArgoSettings:
                    namespace=env("LAMFLOW_ARGO_NAMESPACE"), runs_claim=env("LAMFLOW_RUNS_CLAIM", "lamflow-runs"),
                    image_pull_secrets=[n for n in env("LAMFLOW_IMAGE_PULL_SECRETS", "").split(",") if n],
                    s3={k: v for k, v in s3.items() if v},
-                   parallelism=int(parallelism) if parallelism else None)
+                   parallelism=int(parallelism) if parallelism else None,
+                   ssh_secret=env("LAMFLOW_ARGO_SSH_SECRET") or None)
         for key, value in overrides.items():
             if value is not None:
                 setattr(base, key, value)
@@ -299,7 +302,7 @@ class ArgoSettings:
 
 
 #: dflow settings that authenticate someone (the Argo token, S3 keys, passwords, private keys)
-SECRET_SETTING = re.compile(r"token|secret|password|access_key|private_key|authorization", re.IGNORECASE)
+SECRET_SETTING = re.compile(r"token|secret|password|passphrase|access_key|private_key|authorization", re.IGNORECASE)
 
 
 @contextlib.contextmanager
@@ -331,9 +334,14 @@ def credentials_hidden() -> Iterator[None]:
 
 
 def _template(step: str, cfg: Any, claim: str | None) -> PythonOPTemplate:
-    """The container of one step kind: image, requests, GPU, retries, timeout from its resources."""
+    """The container of one step kind: image, requests, GPU, retries, timeout from its resources.
+
+    A step run as a batch job (``executor``, over SSH: :func:`for_pods`) waits in a light pod
+    that holds the SSH key; the job has the step's timeout, and lamflow's executor its retries
+    (Argo retrying the pod as well would submit the job again after the executor gave up)."""
     op = {"plan": PlanOP, "stage": StageOP}.get(step) or STEP_OPS[step]
     res = cfg.resources_for("plan" if step == "stage" else step)  # staging: a light CPU pod as planning
+    job = res.executor if step not in ("plan", "stage") else None
     pod = res.pod(step)  # the one policy: the same GPU, image, CPU and memory as under Prefect
     requests = {"cpu": f"{pod.cpu:g}", "memory": pod.memory}
     if pod.gpu:
@@ -341,21 +349,26 @@ def _template(step: str, cfg: Any, claim: str | None) -> PythonOPTemplate:
     limits = {k: v for k, v in requests.items() if k != "cpu"}
     kwargs: dict[str, Any] = {}
     if claim:  # on a cluster: the shared run directory volume, scheduling constraints
-        from kubernetes.client import (V1PersistentVolumeClaimVolumeSource, V1Toleration, V1Volume,
-                                       V1VolumeMount)
+        from kubernetes.client import (V1PersistentVolumeClaimVolumeSource, V1SecretVolumeSource, V1Toleration,
+                                       V1Volume, V1VolumeMount)
 
-        kwargs = dict(
-            volumes=[V1Volume(name="runs", persistent_volume_claim=V1PersistentVolumeClaimVolumeSource(
-                claim_name=claim))],
-            mounts=[V1VolumeMount(name="runs", mount_path=RUNS_MOUNT)],
-            node_selector=pod.node_selector or None,
-            tolerations=[V1Toleration(**t) for t in pod.tolerations] or None,
-        )
+        volumes = [V1Volume(name="runs", persistent_volume_claim=V1PersistentVolumeClaimVolumeSource(
+            claim_name=claim))]
+        mounts = [V1VolumeMount(name="runs", mount_path=RUNS_MOUNT)]
+        secret = ssh_secret_of(job) if job is not None else None
+        if secret:
+            volumes.append(V1Volume(name="ssh-key", secret=V1SecretVolumeSource(secret_name=secret,
+                                                                                default_mode=0o400)))
+            mounts.append(V1VolumeMount(name="ssh-key", mount_path=str(SSH_MOUNT / secret), read_only=True))
+        kwargs = dict(volumes=volumes, mounts=mounts, node_selector=pod.node_selector or None,
+                      tolerations=[V1Toleration(**t) for t in pod.tolerations] or None)
+    timeout = int(res.timeout) if res.timeout and job is None else None
     return PythonOPTemplate(
-        op, image=pod.image, requests=requests, limits=limits, timeout=int(res.timeout) if res.timeout else None,
+        op, image=pod.image, requests=requests, limits=limits, timeout=timeout,
         # the core's retry policy: FatalError (exit 2: bad input, full disk) is never retried;
         # a TransientError, a kill or a timeout is, up to the step's retries
-        retry_on_transient_error=res.retries_for(step) or None, timeout_as_transient_error=True,
+        retry_on_transient_error=(res.retries_for(step) or None) if job is None else None,
+        timeout_as_transient_error=True,
         upload_dflow=False,
         envs={"OMP_NUM_THREADS": str(res.threads)},
         slices=None if step in ("plan", "stage") else Slices(slices="{{item.index}}", input_parameter=["call"]),
@@ -365,13 +378,53 @@ def _template(step: str, cfg: Any, claim: str | None) -> PythonOPTemplate:
     )
 
 
-def _no_batch_executor(cfg: Any) -> None:
-    """A batch executor submits from a login node; an Argo step runs in its pod, which has no
-    scheduler to submit to (debug mode, on a login node, does)."""
-    for step, res in cfg.resources.items():
-        if res.executor is not None:
-            raise InputError(f"resources.{step}.executor", "a batch job (Slurm, PBS, ...) is submitted from a "
-                             "login node: run with --engine local or prefect, or dflow's debug mode, not on Argo")
+#: where a pod finds the SSH key of a step run as a batch job: the Secret named by ``--ssh-secret``
+#: is mounted at ``SSH_MOUNT/SECRET``, so the config the pods get names its Secret (a resume needs
+#: no flag to find it again)
+SSH_MOUNT = PurePosixPath("/etc/lamflow/ssh")
+
+
+def ssh_secret_of(executor: Any) -> str | None:
+    """The Secret a pod reads ``executor``'s SSH key from (see :data:`SSH_MOUNT`), if any."""
+    key = PurePosixPath(str(executor.remote_profile.get("key_filename") or ""))
+    return key.parent.name if key.parent.parent == SSH_MOUNT else None
+
+
+def for_pods(cfg: Any, ssh_secret: str | None) -> Any:
+    """``cfg`` as the pods of an Argo workflow run it, with its batch executors checked.
+
+    A step's pod has no scheduler: it submits its job over SSH to the cluster's login node
+    (``SSHContext``; inputs uploaded, outputs downloaded, as from a laptop). Its key comes from
+    the Kubernetes Secret ``ssh_secret``, mounted read-only; a password or passphrase in the
+    config would be written into the Workflow in plain text, for anyone who can read it, and is
+    refused."""
+    changed = {}
+    for name, res in cfg.resources.items():
+        ex = res.executor
+        if ex is None:
+            continue
+        field = f"resources.{name}.executor"
+        if ex.context_type != "SSHContext":
+            raise InputError(f"{field}.context_type", "on Argo a step's pod submits its job over SSH to the "
+                             "cluster's login node: SSHContext (LocalContext submits from a login node: run "
+                             "lamflow there with --engine local, prefect or dflow)")
+        exposed = [k for k in ex.remote_profile if SECRET_SETTING.search(k)]
+        if exposed:
+            raise InputError(f"{field}.remote_profile.{exposed[0]}", "would be written into the Workflow in plain "
+                             "text: the pods log in with a key without a passphrase, from the Secret --ssh-secret")
+        key = ex.remote_profile.get("key_filename")
+        if not key:
+            raise InputError(f"{field}.remote_profile.key_filename", "required on Argo: the SSH key the pods "
+                             "read from the Secret named by --ssh-secret")
+        secret = ssh_secret or ssh_secret_of(ex)
+        if not secret:
+            name_ = PurePosixPath(str(key)).name
+            raise InputError("--ssh-secret", f"{field} logs in over SSH with {key}: give the pods that key as a "
+                             f"Secret (kubectl create secret generic lamflow-ssh --from-file={name_}={key}) and "
+                             "name it with --ssh-secret or LAMFLOW_ARGO_SSH_SECRET")
+        profile = {**ex.remote_profile, "key_filename": str(SSH_MOUNT / secret / PurePosixPath(str(key)).name)}
+        changed[name] = res.model_copy(update={"executor": ex.model_copy(update={"remote_profile": profile})})
+    return cfg.model_copy(update={"resources": {**cfg.resources, **changed}}) if changed else cfg
 
 
 def build_workflow(flow: str, cfg: Any, run_dir: Path, cluster: bool = False,
@@ -381,7 +434,7 @@ def build_workflow(flow: str, cfg: Any, run_dir: Path, cluster: bool = False,
     settings = settings or ArgoSettings()
     claim = settings.runs_claim if cluster else None
     if cluster:
-        _no_batch_executor(cfg)
+        cfg = for_pods(cfg, settings.ssh_secret)
     with credentials_hidden():
         advance = _advance(cfg, claim)
     pull_secrets = None
