@@ -47,6 +47,9 @@ from lamflow.flows.core.runner import FailedReplay, Pending, PlanningRunner
 from lamflow.flows.executors import run_step
 from lamflow.flows.pipelines import PIPELINES
 
+from .forkserver import CLIENT as FORK_CLIENT
+from .forkserver import forking
+
 RUNS_MOUNT = "/runs"
 
 
@@ -372,8 +375,9 @@ def _template(step: str, cfg: Any, claim: str | None) -> PythonOPTemplate:
         upload_dflow=False,
         envs={"OMP_NUM_THREADS": str(res.threads)},
         slices=None if step in ("plan", "stage") else Slices(slices="{{item.index}}", input_parameter=["call"]),
-        # debug mode runs each step's script here: with this interpreter, not whatever python3 is
-        command=None if claim else [sys.executable],
+        # debug mode runs each step's script here, with this interpreter (not whatever python3
+        # is), forked from a warm one where the run started a fork server (.forkserver)
+        command=None if claim else [sys.executable, str(FORK_CLIENT)],
         **kwargs,
     )
 
@@ -547,7 +551,8 @@ def _submit_here(wf: Workflow, run_dir: Path, reuse: list[Any] | None = None) ->
         with open(log, "a") as sink:
             os.dup2(sink.fileno(), 2)
             try:
-                wf.submit(reuse_step=reuse)
+                with forking():
+                    wf.submit(reuse_step=reuse)
             except RuntimeError:
                 pass  # debug mode raises when a step fails; the workflow's status says so
             finally:
