@@ -57,3 +57,20 @@ def test_example_runs_end_to_end(tmp_path, name):
     it = report["iterations"][0]
     assert it["n_frames"] > 0 and it["n_train_frames"] > 0 and it["rmse_f"] is not None
     assert report["teacher_speed"] > 0 and it["speed_ratio"] > 0
+
+
+@pytest.mark.slow(seconds=40)
+def test_every_bench_system_config_passes_its_check():
+    """bench/real_teacher.py's systems that are not examples (bench/systems/) are checked as a
+    run checks them (files, cells, the teacher, the DeePMD-kit inputs): a broken one cannot land."""
+    sys.path.insert(0, str(REPO / "bench"))
+    from real_teacher import SYSTEMS
+
+    for name, system in SYSTEMS.items():
+        for cell in (system.crystal, system.melt):
+            assert (system.config.parent / cell).is_file(), (name, cell)
+        if "examples" in system.config.parts:
+            continue  # run end to end above
+        out = subprocess.run([sys.executable, "-m", "lamflow.flows.cli", "config", "--check", str(system.config)],
+                             capture_output=True, text=True, timeout=600)
+        assert out.returncode == 0, (name, out.stdout[-2000:] + out.stderr[-2000:])
