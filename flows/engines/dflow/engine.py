@@ -424,7 +424,8 @@ def for_pods(cfg: Any, ssh_secret: str | None) -> Any:
         if not secret:
             name_ = PurePosixPath(str(key)).name
             raise InputError("--ssh-secret", f"{field} logs in over SSH with {key}: give the pods that key as a "
-                             f"Secret (kubectl create secret generic lamflow-ssh --from-file={name_}={key}) and "
+                             f"Secret (kubectl create secret generic lamflow-ssh --from-file={name_}="
+                             f"{os.path.expanduser(str(key))}) and "
                              "name it with --ssh-secret or LAMFLOW_ARGO_SSH_SECRET")
         profile = {**ex.remote_profile, "key_filename": str(SSH_MOUNT / secret / PurePosixPath(str(key)).name)}
         changed[name] = res.model_copy(update={"executor": ex.model_copy(update={"remote_profile": profile})})
