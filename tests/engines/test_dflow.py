@@ -274,6 +274,11 @@ def test_on_argo_a_batch_job_step_waits_in_a_light_pod_that_reads_its_ssh_key_fr
     # a step without an executor keeps its GPU pod, and no key
     assert explore["script"]["resources"]["requests"]["nvidia.com/gpu"] == "1"
     assert "ssh-key" not in json.dumps(explore)
+    # the planner is no step: an executor in `default` leaves it a planner's pod, not a waiter
+    everywhere = export("distill", DistillConfig.parse({**raw, "resources": {"default": {"executor": _ssh_executor()}}},
+                                                       tmp_path), Path("/runs/tiny"), ArgoSettings(ssh_secret="lamflow-ssh"))
+    plan = next(t for t in everywhere["spec"]["templates"] if t["name"].startswith("planop"))
+    assert plan["script"]["resources"]["requests"] == {"cpu": "2", "memory": "8Gi"} and "ssh-key" not in json.dumps(plan)
     start = next(s for group in manifest["spec"]["templates"] if group["name"] == manifest["spec"]["entrypoint"]
                  for s in sum(group["steps"], []) if s["name"] == "start")
     sent = json.loads(next(p["value"] for p in start["arguments"]["parameters"] if p["name"] == "config"))

@@ -344,7 +344,9 @@ def _template(step: str, cfg: Any, claim: str | None) -> PythonOPTemplate:
     (Argo retrying the pod as well would submit the job again after the executor gave up)."""
     op = {"plan": PlanOP, "stage": StageOP}.get(step) or STEP_OPS[step]
     res = cfg.resources_for("plan" if step == "stage" else step)  # staging: a light CPU pod as planning
-    job = res.executor if step not in ("plan", "stage") else None
+    if step in ("plan", "stage"):  # no step: never a batch job, whatever ``default`` sends to one
+        res = res.model_copy(update={"executor": None})
+    job = res.executor
     pod = res.pod(step)  # the one policy: the same GPU, image, CPU and memory as under Prefect
     requests = {"cpu": f"{pod.cpu:g}", "memory": pod.memory}
     if pod.gpu:
@@ -407,27 +409,27 @@ def for_pods(cfg: Any, ssh_secret: str | None) -> Any:
         ex = res.executor
         if ex is None:
             continue
-        field = f"resources.{name}.executor"
+        where = f"resources.{name}.executor"
         if ex.context_type != "SSHContext":
-            raise InputError(f"{field}.context_type", "on Argo a step's pod submits its job over SSH to the "
+            raise InputError(f"{where}.context_type", "on Argo a step's pod submits its job over SSH to the "
                              "cluster's login node: SSHContext (LocalContext submits from a login node: run "
                              "lamflow there with --engine local, prefect or dflow)")
         exposed = [k for k in ex.remote_profile if SECRET_SETTING.search(k)]
         if exposed:
-            raise InputError(f"{field}.remote_profile.{exposed[0]}", "would be written into the Workflow in plain "
+            raise InputError(f"{where}.remote_profile.{exposed[0]}", "would be written into the Workflow in plain "
                              "text: the pods log in with a key without a passphrase, from the Secret --ssh-secret")
         key = ex.remote_profile.get("key_filename")
         if not key:
-            raise InputError(f"{field}.remote_profile.key_filename", "required on Argo: the SSH key the pods "
+            raise InputError(f"{where}.remote_profile.key_filename", "required on Argo: the SSH key the pods "
                              "read from the Secret named by --ssh-secret")
+        key_name = PurePosixPath(str(key)).name
         secret = ssh_secret or ssh_secret_of(ex)
         if not secret:
-            name_ = PurePosixPath(str(key)).name
-            raise InputError("--ssh-secret", f"{field} logs in over SSH with {key}: give the pods that key as a "
-                             f"Secret (kubectl create secret generic lamflow-ssh --from-file={name_}="
+            raise InputError("--ssh-secret", f"{where} logs in over SSH with {key}: give the pods that key as a "
+                             f"Secret (kubectl create secret generic lamflow-ssh --from-file={key_name}="
                              f"{os.path.expanduser(str(key))}) and "
                              "name it with --ssh-secret or LAMFLOW_ARGO_SSH_SECRET")
-        profile = {**ex.remote_profile, "key_filename": str(SSH_MOUNT / secret / PurePosixPath(str(key)).name)}
+        profile = {**ex.remote_profile, "key_filename": str(SSH_MOUNT / secret / key_name)}
         changed[name] = res.model_copy(update={"executor": ex.model_copy(update={"remote_profile": profile})})
     return cfg.model_copy(update={"resources": {**cfg.resources, **changed}}) if changed else cfg
 
