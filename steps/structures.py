@@ -257,3 +257,33 @@ def check_overlaps(atoms_list: list, where: str, fraction: float = OVERLAP_FRACT
     if found:
         index, pair = found[0]
         raise InputError(where, f"frame {index}: {pair}: overlapping atoms")
+
+
+def random_cell(symbols: list[str], density_g_cm3: float, min_distance: float, seed: int,
+                max_tries: int = 1_000_000):
+    """A cubic periodic cell of ``symbols`` at random positions at a mass density, no two atoms
+    (periodic images included) closer than ``min_distance`` Å: the starting cell of a liquid or an
+    amorphous solid, which MD at temperature then relaxes. Random sequential placement jams near a
+    packing fraction of 0.38 (spheres of diameter ``min_distance``): a request beyond it would loop
+    forever, so it stops after ``max_tries`` draws and says what to lower."""
+    from ase import Atoms
+    from ase.data import atomic_masses, atomic_numbers
+
+    from collections import Counter
+
+    mass = sum(n * atomic_masses[atomic_numbers[s]] for s, n in Counter(symbols).items()) / 6.02214076e23  # g
+    length = (mass / density_g_cm3 * 1e24) ** (1 / 3)  # Å
+    rng = np.random.default_rng(seed)
+    positions: list[np.ndarray] = []
+    for _ in range(max_tries):
+        if len(positions) == len(symbols):
+            return Atoms(symbols, positions=positions, cell=[length] * 3, pbc=True)
+        p = rng.uniform(0, length, 3)
+        if positions:
+            d = np.asarray(positions) - p
+            d -= length * np.round(d / length)  # minimum image
+            if np.min(np.linalg.norm(d, axis=1)) < min_distance:
+                continue
+        positions.append(p)
+    raise ValueError(f"placed {len(positions)} of {len(symbols)} atoms at {density_g_cm3} g/cm³ with no pair "
+                     f"closer than {min_distance} Å: lower min_distance or the density")

@@ -10,9 +10,9 @@
 
 from __future__ import annotations
 
-import numpy as np
 from ase import Atoms
-from ase.data import atomic_masses, atomic_numbers
+
+from lamflow.steps.structures import random_cell
 
 MIN_DISTANCE = 2.0  # Å; the Ni–Al bond in B2 NiAl is 2.50 Å (2.2 cannot be packed at random at this density)
 
@@ -27,24 +27,7 @@ def l12(a: float = 3.567) -> Atoms:
     return cell.repeat(2)
 
 
-def liquid(density_g_cm3: float, seed: int, n_each: int = 27) -> Atoms:
-    symbols = ["Ni", "Al"] * n_each
-    mass = sum(atomic_masses[atomic_numbers[s]] for s in symbols) / 6.02214076e23  # g
-    length = (mass / density_g_cm3 * 1e24) ** (1 / 3)  # Å
-    rng = np.random.default_rng(seed)
-    positions: list[np.ndarray] = []
-    while len(positions) < len(symbols):
-        p = rng.uniform(0, length, 3)
-        if positions:
-            d = np.asarray(positions) - p
-            d -= length * np.round(d / length)  # minimum image
-            if np.min(np.linalg.norm(d, axis=1)) < MIN_DISTANCE:
-                continue
-        positions.append(p)
-    return Atoms(symbols, positions=positions, cell=[length] * 3, pbc=True)
-
-
 if __name__ == "__main__":
     b2().write("nial-b2-54.extxyz")
     l12().write("ni3al-l12-32.extxyz")
-    liquid(5.2, seed=3).write("nial-liquid-54.extxyz")
+    random_cell(["Ni", "Al"] * 27, 5.2, MIN_DISTANCE, seed=3).write("nial-liquid-54.extxyz")
