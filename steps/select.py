@@ -21,7 +21,7 @@ from pydantic import BaseModel, Field, model_validator
 from .base import OutputPath, Params, Seed, TypeMap, ordered_trust_levels
 
 from .artifacts import atomic_dir, write_json
-from .errors import InputError
+from .errors import InputError, StepFailed
 from .structures import deepmd_systems
 
 
@@ -99,19 +99,29 @@ def _model_devi(task: Path) -> tuple[list[str], np.ndarray]:
     return header, np.loadtxt(path, ndmin=2)
 
 
-def _task_failed(task: Path) -> bool:
+def _task_failure(task: Path) -> str | None:
+    """The reason explore recorded for a failed task, ``None`` for a task that ran."""
     status = Path(task) / "status.json"
-    return status.is_file() and json.loads(status.read_text()).get("status") == "failed"
+    if not status.is_file():
+        return None
+    record = json.loads(status.read_text())
+    return (record.get("reason") or "failed") if record.get("status") == "failed" else None
 
 
 def run(params: SelectParams) -> SelectResult:
     rng = np.random.default_rng(params.seed)
     all_devi, pool, labelable = [], [], []  # (deviation, task index, frame index)
     n_failed_frames = n_failed_tasks = 0
+    unstarted = []  # failed before writing one deviation: LAMMPS could not start, not a blow-up
     for ti, task in enumerate(params.tasks):
+        failure = _task_failure(task)
+        if failure is not None and not (Path(task) / "model_devi.out").is_file():
+            unstarted.append(f"{task}: {failure}")
+            n_failed_tasks += 1
+            continue
         frames = explored_frames(task)
         devi = (max_force_deviation(task) * params.deviation_scale)[frames]
-        if _task_failed(task) or not np.all(np.isfinite(devi)):
+        if failure is not None or not np.all(np.isfinite(devi)):
             n_failed_tasks += 1
             n_failed_frames += len(devi)
             continue
@@ -121,6 +131,9 @@ def run(params: SelectParams) -> SelectResult:
                 labelable.append((float(d), ti, fi))
             if params.trust_lo <= d and (d < params.trust_hi or params.label_failed):
                 pool.append((float(d), ti, fi))
+    if unstarted and len(unstarted) == len(params.tasks):
+        # nothing was explored: selecting from it would read as "0 frames, converged or stuck"
+        raise StepFailed(f"no exploration task ran ({len(unstarted)} failed); first: {unstarted[0]}")
     devi = np.concatenate(all_devi) if all_devi else np.zeros(0)
     n_acc = int(np.sum(devi < params.trust_lo))
     n_cand = int(np.sum((devi >= params.trust_lo) & (devi < params.trust_hi)))

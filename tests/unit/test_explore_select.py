@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from lamflow.steps import explore, select
-from lamflow.steps.errors import InputError
+from lamflow.steps.errors import InputError, StepFailed
 
 
 def test_md_with_two_models_writes_model_deviation(explored):
@@ -102,3 +102,23 @@ def test_select_highest_first_takes_the_worst_frames(tmp_path, explored):
 def test_select_trust_levels_validated():
     with pytest.raises(ValueError, match="trust_lo"):
         select.SelectParams(output="x", tasks=[], type_map=["Cu"], trust_lo=0.3, trust_hi=0.1)
+
+
+def test_select_names_why_no_exploration_task_ran(tmp_path, students, cu_frames, explored):
+    """A LAMMPS that cannot start (here: a bad input line; on a new machine, a library it cannot
+    load) writes no model_devi.out. Select says so with explore's reason, instead of blaming the
+    number of models or counting zero frames; beside tasks that ran, such a task is one failed task."""
+    bad = tmp_path / "bad.in"
+    bad.write_text("not_a_lammps_command\n")
+    broken = explore.run(explore.ExploreParams(
+        output=tmp_path / "broken", models=[students[0].model, students[1].model], type_map=["Cu"],
+        structure=cu_frames, temps=[300], nsteps=20, trj_freq=10, lammps_template=bad,
+    ))
+    assert broken.tasks[0].status == "failed" and not (broken.tasks[0].path / "model_devi.out").exists()
+    with pytest.raises(StepFailed, match="no exploration task ran.*Unknown command"):
+        select.run(select.SelectParams(output=tmp_path / "s1", tasks=[broken.tasks[0].path], type_map=["Cu"],
+                                       trust_lo=0.01, trust_hi=1.0))
+    ran = [t.path for t in explored.tasks]
+    result = select.run(select.SelectParams(output=tmp_path / "s2", tasks=[*ran, broken.tasks[0].path],
+                                            type_map=["Cu"], trust_lo=0.01, trust_hi=1.0))
+    assert result.n_failed_tasks == 1 and result.n_frames == 2 * 200 // 10
