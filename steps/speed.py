@@ -44,7 +44,7 @@ class SpeedParams(SpeedSettings):
     structure: Path = Field(description="the periodic cell to time MD on")
     type_map: TypeMap
     output: OutputPath
-    min_atoms: int = Field(0, ge=0, description="LAMMPS: time a supercell of at least this many atoms, as near "
+    min_atoms: int = Field(0, ge=0, description="time a supercell of at least this many atoms, as near "
                                                 "cubic as the cell allows (LAMBench times 800-1000 atoms)")
 
     _known = field_validator("calculator")(classmethod(lambda cls, v: known_calculator(v)))
@@ -119,6 +119,7 @@ def _ase(params: SpeedParams) -> SpeedResult:
     atoms = read_atoms(params.structure, params.type_map)[0]
     if not atoms.pbc.all():
         raise InputError(str(params.structure), "the speed MD needs a periodic cell")
+    atoms = atoms.repeat(supercell(params.structure, params.type_map, params.min_atoms))  # LAMMPS' cell
     atoms.calc = calc
     MaxwellBoltzmannDistribution(atoms, temperature_K=params.temp, rng=np.random.default_rng(1))
     md = VelocityVerlet(atoms, timestep=1.0 * units.fs)

@@ -75,6 +75,10 @@ def test_teacher_speed_in_ase_is_per_atom_step(tmp_path):
     assert r.engine == "ase" and r.natoms == 32 and r.timesteps_per_second > 0
     assert r.us_per_atom_step == pytest.approx(1e6 / (r.timesteps_per_second * 32))
     assert json.loads((tmp_path / "speed/speed.json").read_text())["nsteps"] == 10
+    # min_atoms times the teacher on the supercell LAMMPS times the student on
+    big = speed_run(SpeedParams(calculator="emt", structure=tmp_path / "cu.extxyz", type_map=["Cu"],
+                                output=tmp_path / "speed-big", nsteps=100, min_atoms=100))
+    assert big.natoms == 32 * 4
 
 
 def calculator_teacher_config(base: Path, name: str) -> dict:
