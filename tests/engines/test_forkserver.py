@@ -61,3 +61,38 @@ def test_a_forked_step_sees_its_own_process_and_its_client_exits_with_its_status
     proc = _client(script, "0", tmp_path)
     out, _ = proc.communicate(timeout=60)
     assert proc.returncode == 0 and f"pid {proc.pid}" in out, out
+
+
+def _server_fds(path: str) -> int:
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and path.encode() in (proc / "cmdline").read_bytes():
+                return len(os.listdir(proc / "fd"))
+        except OSError:
+            continue
+    raise AssertionError("fork server not found")
+
+
+def test_a_malformed_request_is_refused_without_leaking_its_streams(tmp_path):
+    """The server lives as long as the run: streams handed over with a request it cannot read
+    are closed, and it goes on serving."""
+    import socket
+    import struct
+
+    script = tmp_path / "script.py"
+    script.write_text(SCRIPT)
+    with forking():
+        server = os.environ[ENV]
+        before = _server_fds(server)
+        for payload in (b"\x00\x00\x00\x05{nope", struct.pack("!I", 2) + b"{}"):
+            with open(os.devnull) as a, open(os.devnull) as b, open(os.devnull) as c, \
+                    socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+                s.connect(server)
+                socket.send_fds(s, [payload], [a.fileno(), b.fileno(), c.fileno()])
+                s.settimeout(10)
+                assert s.recv(1) == b""  # refused: the server closed the connection
+        time.sleep(0.2)
+        assert _server_fds(server) == before
+        proc = _client(script, "0", tmp_path)
+        out, _ = proc.communicate(timeout=60)
+        assert proc.returncode == 0 and f"pid {proc.pid}" not in out, out

@@ -43,13 +43,21 @@ HEADER = struct.Struct("!I")
 def _request(conn: socket.socket) -> tuple[dict, list[int]]:
     """A client's request: a length-prefixed JSON (argv, cwd, env) and its three standard streams."""
     data, fds, _, _ = socket.recv_fds(conn, 1 << 16, 3)
-    while len(data) < HEADER.size or len(data) < HEADER.size + HEADER.unpack_from(data)[0]:
-        chunk = conn.recv(1 << 16)
-        if not chunk:
-            raise ConnectionError("client left before its request was read")
-        data += chunk
-    size = HEADER.unpack_from(data)[0]
-    return json.loads(data[HEADER.size:HEADER.size + size]), list(fds)
+    try:
+        while len(data) < HEADER.size or len(data) < HEADER.size + HEADER.unpack_from(data)[0]:
+            chunk = conn.recv(1 << 16)
+            if not chunk:
+                raise ConnectionError("client left before its request was read")
+            data += chunk
+        size = HEADER.unpack_from(data)[0]
+        request = json.loads(data[HEADER.size:HEADER.size + size])
+        if len(fds) != 3 or not {"argv", "cwd", "env"} <= set(request):
+            raise ValueError("a request is argv, cwd and env with three streams")
+    except BaseException:
+        for fd in fds:  # the server lives as long as the run: a bad request must not leak its streams
+            os.close(fd)
+        raise
+    return request, list(fds)
 
 
 def _child(request: dict, fds: list[int], keep_closed: list[socket.socket]) -> None:
