@@ -83,6 +83,10 @@ def quiet_libraries(debug: bool) -> None:
     Prefect's telemetry is off too (these machines often have no route out, and its failed
     attempts only add noise); users can set the variables themselves to override.
     """
+    # Prefect's ephemeral API server (embedded runs) must start within 20 s by default; on a
+    # machine whose cores are busy with MD or training it can take longer, and the run then dies
+    # before its first step ("Timed out while attempting to connect to ephemeral Prefect API server").
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
     if debug:
         return
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
