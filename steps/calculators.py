@@ -110,10 +110,24 @@ def known_calculator(name: str | None) -> str | None:
     return name
 
 
+def asks_missing_gpu(kwargs: dict[str, Any] | None) -> bool:
+    """``kwargs`` put the calculator on a CUDA device (``device: cuda`` / ``cuda:1``, SevenNet's and
+    CHGNet's keyword) and this machine has none that torch can use."""
+    device = str((kwargs or {}).get("device", ""))
+    if not device.startswith("cuda"):
+        return False
+    import torch
+
+    return not torch.cuda.is_available()
+
+
 def make_calculator(name: str, kwargs: dict[str, Any] | None = None, field: str = "calculator"):
     """The ASE calculator ``name`` built with ``kwargs``; bad kwargs are one line naming the field."""
     check_calculator(name, field)
     kwargs = dict(kwargs or {})
+    if asks_missing_gpu(kwargs):  # else torch's "Found no NVIDIA driver" traceback from deep inside
+        raise InputError(f"{field}_kwargs", f"device '{kwargs['device']}' asked, but torch finds no CUDA GPU "
+                                            "on this machine; use device: cpu, or run this step on a GPU node")
     if ":" in name:
         module, _, attr = name.partition(":")
         try:

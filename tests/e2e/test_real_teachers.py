@@ -172,3 +172,29 @@ def test_teacher_md_frames_carry_the_teachers_own_labels(tmp_path, students, cu_
     assert got["energies"][7] == pytest.approx(e[0], abs=1e-5)
     np.testing.assert_allclose(got["forces"][7], f[0], atol=1e-5)
     assert not np.allclose(got["cells"][0], got["cells"][7])  # the barostat moved the cell
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="a machine with a GPU accepts device: cuda")
+def test_a_gpu_teacher_on_a_machine_without_one(tmp_path):
+    """``device: cuda`` where torch sees no GPU: one line and exit 2 before any work for a run on
+    this machine; the same config sending its labelling elsewhere (a batch job, a deployment, a
+    GPU pod) is probed on this machine's CPU and accepted (a login node submits to GPU nodes)."""
+    cfg = calculator_teacher_config(tmp_path, "sevenn")
+    cfg["teacher"]["calculator_kwargs"] = {"device": "cuda"}
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg))
+    out = subprocess.run([sys.executable, "-m", "lamflow.flows.cli", "distill", str(tmp_path / "config.yaml"),
+                          "--engine", "local", "--workdir", str(tmp_path / "run")],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 2, out.stderr[-2000:]
+    assert out.stderr.count("\n") == 1 and "Traceback" not in out.stderr
+    assert "teacher.calculator_kwargs: device 'cuda' asked, but torch finds no CUDA GPU" in out.stderr
+    assert not (tmp_path / "run" / "init").exists()
+
+    for where in ({"deployment": "step/k8s-gpu"}, {"gpu": 1}):
+        cfg["resources"] = {"label": where}
+        (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg))
+        check = subprocess.run([sys.executable, "-m", "lamflow.flows.cli", "config", "--check",
+                                str(tmp_path / "config.yaml")], capture_output=True, text=True, timeout=300)
+        assert check.returncode == 0, (where, check.stderr[-2000:])
+    with pytest.raises(InputError, match="calculator_kwargs: device 'cuda:1' asked"):
+        make_calculator("sevenn", {"device": "cuda:1"})

@@ -19,7 +19,7 @@ from lamflow.steps.check_data import check_or_raise
 from lamflow.steps.dp_input import load_template
 from lamflow.steps.errors import InputError
 from lamflow.steps.inference import eval_frames, first_sentence, load_model, model_type_indices
-from lamflow.steps.calculators import make_calculator
+from lamflow.steps.calculators import asks_missing_gpu, make_calculator
 from lamflow.steps.structures import check_overlaps, check_systems, read_atoms, read_system
 from lamflow.steps.train import check_input
 
@@ -78,12 +78,26 @@ def _labelled(systems: list[Path], type_map: list[str], field: str) -> None:
     check_or_raise(systems, type_map, field)  # what `lamflow dataset check` calls an error
 
 
+#: the steps that run a calculator teacher (its labels, its own MD, its speed)
+TEACHER_CALCULATOR_STEPS = ("label", "label_md", "speed")
+
+
+def _runs_elsewhere(res) -> bool:
+    """The step is sent to other machines: a batch job, a Prefect deployment, or an explicit GPU
+    request for a cluster's pod."""
+    return res.executor is not None or res.deployment is not None or bool(res.gpu)
+
+
 def check_calculator_teacher(cfg: DistillConfig, probe_path: Path, probe) -> None:
     """The calculator teacher builds with its kwargs and gives finite numbers on ``probe``'s first
     frame: a universal potential that lacks an element fails here, with one line, not in iteration 0."""
     t = cfg.teacher
     atoms = probe.sub_system([0]).to("ase/structure")[0]
-    atoms.calc = make_calculator(t.calculator, t.calculator_kwargs, field="teacher.calculator")
+    kwargs = t.calculator_kwargs
+    if asks_missing_gpu(kwargs) and any(_runs_elsewhere(cfg.resources_for(s)) for s in TEACHER_CALCULATOR_STEPS):
+        # a login node or laptop without a GPU submitting to GPU nodes: probe the elements on the CPU
+        kwargs = {**kwargs, "device": "cpu"}
+    atoms.calc = make_calculator(t.calculator, kwargs, field="teacher.calculator")
     try:
         energy, forces = atoms.get_potential_energy(), atoms.get_forces()
     except Exception as exc:  # every calculator raises its own types
