@@ -10,7 +10,6 @@ from ase.build import molecule
 from ase.calculators.emt import EMT
 
 from lamflow.steps import label
-from lamflow.steps.errors import InputError
 
 
 def test_emt_labels_match_ase(cu_frames, cu_data):
