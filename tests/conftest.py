@@ -54,7 +54,7 @@ T = TypeVar("T")
 
 #: key → cap, applied wherever the key appears in a config (examples and docs scaled down to CPU
 #: seconds: step counts, MD lengths, frame counts and iterations; nothing else changed)
-CAPS = {"numb_steps": 20, "numb_steps_next": 10, "nsteps": 40, "trj_freq": 10, "perturbed_frames": 3,
+CAPS = {"numb_steps": 20, "numb_steps_next": 10, "numb_steps_final": 10, "nsteps": 40, "trj_freq": 10, "perturbed_frames": 3,
         "max_candidates": 4, "validation_frames": 3, "max_iterations": 1, "consecutive": 1, "atoms": 100}
 
 

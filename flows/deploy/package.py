@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import json
 import shutil
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timezone
 from importlib import metadata, resources
 from pathlib import Path
@@ -60,6 +60,12 @@ class ModelCard:
 
 
 def _delivering(report: DistillReport) -> IterationRecord:
+    """The iteration whose student is delivered; after a final training, the last iteration with the
+    final student's own figures (its cell, speed and architecture are the loop's)."""
+    if report.final is not None and report.final.student == report.final_student:
+        f = report.final
+        return replace(report.iterations[-1], student=f.student, rmse_f=f.rmse_f,
+                       rmse_e_per_atom=f.rmse_e_per_atom, n_eval_frames=f.n_eval_frames)
     for it in report.iterations:
         if it.student == report.final_student:
             return it

@@ -152,11 +152,16 @@ def summarize(console: Any, cfg: Any, report: DistillReport) -> None:
                   + (f" ({report.cached_steps} steps read back; {report.compute_seconds:,.0f} s of compute in all "
                      "sessions)" if report.cached_steps and report.compute_seconds else ""))
     if last is not None:
-        rmse = "-" if last.rmse_f is None else f"{last.rmse_f:.4f} eV/Å"
+        f = report.final
+        rmse_f = last.rmse_f if f is None else f.rmse_f
+        rmse = "-" if rmse_f is None else f"{rmse_f:.4f} eV/Å"
         ratio = "-" if last.speed_ratio is None else f"{last.speed_ratio:.1f}x"
-        console.print(f"student: {report.delivered} (iteration {last.iteration}'s)" if report.delivered
+        made = (f"iteration {last.iteration}'s" if f is None else
+                f"iteration {last.iteration}'s trained {f.numb_steps} more steps on {f.n_train_frames} frames")
+        console.print(f"student: {report.delivered} ({made})" if report.delivered
                       else f"student: {report.final_student}")
-        console.print(f"student force RMSE vs teacher on unseen explored frames: {rmse}; "
+        where = "unseen explored frames" if f is None else f"{f.n_eval_frames} unseen validation frames"
+        console.print(f"student force RMSE vs teacher on {where}: {rmse}; "
                       f"MD speed vs teacher: {ratio} per atom-step (student in LAMMPS, teacher in "
                       f"{'LAMMPS' if report.teacher_engine == 'lammps' else 'ASE'})")
     console.print(f"report: {Path(report.run_dir) / 'report.json'} (plots beside it)")

@@ -80,8 +80,11 @@ def render_html(report: "DistillReport", run_dir: Path) -> Path:
                   f"{len(report.iterations)} iteration(s)",
         "teacher": html.escape(report.teacher),
         "final student": html.escape(report.final_student or "–"),
-        "student force RMSE vs teacher": f"{_fmt(last.rmse_f if last else None, '.4f')} eV/Å on "
-                                         f"{last.n_eval_frames if last else 0} unseen explored frames",
+        "student force RMSE vs teacher": (
+            f"{_fmt(last.rmse_f if last else None, '.4f')} eV/Å on {last.n_eval_frames if last else 0} unseen "
+            "explored frames" if report.final is None else
+            f"{_fmt(report.final.rmse_f, '.4f')} eV/Å on {report.final.n_eval_frames} unseen validation frames, "
+            f"after a final training of {report.final.numb_steps} steps on {report.final.n_train_frames} frames"),
         "student speed": f"{_fmt(last.speed_ratio if last else None, '.1f')}× the teacher "
                          f"({_fmt(report.teacher_speed, '.3f')} timesteps/s in {report.teacher_engine})",
         "teacher labels": f"{last.n_train_frames if last else 0} training frames",

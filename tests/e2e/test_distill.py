@@ -79,3 +79,59 @@ def test_checkpoint_teacher_is_frozen_for_lammps(tmp_path, students, cu_data):
     a = evaluate_run(EvaluateParams(model=model, systems=cu_data.systems, type_map=["Cu"]))
     b = evaluate_run(EvaluateParams(model=students[1].model, systems=cu_data.systems, type_map=["Cu"]))
     assert a.rmse_f == pytest.approx(b.rmse_f, rel=1e-6)
+
+
+@pytest.mark.slow(seconds=60)
+def test_final_training_delivers_a_longer_trained_student_measured_on_unseen_frames(tmp_path):
+    """student.numb_steps_final: after the loop, the last measured student trains on every label
+    and is measured on every iteration's validation frames (which no student trained on); it is the
+    student delivered and packaged. Without validation frames there is nothing to measure it on."""
+    import sys
+
+    import yaml
+    from conftest import TINY_SE_E2_A
+
+    from lamflow.flows.pipelines.distill.records import read_report
+
+    write_cu_frames(tmp_path / "start.extxyz", 1, seed=3)
+    cfg = {
+        "name": "final", "type_map": ["Cu"], "teacher": {"calculator": "emt"},
+        "student": {"template": "se_e2_a", "numb_steps": 30, "numb_steps_next": 10, "numb_steps_final": 40,
+                    "compress": False, "overrides": TINY_SE_E2_A},
+        "configurations": {"files": ["start.extxyz"]},
+        "initial_data": {"perturbed_frames": 6},
+        "iterations": [{"temps": [300], "nsteps": 60, "trj_freq": 10}],
+        "selection": {"trust_lo": 0.0001, "trust_hi": 50.0, "max_candidates": 4, "validation_frames": 3},
+        "convergence": {"accurate_ratio": 1.0, "consecutive": 1},
+        "max_iterations": 2, "label_chunk_size": 4,
+    }
+    cli = [sys.executable, "-m", "lamflow.flows.cli"]
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg))
+    out = subprocess.run([*cli, "distill", str(tmp_path / "config.yaml"), "--engine", "local",
+                          "--workdir", str(tmp_path / "run")], capture_output=True, text=True, timeout=600)
+    assert out.returncode == 3, out.stderr[-2000:]  # max_iterations: the rule (all accurate) is not met
+    report = read_report(tmp_path / "run")
+    final = report.final
+    assert final is not None and final.numb_steps == 40
+    assert report.final_student == final.student and final.student.startswith(str(tmp_path / "run" / "final"))
+    assert all(it.student != final.student for it in report.iterations)
+    assert final.n_eval_frames == 2 * 3  # both iterations' validation frames
+    assert final.n_train_frames == report.iterations[-1].n_train_frames
+    assert final.rmse_f is not None and final.rmse_f > 0
+    lcurve = (tmp_path / "run" / "final" / "train" / "lcurve.out").read_text().split()
+    assert "40" in lcurve  # trained its own numb_steps_final steps
+    assert (tmp_path / "run" / "student.pth").read_bytes() == (tmp_path / "run" / "final" / "train" /
+                                                               "model.pth").read_bytes()
+    assert f"{final.n_eval_frames} unseen validation frames" in " ".join(out.stdout.split())
+    pkg = subprocess.run([*cli, "package", str(tmp_path / "run"), "-o", str(tmp_path / "pkg")],
+                         capture_output=True, text=True, timeout=300)
+    assert pkg.returncode == 0, pkg.stderr[-2000:]
+    card = json.loads((tmp_path / "pkg" / "model-card.json").read_text())
+    assert card["rmse_f_vs_teacher"] == pytest.approx(final.rmse_f) and card["n_eval_frames"] == 6
+
+    cfg["selection"]["validation_frames"] = 0
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg))
+    bad = subprocess.run([*cli, "config", "--check", str(tmp_path / "config.yaml")],
+                         capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1, bad.stderr
+    assert "numb_steps_final needs selection.validation_frames > 0" in bad.stderr

@@ -91,6 +91,11 @@ class Student(Section):
     numb_steps_next: int = Field(1000, ge=1, description="steps for later students (initialised from the previous)")
     init_from_previous: bool = Field(True, description="each iteration's student starts from the previous one's "
                                                        "checkpoint (numb_steps_next steps)")
+    numb_steps_final: int | None = Field(
+        None, ge=1, description="after the loop, the delivered student trains this many more steps on every "
+                                "labelled frame, from the last measured student, and is measured on every "
+                                "iteration's validation frames (DP-GEN's practice: short trainings explore, a long "
+                                "one delivers). None: deliver the last measured student as it is")
     compress: bool = Field(True, description="dp compress the student (tabulated embedding: faster MD)")
     count: int | None = Field(
         None, ge=1, description="students trained side by side. 1: the deviation against a DeePMD-kit teacher "
@@ -174,6 +179,9 @@ class DistillConfig(RunConfig):
         elif self.teacher.calculator and self.student.count < 2:
             raise ValueError("student.count must be >= 2 with a calculator teacher: LAMMPS cannot run "
                              f"'{self.teacher.calculator}', so the students' deviation selects the frames")
+        if self.student.numb_steps_final and not self.selection.validation_frames:
+            raise ValueError("student.numb_steps_final needs selection.validation_frames > 0: the frames its "
+                             "delivered student is measured on")
         return self
 
     def exploration(self, iteration: int) -> Exploration:

@@ -4,6 +4,8 @@
                   → student 0
     iteration k:  explore (student k drives, teacher compared) → select → teacher-label
                   → evaluate student k on unseen explored frames → converged? → student k+1
+    final:        (student.numb_steps_final) the last measured student trained longer on every
+                  label, measured on every iteration's validation frames → delivered
 
 The student that is delivered is always one whose error was measured: convergence is judged on
 student k's own exploration, before any retraining. Engines differ only in the
@@ -31,7 +33,7 @@ from lamflow.flows.report.distill import write_report
 from . import plan
 from .config import DistillConfig
 from .preflight import preflight
-from .records import DistillReport, IterationRecord
+from .records import DistillReport, FinalRecord, IterationRecord
 
 
 def converged(history: list[IterationRecord], cfg: DistillConfig) -> bool:
@@ -84,6 +86,19 @@ def run_distill(
         report.compute_seconds = book.compute_seconds
         write_report(report, run_dir, plots=plots and not replay)
 
+    def final(report: DistillReport, data: list[Path], checkpoint: Path, validation: list[Path]) -> None:
+        """The long final training of the last measured student, measured on unseen frames."""
+        rec = report.final = FinalRecord(student="", numb_steps=cfg.student.numb_steps_final,
+                                         n_train_frames=count_frames(data))
+        t_final, mark = time.perf_counter(), len(book.intervals)
+        made: TrainResult = book.one(plan.final_student(cfg, lay, data, checkpoint), rec.seconds)
+        rec.student = str(made.compressed or made.model)
+        if validation:
+            ev: EvaluateResult = book.one(plan.evaluate_final(cfg, lay, Path(rec.student), validation), rec.seconds)
+            rec.rmse_f, rec.rmse_e_per_atom, rec.n_eval_frames = ev.rmse_f, ev.rmse_e_per_atom, ev.n_frames
+        rec.seconds["wall"] = wall(t_final, mark)
+        report.final_student = rec.student
+
     try:
         # --- the teacher
         ref_structures = book.systems(plan.reference_structures(cfg, lay), init_s)
@@ -106,6 +121,7 @@ def run_distill(
         trained: list[TrainResult] = [r.result for r in book.run(plan.students(cfg, lay.init, data, None), init_s)]
         save()
 
+        validation: list[Path] = []  # every iteration's validation frames: no student trains on them
         for k in range(cfg.max_iterations):
             t_iter, mark = time.perf_counter(), len(book.intervals)
             rec = IterationRecord(iteration=k)
@@ -131,6 +147,7 @@ def run_distill(
             rec.labels_added = sum(r.result.n_frames for r in new)
             rec.labels_dropped = sum(r.result.n_dropped for r in new + val)
             new_systems = [p for r in new for p in r.result.systems]
+            validation += [p for r in val for p in r.result.systems]
             probe = [p for r in val for p in r.result.systems] or new_systems
             if probe:
                 ev: EvaluateResult = book.one(plan.evaluate(cfg, lay, k, models[0], probe), secs)
@@ -154,6 +171,8 @@ def run_distill(
                 on_iteration(report)
             if report.converged:
                 break
+        if cfg.student.numb_steps_final and report.iterations:
+            final(report, data, checkpoints[0], validation)
         report.status = "converged" if report.converged else "max_iterations"
         if report.final_student:
             delivered = lay.delivered(Path(report.final_student))

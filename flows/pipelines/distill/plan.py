@@ -7,6 +7,7 @@ the very same iteration and lay out the very same run directory::
     RUN/init/{teacher-label-data/, teacher/, perturb/, label/chunk-000/, speed-teacher/, train-00/}
     RUN/iter-000/{explore/task-000/, select/, label/chunk-000/, validation/, evaluate.json,
                   speed/, train-00/}
+    RUN/final/{train/, evaluate.json}      (student.numb_steps_final)
 """
 
 from __future__ import annotations
@@ -48,6 +49,10 @@ class Layout:
 
     def iteration(self, k: int) -> Path:
         return self.root / f"iter-{k:03d}"
+
+    @property
+    def final(self) -> Path:
+        return self.root / "final"
 
     def delivered(self, student: Path) -> Path:
         """Where a finished run leaves its student (a copy): one path to hand to LAMMPS or ASE,
@@ -196,6 +201,20 @@ def students(cfg: DistillConfig, where: Path, data: list[Path], previous: list[P
             overrides=s.overrides, train=data, numb_steps=s.numb_steps_next if init else s.numb_steps,
             seed=cfg.seed + 1000 * m, init_model=init, compress=s.compress), f"{where.name}/train-{m:02d}"))
     return calls
+
+
+def final_student(cfg: DistillConfig, lay: Layout, data: list[Path], checkpoint: Path) -> StepCall:
+    """The long final training: the last measured student (the first of the ensemble, its seed)
+    continued for ``numb_steps_final`` steps on every labelled frame."""
+    s = cfg.student
+    return _call(cfg, "train", TrainParams(
+        output=lay.final / "train", type_map=cfg.type_map, template=s.template, overrides=s.overrides, train=data,
+        numb_steps=s.numb_steps_final, seed=cfg.seed, init_model=checkpoint, compress=s.compress), "final/train")
+
+
+def evaluate_final(cfg: DistillConfig, lay: Layout, model: Path, systems: list[Path]) -> StepCall:
+    return _call(cfg, "evaluate", EvaluateParams(model=model, systems=systems, type_map=cfg.type_map,
+                                                 output=lay.final / "evaluate.json"), "final/evaluate")
 
 
 # -- one iteration -----------------------------------------------------------------------------

@@ -40,6 +40,19 @@ class IterationRecord:
 
 
 @dataclass
+class FinalRecord:
+    """The long final training (``student.numb_steps_final``): the delivered student, measured on
+    every iteration's validation frames, which no student trained on."""
+    student: str
+    numb_steps: int
+    n_train_frames: int = 0
+    rmse_f: float | None = None
+    rmse_e_per_atom: float | None = None
+    n_eval_frames: int = 0
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
 class DistillReport:
     name: str
     run_dir: str
@@ -52,7 +65,8 @@ class DistillReport:
     init_seconds: dict[str, float] = field(default_factory=dict)
     iterations: list[IterationRecord] = field(default_factory=list)
     converged: bool = False
-    final_student: str = ""  # the measured student, in the iteration that trained it
+    final_student: str = ""  # the measured student: an iteration's, or the final training's
+    final: FinalRecord | None = None  # the final training, where the config asks for one
     delivered: str = ""  # its copy in the run directory, once the run has finished
     wall_seconds: float = 0.0
     step_seconds: float = 0.0  # in steps that ran in the last session
@@ -67,6 +81,8 @@ class DistillReport:
     def from_json(cls, path: Path) -> "DistillReport":
         data = json.loads(Path(path).read_text())
         data["iterations"] = [IterationRecord(**it) for it in data.get("iterations", [])]
+        if data.get("final") is not None:
+            data["final"] = FinalRecord(**data["final"])
         return cls(**data)
 
 
