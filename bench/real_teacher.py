@@ -172,6 +172,10 @@ def main() -> None:
           f"{'GPU: ' + __import__('torch').cuda.get_device_name(0) if args.device == 'cuda' else 'CPU'}")
     print(f"loop: {len(its)} iterations, {report['status']}, {labels} teacher labels "
           f"({its[-1]['n_train_frames'] if its else 0} trained on), {report['wall_seconds']:.0f} s wall")
+    if report.get("final"):
+        f = report["final"]
+        print(f"  final training: {f['numb_steps']} steps on {f['n_train_frames']} frames, "
+              f"{f['seconds'].get('wall', 0):.0f} s; {f['rmse_f']:.4f} eV/Å on {f['n_eval_frames']} validation frames")
     for name, (temp, n, ev) in scores.items():
         goal = 0.05 if name == "cold" else 0.08
         print(f"  {name} held-out MD ({temp:.0f} K, {n} frames): force RMSE {ev.rmse_f:.4f} eV/Å (goal <= {goal}), "
