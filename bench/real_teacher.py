@@ -175,7 +175,9 @@ def main() -> None:
     if report.get("final"):
         f = report["final"]
         print(f"  final training: {f['numb_steps']} steps on {f['n_train_frames']} frames, "
-              f"{f['seconds'].get('wall', 0):.0f} s; {f['rmse_f']:.4f} eV/Å on {f['n_eval_frames']} validation frames")
+              f"{f['seconds'].get('wall', 0):.0f} s; "
+              + (f"{f['rmse_f']:.4f} eV/Å on {f['n_eval_frames']} validation frames" if f["rmse_f"] is not None
+                 else "no validation frame to measure it on"))
     for name, (temp, n, ev) in scores.items():
         goal = 0.05 if name == "cold" else 0.08
         print(f"  {name} held-out MD ({temp:.0f} K, {n} frames): force RMSE {ev.rmse_f:.4f} eV/Å (goal <= {goal}), "
