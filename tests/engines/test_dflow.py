@@ -309,3 +309,16 @@ def test_exporting_ssh_batch_jobs_without_the_secret_is_one_line_and_exit_2(tmp_
                                                                                  "LAMFLOW_ARGO_SSH_SECRET": ""})
     assert out.returncode == 2 and out.stderr.strip().startswith("lamflow: error: --ssh-secret: "), out.stderr[-2000:]
     assert len(out.stderr.strip().splitlines()) == 1 and "kubectl create secret generic" in out.stderr
+
+
+def test_restarting_from_an_iteration_never_reuses_the_final_training():
+    """--from-iteration k reuses the stages before the loop and the iterations before k; the
+    final training follows the last iteration, so it is planned again (its inputs change)."""
+    from types import SimpleNamespace
+
+    from lamflow.flows.engines.dflow.engine import before_iteration
+
+    keys = ["init-train-00", "iter-000-select", "iter-001-select", "final-train", "distill-final-evaluate",
+            "distill-iter-000-train-00"]
+    kept = before_iteration([SimpleNamespace(key=k) for k in keys], 1, "wf")
+    assert [s.key for s in kept] == ["init-train-00", "iter-000-select", "distill-iter-000-train-00"]

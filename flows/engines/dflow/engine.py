@@ -678,12 +678,14 @@ def resume(workflow_id: str, workdir: Path | None = None, settings: ArgoSettings
 
 #: the iteration in a step's key (``iter-001-explore-task-003``, ``distill-iter-001-select``)
 ITERATION_KEY = re.compile(r"(?:^|-)iter-(\d+)-")
+#: the steps after the loop (``final-train``, ``distill-final-evaluate``): they follow every iteration
+FINAL_KEY = re.compile(r"(?:^|-)final-")
 
 
 def before_iteration(steps: list[Any], iteration: int, workflow_id: str) -> list[Any]:
     """The steps to reuse when restarting from ``iteration``: those of earlier iterations and
-    of the stages before the loop (``init``, a ``lam`` run's datasets and trainings). The others
-    are not carried over: the planner reads back those whose record is in the run directory and
+    of the stages before the loop (``init``, a ``lam`` run's datasets and trainings), never the
+    final training (it follows the last iteration). The others are not carried over: the planner reads back those whose record is in the run directory and
     plans, and runs, those whose output and record are gone (see :class:`PlanOP`'s ``planned``)."""
     found = {int(m.group(1)) for s in steps if (m := ITERATION_KEY.search(s.key))}
     if not found:
@@ -692,7 +694,8 @@ def before_iteration(steps: list[Any], iteration: int, workflow_id: str) -> list
     if iteration not in range(max(found) + 2):
         raise InputError("--from-iteration", f"workflow {workflow_id} reached iteration {max(found)}: "
                          f"expected 0 to {max(found) + 1}, got {iteration}")
-    return [s for s in steps if not ((m := ITERATION_KEY.search(s.key)) and int(m.group(1)) >= iteration)]
+    return [s for s in steps if not (((m := ITERATION_KEY.search(s.key)) and int(m.group(1)) >= iteration)
+                                     or FINAL_KEY.search(s.key))]
 
 
 def pod_error(run: "DflowRun") -> str | None:
