@@ -11,7 +11,6 @@ first, ``random`` (seeded) samples the candidate region evenly, as dpgen2 does b
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Literal
 
@@ -22,6 +21,7 @@ from .base import OutputPath, Params, Seed, TypeMap, ordered_trust_levels
 
 from .artifacts import atomic_dir, write_json
 from .errors import InputError, StepFailed
+from .explore import ExploreTask
 from .structures import deepmd_systems
 
 
@@ -104,8 +104,8 @@ def _task_failure(task: Path) -> str | None:
     status = Path(task) / "status.json"
     if not status.is_file():
         return None
-    record = json.loads(status.read_text())
-    return (record.get("reason") or "failed") if record.get("status") == "failed" else None
+    record = ExploreTask.model_validate_json(status.read_text())
+    return (record.reason or "failed") if record.status == "failed" else None
 
 
 def run(params: SelectParams) -> SelectResult:

@@ -131,6 +131,19 @@ def test_universal_potential_is_distilled_by_the_loop(tmp_path, name):
     assert "teacher in ASE" in " ".join(out.stdout.split())  # rich wraps lines
 
 
+def refused_before_any_work(tmp_path: Path, cfg: dict) -> str:
+    """``lamflow distill`` of ``cfg`` ends with one line on stderr and exit 2, and starts no work;
+    returns that line for the test's own message check."""
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg))
+    out = subprocess.run([sys.executable, "-m", "lamflow.flows.cli", "distill", str(tmp_path / "config.yaml"),
+                          "--engine", "local", "--workdir", str(tmp_path / "run")],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 2, out.stderr[-2000:]
+    assert out.stderr.count("\n") == 1 and "Traceback" not in out.stderr
+    assert not (tmp_path / "run" / "init").exists()  # no work started
+    return out.stderr
+
+
 def test_overlapping_atoms_in_a_starting_cell_are_bad_input(tmp_path):
     import ase.io
 
@@ -140,14 +153,8 @@ def test_overlapping_atoms_in_a_starting_cell_are_bad_input(tmp_path):
     ase.io.write(tmp_path / "start.extxyz", atoms)
     si_frames(tmp_path / "ok.extxyz", 1)
     cfg["configurations"]["files"] = ["ok.extxyz", "start.extxyz"]
-    (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg))
-    out = subprocess.run([sys.executable, "-m", "lamflow.flows.cli", "distill", str(tmp_path / "config.yaml"),
-                          "--engine", "local", "--workdir", str(tmp_path / "run")],
-                         capture_output=True, text=True, timeout=300)
-    assert out.returncode == 2, out.stderr[-2000:]
-    assert out.stderr.count("\n") == 1 and "Traceback" not in out.stderr
-    assert "start.extxyz (configurations.files[1]): frame 0: atoms 0 (Si) and 1 (Si) are 0.010 Å apart" in out.stderr
-    assert not (tmp_path / "run" / "init").exists()  # no work started
+    stderr = refused_before_any_work(tmp_path, cfg)
+    assert "start.extxyz (configurations.files[1]): frame 0: atoms 0 (Si) and 1 (Si) are 0.010 Å apart" in stderr
 
 
 def test_teacher_md_frames_carry_the_teachers_own_labels(tmp_path, students, cu_frames):
@@ -181,14 +188,8 @@ def test_a_gpu_teacher_on_a_machine_without_one(tmp_path):
     GPU pod) is probed on this machine's CPU and accepted (a login node submits to GPU nodes)."""
     cfg = calculator_teacher_config(tmp_path, "sevenn")
     cfg["teacher"]["calculator_kwargs"] = {"device": "cuda"}
-    (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg))
-    out = subprocess.run([sys.executable, "-m", "lamflow.flows.cli", "distill", str(tmp_path / "config.yaml"),
-                          "--engine", "local", "--workdir", str(tmp_path / "run")],
-                         capture_output=True, text=True, timeout=300)
-    assert out.returncode == 2, out.stderr[-2000:]
-    assert out.stderr.count("\n") == 1 and "Traceback" not in out.stderr
-    assert "teacher.calculator_kwargs: device 'cuda' asked, but torch finds no CUDA GPU" in out.stderr
-    assert not (tmp_path / "run" / "init").exists()
+    stderr = refused_before_any_work(tmp_path, cfg)
+    assert "teacher.calculator_kwargs: device 'cuda' asked, but torch finds no CUDA GPU" in stderr
 
     for where in ({"deployment": "step/k8s-gpu"}, {"gpu": 1}):
         cfg["resources"] = {"label": where}
