@@ -685,8 +685,9 @@ FINAL_KEY = re.compile(r"(?:^|-)final-")
 def before_iteration(steps: list[Any], iteration: int, workflow_id: str) -> list[Any]:
     """The steps to reuse when restarting from ``iteration``: those of earlier iterations and
     of the stages before the loop (``init``, a ``lam`` run's datasets and trainings), never the
-    final training (it follows the last iteration). The others are not carried over: the planner reads back those whose record is in the run directory and
-    plans, and runs, those whose output and record are gone (see :class:`PlanOP`'s ``planned``)."""
+    final training (it follows the last iteration). The others are not carried over: the planner
+    reads back those whose record is in the run directory and plans, and runs, those whose output
+    and record are gone (see :class:`PlanOP`'s ``planned``)."""
     found = {int(m.group(1)) for s in steps if (m := ITERATION_KEY.search(s.key))}
     if not found:
         raise InputError("--from-iteration", f"workflow {workflow_id} has no iteration that finished a step "

@@ -23,6 +23,7 @@ from lamflow.steps.calculators import asks_missing_gpu, make_calculator
 from lamflow.steps.structures import check_overlaps, check_systems, read_atoms, read_system
 from lamflow.steps.train import check_input
 
+from lamflow.flows.core.resources import Resources
 from lamflow.flows.executors import check_executors
 
 from .config import DistillConfig, check_files
@@ -82,7 +83,7 @@ def _labelled(systems: list[Path], type_map: list[str], field: str) -> None:
 TEACHER_CALCULATOR_STEPS = ("label", "label_md", "speed")
 
 
-def _runs_elsewhere(res) -> bool:
+def _runs_elsewhere(res: Resources) -> bool:
     """The step is sent to other machines: a batch job, a Prefect deployment, or an explicit GPU
     request for a cluster's pod."""
     return res.executor is not None or res.deployment is not None or bool(res.gpu)
