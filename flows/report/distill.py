@@ -157,7 +157,7 @@ def summarize(console: Any, cfg: Any, report: DistillReport) -> None:
         rmse = "-" if rmse_f is None else f"{rmse_f:.4f} eV/Å"
         ratio = "-" if last.speed_ratio is None else f"{last.speed_ratio:.1f}x"
         made = (f"iteration {last.iteration}'s" if f is None else
-                f"iteration {last.iteration}'s trained {f.numb_steps} more steps on {f.n_train_frames} frames")
+                f"iteration {last.iteration}'s, trained {f.numb_steps} more steps on {f.n_train_frames} frames")
         console.print(f"student: {report.delivered} ({made})" if report.delivered
                       else f"student: {report.final_student}")
         where = "unseen explored frames" if f is None else f"{f.n_eval_frames} unseen validation frames"
