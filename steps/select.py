@@ -7,15 +7,22 @@ labels any frame, and those are where the student is worst, so by default they a
 labelling too (``label_failed``); the teacher's ``max_force`` drops the truly absurd ones. The caps keep one
 iteration's labelling budget bounded; ``highest`` picks the frames the student gets most wrong
 first, ``random`` (seeded) samples the candidate region evenly, as dpgen2 does by default.
+
+``trust_lo: adaptive`` is dpgen2's adaptive-lower report: a fixed ``trust_lo`` must be set to an
+error the student can reach, which nobody knows before the run (an underfit ensemble disagrees
+at 0.2 eV/Å on a hot liquid, and then no frame is ever "accurate"). The adaptive level is instead
+read off each exploration: the ``max_candidates`` frames with the highest error below
+``trust_hi`` are the candidates, and the lowest of their errors is that iteration's ``trust_lo``.
+The loop is converged when that level stops moving (``convergence.level_tolerance``).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
 
 from .base import OutputPath, Params, Seed, TypeMap, ordered_trust_levels
 
@@ -28,7 +35,10 @@ from .structures import deepmd_systems
 class SelectSettings(Params):
     """What a user tunes; the distill config's ``selection`` section is this model."""
 
-    trust_lo: float = Field(0.05, ge=0, description="eV/Å: below, the student is accurate")
+    trust_lo: float | Literal["adaptive"] = Field(
+        0.05, description="eV/Å: below, the student is accurate. 'adaptive' (dpgen2's adaptive-lower): "
+                          "each iteration, the max_candidates frames with the highest error below trust_hi "
+                          "are the candidates and the lowest of their errors is the level")
     trust_hi: float = Field(0.35, gt=0, description="eV/Å: at or above, the frame is failed")
     max_candidates: int = Field(100, ge=1, description="teacher labels per iteration, at most")
     strategy: Literal["random", "highest"] = Field("random", description="which candidates to keep when there are "
@@ -42,9 +52,20 @@ class SelectSettings(Params):
         20, ge=0, description="random explored frames (below trust_hi unless label_failed), labelled only to "
                               "measure the student's error on unseen frames")
 
+    @field_validator("trust_lo", mode="before")
+    @classmethod
+    def _level_or_adaptive(cls, value: Any) -> Any:
+        """One line for either mistake, instead of the union's two ("a number ... or a literal ...")."""
+        if isinstance(value, str) and value != "adaptive":
+            raise ValueError(f"expected a number (eV/Å) or 'adaptive', got '{value}'")
+        if isinstance(value, (int, float)) and value < 0:
+            raise ValueError(f"must be >= 0 eV/Å or 'adaptive', got {value}")
+        return value
+
     @model_validator(mode="after")
     def _levels(self) -> "SelectSettings":
-        ordered_trust_levels(self.trust_lo, self.trust_hi)
+        if self.trust_lo != "adaptive":
+            ordered_trust_levels(self.trust_lo, self.trust_hi)
         return self
 
 
@@ -60,6 +81,7 @@ class SelectParams(SelectSettings):
 
 class SelectResult(BaseModel):
     candidates: list[Path]
+    trust_lo: float = Field(description="eV/Å: the lower level this selection used (the adaptive one's value)")
     validation: list[Path] = []
     n_frames: int
     n_accurate: int
@@ -108,9 +130,17 @@ def _task_failure(task: Path) -> str | None:
     return (record.reason or "failed") if record.status == "failed" else None
 
 
+def adaptive_level(devi: np.ndarray, trust_hi: float, n: int) -> float:
+    """The lowest error among the ``n`` highest below ``trust_hi`` (dpgen2's adaptive lower level):
+    the candidate zone ``[level, trust_hi)`` then holds ``n`` frames, the labelling budget. With
+    no frame below ``trust_hi`` the zone is empty (level = ``trust_hi``)."""
+    below = np.sort(devi[devi < trust_hi])
+    return float(below[-min(n, len(below))]) if len(below) else float(trust_hi)
+
+
 def run(params: SelectParams) -> SelectResult:
     rng = np.random.default_rng(params.seed)
-    all_devi, pool, labelable = [], [], []  # (deviation, task index, frame index)
+    per_task = []  # (task index, explored frame indices, their errors) of the tasks that ran
     n_failed_frames = n_failed_tasks = 0
     unstarted = []  # failed before writing one deviation: LAMMPS could not start, not a blow-up
     for ti, task in enumerate(params.tasks):
@@ -125,18 +155,22 @@ def run(params: SelectParams) -> SelectResult:
             n_failed_tasks += 1
             n_failed_frames += len(devi)
             continue
-        all_devi.append(devi)
-        for fi, d in zip(frames.tolist(), devi):
-            if d < params.trust_hi or params.label_failed:  # frames the teacher will label
-                labelable.append((float(d), ti, fi))
-            if params.trust_lo <= d and (d < params.trust_hi or params.label_failed):
-                pool.append((float(d), ti, fi))
+        per_task.append((ti, frames, devi))
     if unstarted and len(unstarted) == len(params.tasks):
         # nothing was explored: selecting from it would read as "0 frames, converged or stuck"
         raise StepFailed(f"no exploration task ran ({len(unstarted)} failed); first: {unstarted[0]}")
-    devi = np.concatenate(all_devi) if all_devi else np.zeros(0)
-    n_acc = int(np.sum(devi < params.trust_lo))
-    n_cand = int(np.sum((devi >= params.trust_lo) & (devi < params.trust_hi)))
+    devi = np.concatenate([d for _, _, d in per_task]) if per_task else np.zeros(0)
+    lo = (adaptive_level(devi, params.trust_hi, params.max_candidates) if params.trust_lo == "adaptive"
+          else params.trust_lo)
+    pool, labelable = [], []  # (deviation, task index, frame index)
+    for ti, frames, task_devi in per_task:
+        for fi, d in zip(frames.tolist(), task_devi):
+            if d < params.trust_hi or params.label_failed:  # frames the teacher will label
+                labelable.append((float(d), ti, fi))
+                if lo <= d:
+                    pool.append((float(d), ti, fi))
+    n_acc = int(np.sum(devi < lo))
+    n_cand = int(np.sum((devi >= lo) & (devi < params.trust_hi)))
     n_fail = int(np.sum(devi >= params.trust_hi)) + n_failed_frames
     if len(pool) > params.max_candidates:
         if params.strategy == "highest":
@@ -159,7 +193,7 @@ def run(params: SelectParams) -> SelectResult:
             n_selected=multi.get_nframes(), n_failed_tasks=n_failed_tasks,
             accurate_ratio=n_acc / total if total else 0.0,
             candidate_ratio=n_cand / total if total else 0.0,
-            failed_ratio=n_fail / total if total else 0.0,
+            failed_ratio=n_fail / total if total else 0.0, trust_lo=lo,
         )
         write_json(work / "select.json", summary)
     return SelectResult(candidates=deepmd_systems(params.output / "candidates"),

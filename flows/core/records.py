@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 
 from lamflow.steps.artifacts import write_json
 from lamflow.steps.registry import STEPS
@@ -196,8 +196,13 @@ def read_record(step: str, params: BaseModel, key: str) -> StepRecord | None:
         log.warning(
             "%s: output differs from its record (missing or truncated files): running the step again", params.output)
         return None
-    return StepRecord(step, saved["label"], saved["seconds"], True,
-                      STEPS[step].result.model_validate(saved["result"]), saved.get("finished", 0.0), key,
+    try:
+        result = STEPS[step].result.model_validate(saved["result"])
+    except ValidationError:  # written by a lamflow whose result had other fields: not this step's record
+        log.warning("%s: its record's result is not what this lamflow's %s returns: running the step again",
+                    params.output, step)
+        return None
+    return StepRecord(step, saved["label"], saved["seconds"], True, result, saved.get("finished", 0.0), key,
                       saved.get("job_id", ""))
 
 

@@ -50,8 +50,13 @@ def plot_deviations(report: DistillReport, path: Path) -> None:
     arrays = [(r.iteration, np.load(r.deviations)) for r in report.iterations
               if r.deviations and Path(r.deviations).is_file()]
     values = np.concatenate([a[np.isfinite(a) & (a > 0)] for _, a in arrays]) if arrays else np.empty(0)
+    # an adaptive lower level moves: the last iteration's is drawn (each one's is in the tables)
+    trust_lo, lo_name = report.trust_lo, "trust_lo "
+    if report.trust_lo_adaptive:
+        trust_lo = next((r.trust_lo for r in reversed(report.iterations) if r.trust_lo is not None), 0.0)
+        lo_name = "trust_lo, adaptive:\nlast iteration's "
     if values.size:
-        levels = [v for v in (report.trust_lo, report.trust_hi) if v > 0]
+        levels = [v for v in (trust_lo, report.trust_hi) if v > 0]
         lo = max(min(float(values.min()), *levels) / 1.5, 1e-4)
         hi = max(float(values.max()), *levels) * 1.5
         bins = np.geomspace(lo, hi, 50)
@@ -66,11 +71,11 @@ def plot_deviations(report: DistillReport, path: Path) -> None:
         ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))  # 0.05, 0.1, 0.2: no powers
         ax.xaxis.set_minor_formatter(NullFormatter())  # minor labels collide on a narrow range
         ax.set_ylim(0, ax.get_ylim()[1] * 1.25)  # room above the bars for the trust labels
-        ax.axvspan(lo, report.trust_lo, color="tab:green", alpha=0.07, lw=0)
-        ax.axvspan(report.trust_lo, report.trust_hi, color="tab:orange", alpha=0.10, lw=0)
+        ax.axvspan(lo, trust_lo, color="tab:green", alpha=0.07, lw=0)
+        ax.axvspan(trust_lo, report.trust_hi, color="tab:orange", alpha=0.10, lw=0)
         ax.axvspan(report.trust_hi, hi, color="tab:red", alpha=0.07, lw=0)
         top = ax.get_ylim()[1]
-        for level, name, side in ((report.trust_lo, "trust_lo ", "right"), (report.trust_hi, " trust_hi", "left")):
+        for level, name, side in ((trust_lo, lo_name, "right"), (report.trust_hi, " trust_hi", "left")):
             ax.axvline(level, color="grey", ls="--", lw=1)
             ax.text(level, top * 0.97, f"{name}\n{level:g}" if side == "left" else f"{name}\n{level:g} ",
                     color="dimgrey", va="top", ha=side, fontsize=8)
@@ -95,9 +100,13 @@ def plot_convergence(report: DistillReport, path: Path) -> None:
     a1.set_ylabel("fraction of explored frames")
     a1.legend()
     rmse = [r.rmse_f if r.rmse_f is not None else np.nan for r in report.iterations]
-    a2.plot(its, rmse, "o-", color="tab:blue")
+    a2.plot(its, rmse, "o-", color="tab:blue", label="force RMSE vs teacher, unseen frames")
+    if report.trust_lo_adaptive:  # what its rule watches: the level settling
+        a2.plot(its, [np.nan if r.trust_lo is None else r.trust_lo for r in report.iterations], "s--",
+                color="tab:orange", label="adaptive trust_lo (largest atomic error)")
+        a2.legend(fontsize=8)
     a2.set_xlabel("iteration")
-    a2.set_ylabel("student force RMSE vs teacher (eV/Å)")
+    a2.set_ylabel("eV/Å")
     for a in (a1, a2):
         a.set_xticks(its)
     fig.suptitle(f"{report.name}: distillation progress")
@@ -127,20 +136,27 @@ def table(report: DistillReport):
     from rich.table import Table
 
     t = Table(title=f"lamflow distill · {report.name}", title_justify="left")
-    for col in ("iter", "frames", "accurate", "candidate", "failed", "labels +", "train frames",
-                "RMSE F (eV/Å)", "speed × teacher", "explore s", "label s", "train s", "wall s"):
+    adaptive = report.trust_lo_adaptive  # its level is the iteration's figure its rule reads
+    for col in ("iter", "frames", "accurate", "candidate", "failed", *(("trust_lo",) if adaptive else ()),
+                "labels +", "train frames", "RMSE F (eV/Å)", "speed × teacher", "explore s", "label s", "train s",
+                "wall s"):
         t.add_column(col, justify="right")
     for r in report.iterations:
         s = r.seconds
         t.add_row(
             str(r.iteration), str(r.n_frames), f"{r.accurate_ratio:.3f}", f"{r.candidate_ratio:.3f}",
-            f"{r.failed_ratio:.3f}", str(r.labels_added), str(r.n_train_frames),
+            f"{r.failed_ratio:.3f}", *((_fmt_level(r.trust_lo),) if adaptive else ()), str(r.labels_added),
+            str(r.n_train_frames),
             "-" if r.rmse_f is None else f"{r.rmse_f:.4f}",
             "-" if r.speed_ratio is None else f"{r.speed_ratio:.1f}",
             f"{s.get('explore', 0):.0f}", f"{s.get('teacher_label', 0) + s.get('label', 0):.0f}", f"{s.get('train', 0):.0f}",
             f"{r.wall:.0f}",
         )
     return t
+
+
+def _fmt_level(level: float | None) -> str:
+    return "-" if level is None else f"{level:.4f}"
 
 
 def summarize(console: Any, cfg: Any, report: DistillReport) -> None:
@@ -161,6 +177,10 @@ def summarize(console: Any, cfg: Any, report: DistillReport) -> None:
         console.print(f"student: {report.delivered} ({made})" if report.delivered
                       else f"student: {report.final_student}")
         where = "unseen explored frames" if f is None else f"{f.n_eval_frames} unseen validation frames"
+        if report.status == "inaccurate":
+            console.print("exploration converged, but the delivered student's force RMSE (below) is above "
+                          "convergence.max_rmse_f: train it longer (student.numb_steps_final) or give it more "
+                          "capacity (student.overrides)")
         console.print(f"student force RMSE vs teacher on {where}: {rmse}; "
                       f"MD speed vs teacher: {ratio} per atom-step (student in LAMMPS, teacher in "
                       f"{'LAMMPS' if report.teacher_engine == 'lammps' else 'ASE'})")

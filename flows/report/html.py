@@ -31,7 +31,7 @@ td:first-child,th:first-child{text-align:left}.ok{color:#1a7f37}.warn{color:#9a6
 figure{margin:1em 0}figure img{max-width:100%;border:1px solid #eee}figcaption{font-size:.9em;color:#555}
 dl{display:grid;grid-template-columns:max-content auto;gap:.2em 1em}dt{font-weight:600}dd{margin:0}"""
 
-COLUMNS = ("iteration", "explored frames", "accurate", "candidate", "failed", "labels added",
+COLUMNS = ("iteration", "explored frames", "accurate", "candidate", "failed", "trust_lo (eV/Å)", "labels added",
            "train frames", "force RMSE (eV/Å)", "student timesteps/s", "speed × teacher", "wall (s)")
 
 
@@ -43,11 +43,19 @@ def _rows(report: "DistillReport") -> str:
     out = []
     for r in report.iterations:
         cells = (r.iteration, r.n_frames, _fmt(r.accurate_ratio, ".3f"), _fmt(r.candidate_ratio, ".3f"),
-                 _fmt(r.failed_ratio, ".3f"), r.labels_added, r.n_train_frames, _fmt(r.rmse_f, ".4f"),
+                 _fmt(r.failed_ratio, ".3f"), _fmt(r.trust_lo, ".4f"), r.labels_added, r.n_train_frames, _fmt(r.rmse_f, ".4f"),
                  _fmt(r.student_speed, ".2f"), _fmt(r.speed_ratio, ".1f"), _fmt(r.wall, ".0f"))
         mark = ' class="ok"' if r.meets_rule else ""
         out.append(f"<tr{mark}>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in cells) + "</tr>")
     return "\n".join(out)
+
+
+def _levels(report: "DistillReport") -> str:
+    if not report.trust_lo_adaptive:
+        return f"{report.trust_lo:g} – {report.trust_hi:g} eV/Å"
+    seen = [f"{r.trust_lo:.3f}" for r in report.iterations if r.trust_lo is not None]
+    return (f"adaptive lower level ({' → '.join(seen) or 'none yet'} eV/Å over the iterations) – "
+            f"{report.trust_hi:g} eV/Å")
 
 
 def figure_html(path: Path, caption: str) -> str:
@@ -88,7 +96,7 @@ def render_html(report: "DistillReport", run_dir: Path) -> Path:
         "student speed": f"{_fmt(last.speed_ratio if last else None, '.1f')}× the teacher "
                          f"({_fmt(report.teacher_speed, '.3f')} timesteps/s in {report.teacher_engine})",
         "teacher labels": f"{last.n_train_frames if last else 0} training frames",
-        "trust levels": f"{report.trust_lo:g} – {report.trust_hi:g} eV/Å",
+        "trust levels": _levels(report),
         "wall time": timing,
     }
     page = f"""<!doctype html>

@@ -51,6 +51,10 @@ CASES = [
     ("iterations", [], "iterations: list should have at least 1 item"),
     ("selection.trust_lo", 5.0, "selection: trust_lo (5.0) must be below trust_hi"),
     ("selection.trust_hgh", 0.5, "selection.trust_hgh: unknown key"),
+    ("selection.trust_lo", "adaptve", "selection.trust_lo: expected a number (eV/Å) or 'adaptive', got 'adaptve'"),
+    ("selection.trust_lo", -0.1, "selection.trust_lo: must be >= 0 eV/Å or 'adaptive', got -0.1"),
+    ("selection.trust_lo", "adaptive", "convergence.accurate_ratio does not apply with selection.trust_lo: adaptive"),
+    ("convergence.level_tolerance", 0.01, "convergence.level_tolerance applies only with selection.trust_lo: adaptive"),
     ("selection.max_candidates", "many", "selection.max_candidates: expected a number, got 'many'"),
     ("convergence.accurate_ratio", 1.5, "convergence.accurate_ratio: input should be less than or equal to 1"),
     ("type_map", ["Cu", "Cu"], "type_map: duplicate elements"),
@@ -125,3 +129,25 @@ def test_a_json_file_is_read_as_json_so_a_learning_rate_of_1e_05_stays_a_number(
     (tmp_path / "bad.json").write_text("{oops")
     with pytest.raises(InputError, match="is not valid JSON"):
         read_mapping(tmp_path / "bad.json")
+
+
+def test_adaptive_rule_reads_the_level_moving_not_the_accurate_share():
+    """With trust_lo: adaptive an iteration meets the rule when its level moved less than
+    level_tolerance from the previous one's; the first iteration has nothing to compare with."""
+    from lamflow.flows.pipelines.distill.loop import converged, meets_rule
+    from lamflow.flows.pipelines.distill.records import IterationRecord
+
+    raw = base()
+    raw["selection"]["trust_lo"] = "adaptive"
+    raw["convergence"] = {"level_tolerance": 0.02, "consecutive": 2}
+    cfg = DistillConfig.parse(raw, QUICKSTART.parent, "config.yaml")
+    history = []
+    for k, (level, failed) in enumerate([(0.30, 0), (0.20, 0), (0.19, 0), (0.185, 1), (0.18, 0), (0.17, 0)]):
+        history.append(IterationRecord(iteration=k, trust_lo=level, failed_tasks=failed, accurate_ratio=0.1))
+        history[-1].meets_rule = meets_rule(history, cfg)
+    assert [r.meets_rule for r in history] == [False, False, True, False, True, True]
+    assert not converged(history[:3], cfg) and not converged(history[:5], cfg) and converged(history, cfg)
+    # a fixed level: the share of accurate frames, as before
+    fixed = DistillConfig.parse(base(), QUICKSTART.parent, "config.yaml")
+    assert not meets_rule([IterationRecord(iteration=0, accurate_ratio=0.29)], fixed)
+    assert meets_rule([IterationRecord(iteration=0, accurate_ratio=0.31, rmse_f=0.1)], fixed)  # max_rmse_f 0.15

@@ -99,6 +99,35 @@ def test_select_highest_first_takes_the_worst_frames(tmp_path, explored):
     assert np.all(top >= np.quantile(devi, 0.9))
 
 
+def test_select_adaptive_lower_level_takes_the_budget_of_worst_frames_below_trust_hi(tmp_path, explored):
+    """dpgen2's adaptive-lower: the level is read off the exploration, so the candidate zone holds
+    max_candidates frames whatever the student's accuracy; failed frames stay failed."""
+    tasks = [t.path for t in explored.tasks]
+    devi = np.concatenate([select.max_force_deviation(t)[select.explored_frames(t)] for t in tasks])
+    hi = float(np.quantile(devi, 0.8))
+    below = np.sort(devi[devi < hi])
+    result = select.run(select.SelectParams(output=tmp_path / "a", tasks=tasks, type_map=["Cu"], trust_lo="adaptive",
+                                            trust_hi=hi, max_candidates=6, label_failed=False, validation_frames=0))
+    assert result.trust_lo == pytest.approx(below[-6]) and below[-7] < result.trust_lo < hi
+    assert result.n_candidate == result.n_selected == 6
+    assert result.n_failed == int(np.sum(devi >= hi)) and result.n_accurate == len(devi) - 6 - result.n_failed
+    assert json.loads((tmp_path / "a" / "select.json").read_text())["trust_lo"] == result.trust_lo
+    # a budget larger than the frames below trust_hi: all of them, the level at their lowest
+    every = select.run(select.SelectParams(output=tmp_path / "b", tasks=tasks, type_map=["Cu"], trust_lo="adaptive",
+                                           trust_hi=hi, max_candidates=1000, label_failed=False, validation_frames=0))
+    assert every.trust_lo == pytest.approx(below[0]) and every.n_accurate == 0 and every.n_selected == len(below)
+    # a fixed level is reported as given
+    fixed = select.run(select.SelectParams(output=tmp_path / "c", tasks=tasks, type_map=["Cu"], trust_lo=0.01,
+                                           trust_hi=hi, validation_frames=0))
+    assert fixed.trust_lo == 0.01
+
+
+def test_select_adaptive_level_edge_cases():
+    assert select.adaptive_level(np.array([0.1, 0.2, 0.3]), 0.25, 1) == 0.2  # frames at/above trust_hi never set it
+    assert select.adaptive_level(np.array([0.5, 0.9]), 0.25, 10) == 0.25  # nothing below: an empty zone
+    assert select.adaptive_level(np.zeros(0), 0.25, 10) == 0.25
+
+
 def test_select_trust_levels_validated():
     with pytest.raises(ValueError, match="trust_lo"):
         select.SelectParams(output="x", tasks=[], type_map=["Cu"], trust_lo=0.3, trust_hi=0.1)

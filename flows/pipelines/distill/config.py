@@ -142,11 +142,19 @@ class Selection(SelectSettings):
 
 
 class Convergence(Section):
-    """When the loop stops: the rule must hold this many consecutive iterations."""
+    """When the loop stops: the rule must hold this many consecutive iterations.
 
-    accurate_ratio: float = Field(0.99, gt=0, le=1, description="an iteration meets the rule when at least this "
-                                                                "share of explored frames is accurate (error below "
-                                                                "trust_lo)")
+    With a fixed ``selection.trust_lo`` an iteration meets the rule by its share of accurate
+    frames; with ``trust_lo: adaptive`` (dpgen2's adaptive-lower) by its level no longer moving:
+    the share below an adaptive level is the labelling budget's complement by construction and
+    says nothing, while a level that stops falling says exploration finds nothing worse to teach."""
+
+    accurate_ratio: float = Field(0.99, gt=0, le=1, description="with a fixed selection.trust_lo: an iteration meets "
+                                                                "the rule when at least this share of explored frames "
+                                                                "is accurate (error below trust_lo)")
+    level_tolerance: float = Field(0.05, gt=0, description="eV/Å, with selection.trust_lo: adaptive: an iteration "
+                                                           "meets the rule when its level moved less than this from "
+                                                           "the previous iteration's (dpgen2's conv_tolerance)")
     consecutive: int = Field(2, ge=1, description="iterations in a row that must meet the rule")
     max_rmse_f: float | None = Field(
         None, gt=0, description="eV/Å: student-vs-teacher force RMSE on unseen explored frames")
@@ -179,6 +187,16 @@ class DistillConfig(RunConfig):
         elif self.teacher.calculator and self.student.count < 2:
             raise ValueError("student.count must be >= 2 with a calculator teacher: LAMMPS cannot run "
                              f"'{self.teacher.calculator}', so the students' deviation selects the frames")
+        # a value other than the default: "set" is not a flag that survives a dump and reload (staging)
+        rule, defaults = self.convergence, Convergence.model_fields
+        given = {k for k in ("accurate_ratio", "level_tolerance") if getattr(rule, k) != defaults[k].default}
+        if self.selection.trust_lo == "adaptive" and "accurate_ratio" in given:
+            raise ValueError("convergence.accurate_ratio does not apply with selection.trust_lo: adaptive (the share "
+                             "below an adaptive level is fixed by max_candidates): its rule is "
+                             "convergence.level_tolerance")
+        if self.selection.trust_lo != "adaptive" and "level_tolerance" in given:
+            raise ValueError("convergence.level_tolerance applies only with selection.trust_lo: adaptive (this "
+                             f"config's trust_lo is {self.selection.trust_lo}: its rule is convergence.accurate_ratio)")
         if self.student.numb_steps_final and not self.selection.validation_frames:
             raise ValueError("student.numb_steps_final needs selection.validation_frames > 0: the frames its "
                              "delivered student is measured on")

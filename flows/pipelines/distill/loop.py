@@ -42,10 +42,17 @@ def converged(history: list[IterationRecord], cfg: DistillConfig) -> bool:
     return len(recent) == rule.consecutive and all(r.meets_rule for r in recent)
 
 
-def _meets_rule(rec: IterationRecord, cfg: DistillConfig) -> bool:
-    rule = cfg.convergence
-    ok = rec.accurate_ratio >= rule.accurate_ratio and rec.failed_tasks == 0
-    if rule.max_rmse_f is not None:
+def meets_rule(history: list[IterationRecord], cfg: DistillConfig) -> bool:
+    """Whether the last iteration of ``history`` meets the rule (an adaptive level is judged
+    against the previous iteration's, so the first iteration never meets it)."""
+    rule, rec = cfg.convergence, history[-1]
+    if cfg.selection.trust_lo == "adaptive":
+        before = history[-2].trust_lo if len(history) > 1 else None
+        ok = before is not None and rec.trust_lo is not None and abs(rec.trust_lo - before) < rule.level_tolerance
+    else:
+        ok = rec.accurate_ratio >= rule.accurate_ratio
+    ok = ok and rec.failed_tasks == 0
+    if rule.max_rmse_f is not None and not cfg.student.numb_steps_final:  # else the final student is judged
         ok = ok and rec.rmse_f is not None and rec.rmse_f <= rule.max_rmse_f
     return ok
 
@@ -70,8 +77,9 @@ def run_distill(
     run_dir = Path(run_dir).resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
     lay = plan.Layout(run_dir)
-    report = DistillReport(name=cfg.name, run_dir=str(run_dir), trust_lo=cfg.selection.trust_lo,
-                           trust_hi=cfg.selection.trust_hi)
+    adaptive = cfg.selection.trust_lo == "adaptive"
+    report = DistillReport(name=cfg.name, run_dir=str(run_dir), trust_lo=0.0 if adaptive else cfg.selection.trust_lo,
+                           trust_lo_adaptive=adaptive, trust_hi=cfg.selection.trust_hi)
     book = Book(runner, on_batch)
     t_start = time.perf_counter()
     init_s = report.init_seconds
@@ -137,7 +145,7 @@ def run_distill(
             sel: SelectResult = book.one(plan.select(cfg, lay, k, tasks), secs)
             rec.n_frames, rec.n_selected = sel.n_frames, sel.n_selected
             rec.accurate_ratio, rec.candidate_ratio = sel.accurate_ratio, sel.candidate_ratio
-            rec.failed_ratio, rec.failed_tasks = sel.failed_ratio, sel.n_failed_tasks
+            rec.failed_ratio, rec.failed_tasks, rec.trust_lo = sel.failed_ratio, sel.n_failed_tasks, sel.trust_lo
             rec.deviations = str(sel.deviations)
             it_dir = lay.iteration(k)
             new, val = book.together([
@@ -156,7 +164,7 @@ def run_distill(
             rec.student_speed, rec.student_us_per_atom_step = speed.timesteps_per_second, speed.us_per_atom_step
             if report.teacher_speed:
                 rec.speed_ratio = rec.student_speed / report.teacher_speed
-            rec.meets_rule = _meets_rule(rec, cfg)
+            rec.meets_rule = meets_rule(report.iterations, cfg)
             data = [*data, *new_systems]
             rec.n_train_frames = count_frames(data)
             if converged(report.iterations, cfg):
@@ -171,9 +179,14 @@ def run_distill(
                 on_iteration(report)
             if report.converged:
                 break
+        explored = report.converged
         if cfg.student.numb_steps_final and report.iterations:
             final(report, data, checkpoints[0], validation)
-        report.status = "converged" if report.converged else "max_iterations"
+            # the iterations' students are short-trained explorers: the accuracy goal is the delivered one's
+            limit, got = cfg.convergence.max_rmse_f, report.final.rmse_f
+            report.final.meets_rule = limit is None or (got is not None and got <= limit)
+            report.converged = explored and report.final.meets_rule
+        report.status = "converged" if report.converged else "inaccurate" if explored else "max_iterations"
         if report.final_student:
             delivered = lay.delivered(Path(report.final_student))
             shutil.copyfile(report.final_student, delivered)

@@ -22,6 +22,7 @@ class IterationRecord:
     candidate_ratio: float = 0.0
     failed_ratio: float = 0.0
     failed_tasks: int = 0
+    trust_lo: float | None = None  # the lower level this iteration's selection used (adaptive: its value)
     n_selected: int = 0
     labels_added: int = 0
     labels_dropped: int = 0
@@ -50,6 +51,7 @@ class FinalRecord:
     rmse_e_per_atom: float | None = None
     n_eval_frames: int = 0
     seconds: dict[str, float] = field(default_factory=dict)
+    meets_rule: bool | None = None  # its force RMSE within convergence.max_rmse_f (None: not judged yet)
 
 
 @dataclass
@@ -60,7 +62,8 @@ class DistillReport:
     teacher_speed: float | None = None
     teacher_engine: str = "lammps"
     teacher_us_per_atom_step: float | None = None
-    trust_lo: float = 0.0
+    trust_lo: float = 0.0  # the fixed level; with an adaptive one, each iteration's is in its record
+    trust_lo_adaptive: bool = False
     trust_hi: float = 0.0
     init_seconds: dict[str, float] = field(default_factory=dict)
     iterations: list[IterationRecord] = field(default_factory=list)
@@ -72,6 +75,8 @@ class DistillReport:
     step_seconds: float = 0.0  # in steps that ran in the last session
     compute_seconds: float = 0.0  # in every step of the run, whichever session ran it
     cached_steps: int = 0
+    #: running, converged, max_iterations (the rule was not met in time), inaccurate (exploration
+    #: converged, but the final training's student misses convergence.max_rmse_f), failed
     status: str = "running"
 
     def as_dict(self) -> dict[str, Any]:
