@@ -126,7 +126,8 @@ def run_exit_code(report: Any) -> int:
     whose last stage is one, or a version history)."""
     distill = getattr(report, "distill", None)
     status = distill.get("status") if isinstance(distill, dict) else getattr(report, "status", None)
-    return EXIT_INCOMPLETE if status == "max_iterations" or getattr(report, "rejected", None) else EXIT_OK
+    incomplete = status in ("max_iterations", "inaccurate") or getattr(report, "rejected", None)
+    return EXIT_INCOMPLETE if incomplete else EXIT_OK
 
 
 def cmd_run(args: argparse.Namespace) -> int:

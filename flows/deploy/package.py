@@ -82,7 +82,7 @@ def _version(package: str) -> str:
 def package(run: Path, out: Path) -> ModelCard:
     run = Path(run)
     _, report = find_report(run)
-    if report.status not in ("converged", "max_iterations") or not report.final_student:
+    if report.status not in ("converged", "max_iterations", "inaccurate") or not report.final_student:
         raise InputError(str(run), f"the run has not finished (status {report.status}): no student to package")
     it = _delivering(report)
     student = Path(report.delivered or report.final_student)

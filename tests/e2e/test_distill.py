@@ -6,7 +6,9 @@ from __future__ import annotations
 import json
 import re
 import subprocess
+from pathlib import Path
 
+import numpy as np
 import pytest
 from conftest import run_in_use, write_cu_frames
 from lamflow.flows.core.execute import execute
@@ -81,6 +83,76 @@ def test_checkpoint_teacher_is_frozen_for_lammps(tmp_path, students, cu_data):
     assert a.rmse_f == pytest.approx(b.rmse_f, rel=1e-6)
 
 
+def _calculator_teacher_config(tmp_path: Path, name: str) -> dict:
+    """A tiny Cu distillation of an ASE calculator (EMT) into two students: ~20 s per iteration."""
+    from conftest import TINY_SE_E2_A
+
+    write_cu_frames(tmp_path / "start.extxyz", 1, seed=3)
+    return {
+        "name": name, "type_map": ["Cu"], "teacher": {"calculator": "emt"},
+        "student": {"template": "se_e2_a", "numb_steps": 30, "numb_steps_next": 10, "compress": False,
+                    "overrides": TINY_SE_E2_A},
+        "configurations": {"files": ["start.extxyz"]},
+        "initial_data": {"perturbed_frames": 6},
+        "iterations": [{"temps": [300], "nsteps": 60, "trj_freq": 10}],
+        "selection": {"trust_lo": 0.0001, "trust_hi": 50.0, "max_candidates": 4, "validation_frames": 3},
+        "convergence": {"accurate_ratio": 1.0, "consecutive": 1},
+        "max_iterations": 2, "label_chunk_size": 4,
+    }
+
+
+@pytest.mark.slow(seconds=60)
+def test_adaptive_lower_level_converges_and_the_final_student_is_judged(tmp_path):
+    """trust_lo: adaptive (dpgen2's adaptive-lower). Tiny students trained 30 steps are never
+    "accurate" at any sane fixed level; the adaptive one labels the max_candidates worst frames
+    below trust_hi each iteration, and exploration converges once that level stops moving (here a
+    loose tolerance: the rule's arithmetic is in tests/unit/test_config.py). With a final training,
+    max_rmse_f judges the delivered student, not the short-trained explorers: missed, the run ends
+    'inaccurate' (exit 3); the same run with a limit it meets is converged and recomputes nothing."""
+    import sys
+
+    import yaml
+
+    from lamflow.flows.pipelines.distill.records import read_report
+
+    cfg = _calculator_teacher_config(tmp_path, "adaptive")
+    cfg["student"]["numb_steps_final"] = 20
+    cfg["selection"] = {"trust_lo": "adaptive", "trust_hi": 50.0, "max_candidates": 3, "validation_frames": 2}
+    cfg["convergence"] = {"level_tolerance": 10.0, "consecutive": 2, "max_rmse_f": 1e-6}
+    cfg["max_iterations"] = 4
+    cli = [sys.executable, "-m", "lamflow.flows.cli"]
+
+    def distill(max_rmse_f: float) -> subprocess.CompletedProcess:
+        cfg["convergence"]["max_rmse_f"] = max_rmse_f
+        (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg))
+        return subprocess.run([*cli, "distill", str(tmp_path / "config.yaml"), "--engine", "local",
+                               "--workdir", str(tmp_path / "run")], capture_output=True, text=True, timeout=600)
+
+    out = distill(1e-6)
+    assert out.returncode == 3, out.stderr[-2000:]
+    report = read_report(tmp_path / "run")
+    assert report.status == "inaccurate" and not report.converged and report.trust_lo_adaptive
+    assert report.final.meets_rule is False and report.final.rmse_f > 1e-6
+    assert "exploration converged, but the delivered student" in " ".join(out.stdout.split())
+    assert [it.meets_rule for it in report.iterations] == [False, True, True]  # the first has no level before it
+    for it in report.iterations:
+        devi = np.load(it.deviations)
+        below = np.sort(devi[devi < 50.0])
+        assert it.trust_lo == pytest.approx(below[-3]) and it.n_selected == 3 and it.labels_added == 3
+        assert it.accurate_ratio == pytest.approx((len(devi) - 3) / len(devi))
+    assert "trust_lo" in out.stdout  # the terminal table shows each iteration's level
+
+    again = distill(100.0)
+    assert again.returncode == 0, again.stderr[-2000:]
+    rerun = read_report(tmp_path / "run")
+    assert rerun.status == "converged" and rerun.final.meets_rule and rerun.final.rmse_f == report.final.rmse_f
+    assert rerun.step_seconds == 0  # every step read back: the limit is the rule's, not a step's
+    shown = subprocess.run([*cli, "report", str(tmp_path / "run")], capture_output=True, text=True, timeout=300)
+    assert shown.returncode == 0, shown.stderr[-2000:]
+    page = (tmp_path / "run" / "report.html").read_text()
+    assert "adaptive lower level (" in page and " → " in page
+
+
 @pytest.mark.slow(seconds=60)
 def test_final_training_delivers_a_longer_trained_student_measured_on_unseen_frames(tmp_path):
     """student.numb_steps_final: after the loop, the last measured student trains on every label
@@ -89,22 +161,11 @@ def test_final_training_delivers_a_longer_trained_student_measured_on_unseen_fra
     import sys
 
     import yaml
-    from conftest import TINY_SE_E2_A
 
     from lamflow.flows.pipelines.distill.records import read_report
 
-    write_cu_frames(tmp_path / "start.extxyz", 1, seed=3)
-    cfg = {
-        "name": "final", "type_map": ["Cu"], "teacher": {"calculator": "emt"},
-        "student": {"template": "se_e2_a", "numb_steps": 30, "numb_steps_next": 10, "numb_steps_final": 40,
-                    "compress": False, "overrides": TINY_SE_E2_A},
-        "configurations": {"files": ["start.extxyz"]},
-        "initial_data": {"perturbed_frames": 6},
-        "iterations": [{"temps": [300], "nsteps": 60, "trj_freq": 10}],
-        "selection": {"trust_lo": 0.0001, "trust_hi": 50.0, "max_candidates": 4, "validation_frames": 3},
-        "convergence": {"accurate_ratio": 1.0, "consecutive": 1},
-        "max_iterations": 2, "label_chunk_size": 4,
-    }
+    cfg = _calculator_teacher_config(tmp_path, "final")
+    cfg["student"]["numb_steps_final"] = 40
     cli = [sys.executable, "-m", "lamflow.flows.cli"]
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg))
     out = subprocess.run([*cli, "distill", str(tmp_path / "config.yaml"), "--engine", "local",
