@@ -21,7 +21,6 @@ redoes what changed.
 from __future__ import annotations
 
 import argparse
-import json
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -90,6 +89,7 @@ def main() -> None:
     quiet_libraries(debug=False)
 
     from lamflow.flows.pipelines import load_any
+    from lamflow.flows.pipelines.distill.records import read_report
     from lamflow.flows.core.execute import execute
     from lamflow.flows.core.resources import Resources
     from lamflow.steps.evaluate import EvaluateParams
@@ -136,8 +136,8 @@ def main() -> None:
                           "--engine", "local", "--workdir", str(loop)], text=True)
     if out.returncode not in (0, 3):  # 3: ran to max_iterations without meeting the rule
         raise SystemExit(f"lamflow distill failed with exit code {out.returncode}")
-    report = json.loads((loop / "report.json").read_text())
-    student = Path(report["final_student"])
+    report = read_report(loop)
+    student = Path(report.final_student)
 
     # 3. accuracy on the held-out frames
     scores = {}
@@ -164,19 +164,23 @@ def main() -> None:
                                            type_map=cfg.type_map, output=work / "speed-teacher", nsteps=200),
                       cores).result
 
-    its = report["iterations"]
-    labels = (its[-1]["n_train_frames"] if its else 0) + sum(i["n_eval_frames"] for i in its)
+    its = report.iterations
+    labels = (its[-1].n_train_frames if its else 0) + sum(i.n_eval_frames for i in its)
     print()
     print(f"bench/real_teacher.py · {args.system}: teacher {teacher} (calculator_kwargs {kwargs}), "
           f"student {cfg.student.template} compressed; {args.threads} threads, "
           f"{'GPU: ' + __import__('torch').cuda.get_device_name(0) if args.device == 'cuda' else 'CPU'}")
-    print(f"loop: {len(its)} iterations, {report['status']}, {labels} teacher labels "
-          f"({its[-1]['n_train_frames'] if its else 0} trained on), {report['wall_seconds']:.0f} s wall")
-    if report.get("final"):
-        f = report["final"]
-        print(f"  final training: {f['numb_steps']} steps on {f['n_train_frames']} frames, "
-              f"{f['seconds'].get('wall', 0):.0f} s; "
-              + (f"{f['rmse_f']:.4f} eV/Å on {f['n_eval_frames']} validation frames" if f["rmse_f"] is not None
+    print(f"loop: {len(its)} iterations, {report.status}, {labels} teacher labels "
+          f"({its[-1].n_train_frames if its else 0} trained on), {report.wall_seconds:.0f} s wall")
+    print("  trust_lo by iteration: " + ", ".join("-" if i.trust_lo is None else f"{i.trust_lo:.3f}" for i in its)
+          + (" eV/Å (adaptive)" if report.trust_lo_adaptive else " eV/Å")
+          + "; accurate: " + ", ".join(f"{i.accurate_ratio:.2f}" for i in its)
+          + "; RMSE on unseen frames: " + ", ".join("-" if i.rmse_f is None else f"{i.rmse_f:.3f}" for i in its))
+    if report.final is not None:
+        f = report.final
+        print(f"  final training: {f.numb_steps} steps on {f.n_train_frames} frames, "
+              f"{f.seconds.get('wall', 0):.0f} s; "
+              + (f"{f.rmse_f:.4f} eV/Å on {f.n_eval_frames} validation frames" if f.rmse_f is not None
                  else "no validation frame to measure it on"))
     for name, (temp, n, ev) in scores.items():
         goal = 0.05 if name == "cold" else 0.08
