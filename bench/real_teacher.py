@@ -52,18 +52,23 @@ NVE_PS = 10.0
 
 
 def nve_drift(log: Path, natoms: int, dt_ps: float) -> float:
-    """Slope of the total energy per atom over time (eV/atom/ps), from LAMMPS' thermo lines."""
+    """Slope of the total energy per atom over time (eV/atom/ps), from the thermo block of
+    LAMMPS' log: the rows between the ``Step Temp ...`` header and ``Loop time`` (the tables
+    after it, e.g. ``Nlocal: 64 ave 64 max 64 min``, can have as many words as a row)."""
     rows, header = [], None
     for line in log.read_text().splitlines():
         words = line.split()
         if words[:2] == ["Step", "Temp"]:
-            header = words
-            continue
-        if header and len(words) == len(header):
+            header, rows = words, []
+        elif header is not None and words[:2] == ["Loop", "time"]:
+            break
+        elif header is not None and len(words) == len(header):
             try:
                 rows.append([float(w) for w in words])
             except ValueError:
-                header = None if rows else header
+                continue  # a warning line between thermo rows
+    if header is None or len(rows) < 2:
+        raise ValueError(f"{log}: no thermo rows to fit a drift to")
     data = np.asarray(rows)
     steps, etotal = data[:, header.index("Step")], data[:, header.index("TotEng")]
     return float(np.polyfit(steps * dt_ps, etotal / natoms, 1)[0])
@@ -171,15 +176,15 @@ def main() -> None:
           f"student {cfg.student.template} compressed; {args.threads} threads, "
           f"{'GPU: ' + __import__('torch').cuda.get_device_name(0) if args.device == 'cuda' else 'CPU'}")
     print(f"loop: {len(its)} iterations, {report.status}, {labels} teacher labels "
-          f"({its[-1].n_train_frames if its else 0} trained on), {report.wall_seconds:.0f} s wall")
+          f"({its[-1].n_train_frames if its else 0} trained on), "
+          f"{report.compute_seconds or report.wall_seconds:.0f} s of compute in steps (all sessions)")
     print("  trust_lo by iteration: " + ", ".join("-" if i.trust_lo is None else f"{i.trust_lo:.3f}" for i in its)
           + (" eV/Å (adaptive)" if report.trust_lo_adaptive else " eV/Å")
           + "; accurate: " + ", ".join(f"{i.accurate_ratio:.2f}" for i in its)
           + "; RMSE on unseen frames: " + ", ".join("-" if i.rmse_f is None else f"{i.rmse_f:.3f}" for i in its))
     if report.final is not None:
         f = report.final
-        print(f"  final training: {f.numb_steps} steps on {f.n_train_frames} frames, "
-              f"{f.seconds.get('wall', 0):.0f} s; "
+        print(f"  final training: {f.numb_steps} steps on {f.n_train_frames} frames; "
               + (f"{f.rmse_f:.4f} eV/Å on {f.n_eval_frames} validation frames" if f.rmse_f is not None
                  else "no validation frame to measure it on"))
     for name, (temp, n, ev) in scores.items():
