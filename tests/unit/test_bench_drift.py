@@ -1,0 +1,33 @@
+"""bench/real_teacher.py's NVE drift: the slope of LAMMPS' total energy, from its thermo block only."""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+from conftest import REPO
+
+sys.path.insert(0, str(REPO / "bench"))
+from real_teacher import nve_drift  # noqa: E402
+
+LOG = """LAMMPS (29 Aug 2024)
+   Step          Temp          PotEng         KinEng         TotEng         Press          Volume
+         0   300            -345.0          2.4            -342.6         100.0          1280.8
+      5000   180            -344.1          1.5            -342.6         200.0          1280.8
+     10000   170            -343.9          1.4            -342.5         300.0          1280.8
+Loop time of 58.6 on 2 procs for 10000 steps with 64 atoms
+
+Nlocal:     64 ave 64 max 64 min
+Histogram: 1 0 0 0 0 0 0 0 0 0
+Nghost:    ghost atoms of this table line
+"""
+
+
+def test_drift_is_the_slope_of_total_energy_per_atom_over_the_thermo_rows_only(tmp_path):
+    log = tmp_path / "log.lammps"
+    log.write_text(LOG)  # the 7-word 'Nlocal' line after the block once ended the parse with no header
+    # TotEng -342.6, -342.6, -342.5 at 0, 5, 10 ps: least-squares slope 0.01 eV/ps over 64 atoms
+    assert nve_drift(log, 64, 0.001) == pytest.approx(0.1 / 10 / 64, rel=1e-6)
+    log.write_text("LAMMPS (29 Aug 2024)\nERROR: Lost atoms\n")
+    with pytest.raises(ValueError, match="no thermo rows"):
+        nve_drift(log, 64, 0.001)
