@@ -81,9 +81,9 @@ class SelectParams(SelectSettings):
 
 class SelectResult(BaseModel):
     candidates: list[Path]
-    trust_lo: float = Field(description="eV/Å: the lower level this selection used (the adaptive one's value)")
     validation: list[Path] = []
     n_frames: int
+    trust_lo: float = Field(description="eV/Å: the lower level this selection used (the adaptive one's value)")
     n_accurate: int
     n_candidate: int
     n_failed: int
