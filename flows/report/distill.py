@@ -54,7 +54,7 @@ def plot_deviations(report: DistillReport, path: Path) -> None:
     trust_lo, lo_name = report.trust_lo, "trust_lo "
     if report.trust_lo_adaptive:
         trust_lo = next((r.trust_lo for r in reversed(report.iterations) if r.trust_lo is not None), 0.0)
-        lo_name = "trust_lo, adaptive:\nlast iteration's "
+        lo_name = "trust_lo\n(adaptive, last)"
     if values.size:
         levels = [v for v in (trust_lo, report.trust_hi) if v > 0]
         lo = max(min(float(values.min()), *levels) / 1.5, 1e-4)
@@ -75,10 +75,15 @@ def plot_deviations(report: DistillReport, path: Path) -> None:
         ax.axvspan(trust_lo, report.trust_hi, color="tab:orange", alpha=0.10, lw=0)
         ax.axvspan(report.trust_hi, hi, color="tab:red", alpha=0.07, lw=0)
         top = ax.get_ylim()[1]
-        for level, name, side in ((trust_lo, lo_name, "right"), (report.trust_hi, " trust_hi", "left")):
+        # trust_lo's label sits left of its line, trust_hi's right of its own (apart), unless the
+        # line is too close to the axis' edge for it: then on its other side
+        room = 0.2 * np.log(hi / lo)
+        lo_side = "right" if np.log(trust_lo / lo) > room else "left"
+        hi_side = "left" if np.log(hi / report.trust_hi) > room else "right"
+        for level, name, side in ((trust_lo, lo_name, lo_side), (report.trust_hi, "trust_hi", hi_side)):
             ax.axvline(level, color="grey", ls="--", lw=1)
-            ax.text(level, top * 0.97, f"{name}\n{level:g}" if side == "left" else f"{name}\n{level:g} ",
-                    color="dimgrey", va="top", ha=side, fontsize=8)
+            text = "\n".join(f" {t}" if side == "left" else f"{t} " for t in f"{name}\n{level:.3g}".split("\n"))
+            ax.text(level, top * 0.97, text, color="dimgrey", va="top", ha=side, fontsize=8)
         ax.legend(loc="upper center", fontsize=8, framealpha=0.8)
     ax.set_xlabel("max atomic force deviation (eV/Å, log scale)")
     ax.set_ylabel("explored frames")
