@@ -62,9 +62,14 @@ class SelectSettings(Params):
             raise ValueError(f"must be >= 0 eV/Å or 'adaptive', got {value}")
         return value
 
+    @property
+    def adaptive(self) -> bool:
+        """The lower level is read off each exploration (``trust_lo: adaptive``)."""
+        return self.trust_lo == "adaptive"
+
     @model_validator(mode="after")
     def _levels(self) -> "SelectSettings":
-        if self.trust_lo != "adaptive":
+        if not self.adaptive:
             ordered_trust_levels(self.trust_lo, self.trust_hi)
         return self
 
@@ -160,8 +165,7 @@ def run(params: SelectParams) -> SelectResult:
         # nothing was explored: selecting from it would read as "0 frames, converged or stuck"
         raise StepFailed(f"no exploration task ran ({len(unstarted)} failed); first: {unstarted[0]}")
     devi = np.concatenate([d for _, _, d in per_task]) if per_task else np.zeros(0)
-    lo = (adaptive_level(devi, params.trust_hi, params.max_candidates) if params.trust_lo == "adaptive"
-          else params.trust_lo)
+    lo = adaptive_level(devi, params.trust_hi, params.max_candidates) if params.adaptive else params.trust_lo
     pool, labelable = [], []  # (deviation, task index, frame index)
     for ti, frames, task_devi in per_task:
         for fi, d in zip(frames.tolist(), task_devi):

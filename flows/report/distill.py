@@ -150,7 +150,8 @@ def table(report: DistillReport):
         s = r.seconds
         t.add_row(
             str(r.iteration), str(r.n_frames), f"{r.accurate_ratio:.3f}", f"{r.candidate_ratio:.3f}",
-            f"{r.failed_ratio:.3f}", *((_fmt_level(r.trust_lo),) if adaptive else ()), str(r.labels_added),
+            f"{r.failed_ratio:.3f}", *(("-" if r.trust_lo is None else f"{r.trust_lo:.4f}",) if adaptive else ()),
+            str(r.labels_added),
             str(r.n_train_frames),
             "-" if r.rmse_f is None else f"{r.rmse_f:.4f}",
             "-" if r.speed_ratio is None else f"{r.speed_ratio:.1f}",
@@ -158,10 +159,6 @@ def table(report: DistillReport):
             f"{r.wall:.0f}",
         )
     return t
-
-
-def _fmt_level(level: float | None) -> str:
-    return "-" if level is None else f"{level:.4f}"
 
 
 def summarize(console: Any, cfg: Any, report: DistillReport) -> None:

@@ -190,11 +190,11 @@ class DistillConfig(RunConfig):
         # a value other than the default: "set" is not a flag that survives a dump and reload (staging)
         rule, defaults = self.convergence, Convergence.model_fields
         given = {k for k in ("accurate_ratio", "level_tolerance") if getattr(rule, k) != defaults[k].default}
-        if self.selection.trust_lo == "adaptive" and "accurate_ratio" in given:
+        if self.selection.adaptive and "accurate_ratio" in given:
             raise ValueError("convergence.accurate_ratio does not apply with selection.trust_lo: adaptive (the share "
                              "below an adaptive level is fixed by max_candidates): its rule is "
                              "convergence.level_tolerance")
-        if self.selection.trust_lo != "adaptive" and "level_tolerance" in given:
+        if not self.selection.adaptive and "level_tolerance" in given:
             raise ValueError("convergence.level_tolerance applies only with selection.trust_lo: adaptive (this "
                              f"config's trust_lo is {self.selection.trust_lo}: its rule is convergence.accurate_ratio)")
         if self.student.numb_steps_final and not self.selection.validation_frames:

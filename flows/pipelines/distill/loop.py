@@ -46,15 +46,21 @@ def meets_rule(history: list[IterationRecord], cfg: DistillConfig) -> bool:
     """Whether the last iteration of ``history`` meets the rule (an adaptive level is judged
     against the previous iteration's, so the first iteration never meets it)."""
     rule, rec = cfg.convergence, history[-1]
-    if cfg.selection.trust_lo == "adaptive":
+    if cfg.selection.adaptive:
         before = history[-2].trust_lo if len(history) > 1 else None
         ok = before is not None and rec.trust_lo is not None and abs(rec.trust_lo - before) < rule.level_tolerance
     else:
         ok = rec.accurate_ratio >= rule.accurate_ratio
     ok = ok and rec.failed_tasks == 0
-    if rule.max_rmse_f is not None and not cfg.student.numb_steps_final:  # else the final student is judged
-        ok = ok and rec.rmse_f is not None and rec.rmse_f <= rule.max_rmse_f
+    if not cfg.student.numb_steps_final:  # else the final student is judged on it
+        ok = ok and within_max_rmse(rec.rmse_f, cfg)
     return ok
+
+
+def within_max_rmse(rmse_f: float | None, cfg: DistillConfig) -> bool:
+    """The force RMSE on unseen frames is within ``convergence.max_rmse_f`` (where one is set)."""
+    limit = cfg.convergence.max_rmse_f
+    return limit is None or (rmse_f is not None and rmse_f <= limit)
 
 
 def run_distill(
@@ -77,9 +83,10 @@ def run_distill(
     run_dir = Path(run_dir).resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
     lay = plan.Layout(run_dir)
-    adaptive = cfg.selection.trust_lo == "adaptive"
-    report = DistillReport(name=cfg.name, run_dir=str(run_dir), trust_lo=0.0 if adaptive else cfg.selection.trust_lo,
-                           trust_lo_adaptive=adaptive, trust_hi=cfg.selection.trust_hi)
+    selection = cfg.selection
+    report = DistillReport(name=cfg.name, run_dir=str(run_dir), trust_hi=selection.trust_hi,
+                           trust_lo=0.0 if selection.adaptive else selection.trust_lo,
+                           trust_lo_adaptive=selection.adaptive)
     book = Book(runner, on_batch)
     t_start = time.perf_counter()
     init_s = report.init_seconds
@@ -95,7 +102,8 @@ def run_distill(
         write_report(report, run_dir, plots=plots and not replay)
 
     def final(report: DistillReport, data: list[Path], checkpoint: Path, validation: list[Path]) -> None:
-        """The long final training of the last measured student, measured on unseen frames."""
+        """The long final training of the last measured student, measured on unseen frames and
+        judged on ``max_rmse_f`` (the iterations' students are short-trained explorers)."""
         rec = report.final = FinalRecord(student="", numb_steps=cfg.student.numb_steps_final,
                                          n_train_frames=count_frames(data))
         t_final, mark = time.perf_counter(), len(book.intervals)
@@ -105,6 +113,7 @@ def run_distill(
             ev: EvaluateResult = book.one(plan.evaluate_final(cfg, lay, Path(rec.student), validation), rec.seconds)
             rec.rmse_f, rec.rmse_e_per_atom, rec.n_eval_frames = ev.rmse_f, ev.rmse_e_per_atom, ev.n_frames
         rec.seconds["wall"] = wall(t_final, mark)
+        rec.meets_rule = within_max_rmse(rec.rmse_f, cfg)
         report.final_student = rec.student
 
     try:
@@ -182,9 +191,6 @@ def run_distill(
         explored = report.converged
         if cfg.student.numb_steps_final and report.iterations:
             final(report, data, checkpoints[0], validation)
-            # the iterations' students are short-trained explorers: the accuracy goal is the delivered one's
-            limit, got = cfg.convergence.max_rmse_f, report.final.rmse_f
-            report.final.meets_rule = limit is None or (got is not None and got <= limit)
             report.converged = explored and report.final.meets_rule
         report.status = "converged" if report.converged else "inaccurate" if explored else "max_iterations"
         if report.final_student:
