@@ -1,0 +1,167 @@
+"""Which training recipe brings a student closest to its teacher? One run, figures printed last.
+
+    python bench/student_recipe.py --train DIR... --test NAME=DIR... [--config CONFIG] [--steps N]
+        [--recipes a,b,...] [--parallel P] [--threads T] [--deadline S] [--workdir DIR]
+
+The loop's delivered student is bounded by three things: the frames it is trained on, its size,
+and how it is trained (batch, loss weights, steps). This bench holds the frames fixed (``--train``:
+the deepmd/npy systems a distillation labelled, e.g. its ``final/train/input.json`` systems) and
+trains one student per recipe from scratch with ``dp --pt train``, each recipe a DeePMD-kit
+override on top of the config's own student (template + overrides), all for the same number of
+steps. Each is scored with lamflow's ``evaluate`` on the ``--test`` sets (labelled by the teacher,
+never trained on: bench/real_teacher.py's held-out MD, a loop's validation frames).
+
+Trainings run ``--parallel`` at a time; on a GPU several small students share the card (each is
+launch-bound). A training still running at ``--deadline`` seconds is stopped and its last
+checkpoint scored, marked as cut (its learning rate had not decayed: an underestimate).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+# Recipe parts: DeePMD-kit keys deep-merged on top of the config's student (None deletes a key).
+# A recipe is parts joined by "+" ("batch8+rcut6"); "config" is the config's own student (for a
+# 64-atom cell its batch "auto" is one frame).
+PARTS: dict[str, dict] = {
+    "batch8": {"training": {"training_data": {"batch_size": "auto:512"}}},  # >= 512 atoms per step
+    "batch32": {"training": {"training_data": {"batch_size": "auto:2048"}}},
+    "energy": {"loss": {"start_pref_e": 1.0, "limit_pref_e": 10.0}},  # energies weighted from the start
+    "rcut6": {"model": {"descriptor": {"rcut": 6.0}}},
+    "smth0.5": {"model": {"descriptor": {"rcut_smth": 0.5}}},  # the first shells fully weighted
+    "wide": {"model": {"descriptor": {"neuron": [25, 50, 100], "axis_neuron": 16},
+                       "fitting_net": {"neuron": [240, 240, 240]}}},  # DeePMD-kit's usual size
+    "fit128": {"model": {"fitting_net": {"neuron": [128, 128, 128]}}},
+}
+DEFAULT = "config,batch8,batch8+energy,batch8+rcut6+smth0.5,batch8+wide,batch32"
+
+
+def recipe(name: str) -> dict:
+    from lamflow.steps.dp_input import deep_merge
+
+    merged: dict = {}
+    for part in name.split("+"):
+        if part != "config":
+            merged = deep_merge(merged, PARTS[part])
+    return merged
+
+
+def last_step(lcurve: Path) -> int:
+    rows = [line.split() for line in lcurve.read_text().splitlines() if line.strip() and not line.startswith("#")] \
+        if lcurve.exists() else []
+    return int(rows[-1][0]) if rows else 0
+
+
+def seconds_per_step(log: Path) -> float | None:
+    """DeePMD-kit's own wall time per batch (its log's ``Batch N: total wall time = T s`` lines,
+    each over the batches since the previous one): start-up and data statistics excluded."""
+    rows = []
+    for line in log.read_text().splitlines() if log.exists() else []:
+        if "total wall time =" in line and "Batch" in line:
+            head, tail = line.split("total wall time =", 1)
+            rows.append((int(head.rsplit("Batch", 1)[1].strip(" :")), float(tail.split()[0])))
+    if len(rows) < 2:
+        return None
+    return sum(t for _, t in rows[1:]) / (rows[-1][0] - rows[0][0])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", type=Path, default=REPO / "examples/si-sevenn/config.yaml",
+                        help="a distill config: its student's template and overrides are each recipe's base")
+    parser.add_argument("--train", type=Path, nargs="+", required=True, help="deepmd/npy systems to train on")
+    parser.add_argument("--test", nargs="+", required=True, help="NAME=DIR: labelled deepmd/npy systems to score on")
+    parser.add_argument("--steps", type=int, default=10000)
+    parser.add_argument("--recipes", default=DEFAULT,
+                        help=f"comma-separated; each 'config' or parts joined by '+', of: {', '.join(PARTS)}")
+    parser.add_argument("--parallel", type=int, default=1, help="trainings at once")
+    parser.add_argument("--threads", type=int, default=2, help="threads of each training")
+    parser.add_argument("--deadline", type=float, default=None, help="seconds after which trainings are stopped")
+    parser.add_argument("--no-score", action="store_true", help="train only (a timing probe)")
+    parser.add_argument("--workdir", type=Path, default=REPO / "runs/bench-student-recipe")
+    args = parser.parse_args()
+    names = args.recipes.split(",")
+    unknown = sorted({p for n in names for p in n.split("+") if p not in PARTS and p != "config"})
+    if unknown:
+        sys.exit(f"--recipes: unknown parts {unknown}; expected 'config' or some of {list(PARTS)} joined by '+'")
+    tests = dict(t.split("=", 1) for t in args.test)
+
+    from lamflow.flows.cli.main import quiet_libraries
+
+    quiet_libraries(debug=False)
+    from lamflow.flows.pipelines import load_any
+    from lamflow.steps.dp_input import deep_merge
+    from lamflow.steps.evaluate import EvaluateParams
+    from lamflow.steps.evaluate import run as evaluate
+    from lamflow.steps.runtime import dp_command, library_env, step_threads
+    from lamflow.steps.train import TrainParams, render
+
+    _, cfg = load_any(args.config, expect="distill")
+    with step_threads(args.threads):
+        env = library_env()
+    t0 = time.time()
+    pending, running, done = list(names), {}, {}
+    while pending or running:
+        while pending and len(running) < args.parallel:
+            name = pending.pop(0)
+            work = (args.workdir / name).resolve()
+            work.mkdir(parents=True, exist_ok=True)
+            config = render(TrainParams(output=work, type_map=cfg.type_map, template=cfg.student.template,
+                                        overrides=deep_merge(cfg.student.overrides, recipe(name)),
+                                        train=args.train, numb_steps=args.steps, compress=False))
+            (work / "input.json").write_text(json.dumps(config, indent=1))
+            log = (work / "train.log").open("w")
+            running[name] = (subprocess.Popen([*dp_command(), "--pt", "train", "input.json"], cwd=work, env=env,
+                                              stdout=log, stderr=subprocess.STDOUT), time.time())
+            print(f"{time.time() - t0:6.0f}s start {name}", flush=True)
+        time.sleep(2)
+        for name, (proc, start) in list(running.items()):
+            cut = args.deadline is not None and time.time() - t0 > args.deadline
+            if proc.poll() is None and not cut:
+                continue
+            if proc.poll() is None:
+                proc.terminate()
+                proc.wait()
+            done[name] = (proc.returncode, time.time() - start, cut and proc.returncode != 0)
+            del running[name]
+            print(f"{time.time() - t0:6.0f}s end {name} rc={proc.returncode}", flush=True)
+
+    rows = []
+    for name in names:
+        work = (args.workdir / name).resolve()
+        rc, seconds, cut = done[name]
+        steps = last_step(work / "lcurve.out")
+        ckpt = work / "model.ckpt.pt"
+        scores = {}
+        if ckpt.exists() and not args.no_score:
+            with step_threads(args.threads):
+                for test, path in tests.items():
+                    r = evaluate(EvaluateParams(model=ckpt, systems=[Path(path)], type_map=cfg.type_map))
+                    scores[test] = (r.rmse_f, r.rmse_e_per_atom * 1000)
+        rows.append((name, steps, seconds, seconds_per_step(work / "train.log"), cut, rc, scores))
+        (args.workdir / "results.json").write_text(json.dumps(rows, indent=1))
+
+    import torch
+
+    where = f"GPU: {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else "CPU"
+    print(f"\nstudent recipes: base {args.config} (template {cfg.student.template}); {args.steps} steps each, "
+          f"{args.parallel} at once, {args.threads} threads; {where}")
+    print(f"trained on {len(args.train)} systems; scored on " + ", ".join(tests))
+    head = "".join(f"  {t + ' F eV/Å':>14} {t + ' E meV/at':>14}" for t in tests)
+    print(f"{'recipe':<24} {'steps':>6} {'s/step':>7} {'wall s':>7}{head}")
+    for name, steps, seconds, per_step, cut, rc, scores in rows:
+        cells = "".join(f"  {scores[t][0]:>14.4f} {scores[t][1]:>14.2f}" if t in scores else f"  {'-':>14} {'-':>14}"
+                        for t in tests)
+        note = " (cut)" if cut else ("" if rc == 0 else f" (rc {rc})")
+        print(f"{name:<24} {steps:>6} {per_step or float('nan'):>7.4f} {seconds:>7.0f}{cells}{note}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,35 @@
+"""bench/student_recipe.py: a recipe is its parts deep-merged in order, and a training's time per
+step is DeePMD-kit's own wall time between its log lines, start-up excluded."""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+from conftest import REPO
+
+sys.path.insert(0, str(REPO / "bench"))
+from student_recipe import recipe, seconds_per_step  # noqa: E402
+
+
+def test_a_recipe_merges_its_parts_and_config_adds_nothing():
+    assert recipe("config") == {}
+    merged = recipe("batch8+rcut6+smth0.5")
+    assert merged["training"]["training_data"]["batch_size"] == "auto:512"
+    assert merged["model"]["descriptor"] == {"rcut": 6.0, "rcut_smth": 0.5}  # two parts, one dict
+    assert recipe("batch8+batch32")["training"]["training_data"]["batch_size"] == "auto:2048"  # later wins
+
+
+def test_seconds_per_step_leaves_out_the_first_batch_and_start_up(tmp_path):
+    log = tmp_path / "train.log"
+    log.write_text(
+        "[2026-11-27 11:59:40] DEEPMD INFO    data stat ... (start-up: not a batch line)\n"
+        "[2026-11-27 11:59:59] DEEPMD INFO    Batch       1: total wall time = 9.10 s\n"
+        "[2026-11-27 12:00:00] DEEPMD INFO    Batch     100: total wall time = 2.00 s, eta = 0:01:00\n"
+        "[2026-11-27 12:00:01] DEEPMD INFO    Batch     200: total wall time = 2.20 s, eta = 0:00:50\n"
+        "[2026-11-27 12:00:01] DEEPMD INFO    Batch     200: training loss 0.1\n"
+    )
+    assert seconds_per_step(log) == pytest.approx(4.2 / 199)
+    log.write_text("Batch       1: total wall time = 9.10 s\n")
+    assert seconds_per_step(log) is None  # one line: no interval to time
+    assert seconds_per_step(tmp_path / "absent.log") is None
