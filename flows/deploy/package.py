@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import json
 import shutil
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from importlib import metadata, resources
 from pathlib import Path
@@ -32,7 +32,7 @@ from lamflow.steps.errors import InputError, StepFailed
 from lamflow.steps.structures import read_system
 
 from lamflow.flows.core.records import file_digest
-from lamflow.flows.pipelines.distill.records import DistillReport, IterationRecord, find_report
+from lamflow.flows.pipelines.distill.records import find_report
 
 #: MD the packaged inputs run: short, so that trying them takes seconds
 TEMPERATURE, NSTEPS_LAMMPS, NSTEPS_ASE = 300.0, 1000, 100
@@ -59,19 +59,6 @@ class ModelCard:
     versions: dict[str, str]
 
 
-def _delivering(report: DistillReport) -> IterationRecord:
-    """The iteration whose student is delivered; after a final training, the last iteration with the
-    final student's own figures (its cell, speed and architecture are the loop's)."""
-    if report.final is not None and report.final.student == report.final_student:
-        f = report.final
-        return replace(report.iterations[-1], student=f.student, rmse_f=f.rmse_f,
-                       rmse_e_per_atom=f.rmse_e_per_atom, n_eval_frames=f.n_eval_frames)
-    for it in report.iterations:
-        if it.student == report.final_student:
-            return it
-    raise InputError(report.run_dir, "the report names no iteration of its final student")
-
-
 def _version(package: str) -> str:
     try:
         return metadata.version(package)
@@ -84,7 +71,9 @@ def package(run: Path, out: Path) -> ModelCard:
     _, report = find_report(run)
     if report.status not in ("converged", "max_iterations", "inaccurate") or not report.final_student:
         raise InputError(str(run), f"the run has not finished (status {report.status}): no student to package")
-    it = _delivering(report)
+    it = report.delivering()
+    if it is None:
+        raise InputError(report.run_dir, "the report names no iteration of its final student")
     student = Path(report.delivered or report.final_student)
     cell = Path(report.run_dir) / f"iter-{it.iteration:03d}" / "speed" / "task.000" / "conf.lmp"
     for path in (student, cell):

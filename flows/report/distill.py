@@ -170,15 +170,14 @@ def summarize(console: Any, cfg: Any, report: DistillReport) -> None:
                   + (f" ({report.cached_steps} steps read back; {report.compute_seconds:,.0f} s of compute in all "
                      "sessions)" if report.cached_steps and report.compute_seconds else ""))
     if last is not None:
-        f = report.final
-        rmse_f = last.rmse_f if f is None else f.rmse_f
-        rmse = "-" if rmse_f is None else f"{rmse_f:.4f} eV/Å"
+        d, f = report.delivering() or last, report.final if report.final_delivered else None
+        rmse = "-" if d.rmse_f is None else f"{d.rmse_f:.4f} eV/Å"
         ratio = "-" if last.speed_ratio is None else f"{last.speed_ratio:.1f}x"
         made = (f"iteration {last.iteration}'s" if f is None else
                 f"iteration {last.iteration}'s, trained {f.numb_steps} more steps on {f.n_train_frames} frames")
         console.print(f"student: {report.delivered} ({made})" if report.delivered
                       else f"student: {report.final_student}")
-        where = "unseen explored frames" if f is None else f"{f.n_eval_frames} unseen validation frames"
+        where = "unseen explored frames" if f is None else f"{d.n_eval_frames} unseen validation frames"
         if report.status == "inaccurate":
             console.print("exploration converged, but the delivered student's force RMSE (below) is above "
                           "convergence.max_rmse_f: train it longer (student.numb_steps_final) or give it more "

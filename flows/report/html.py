@@ -74,6 +74,7 @@ def render_html(report: "DistillReport", run_dir: Path) -> Path:
             plot(report, run_dir / name)
             figures.append(figure_html(run_dir / name, caption))
     last = report.iterations[-1] if report.iterations else None
+    d, f = report.delivering() or last, report.final if report.final_delivered else None
     status_class = "ok" if report.converged else "warn"
     if report.cached_steps:  # a resumed run: its wall time is this session's, steps came from earlier ones
         timing = (f"{report.wall_seconds:,.0f} s in the last session, which read {report.cached_steps} finished "
@@ -90,10 +91,9 @@ def render_html(report: "DistillReport", run_dir: Path) -> Path:
         "teacher": html.escape(report.teacher),
         "final student": html.escape(report.final_student or "–"),
         "student force RMSE vs teacher": (
-            f"{_fmt(last.rmse_f if last else None, '.4f')} eV/Å on {last.n_eval_frames if last else 0} unseen "
-            "explored frames" if report.final is None else
-            f"{_fmt(report.final.rmse_f, '.4f')} eV/Å on {report.final.n_eval_frames} unseen validation frames, "
-            f"after a final training of {report.final.numb_steps} steps on {report.final.n_train_frames} frames"),
+            f"{_fmt(d.rmse_f if d else None, '.4f')} eV/Å on {d.n_eval_frames if d else 0} unseen "
+            + ("explored frames" if f is None else
+               f"validation frames, after a final training of {f.numb_steps} steps on {f.n_train_frames} frames")),
         "student speed": f"{_fmt(last.speed_ratio if last else None, '.1f')}× the teacher "
                          f"({_fmt(report.teacher_speed, '.3f')} timesteps/s in {report.teacher_engine})",
         "teacher labels": f"{last.n_train_frames if last else 0} training frames",

@@ -1,13 +1,14 @@
 """The distillation's report as data: one record per iteration, written as ``report.json``.
 
-Plain dataclasses with no behaviour beyond (de)serialisation, so the loop, the report writers,
-the terminal progress and the CLI all read the same typed fields.
+Plain dataclasses with no behaviour beyond (de)serialisation and one derived answer (which
+student the run delivers, with which figures), so the loop, the report writers, the terminal
+progress, the model card and the CLI all read the same typed fields.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -81,6 +82,22 @@ class DistillReport:
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    @property
+    def final_delivered(self) -> bool:
+        """The final training has finished and its student is the one delivered."""
+        return self.final is not None and bool(self.final.student) and self.final.student == self.final_student
+
+    def delivering(self) -> IterationRecord | None:
+        """The record of the student the run delivers (or would, stopped now): after a final training,
+        the last iteration's with the final student's own figures (its cell, speed and architecture
+        are the loop's); else the iteration whose student is the final one; None before any.
+        One answer for the terminal, the HTML report and the model card, which once chose apart."""
+        if self.final_delivered:
+            f = self.final
+            return replace(self.iterations[-1], student=f.student, rmse_f=f.rmse_f,
+                           rmse_e_per_atom=f.rmse_e_per_atom, n_eval_frames=f.n_eval_frames)
+        return next((it for it in reversed(self.iterations) if it.student == self.final_student), None)
 
     @classmethod
     def from_json(cls, path: Path) -> "DistillReport":
