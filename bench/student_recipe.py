@@ -31,6 +31,7 @@ REPO = Path(__file__).resolve().parents[1]
 # A recipe is parts joined by "+" ("batch8+rcut6"); "config" is the config's own student (for a
 # 64-atom cell its batch "auto" is one frame).
 PARTS: dict[str, dict] = {
+    "batch-auto": {"training": {"training_data": {"batch_size": "auto"}}},  # DeePMD-kit's: >= 32 atoms
     "batch8": {"training": {"training_data": {"batch_size": "auto:512"}}},  # >= 512 atoms per step
     "batch32": {"training": {"training_data": {"batch_size": "auto:2048"}}},
     "energy": {"loss": {"start_pref_e": 1.0, "limit_pref_e": 10.0}},  # energies weighted from the start
