@@ -172,9 +172,9 @@ def summarize(console: Any, cfg: Any, report: DistillReport) -> None:
     if last is not None:
         d, f = report.delivering() or last, report.final if report.final_delivered else None
         rmse = "-" if d.rmse_f is None else f"{d.rmse_f:.4f} eV/Å"
-        ratio = "-" if last.speed_ratio is None else f"{last.speed_ratio:.1f}x"
-        made = (f"iteration {last.iteration}'s" if f is None else
-                f"iteration {last.iteration}'s, trained {f.numb_steps} more steps on {f.n_train_frames} frames")
+        ratio = "-" if d.speed_ratio is None else f"{d.speed_ratio:.1f}x"
+        made = (f"iteration {d.iteration}'s" if f is None else
+                f"iteration {d.iteration}'s, trained {f.numb_steps} more steps on {f.n_train_frames} frames")
         console.print(f"student: {report.delivered} ({made})" if report.delivered
                       else f"student: {report.final_student}")
         where = "unseen explored frames" if f is None else f"{d.n_eval_frames} unseen validation frames"

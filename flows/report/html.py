@@ -94,7 +94,7 @@ def render_html(report: "DistillReport", run_dir: Path) -> Path:
             f"{_fmt(d.rmse_f if d else None, '.4f')} eV/Å on {d.n_eval_frames if d else 0} unseen "
             + ("explored frames" if f is None else
                f"validation frames, after a final training of {f.numb_steps} steps on {f.n_train_frames} frames")),
-        "student speed": f"{_fmt(last.speed_ratio if last else None, '.1f')}× the teacher "
+        "student speed": f"{_fmt(d.speed_ratio if d else None, '.1f')}× the teacher "
                          f"({_fmt(report.teacher_speed, '.3f')} timesteps/s in {report.teacher_engine})",
         "teacher labels": f"{last.n_train_frames if last else 0} training frames",
         "trust levels": _levels(report),

@@ -31,3 +31,21 @@ def test_a_running_final_training_is_not_delivered_yet_and_a_finished_one_brings
                                                                                                0.004, 80)
     assert d.iteration == 1 and d.speed_ratio == 60.0  # the loop's cell and speed: same architecture
     assert r.iterations[1].rmse_f == 0.2  # the iteration's own record is left as measured
+
+
+def test_the_terminal_summary_names_the_delivered_students_iteration_and_figures():
+    from rich.console import Console
+
+    from lamflow.flows.report.distill import summarize
+
+    r = _report()
+    r.final_student, r.status, r.delivered = "iter-0.pth", "max_iterations", "/r/student.pth"  # the last one failed
+    r.iterations[0].speed_ratio = 55.0
+    console = Console(record=True, width=300)
+    summarize(console, None, r)
+    text = console.export_text()
+    assert "(iteration 0's)" in text and "0.3000 eV/Å" in text and "55.0x" in text
+    r.final = FinalRecord(student="", numb_steps=30000, n_train_frames=330)  # a final training, unfinished
+    console = Console(record=True, width=300)
+    summarize(console, None, r)
+    assert "on unseen explored frames: 0.3000 eV/Å" in console.export_text()  # not its empty "-"
