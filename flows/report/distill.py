@@ -170,7 +170,7 @@ def summarize(console: Any, cfg: Any, report: DistillReport) -> None:
                   + (f" ({report.cached_steps} steps read back; {report.compute_seconds:,.0f} s of compute in all "
                      "sessions)" if report.cached_steps and report.compute_seconds else ""))
     if last is not None:
-        d, f = report.delivering() or last, report.final if report.final_delivered else None
+        d, f = report.delivering() or last, report.delivered_final
         rmse = "-" if d.rmse_f is None else f"{d.rmse_f:.4f} eV/Å"
         ratio = "-" if d.speed_ratio is None else f"{d.speed_ratio:.1f}x"
         made = (f"iteration {d.iteration}'s" if f is None else

@@ -74,7 +74,7 @@ def render_html(report: "DistillReport", run_dir: Path) -> Path:
             plot(report, run_dir / name)
             figures.append(figure_html(run_dir / name, caption))
     last = report.iterations[-1] if report.iterations else None
-    d, f = report.delivering() or last, report.final if report.final_delivered else None
+    d, f = report.delivering() or last, report.delivered_final
     status_class = "ok" if report.converged else "warn"
     if report.cached_steps:  # a resumed run: its wall time is this session's, steps came from earlier ones
         timing = (f"{report.wall_seconds:,.0f} s in the last session, which read {report.cached_steps} finished "

@@ -14,7 +14,7 @@ def _report() -> DistillReport:
 
 def test_without_a_final_training_the_last_measured_iteration_is_delivered():
     r = _report()
-    assert r.delivering() is r.iterations[1] and not r.final_delivered
+    assert r.delivering() is r.iterations[1] and r.delivered_final is None
     r.final_student = "iter-0.pth"  # an earlier student named final (e.g. the last iteration failed)
     assert r.delivering() is r.iterations[0]
     assert DistillReport(name="x", run_dir="/r").delivering() is None  # before any iteration
@@ -23,11 +23,11 @@ def test_without_a_final_training_the_last_measured_iteration_is_delivered():
 def test_a_running_final_training_is_not_delivered_yet_and_a_finished_one_brings_its_own_figures():
     r = _report()
     r.final = FinalRecord(student="", numb_steps=30000, n_train_frames=330)  # started, not finished
-    assert not r.final_delivered and r.delivering() is r.iterations[1]
+    assert r.delivered_final is None and r.delivering() is r.iterations[1]
     r.final.student = r.final_student = "final.pth"
     r.final.rmse_f, r.final.rmse_e_per_atom, r.final.n_eval_frames = 0.06, 0.004, 80
     d = r.delivering()
-    assert r.final_delivered and (d.student, d.rmse_f, d.rmse_e_per_atom, d.n_eval_frames) == ("final.pth", 0.06,
+    assert r.delivered_final is r.final and (d.student, d.rmse_f, d.rmse_e_per_atom, d.n_eval_frames) == ("final.pth", 0.06,
                                                                                                0.004, 80)
     assert d.iteration == 1 and d.speed_ratio == 60.0  # the loop's cell and speed: same architecture
     assert r.iterations[1].rmse_f == 0.2  # the iteration's own record is left as measured

@@ -84,17 +84,17 @@ class DistillReport:
         return asdict(self)
 
     @property
-    def final_delivered(self) -> bool:
-        """The final training has finished and its student is the one delivered."""
-        return self.final is not None and bool(self.final.student) and self.final.student == self.final_student
+    def delivered_final(self) -> FinalRecord | None:
+        """The final training, once it has finished and its student is the one delivered."""
+        f = self.final
+        return f if f is not None and f.student and f.student == self.final_student else None
 
     def delivering(self) -> IterationRecord | None:
         """The record of the student the run delivers (or would, stopped now): after a final training,
         the last iteration's with the final student's own figures (its cell, speed and architecture
         are the loop's); else the iteration whose student is the final one; None before any.
         One answer for the terminal, the HTML report and the model card, which once chose apart."""
-        if self.final_delivered:
-            f = self.final
+        if (f := self.delivered_final) is not None:
             return replace(self.iterations[-1], student=f.student, rmse_f=f.rmse_f,
                            rmse_e_per_atom=f.rmse_e_per_atom, n_eval_frames=f.n_eval_frames)
         return next((it for it in reversed(self.iterations) if it.student == self.final_student), None)
