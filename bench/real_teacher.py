@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from student_recipe import PARTS
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -47,7 +48,6 @@ SYSTEMS = {
     "nial": BenchSystem(REPO / "bench/systems/nial-sevenn/config.yaml", "nial-b2-54.extxyz",
                         "nial-liquid-54.extxyz", cold=300.0, hot=1800.0),
 }
-GPU_BATCH = {"training": {"training_data": {"batch_size": "auto:512"}}}  # the students' batch on a GPU
 HELD_OUT_SEED = 990_001  # no loop seed comes near it
 NVE_PS = 10.0
 
@@ -135,7 +135,7 @@ def main() -> None:
         raw = resolve_paths(yaml.safe_load(config.read_text()), config.parent)
         raw["teacher"]["calculator_kwargs"] = kwargs
         if args.device == "cuda":  # 8 frames a step cost about one on a GPU, and train better (student_recipe.py)
-            raw["student"]["overrides"] = deep_merge(raw["student"].get("overrides", {}), GPU_BATCH)
+            raw["student"]["overrides"] = deep_merge(raw["student"].get("overrides", {}), PARTS["batch8"])
         if args.max_iterations is not None:
             raw["max_iterations"] = args.max_iterations
         if args.max_workers:

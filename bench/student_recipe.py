@@ -25,6 +25,8 @@ import sys
 import time
 from pathlib import Path
 
+from gpu import seconds_per_step
+
 REPO = Path(__file__).resolve().parents[1]
 
 # Recipe parts: DeePMD-kit keys deep-merged on top of the config's student (None deletes a key).
@@ -60,17 +62,13 @@ def last_step(lcurve: Path) -> int:
     return int(rows[-1][0]) if rows else 0
 
 
-def seconds_per_step(log: Path) -> float | None:
-    """DeePMD-kit's own wall time per batch (its log's ``Batch N: total wall time = T s`` lines,
-    each over the batches since the previous one): start-up and data statistics excluded."""
-    rows = []
-    for line in log.read_text().splitlines() if log.exists() else []:
-        if "total wall time =" in line and "Batch" in line:
-            head, tail = line.split("total wall time =", 1)
-            rows.append((int(head.rsplit("Batch", 1)[1].strip(" :")), float(tail.split()[0])))
-    if len(rows) < 2:
+def step_seconds(log: Path) -> float | None:
+    """DeePMD-kit's own wall time per step (bench/gpu.py's reading of its log), or None where a
+    training logged too little to time (it failed, or was stopped early)."""
+    try:
+        return seconds_per_step(log)
+    except (OSError, IndexError, ZeroDivisionError):
         return None
-    return sum(t for _, t in rows[1:]) / (rows[-1][0] - rows[0][0])
 
 
 def main() -> None:
@@ -146,7 +144,7 @@ def main() -> None:
                 for test, path in tests.items():
                     r = evaluate(EvaluateParams(model=ckpt, systems=[Path(path)], type_map=cfg.type_map))
                     scores[test] = (r.rmse_f, r.rmse_e_per_atom * 1000)
-        rows.append((name, steps, seconds, seconds_per_step(work / "train.log"), cut, rc, scores))
+        rows.append((name, steps, seconds, step_seconds(work / "train.log"), cut, rc, scores))
         (args.workdir / "results.json").write_text(json.dumps(rows, indent=1))
 
     import torch

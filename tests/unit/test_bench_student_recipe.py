@@ -1,5 +1,6 @@
 """bench/student_recipe.py: a recipe is its parts deep-merged in order, and a training's time per
-step is DeePMD-kit's own wall time between its log lines, start-up excluded."""
+step is DeePMD-kit's own wall time between its log lines (bench/gpu.py's reading), start-up and
+the first interval excluded, and no figure where a training logged too little."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import pytest
 from conftest import REPO
 
 sys.path.insert(0, str(REPO / "bench"))
-from student_recipe import recipe, seconds_per_step  # noqa: E402
+from student_recipe import recipe, step_seconds  # noqa: E402
 
 
 def test_a_recipe_merges_its_parts_and_config_adds_nothing():
@@ -20,7 +21,7 @@ def test_a_recipe_merges_its_parts_and_config_adds_nothing():
     assert recipe("batch8+batch32")["training"]["training_data"]["batch_size"] == "auto:2048"  # later wins
 
 
-def test_seconds_per_step_leaves_out_the_first_batch_and_start_up(tmp_path):
+def test_step_seconds_leaves_out_start_up_and_the_first_interval(tmp_path):
     log = tmp_path / "train.log"
     log.write_text(
         "[2026-11-27 11:59:40] DEEPMD INFO    data stat ... (start-up: not a batch line)\n"
@@ -29,7 +30,7 @@ def test_seconds_per_step_leaves_out_the_first_batch_and_start_up(tmp_path):
         "[2026-11-27 12:00:01] DEEPMD INFO    Batch     200: total wall time = 2.20 s, eta = 0:00:50\n"
         "[2026-11-27 12:00:01] DEEPMD INFO    Batch     200: training loss 0.1\n"
     )
-    assert seconds_per_step(log) == pytest.approx(4.2 / 199)
+    assert step_seconds(log) == pytest.approx(2.2 / 100)  # batches 100-200; 1-100 holds compilation
     log.write_text("Batch       1: total wall time = 9.10 s\n")
-    assert seconds_per_step(log) is None  # one line: no interval to time
-    assert seconds_per_step(tmp_path / "absent.log") is None
+    assert step_seconds(log) is None  # one line: no interval to time
+    assert step_seconds(tmp_path / "absent.log") is None
