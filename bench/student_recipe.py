@@ -87,10 +87,21 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, default=REPO / "runs/bench-student-recipe")
     args = parser.parse_args()
     names = args.recipes.split(",")
+
+    def bad_input(message: str) -> None:  # one line, exit 2, before any training
+        print(f"student_recipe: {message}", file=sys.stderr)
+        sys.exit(2)
+
     unknown = sorted({p for n in names for p in n.split("+") if p not in PARTS and p != "config"})
     if unknown:
-        sys.exit(f"--recipes: unknown parts {unknown}; expected 'config' or some of {list(PARTS)} joined by '+'")
+        bad_input(f"--recipes: unknown parts {unknown}; expected 'config' or some of {list(PARTS)} joined by '+'")
+    bad = [t for t in args.test if "=" not in t]
+    if bad:
+        bad_input(f"--test: expected NAME=DIR (a labelled deepmd/npy system), got {bad[0]!r}")
     tests = dict(t.split("=", 1) for t in args.test)
+    missing = [p for p in [*map(str, args.train), *tests.values()] if not (Path(p) / "type.raw").is_file()]
+    if missing:
+        bad_input(f"{missing[0]}: not a deepmd/npy system (no type.raw); --train and --test take their folders")
 
     from lamflow.flows.cli.main import quiet_libraries
 
@@ -102,7 +113,12 @@ def main() -> None:
     from lamflow.steps.runtime import dp_command, library_env, step_threads
     from lamflow.steps.train import TrainParams, render
 
-    _, cfg = load_any(args.config, expect="distill")
+    from lamflow.steps.errors import InputError
+
+    try:
+        _, cfg = load_any(args.config, expect="distill")
+    except InputError as exc:
+        bad_input(f"--config: {exc}")
     with step_threads(args.threads):
         env = library_env()
     t0 = time.time()

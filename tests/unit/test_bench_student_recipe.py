@@ -34,3 +34,22 @@ def test_step_seconds_leaves_out_start_up_and_the_first_interval(tmp_path):
     log.write_text("Batch       1: total wall time = 9.10 s\n")
     assert step_seconds(log) is None  # one line: no interval to time
     assert step_seconds(tmp_path / "absent.log") is None
+
+
+@pytest.mark.parametrize("args, says", [
+    (["--test", "cold"], "--test: expected NAME=DIR"),
+    (["--test", "cold=/no/such/system"], "/no/such/system: not a deepmd/npy system"),
+    (["--test", "cold=SYS", "--recipes", "batch8+huge"], "--recipes: unknown parts ['huge']"),
+    (["--test", "cold=SYS", "--config", "/no/such.yaml"], "--config: /no/such.yaml: file not found"),
+])
+def test_bad_input_is_one_line_and_exit_2_before_any_training(tmp_path, args, says):
+    import subprocess
+
+    system = tmp_path / "sys"
+    (system / "set.000").mkdir(parents=True)
+    (system / "type.raw").write_text("0\n")
+    args = [a.replace("SYS", str(system)) for a in args]
+    out = subprocess.run([sys.executable, str(REPO / "bench/student_recipe.py"), "--train", str(system), *args,
+                          "--workdir", str(tmp_path / "work")], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 2 and out.stderr.strip().splitlines() == [out.stderr.strip()], out.stderr
+    assert says in out.stderr and not (tmp_path / "work").exists()
