@@ -135,7 +135,7 @@ def main() -> None:
         raw = resolve_paths(yaml.safe_load(config.read_text()), config.parent)
         raw["teacher"]["calculator_kwargs"] = kwargs
         if args.device == "cuda":  # 8 frames a step cost about one on a GPU, and train better (student_recipe.py)
-            raw["student"]["overrides"] = deep_merge(raw["student"].get("overrides", {}), PARTS["batch8"])
+            raw["student"]["overrides"] = deep_merge(raw["student"].get("overrides", {}), PARTS["atoms512"])
         if args.max_iterations is not None:
             raw["max_iterations"] = args.max_iterations
         if args.max_workers:

@@ -30,12 +30,13 @@ from gpu import seconds_per_step
 REPO = Path(__file__).resolve().parents[1]
 
 # Recipe parts: DeePMD-kit keys deep-merged on top of the config's student (None deletes a key).
-# A recipe is parts joined by "+" ("batch8+rcut6"); "config" is the config's own student (for a
+# A recipe is parts joined by "+" ("atoms512+rcut6"); "config" is the config's own student (for a
 # 64-atom cell its batch "auto" is one frame).
 PARTS: dict[str, dict] = {
-    "batch-auto": {"training": {"training_data": {"batch_size": "auto"}}},  # DeePMD-kit's: >= 32 atoms
-    "batch8": {"training": {"training_data": {"batch_size": "auto:512"}}},  # >= 512 atoms per step
-    "batch32": {"training": {"training_data": {"batch_size": "auto:2048"}}},
+    "atoms32": {"training": {"training_data": {"batch_size": "auto"}}},  # DeePMD-kit's "auto" = "auto:32"
+    # batches of at least N atoms (DeePMD-kit's "auto:N"): 8 and 32 frames of a 64-atom cell
+    "atoms512": {"training": {"training_data": {"batch_size": "auto:512"}}},
+    "atoms2048": {"training": {"training_data": {"batch_size": "auto:2048"}}},
     "energy": {"loss": {"start_pref_e": 1.0, "limit_pref_e": 10.0}},  # energies weighted from the start
     "rcut6": {"model": {"descriptor": {"rcut": 6.0}}},
     "smth0.5": {"model": {"descriptor": {"rcut_smth": 0.5}}},  # the first shells fully weighted
@@ -43,7 +44,7 @@ PARTS: dict[str, dict] = {
                        "fitting_net": {"neuron": [240, 240, 240]}}},  # DeePMD-kit's usual size
     "fit128": {"model": {"fitting_net": {"neuron": [128, 128, 128]}}},
 }
-DEFAULT = "config,batch8,batch8+energy,batch8+rcut6+smth0.5,batch8+wide,batch32"
+DEFAULT = "config,atoms512,atoms512+energy,atoms512+rcut6+smth0.5,atoms512+wide,atoms2048"
 
 
 def recipe(name: str) -> dict:

@@ -15,10 +15,10 @@ from student_recipe import recipe, step_seconds  # noqa: E402
 
 def test_a_recipe_merges_its_parts_and_config_adds_nothing():
     assert recipe("config") == {}
-    merged = recipe("batch8+rcut6+smth0.5")
+    merged = recipe("atoms512+rcut6+smth0.5")
     assert merged["training"]["training_data"]["batch_size"] == "auto:512"
     assert merged["model"]["descriptor"] == {"rcut": 6.0, "rcut_smth": 0.5}  # two parts, one dict
-    assert recipe("batch8+batch32")["training"]["training_data"]["batch_size"] == "auto:2048"  # later wins
+    assert recipe("atoms512+atoms2048")["training"]["training_data"]["batch_size"] == "auto:2048"  # later wins
 
 
 def test_step_seconds_leaves_out_start_up_and_the_first_interval(tmp_path):
@@ -39,7 +39,7 @@ def test_step_seconds_leaves_out_start_up_and_the_first_interval(tmp_path):
 @pytest.mark.parametrize("args, says", [
     (["--test", "cold"], "--test: expected NAME=DIR"),
     (["--test", "cold=/no/such/system"], "/no/such/system: not a deepmd/npy system"),
-    (["--test", "cold=SYS", "--recipes", "batch8+huge"], "--recipes: unknown parts ['huge']"),
+    (["--test", "cold=SYS", "--recipes", "atoms512+huge"], "--recipes: unknown parts ['huge']"),
     (["--test", "cold=SYS", "--config", "/no/such.yaml"], "--config: /no/such.yaml: file not found"),
 ])
 def test_bad_input_is_one_line_and_exit_2_before_any_training(tmp_path, args, says):
