@@ -44,6 +44,15 @@ PARTS: dict[str, dict] = {
                        "fitting_net": {"neuron": [240, 240, 240]}}},  # DeePMD-kit's usual size
     "fit128": {"model": {"fitting_net": {"neuron": [128, 128, 128]}}},
 }
+# Parts that wrap the rendered descriptor rather than merge keys into it: "e3" adds a three-body
+# embedding (se_e3, DeePMD-kit's angular descriptor, compressible) beside the config's two-body
+# one, with a shorter cut-off (angles matter in the first shells; their cost grows with the square
+# of the neighbours).
+E3 = {"type": "se_e3", "sel": "auto", "rcut": 4.0, "rcut_smth": 0.5, "neuron": [4, 8, 16], "resnet_dt": False, "seed": 1}
+WRAPS: dict[str, dict] = {
+    "e3": E3,
+    "e3short": {**E3, "rcut": 3.5},  # silicon's first shell only (2.35 Å; the second is at 3.84)
+}
 DEFAULT = "config,atoms512,atoms512+energy,atoms512+rcut6+smth0.5,atoms512+wide,atoms2048"
 
 
@@ -52,9 +61,18 @@ def recipe(name: str) -> dict:
 
     merged: dict = {}
     for part in name.split("+"):
-        if part != "config":
+        if part in PARTS:
             merged = deep_merge(merged, PARTS[part])
     return merged
+
+
+def wrap(config: dict, name: str) -> dict:
+    """The rendered input with the recipe's WRAPS parts joined to its descriptor in a hybrid."""
+    extra = [WRAPS[part] for part in name.split("+") if part in WRAPS]
+    if extra:
+        descriptor = config["model"]["descriptor"]
+        config["model"]["descriptor"] = {"type": "hybrid", "list": [descriptor, *extra]}
+    return config
 
 
 def last_step(lcurve: Path) -> int:
@@ -80,7 +98,7 @@ def main() -> None:
     parser.add_argument("--test", nargs="+", required=True, help="NAME=DIR: labelled deepmd/npy systems to score on")
     parser.add_argument("--steps", type=int, default=10000)
     parser.add_argument("--recipes", default=DEFAULT,
-                        help=f"comma-separated; each 'config' or parts joined by '+', of: {', '.join(PARTS)}")
+                        help=f"comma-separated; each 'config' or parts joined by '+', of: {', '.join([*PARTS, *WRAPS])}")
     parser.add_argument("--parallel", type=int, default=1, help="trainings at once")
     parser.add_argument("--threads", type=int, default=2, help="threads of each training")
     parser.add_argument("--deadline", type=float, default=None, help="seconds after which trainings are stopped")
@@ -93,9 +111,9 @@ def main() -> None:
         print(f"student_recipe: {message}", file=sys.stderr)
         sys.exit(2)
 
-    unknown = sorted({p for n in names for p in n.split("+") if p not in PARTS and p != "config"})
+    unknown = sorted({p for n in names for p in n.split("+") if p not in PARTS and p not in WRAPS and p != "config"})
     if unknown:
-        bad_input(f"--recipes: unknown parts {unknown}; expected 'config' or some of {list(PARTS)} joined by '+'")
+        bad_input(f"--recipes: unknown parts {unknown}; expected 'config' or some of {[*PARTS, *WRAPS]} joined by '+'")
     bad = [t for t in args.test if "=" not in t]
     if bad:
         bad_input(f"--test: expected NAME=DIR (a labelled deepmd/npy system), got {bad[0]!r}")
@@ -129,9 +147,9 @@ def main() -> None:
             name = pending.pop(0)
             work = (args.workdir / name).resolve()
             work.mkdir(parents=True, exist_ok=True)
-            config = render(TrainParams(output=work, type_map=cfg.type_map, template=cfg.student.template,
+            config = wrap(render(TrainParams(output=work, type_map=cfg.type_map, template=cfg.student.template,
                                         overrides=deep_merge(cfg.student.overrides, recipe(name)),
-                                        train=args.train, numb_steps=args.steps, compress=False))
+                                        train=args.train, numb_steps=args.steps, compress=False)), name)
             (work / "input.json").write_text(json.dumps(config, indent=1))
             log = (work / "train.log").open("w")
             running[name] = (subprocess.Popen([*dp_command(), "--pt", "train", "input.json"], cwd=work, env=env,

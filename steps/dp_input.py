@@ -116,7 +116,10 @@ def seed_model(model: dict[str, Any], seed: int) -> None:
 
     for key in ("descriptor", "fitting_net"):
         if isinstance(model.get(key), dict):
-            model[key].setdefault("seed", seed)
+            # a hybrid descriptor takes no seed of its own (DeePMD-kit: unknown key); its members do
+            members = model[key].get("list", []) if model[key].get("type") == "hybrid" else [model[key]]
+            for member in members:
+                member.setdefault("seed", seed)
     walk(model)
 
 

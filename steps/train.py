@@ -38,14 +38,15 @@ from .structures import check_systems
 
 log = logging.getLogger(__name__)
 
-#: descriptors whose PyTorch implementation supports ``dp compress``.
 #: descriptors whose ``dp freeze`` works in the process that trained them, so train, freeze and
 #: compress share one process (and one ~8 s import: :func:`~lamflow.steps.runtime.run_dp`).
 #: DPA-3 cannot be scripted there after training ("Module 'SiLUTScript' has no attribute
 #: 'SiLUTFunction'"): other descriptors freeze in a fresh process, as ``dp`` users do.
 FREEZE_WHERE_TRAINED = frozenset({"se_e2_a", "se_a", "se_atten_v2"})
+#: descriptors whose PyTorch implementation supports ``dp compress`` (a hybrid: when each of its
+#: members does).
 COMPRESSIBLE = {"se_e2_a", "se_a", "se_e2_r", "se_r", "se_e3", "se_at", "se_atten_v2", "se_atten",
-                "dpa1", "dpa2", "dpa4c", "hybrid"}
+                "dpa1", "dpa2", "dpa4c"}
 
 
 class Branch(Params):
@@ -259,12 +260,14 @@ def _check_branch_sources(src: Path, branches: dict[str, Branch]) -> None:
 
 def _check_compressible(config: dict[str, Any]) -> None:
     kind = _descriptor_type(config)
-    if kind not in COMPRESSIBLE:
-        raise InputError(
-            "compress",
-            f"descriptor '{kind}' cannot be compressed; use se_e2_a, se_atten_v2, "
-            "DPA-2 (tebd_input_mode strip) or DPA4C",
-        )
+    members = config["model"]["descriptor"].get("list", []) if kind == "hybrid" else [{"type": kind}]
+    for member in members:
+        if str(member.get("type", "")).lower() not in COMPRESSIBLE:
+            raise InputError(
+                "compress",
+                f"descriptor '{member.get('type')}' cannot be compressed; use se_e2_a, se_e3, se_atten_v2, "
+                "DPA-2 (tebd_input_mode strip), DPA4C or a hybrid of them",
+            )
 
 
 def run(params: TrainParams) -> TrainResult:

@@ -1,4 +1,5 @@
-"""bench/student_recipe.py: a recipe is its parts deep-merged in order, and a training's time per
+"""bench/student_recipe.py: a recipe is its parts deep-merged in order (or wrapped around the
+descriptor, for a three-body embedding), and a training's time per
 step is DeePMD-kit's own wall time between its log lines (bench/gpu.py's reading), start-up and
 the first interval excluded, and no figure where a training logged too little."""
 
@@ -10,7 +11,7 @@ import pytest
 from conftest import REPO
 
 sys.path.insert(0, str(REPO / "bench"))
-from student_recipe import recipe, step_seconds  # noqa: E402
+from student_recipe import recipe, step_seconds, wrap  # noqa: E402
 
 
 def test_a_recipe_merges_its_parts_and_config_adds_nothing():
@@ -19,6 +20,16 @@ def test_a_recipe_merges_its_parts_and_config_adds_nothing():
     assert merged["training"]["training_data"]["batch_size"] == "auto:512"
     assert merged["model"]["descriptor"] == {"rcut": 6.0, "rcut_smth": 0.5}  # two parts, one dict
     assert recipe("atoms512+atoms2048")["training"]["training_data"]["batch_size"] == "auto:2048"  # later wins
+
+
+def test_a_wrap_part_joins_a_three_body_embedding_to_the_rendered_descriptor_in_a_hybrid():
+    two_body = {"type": "se_e2_a", "rcut": 5.0, "sel": "auto"}
+    config = wrap({"model": {"descriptor": dict(two_body)}}, "atoms512+e3")
+    assert recipe("atoms512+e3") == recipe("atoms512")  # not a key merge
+    hybrid = config["model"]["descriptor"]
+    assert hybrid["type"] == "hybrid" and hybrid["list"][0] == two_body
+    assert hybrid["list"][1]["type"] == "se_e3" and hybrid["list"][1]["rcut"] < two_body["rcut"]
+    assert wrap({"model": {"descriptor": dict(two_body)}}, "atoms512")["model"]["descriptor"] == two_body
 
 
 def test_step_seconds_leaves_out_start_up_and_the_first_interval(tmp_path):

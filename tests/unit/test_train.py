@@ -9,6 +9,7 @@ import pytest
 
 from conftest import TINY_DPA3, write_cu_frames
 from lamflow.steps import evaluate, label, train
+from lamflow.steps.dp_input import deep_merge, load_template
 from lamflow.steps.errors import InputError
 from lamflow.steps.inference import load_model
 
@@ -107,6 +108,27 @@ def test_dpa3_cannot_be_compressed_one_line(tmp_path, cu_data):
                                     overrides=TINY_DPA3, train=cu_data.systems, numb_steps=2,
                                     compress=True))
     assert not (tmp_path / "t").exists()  # no half-written output folder is left as if complete
+    two_body = {"type": "se_e2_a", "sel": "auto", "rcut": 4.0, "neuron": [4, 8], "axis_neuron": 2}
+    dpa3 = deep_merge(load_template("dpa3")["model"]["descriptor"], TINY_DPA3["model"]["descriptor"])
+    with pytest.raises(InputError, match="descriptor 'dpa3' cannot be compressed"):  # a hybrid: each member
+        train.run(train.TrainParams(output=tmp_path / "h", type_map=["Cu"], template="se_e2_a+se_e3",
+                                    overrides={"model": {"descriptor": {"list": [two_body, dpa3]}}},
+                                    train=cu_data.systems, numb_steps=2, compress=True))
+
+
+def test_a_hybrid_student_with_angles_trains_and_compresses_to_the_same_forces(tmp_path, cu_data):
+    """The se_e2_a + se_e3 template: a two-body and a three-body embedding, both tabulated by
+    ``dp compress``."""
+    tiny = {"model": {"descriptor": {"list": [
+        {"type": "se_e2_a", "sel": "auto", "rcut": 4.5, "neuron": [4, 8], "axis_neuron": 2},
+        {"type": "se_e3", "sel": "auto", "rcut": 3.0, "neuron": [2, 4]}]}, "fitting_net": {"neuron": [8]}}}
+    student = train.run(train.TrainParams(output=tmp_path / "h", type_map=["Cu"], template="se_e2_a+se_e3",
+                                          overrides=tiny, train=cu_data.systems, numb_steps=10, compress=True))
+    rendered = json.loads(student.input.read_text())["model"]["descriptor"]
+    assert [d["type"] for d in rendered["list"]] == ["se_e2_a", "se_e3"]
+    plain = evaluate.run(evaluate.EvaluateParams(model=student.model, systems=cu_data.systems, type_map=["Cu"]))
+    fast = evaluate.run(evaluate.EvaluateParams(model=student.compressed, systems=cu_data.systems, type_map=["Cu"]))
+    assert fast.rmse_f == pytest.approx(plain.rmse_f, rel=1e-2) and student.compressed != student.model
 
 
 @pytest.mark.parametrize(
