@@ -39,7 +39,7 @@ PARTS: dict[str, dict] = {
     "atoms2048": {"training": {"training_data": {"batch_size": "auto:2048"}}},
     "energy": {"loss": {"start_pref_e": 1.0, "limit_pref_e": 10.0}},  # energies weighted from the start
     "rcut6": {"model": {"descriptor": {"rcut": 6.0}}},
-    "smth0.5": {"model": {"descriptor": {"rcut_smth": 0.5}}},  # the first shells fully weighted
+    "smth0.5": {"model": {"descriptor": {"rcut_smth": 0.5}}},  # the switch spread from 0.5 Å to rcut
     "wide": {"model": {"descriptor": {"neuron": [25, 50, 100], "axis_neuron": 16},
                        "fitting_net": {"neuron": [240, 240, 240]}}},  # DeePMD-kit's usual size
     "fit128": {"model": {"fitting_net": {"neuron": [128, 128, 128]}}},

@@ -83,8 +83,9 @@ class Teacher(Section):
 class Student(Section):
     """The fast model the loop delivers: its DeePMD-kit template, training and compression."""
 
-    template: str = Field("se_e2_a", description="se_e2_a, se_atten_v2 (`lamflow templates`) or a .json path "
-                          "(any DeePMD-kit descriptor; to compress: se_e2_a, se_atten_v2, DPA-2 strip, dpa4c)")
+    template: str = Field("se_e2_a", description="se_e2_a, se_e2_a+se_e3 (with angles), se_atten_v2 "
+                          "(`lamflow templates`) or a .json path (any DeePMD-kit descriptor; to compress: "
+                          "se_e2_a, se_e3, se_atten_v2, DPA-2 strip, dpa4c, or a hybrid of them)")
     overrides: dict[str, Any] = Field(default_factory=dict, description="DeePMD-kit input keys deep-merged into the "
                                                                         "template (e.g. model.descriptor.rcut)")
     numb_steps: int = Field(2000, ge=1, description="steps for the first student")
