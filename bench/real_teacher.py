@@ -133,8 +133,9 @@ def main() -> None:
         from lamflow.steps.dp_input import deep_merge
 
         raw = resolve_paths(yaml.safe_load(config.read_text()), config.parent)
-        raw["teacher"]["calculator_kwargs"] = kwargs
         if args.device == "cuda":  # 8 frames a step cost about one on a GPU, and train better (student_recipe.py)
+            raw["teacher"]["calculator_kwargs"] = kwargs  # on the CPU the example's own stand: a run with
+            # --max-iterations then reuses every step of a run without it (the kwargs are in each step's key)
             raw["student"]["overrides"] = deep_merge(raw["student"].get("overrides", {}), PARTS["atoms512"])
         if args.max_iterations is not None:
             raw["max_iterations"] = args.max_iterations
