@@ -17,6 +17,7 @@ import numpy as np
 
 from . import memory
 from .errors import InputError
+from .runtime import interrupt_if_stopping
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +89,7 @@ def predict(model, system, where: str, batch_size: int = 32):
         batch_size = memory.CALIBRATION.batch(id(model), natoms, batch_size)
         good = good[1:]
     for start in range(0, len(good), batch_size):
+        interrupt_if_stopping(where)
         idx = good[start : start + batch_size]
         try:
             e, f, v = eval_frames(model, coords, cells, types, idx)

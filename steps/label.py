@@ -19,6 +19,7 @@ from .base import CalculatorKwargs, Chunk, NChunks, OutputPath, Params, Structur
 from .artifacts import atomic_dir
 from .calculators import known_calculator, make_calculator
 from .errors import InputError
+from .runtime import interrupt_if_stopping
 from .structures import deepmd_systems, read_atoms
 
 log = logging.getLogger(__name__)
@@ -85,6 +86,7 @@ def run(params: LabelParams) -> LabelResult:
     multi = dpdata.MultiSystems(type_map=list(params.type_map))
     dropped = 0
     for index in mine:
+        interrupt_if_stopping("label")
         try:
             frame = _labelled_frame(frames[index], calc)
         except InputError:

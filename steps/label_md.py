@@ -25,7 +25,8 @@ from pydantic import BaseModel, Field, field_validator, model_validator
 from .artifacts import atomic_dir
 from .base import CalculatorKwargs, OutputPath, Params, Seed, TypeMap, frames_after_start, positive_kelvin
 from .calculators import known_calculator, make_calculator
-from .errors import InputError, StepFailed
+from .errors import InputError, StepFailed, StepInterrupted
+from .runtime import interrupt_if_stopping
 from .structures import check_overlaps, deepmd_systems, read_atoms
 
 log = logging.getLogger(__name__)
@@ -112,11 +113,14 @@ def run(params: LabelMDParams) -> LabelMDResult:
             atoms.calc = calc
             MaxwellBoltzmannDistribution(atoms, temperature_K=temp, rng=rng)
             md = _dynamics(params, atoms, temp, rng)
+            md.attach(interrupt_if_stopping, interval=1, what="label_md")
             for _ in range(params.nsteps // params.trj_freq):
                 try:
                     md.run(params.trj_freq)
                     energy, forces = atoms.get_potential_energy(), atoms.get_forces()
                     stress = atoms.get_stress()
+                except StepInterrupted:
+                    raise
                 except Exception as exc:  # a calculator that cannot go on: keep what it gave
                     log.warning("label_md: trajectory %d at %g K stopped: %s", n_traj, temp, exc)
                     stopped += 1

@@ -160,8 +160,7 @@ def run_child(cmd: list[str], *, cwd: Path, env: dict[str, str], timeout: float 
     """``subprocess.run`` for a step's child (dp, LAMMPS): it dies with lamflow, and
     :func:`stop_children` ends it when the run stops. An ended child raises
     :class:`StepInterrupted` here, so its step neither records a result nor retries."""
-    if _STOPPING.is_set():
-        raise StepInterrupted("the run is stopping")
+    interrupt_if_stopping(str(cmd[0]))
     capture = popen.pop("capture_output", False)
     if capture:
         popen.update(stdout=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -202,6 +201,16 @@ def stop_children(grace: float = 5.0) -> int:
 
 def stopping() -> bool:
     return _STOPPING.is_set()
+
+
+def interrupt_if_stopping(what: str) -> None:
+    """Raise :class:`StepInterrupted` once the run is stopping. Work a step does in lamflow's own
+    process (an ASE calculator's frames and MD steps, a model's batches) calls this between its
+    units: :func:`stop_children` can end a child process but not a thread, and the engines run
+    such steps in threads that the run waits for, so a SevenNet-0 teacher's MD kept a stopped
+    run alive for its remaining minutes."""
+    if _STOPPING.is_set():
+        raise StepInterrupted(f"{what}: the run is stopping")
 
 
 def allow_children() -> None:

@@ -24,6 +24,7 @@ from .calculators import known_calculator, make_calculator
 from .errors import InputError, StepFailed
 from .explore import ExploreParams
 from .explore import run as explore_run
+from .runtime import interrupt_if_stopping
 from .structures import read_atoms
 
 #: untimed ASE steps before the clock starts (graph compilation, caches, neighbour lists)
@@ -123,6 +124,7 @@ def _ase(params: SpeedParams) -> SpeedResult:
     atoms.calc = calc
     MaxwellBoltzmannDistribution(atoms, temperature_K=params.temp, rng=np.random.default_rng(1))
     md = VelocityVerlet(atoms, timestep=1.0 * units.fs)
+    md.attach(interrupt_if_stopping, interval=1, what="speed")
     nsteps = max(10, params.nsteps // 10)
     md.run(WARMUP_STEPS)
     t0 = time.perf_counter()

@@ -1,7 +1,9 @@
 """Stopping a run on SIGINT or SIGTERM (Ctrl-C, ``kill``, a scheduler's end of job).
 
 The handler says at once that the run is stopping, ends the running steps' children (dp,
-LAMMPS) within seconds through :func:`lamflow.steps.runtime.stop_children`, and unwinds:
+LAMMPS) within seconds through :func:`lamflow.steps.runtime.stop_children` (steps that compute in
+this process, an ASE calculator's labels and MD, stop between frames and MD steps:
+:func:`lamflow.steps.runtime.interrupt_if_stopping`), and unwinds:
 finished steps keep their records, interrupted ones write none, and the same command resumes.
 A second signal ends the process at once.
 

@@ -91,3 +91,41 @@ def test_a_sigkilled_run_takes_its_training_and_its_prefect_server_down_with_it(
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait(timeout=30)
     assert train in family and not _gone(family, within=10), "processes outlived their run"
+
+
+@pytest.mark.slow(seconds=30)
+def test_sigterm_stops_a_calculator_teachers_md_that_runs_in_lamflows_own_process(tmp_path):
+    """A calculator teacher's MD (``label_md``) runs in a thread of the lamflow process, not in a
+    child the handler can end: it stops between MD steps, not at the end of its trajectories."""
+    from conftest import TINY_SE_E2_A, write_cu_frames
+
+    write_cu_frames(tmp_path / "start.extxyz", 1, seed=3)
+    raw = {"name": "md", "type_map": ["Cu"], "teacher": {"calculator": "emt"},
+           "student": {"template": "se_e2_a", "numb_steps": 10, "compress": False, "overrides": TINY_SE_E2_A},
+           "configurations": {"files": ["start.extxyz"]},
+           "initial_data": {"perturbed_frames": 2,  # EMT's MD of hours, unless it stops
+                            "teacher_md": {"temps": [300], "nsteps": 10**8, "trj_freq": 10**6}},
+           "iterations": [{"temps": [300], "nsteps": 20, "trj_freq": 10}], "max_iterations": 1}
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(raw))
+    run = tmp_path / "run"
+    proc = subprocess.Popen([*CLI, "distill", str(tmp_path / "config.yaml"), "--workdir", str(run),
+                             "--engine", "local"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not list(run.glob("init/label/*.result.json")) and time.monotonic() < deadline:  # the MD is next
+            assert proc.poll() is None, proc.stderr.read()[-2000:]
+            time.sleep(0.5)
+        time.sleep(3)
+        assert proc.poll() is None and psutil.Process(proc.pid).cpu_percent(interval=1.0) > 50  # computing
+        os.kill(proc.pid, signal.SIGTERM)
+        try:
+            out, err = proc.communicate(timeout=20)
+        except subprocess.TimeoutExpired:
+            raise AssertionError("the teacher's MD ran on after the signal") from None
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 128 + signal.SIGTERM, err[-2000:]
+    assert "Traceback" not in err, err[-3000:]
+    assert list(run.glob("init/label/*.result.json")) and not (run / "init/teacher-md").exists()

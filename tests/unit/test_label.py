@@ -71,3 +71,28 @@ def test_bad_input_is_one_clear_error(tmp_path, cu_frames, change, message):
     params = {"structures": [cu_frames], "type_map": ["Cu"], "output": tmp_path / "o", **change}
     with pytest.raises(ValueError, match=message):  # InputError, or a ValidationError naming the field
         label.run(label.LabelParams(**params))
+
+
+@pytest.mark.parametrize("step", ["label", "label_md", "speed"])
+def test_a_stopping_run_interrupts_a_calculators_frames_and_md_steps(tmp_path, cu_frames, step):
+    """Steps that compute in lamflow's own process (in an engine's thread, which the stop handler
+    cannot end) check between frames and MD steps: once the run is stopping they raise
+    StepInterrupted and write nothing, instead of running to their end."""
+    from lamflow.steps import label_md, runtime, speed
+    from lamflow.steps.errors import StepInterrupted
+
+    out = tmp_path / step
+    call = {
+        "label": lambda: label.run(label.LabelParams(structures=[cu_frames], type_map=["Cu"], output=out)),
+        "label_md": lambda: label_md.run(label_md.LabelMDParams(structures=[cu_frames], type_map=["Cu"], output=out,
+                                                                calculator="emt", temps=[300], nsteps=2000)),
+        "speed": lambda: speed.run(speed.SpeedParams(calculator="emt", structure=cu_frames, type_map=["Cu"],
+                                                     output=out, nsteps=20000)),
+    }[step]
+    runtime.stop_children()  # what the SIGINT/SIGTERM handler does first
+    try:
+        with pytest.raises(StepInterrupted, match=f"{step}: the run is stopping"):
+            call()
+    finally:
+        runtime.allow_children()
+    assert not out.exists()
