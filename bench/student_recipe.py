@@ -67,12 +67,33 @@ def recipe(name: str) -> dict:
 
 
 def wrap(config: dict, name: str) -> dict:
-    """The rendered input with the recipe's WRAPS parts joined to its descriptor in a hybrid."""
+    """The rendered input with the recipe's WRAPS parts joined to its descriptor in a hybrid (one
+    hybrid: a config's own hybrid is extended, its member of the same type replaced)."""
     extra = [WRAPS[part] for part in name.split("+") if part in WRAPS]
     if extra:
         descriptor = config["model"]["descriptor"]
-        config["model"]["descriptor"] = {"type": "hybrid", "list": [descriptor, *extra]}
+        members = descriptor["list"] if descriptor.get("type") == "hybrid" else [descriptor]
+        kinds = {e["type"] for e in extra}
+        config["model"]["descriptor"] = {"type": "hybrid",
+                                         "list": [*(m for m in members if m.get("type") not in kinds), *extra]}
     return config
+
+
+def apply(config: dict, name: str) -> dict:
+    """The rendered input with the whole recipe: PARTS merged (their descriptor keys into the
+    first member where the config's descriptor is a hybrid, e.g. the se_e2_a of se_e2_a+se_e3),
+    then WRAPS."""
+    from lamflow.steps.dp_input import deep_merge
+
+    merged = recipe(name)
+    keys = merged.get("model", {}).pop("descriptor", {})
+    config = deep_merge(config, merged)
+    descriptor = config["model"]["descriptor"]
+    if descriptor.get("type") == "hybrid":
+        descriptor["list"][0] = deep_merge(descriptor["list"][0], keys)
+    else:
+        config["model"]["descriptor"] = deep_merge(descriptor, keys)
+    return wrap(config, name)
 
 
 def last_step(lcurve: Path) -> int:
@@ -126,7 +147,6 @@ def main() -> None:
 
     quiet_libraries(debug=False)
     from lamflow.flows.pipelines import load_any
-    from lamflow.steps.dp_input import deep_merge
     from lamflow.steps.evaluate import EvaluateParams
     from lamflow.steps.evaluate import run as evaluate
     from lamflow.steps.runtime import dp_command, library_env, step_threads
@@ -147,9 +167,9 @@ def main() -> None:
             name = pending.pop(0)
             work = (args.workdir / name).resolve()
             work.mkdir(parents=True, exist_ok=True)
-            config = wrap(render(TrainParams(output=work, type_map=cfg.type_map, template=cfg.student.template,
-                                        overrides=deep_merge(cfg.student.overrides, recipe(name)),
-                                        train=args.train, numb_steps=args.steps, compress=False)), name)
+            config = apply(render(TrainParams(output=work, type_map=cfg.type_map, template=cfg.student.template,
+                                              overrides=cfg.student.overrides, train=args.train,
+                                              numb_steps=args.steps, compress=False)), name)
             (work / "input.json").write_text(json.dumps(config, indent=1))
             log = (work / "train.log").open("w")
             running[name] = (subprocess.Popen([*dp_command(), "--pt", "train", "input.json"], cwd=work, env=env,

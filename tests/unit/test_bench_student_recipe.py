@@ -11,7 +11,7 @@ import pytest
 from conftest import REPO
 
 sys.path.insert(0, str(REPO / "bench"))
-from student_recipe import recipe, step_seconds, wrap  # noqa: E402
+from student_recipe import apply, recipe, step_seconds, wrap  # noqa: E402
 
 
 def test_a_recipe_merges_its_parts_and_config_adds_nothing():
@@ -30,6 +30,20 @@ def test_a_wrap_part_joins_a_three_body_embedding_to_the_rendered_descriptor_in_
     assert hybrid["type"] == "hybrid" and hybrid["list"][0] == two_body
     assert hybrid["list"][1]["type"] == "se_e3" and hybrid["list"][1]["rcut"] < two_body["rcut"]
     assert wrap({"model": {"descriptor": dict(two_body)}}, "atoms512")["model"]["descriptor"] == two_body
+
+
+def test_a_recipe_on_a_config_that_is_already_a_hybrid_changes_its_members_not_the_hybrid():
+    """The Si example's student is se_e2_a+se_e3: descriptor keys (rcut6) go to its two-body member,
+    and e3short replaces its se_e3 rather than nesting a hybrid in a hybrid."""
+    hybrid = {"type": "hybrid", "list": [{"type": "se_e2_a", "rcut": 5.0}, {"type": "se_e3", "rcut": 4.0}]}
+    config = apply({"model": {"descriptor": hybrid}, "training": {"training_data": {"batch_size": "auto"}}},
+                   "atoms512+rcut6+e3short")
+    members = config["model"]["descriptor"]["list"]
+    assert config["model"]["descriptor"]["type"] == "hybrid" and [m["type"] for m in members] == ["se_e2_a", "se_e3"]
+    assert members[0]["rcut"] == 6.0 and members[1]["rcut"] == 3.5
+    assert config["training"]["training_data"]["batch_size"] == "auto:512"
+    flat = apply({"model": {"descriptor": {"type": "se_e2_a", "rcut": 5.0}}}, "rcut6")
+    assert flat["model"]["descriptor"] == {"type": "se_e2_a", "rcut": 6.0}
 
 
 def test_step_seconds_leaves_out_start_up_and_the_first_interval(tmp_path):
