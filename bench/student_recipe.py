@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 
 from gpu import seconds_per_step
+from lamflow.steps.dp_input import load_template
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -48,7 +49,7 @@ PARTS: dict[str, dict] = {
 # embedding (se_e3, DeePMD-kit's angular descriptor, compressible) beside the config's two-body
 # one, with a shorter cut-off (angles matter in the first shells; their cost grows with the square
 # of the neighbours).
-E3 = {"type": "se_e3", "sel": "auto", "rcut": 4.0, "rcut_smth": 0.5, "neuron": [4, 8, 16], "resnet_dt": False, "seed": 1}
+E3 = next(m for m in load_template("se_e2_a+se_e3")["model"]["descriptor"]["list"] if m["type"] == "se_e3")
 WRAPS: dict[str, dict] = {
     "e3": E3,
     "e3short": {**E3, "rcut": 3.5},  # silicon's first shell only (2.35 Å; the second is at 3.84)
