@@ -2,6 +2,7 @@
 
     python bench/student_recipe.py --train DIR... --test NAME=DIR... [--config CONFIG] [--steps N]
         [--recipes a,b,...] [--parallel P] [--threads T] [--deadline S] [--workdir DIR]
+        [--speed CELL [--speed-repeats R]] [--reuse]
 
 The loop's delivered student is bounded by three things: the frames it is trained on, its size,
 and how it is trained (batch, loss weights, steps). This bench holds the frames fixed (``--train``:
@@ -14,6 +15,13 @@ never trained on: bench/real_teacher.py's held-out MD, a loop's validation frame
 Trainings run ``--parallel`` at a time; on a GPU several small students share the card (each is
 launch-bound). A training still running at ``--deadline`` seconds is stopped and its last
 checkpoint scored, marked as cut (its learning rate had not decayed: an underestimate).
+
+Accuracy is half of a student's recipe; the other half is what its MD step costs. ``--speed CELL``
+compresses each student (``dp --pt compress``, as the loop delivers it) and times it in LAMMPS
+on CELL with lamflow's ``speed`` step, ``--speed-repeats`` times interleaved across the recipes
+(this machine's noise is ~15 %: the spread is printed). ``--reuse`` keeps a recipe whose folder
+already holds a checkpoint of ``--steps`` steps: students trained on a GPU are scored and timed
+on the CPU they are meant for.
 """
 
 from __future__ import annotations
@@ -44,6 +52,12 @@ PARTS: dict[str, dict] = {
     "wide": {"model": {"descriptor": {"neuron": [25, 50, 100], "axis_neuron": 16},
                        "fitting_net": {"neuron": [240, 240, 240]}}},  # DeePMD-kit's usual size
     "fit128": {"model": {"fitting_net": {"neuron": [128, 128, 128]}}},
+    # smaller and cheaper: what a compressed student's MD step costs is mostly its two-body
+    # embedding's width (tabulated, evaluated per neighbour) and its fitting net (per atom)
+    "small2b": {"model": {"descriptor": {"neuron": [8, 16, 32]}}},
+    "rcut4.5": {"model": {"descriptor": {"rcut": 4.5}}},
+    "fit48": {"model": {"fitting_net": {"neuron": [48, 48, 48]}}},
+    "fit32": {"model": {"fitting_net": {"neuron": [32, 32, 32]}}},
 }
 # Parts that wrap the rendered descriptor rather than merge keys into it: "e3" adds a three-body
 # embedding (se_e3, DeePMD-kit's angular descriptor, compressible) beside the config's two-body
@@ -126,6 +140,11 @@ def main() -> None:
     parser.add_argument("--deadline", type=float, default=None, help="seconds after which trainings are stopped")
     parser.add_argument("--no-score", action="store_true", help="train only (a timing probe)")
     parser.add_argument("--workdir", type=Path, default=REPO / "runs/bench-student-recipe")
+    parser.add_argument("--speed", type=Path, default=None,
+                        help="a periodic cell: time each compressed student's LAMMPS MD on it (µs/atom-step)")
+    parser.add_argument("--speed-repeats", type=int, default=2, help="timings per student, interleaved")
+    parser.add_argument("--reuse", action="store_true",
+                        help="keep a recipe whose folder holds a checkpoint of --steps steps (no retraining)")
     args = parser.parse_args()
     names = args.recipes.split(",")
 
@@ -143,6 +162,8 @@ def main() -> None:
     missing = [p for p in [*map(str, args.train), *tests.values()] if not (Path(p) / "type.raw").is_file()]
     if missing:
         bad_input(f"{missing[0]}: not a deepmd/npy system (no type.raw); --train and --test take their folders")
+    if args.speed is not None and not args.speed.is_file():
+        bad_input(f"--speed: {args.speed}: no such file; expected a periodic cell (extxyz, POSCAR, ...)")
 
     from lamflow.flows.cli.main import quiet_libraries
 
@@ -162,7 +183,14 @@ def main() -> None:
     with step_threads(args.threads):
         env = library_env()
     t0 = time.time()
-    pending, running, done = list(names), {}, {}
+    done = {}
+    if args.reuse:  # a student already trained the asked steps (elsewhere, e.g. on a GPU) is kept
+        for name in names:
+            work = (args.workdir / name).resolve()
+            if (work / "model.ckpt.pt").exists() and last_step(work / "lcurve.out") >= args.steps:
+                done[name] = (0, float("nan"), False)
+                print(f"reuse {name}: {work / 'model.ckpt.pt'}", flush=True)
+    pending, running = [n for n in names if n not in done], {}
     while pending or running:
         while pending and len(running) < args.parallel:
             name = pending.pop(0)
@@ -202,6 +230,7 @@ def main() -> None:
                     scores[test] = (r.rmse_f, r.rmse_e_per_atom * 1000)
         rows.append((name, steps, seconds, step_seconds(work / "train.log"), cut, rc, scores))
         (args.workdir / "results.json").write_text(json.dumps(rows, indent=1))
+    speeds = time_students(args, names, cfg.type_map) if args.speed is not None else {}
 
     import torch
 
@@ -210,12 +239,44 @@ def main() -> None:
           f"{args.parallel} at once, {args.threads} threads; {where}")
     print(f"trained on {len(args.train)} systems; scored on " + ", ".join(tests))
     head = "".join(f"  {t + ' F eV/Å':>14} {t + ' E meV/at':>14}" for t in tests)
-    print(f"{'recipe':<24} {'steps':>6} {'s/step':>7} {'wall s':>7}{head}")
+    if speeds:
+        print(f"speed: compressed, LAMMPS, {args.speed.name}, {args.threads} threads, "
+              f"{args.speed_repeats} timings each (min-max µs/atom-step)")
+    speed_head = f" {'µs/atom-step':>14}" if speeds else ""
+    print(f"{'recipe':<24} {'steps':>6} {'s/step':>7} {'wall s':>7}{head}{speed_head}")
     for name, steps, seconds, per_step, cut, rc, scores in rows:
         cells = "".join(f"  {scores[t][0]:>14.4f} {scores[t][1]:>14.2f}" if t in scores else f"  {'-':>14} {'-':>14}"
                         for t in tests)
+        if speeds:
+            cells += f" {'%.0f-%.0f' % (min(speeds[name]), max(speeds[name])) if speeds.get(name) else '-':>14}"
         note = " (cut)" if cut else ("" if rc == 0 else f" (rc {rc})")
         print(f"{name:<24} {steps:>6} {per_step or float('nan'):>7.4f} {seconds:>7.0f}{cells}{note}")
+
+
+def time_students(args: argparse.Namespace, names: list[str], type_map: list[str]) -> dict[str, list[float]]:
+    """Each trained student frozen, compressed and timed in LAMMPS, the timings interleaved across
+    the students so that a slow minute of a shared machine does not fall on one recipe only."""
+    from lamflow.steps.runtime import step_threads
+    from lamflow.steps.speed import SpeedParams
+    from lamflow.steps.speed import run as speed
+    from lamflow.steps.train import CompressParams, FreezeParams, compress, freeze
+
+    models = {}
+    with step_threads(args.threads):
+        for name in names:
+            work = (args.workdir / name).resolve()
+            if (work / "model.ckpt.pt").exists():
+                frozen = freeze(FreezeParams(checkpoint=work / "model.ckpt.pt", output=work / "frozen")).model
+                models[name] = compress(CompressParams(model=frozen, output=work / "compressed")).model
+        timings: dict[str, list[float]] = {name: [] for name in models}
+        for repeat in range(args.speed_repeats):
+            for name, model in models.items():
+                r = speed(SpeedParams(model=model, structure=args.speed, type_map=type_map, nsteps=2000,
+                                      output=args.workdir.resolve() / name / f"speed-{repeat}"))
+                timings[name].append(r.us_per_atom_step)
+                print(f"speed {name}: {r.us_per_atom_step:.1f} µs/atom-step", flush=True)
+    (args.workdir / "speeds.json").write_text(json.dumps(timings, indent=1))
+    return timings
 
 
 if __name__ == "__main__":
