@@ -11,7 +11,7 @@ import pytest
 from conftest import REPO
 
 sys.path.insert(0, str(REPO / "bench"))
-from student_recipe import apply, recipe, step_seconds, wrap  # noqa: E402
+from student_recipe import apply, recipe, step_seconds, time_students, wrap  # noqa: E402
 
 
 def test_a_recipe_merges_its_parts_and_config_adds_nothing():
@@ -66,6 +66,7 @@ def test_step_seconds_leaves_out_start_up_and_the_first_interval(tmp_path):
     (["--test", "cold=/no/such/system"], "/no/such/system: not a deepmd/npy system"),
     (["--test", "cold=SYS", "--recipes", "atoms512+huge"], "--recipes: unknown parts ['huge']"),
     (["--test", "cold=SYS", "--config", "/no/such.yaml"], "--config: /no/such.yaml: file not found"),
+    (["--test", "cold=SYS", "--speed", "/no/cell.extxyz"], "--speed: /no/cell.extxyz: no such file"),
 ])
 def test_bad_input_is_one_line_and_exit_2_before_any_training(tmp_path, args, says):
     import subprocess
@@ -78,3 +79,23 @@ def test_bad_input_is_one_line_and_exit_2_before_any_training(tmp_path, args, sa
                           "--workdir", str(tmp_path / "work")], capture_output=True, text=True, timeout=300)
     assert out.returncode == 2 and out.stderr.strip().splitlines() == [out.stderr.strip()], out.stderr
     assert says in out.stderr and not (tmp_path / "work").exists()
+
+
+def test_speed_compresses_each_student_and_times_it_in_lammps_interleaved(tmp_path, students, cu_frames):
+    """--speed: each recipe's checkpoint frozen, compressed and timed (the repeats interleaved
+    across recipes); a recipe with no checkpoint (its training failed) gets no timing."""
+    import argparse
+    import json
+    import shutil
+
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        shutil.copy(students[1].checkpoint, tmp_path / name / "model.ckpt.pt")
+    (tmp_path / "failed").mkdir()
+    args = argparse.Namespace(workdir=tmp_path, threads=1, speed=cu_frames, speed_repeats=2)
+    timings = time_students(args, ["a", "failed", "b"], ["Cu"])
+    assert set(timings) == {"a", "b"} and all(len(t) == 2 and min(t) > 0 for t in timings.values())
+    assert (tmp_path / "a" / "compressed" / "model-compressed.pth").is_file()
+    assert json.loads((tmp_path / "speeds.json").read_text()) == timings
+    order = sorted(tmp_path.glob("*/speed-*"), key=lambda p: p.stat().st_mtime)
+    assert [p.parent.name for p in order] == ["a", "b", "a", "b"]  # interleaved
