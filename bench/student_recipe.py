@@ -171,7 +171,7 @@ def main() -> None:
     from lamflow.flows.pipelines import load_any
     from lamflow.steps.evaluate import EvaluateParams
     from lamflow.steps.evaluate import run as evaluate
-    from lamflow.steps.runtime import dp_command, library_env, step_threads
+    from lamflow.steps.runtime import die_with_parent, dp_command, library_env, step_threads
     from lamflow.steps.train import TrainParams, render
 
     from lamflow.steps.errors import InputError
@@ -202,7 +202,8 @@ def main() -> None:
             (work / "input.json").write_text(json.dumps(config, indent=1))
             log = (work / "train.log").open("w")
             running[name] = (subprocess.Popen([*dp_command(), "--pt", "train", "input.json"], cwd=work, env=env,
-                                              stdout=log, stderr=subprocess.STDOUT), time.time())
+                                              stdout=log, stderr=subprocess.STDOUT,
+                                              preexec_fn=die_with_parent), time.time())  # no orphan on a GPU
             print(f"{time.time() - t0:6.0f}s start {name}", flush=True)
         time.sleep(2)
         for name, (proc, start) in list(running.items()):
