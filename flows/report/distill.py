@@ -183,6 +183,8 @@ def summarize(console: Any, cfg: Any, report: DistillReport) -> None:
                           "convergence.max_rmse_f: train it longer (student.numb_steps_final) or give it more "
                           "capacity (student.overrides)")
         console.print(f"student force RMSE vs teacher on {where}: {rmse}; "
-                      f"MD speed vs teacher: {ratio} per atom-step (student in LAMMPS, teacher in "
+                      f"MD speed vs teacher: {ratio} per atom-step"
+                      + (f" on {report.speed_atoms} atoms" if report.speed_atoms else "")
+                      + " (student in LAMMPS, teacher in "
                       f"{'LAMMPS' if report.teacher_engine == 'lammps' else 'ASE'})")
     console.print(f"report: {Path(report.run_dir) / 'report.json'} (plots beside it)")

@@ -57,6 +57,8 @@ def test_example_runs_end_to_end(tmp_path, name):
     it = report["iterations"][0]
     assert it["n_frames"] > 0 and it["n_train_frames"] > 0 and it["rmse_f"] is not None
     assert report["teacher_speed"] > 0 and it["speed_ratio"] > 0
+    asked = shrink(raw).get("speed", {}).get("atoms", 0)  # section speed: a supercell of at least this many
+    assert report["speed_atoms"] >= max(asked, 1) and (asked == 0 or report["speed_atoms"] < 8 * asked), report
 
 
 @pytest.mark.slow(seconds=40)

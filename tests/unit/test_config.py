@@ -151,3 +151,29 @@ def test_adaptive_rule_reads_the_level_moving_not_the_accurate_share():
     fixed = DistillConfig.parse(base(), QUICKSTART.parent, "config.yaml")
     assert not meets_rule([IterationRecord(iteration=0, accurate_ratio=0.29)], fixed)
     assert meets_rule([IterationRecord(iteration=0, accurate_ratio=0.31, rmse_f=0.1)], fixed)  # max_rmse_f 0.15
+
+
+def test_speed_section_times_a_supercell_and_leaves_the_default_timing_as_it_was(tmp_path):
+    """`speed: {atoms: N}` times teacher and students on a supercell of at least N atoms; without
+    the section the speed steps get exactly the parameters they had before it existed, so a run
+    made then reads its timings back instead of timing again."""
+    from lamflow.flows.pipelines.distill import plan
+    from lamflow.steps.speed import SpeedParams
+
+    raw = base()
+    raw["teacher"] = {"calculator": "emt"}
+    cfg = DistillConfig.parse(raw, QUICKSTART.parent, "config.yaml")
+    cell = cfg.configurations.files[0]
+    teacher = plan.teacher_speed(cfg, plan.teacher_ref(cfg, None), tmp_path / "t", "t").params
+    student = plan.speed(cfg, tmp_path / "m.pth", tmp_path / "s", "s").params
+    assert teacher == SpeedParams(calculator="emt", structure=cell, type_map=["Cu"], output=tmp_path / "t", nsteps=200)
+    assert student == SpeedParams(model=tmp_path / "m.pth", structure=cell, type_map=["Cu"], output=tmp_path / "s",
+                                  nsteps=200)
+    raw["speed"] = {"atoms": 800, "nsteps": 400}
+    big = DistillConfig.parse(raw, QUICKSTART.parent, "config.yaml")
+    for call in (plan.teacher_speed(big, plan.teacher_ref(big, None), tmp_path / "t", "t"),
+                 plan.speed(big, tmp_path / "m.pth", tmp_path / "s", "s")):
+        assert (call.params.min_atoms, call.params.nsteps) == (800, 400)
+    raw["speed"] = {"atoms": -1}
+    with pytest.raises(InputError, match="speed.atoms"):
+        DistillConfig.parse(raw, QUICKSTART.parent, "config.yaml")

@@ -128,6 +128,7 @@ def run_distill(
             plan.teacher_speed(cfg, teacher, lay.init / "speed-teacher", "init/speed-teacher"), init_s)
         report.teacher_speed, report.teacher_engine = teacher_speed.timesteps_per_second, teacher_speed.engine
         report.teacher_us_per_atom_step = teacher_speed.us_per_atom_step
+        report.speed_atoms = teacher_speed.natoms
         # --- initial data and the first student(s)
         perturbed = book.systems(plan.initial_structures(cfg, lay), init_s)
         labelled = book.systems(plan.teacher_labels(cfg, teacher, perturbed, lay.init / "label", "init/label"), init_s)

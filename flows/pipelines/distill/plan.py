@@ -174,9 +174,14 @@ def teacher_labels(cfg: DistillConfig, teacher: TeacherRef, systems: list[Path],
     ]
 
 
+def _timing(cfg: DistillConfig) -> dict:
+    """The speed step's settings of config section ``speed`` (its ``atoms`` is the step's ``min_atoms``)."""
+    return {"structure": cfg.configurations.files[0], "type_map": cfg.type_map, "min_atoms": cfg.speed.atoms,
+            **cfg.speed.model_dump(exclude={"atoms"})}
+
+
 def speed(cfg: DistillConfig, model: Path, out: Path, label: str) -> StepCall:
-    return _call(cfg, "speed", SpeedParams(model=model, structure=cfg.configurations.files[0],
-                                           type_map=cfg.type_map, output=out, nsteps=200), label)
+    return _call(cfg, "speed", SpeedParams(model=model, output=out, **_timing(cfg)), label)
 
 
 def teacher_speed(cfg: DistillConfig, teacher: TeacherRef, out: Path, label: str) -> StepCall:
@@ -184,8 +189,8 @@ def teacher_speed(cfg: DistillConfig, teacher: TeacherRef, out: Path, label: str
     if teacher.calculator is None:
         return speed(cfg, teacher.lammps, out, label)
     return _call(cfg, "speed", SpeedParams(
-        calculator=teacher.calculator, calculator_kwargs=cfg.teacher.calculator_kwargs,
-        structure=cfg.configurations.files[0], type_map=cfg.type_map, output=out, nsteps=200), label)
+        calculator=teacher.calculator, calculator_kwargs=cfg.teacher.calculator_kwargs, output=out,
+        **_timing(cfg)), label)
 
 
 # -- students ----------------------------------------------------------------------------------

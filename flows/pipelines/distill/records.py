@@ -63,6 +63,7 @@ class DistillReport:
     teacher_speed: float | None = None
     teacher_engine: str = "lammps"
     teacher_us_per_atom_step: float | None = None
+    speed_atoms: int = 0  # the cell teacher and students were timed on (config section speed)
     trust_lo: float = 0.0  # the fixed level; with an adaptive one, each iteration's is in its record
     trust_lo_adaptive: bool = False
     trust_hi: float = 0.0
