@@ -130,7 +130,8 @@ def plot_speed(report: DistillReport, path: Path) -> None:
     ax.set_ylim(bottom=0)
     ax.set_xticks(its)
     ax.set_xlabel("iteration")
-    ax.set_ylabel("MD timesteps/s (same cell, same threads)")
+    ax.set_ylabel("MD timesteps/s (same cell, same threads)"
+                  + (f"\n{report.speed_atoms} atoms" if report.speed_atoms else ""))
     ax.set_title(f"{report.name}: MD speed")
     ax.legend()
     _save(plt, fig, path)

@@ -95,7 +95,8 @@ def render_html(report: "DistillReport", run_dir: Path) -> Path:
             + ("explored frames" if f is None else
                f"validation frames, after a final training of {f.numb_steps} steps on {f.n_train_frames} frames")),
         "student speed": f"{_fmt(d.speed_ratio if d else None, '.1f')}× the teacher "
-                         f"({_fmt(report.teacher_speed, '.3f')} timesteps/s in {report.teacher_engine})",
+                         f"({_fmt(report.teacher_speed, '.3f')} timesteps/s in {report.teacher_engine}"
+                         + (f", {report.speed_atoms} atoms)" if report.speed_atoms else ")"),
         "teacher labels": f"{last.n_train_frames if last else 0} training frames",
         "trust levels": _levels(report),
         "wall time": timing,

@@ -32,6 +32,7 @@ def test_report_of_a_real_run_is_one_self_contained_page(prefect_cli_run):
     rows = re.findall(r"<tr(?: class=\"ok\")?><td>(\d+)</td>", page)
     assert rows == [str(it["iteration"]) for it in report["iterations"]]
     assert f"<td>{last['rmse_f']:.4f}</td>" in page and report["status"] in page
+    assert report["speed_atoms"] == 32 and "32 atoms)" in page  # the timed cell: the 32-atom starting cell
 
 
 def test_report_of_a_folder_that_is_no_run_is_one_line(tmp_path):

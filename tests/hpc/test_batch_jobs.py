@@ -84,7 +84,7 @@ def test_a_job_left_running_by_a_killed_run_is_adopted_not_submitted_twice(tmp_p
     first = subprocess.Popen([sys.executable, "-c", script])
     submit = tmp_path / "student.job" / "submit"
     for _ in range(200):
-        ids = list(submit.glob("*/*_job_id"))
+        ids = [p for p in submit.glob("*/*_job_id") if p.read_text().strip()]  # created, then written
         if ids:
             break
         time.sleep(0.1)

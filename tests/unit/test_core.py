@@ -50,7 +50,7 @@ NOT_THE_SAME = {("nsteps", "speed"), ("nsteps", "stability"), ("calculator", "la
 SECTION_NOT_THE_SAME = {(section, name, step) for name in ("nsteps", "trj_freq")
                         for section, step in (("TeacherMD", "explore"), ("Exploration", "label_md"))}
 SECTION_NOT_THE_SAME |= {(section, "nsteps", step) for step in ("explore", "label_md", "stability")
-                         for section in ("StabilitySettings", "Efficiency")}
+                         for section in ("StabilitySettings", "Efficiency", "Speed")}
 
 
 def _bounds(info) -> list[str]:

@@ -48,4 +48,10 @@ def test_the_terminal_summary_names_the_delivered_students_iteration_and_figures
     r.final = FinalRecord(student="", numb_steps=30000, n_train_frames=330)  # a final training, unfinished
     console = Console(record=True, width=300)
     summarize(console, None, r)
-    assert "on unseen explored frames: 0.3000 eV/Å" in console.export_text()  # not its empty "-"
+    text = console.export_text()
+    assert "on unseen explored frames: 0.3000 eV/Å" in text  # not its empty "-"
+    assert "per atom-step (student" in text  # a report from before speed_atoms: no size
+    r.speed_atoms = 1152  # section speed: {atoms: 800} timed a 1152-atom supercell
+    console = Console(record=True, width=300)
+    summarize(console, None, r)
+    assert "55.0x per atom-step on 1152 atoms" in console.export_text()
