@@ -169,14 +169,39 @@ def render_multitask(
     return config
 
 
-def _auto_sel(node: Any, path: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+def _auto_sel(node: Any, path: tuple[str | int, ...] = ()) -> list[tuple[str | int, ...]]:
     """Where a descriptor leaves a neighbour count to DeePMD-kit (``"sel": "auto"``, ``"auto:1.1"``,
-    ``nsel``/``e_sel``/``a_sel`` of the repinit/repformer/repflow blocks)."""
+    ``nsel``/``e_sel``/``a_sel`` of the repinit/repformer/repflow blocks, the members of a hybrid)."""
     if isinstance(node, dict):
         return [p for key, value in node.items() for p in _auto_sel(value, (*path, key))]
-    if isinstance(node, str) and node.startswith("auto") and path and "sel" in path[-1]:
+    if isinstance(node, list):
+        return [p for i, value in enumerate(node) for p in _auto_sel(value, (*path, i))]
+    if isinstance(node, str) and node.startswith("auto") and path and isinstance(path[-1], str) and "sel" in path[-1]:
         return [path]
     return []
+
+
+def _counted_sel(descriptor: dict[str, Any], type_map: list[str], systems: list[str]) -> dict[str, Any]:
+    """The descriptor with its ``auto`` neighbour counts resolved by DeePMD-kit's own rule (max
+    neighbours in the data × 1.1, rounded up to 4)."""
+    from deepmd.dpmodel.model.base_model import BaseModel
+    from deepmd.utils.data_system import get_data
+
+    data = get_data({"systems": systems, "batch_size": 1}, 0, type_map, None)
+    single = {"type_map": type_map, "descriptor": copy.deepcopy(descriptor), "fitting_net": {}}
+    return BaseModel.update_sel(data, type_map, single)[0]["descriptor"]
+
+
+def _copy_sel(descriptor: dict[str, Any], source: dict[str, Any], paths: list[tuple[str | int, ...]]) -> list[str]:
+    resolved = []
+    for path in paths:
+        value = _get(source, path)
+        node = descriptor
+        for key in path[:-1]:
+            node = node[key]
+        node[path[-1]] = copy.deepcopy(value)
+        resolved.append(f"descriptor.{'.'.join(map(str, path))}={value}")
+    return resolved
 
 
 def share_auto_sel(config: dict[str, Any], pretrained: Callable[[], dict[str, Any] | None]) -> list[str]:
@@ -186,8 +211,8 @@ def share_auto_sel(config: dict[str, Any], pretrained: Callable[[], dict[str, An
     shared by a Cu branch and a CuAu branch gets two ``sel`` and training dies on a tensor-size
     mismatch (DeePMD-kit 3.2, se_e2_a). The counts are taken from the checkpoint a fine-tuning
     starts from (``pretrained()``: its descriptor, which the new input must match), else counted
-    by DeePMD-kit's own rule (max neighbours × 1.1, rounded up to 4) over all branches' training
-    data together. Returns the resolved keys (``descriptor.sel=[60, 16]``) for the log."""
+    by DeePMD-kit's own rule over all branches' training data together. Returns the resolved keys
+    (``descriptor.sel=[60, 16]``) for the log."""
     if "shared_dict" not in config["model"]:
         return []
     descriptor = config["model"]["shared_dict"]["shared_descriptor"]
@@ -196,31 +221,64 @@ def share_auto_sel(config: dict[str, Any], pretrained: Callable[[], dict[str, An
         return []
     source = pretrained()
     if source is None or not all(_has(source, p) for p in paths):
-        from deepmd.dpmodel.model.base_model import BaseModel
-        from deepmd.utils.data_system import get_data
-
         type_map = config["model"]["shared_dict"]["type_map_all"]
         systems = [s for d in config["training"]["data_dict"].values() for s in d["training_data"]["systems"]]
-        data = get_data({"systems": systems, "batch_size": 1}, 0, type_map, None)
-        single = {"type_map": type_map, "descriptor": copy.deepcopy(descriptor), "fitting_net": {}}
-        source = BaseModel.update_sel(data, type_map, single)[0]["descriptor"]
-    resolved = []
-    for path in paths:
-        node, value = descriptor, source
-        for key in path:
-            value = value[key]
-        for key in path[:-1]:
-            node = node[key]
-        node[path[-1]] = copy.deepcopy(value)
-        resolved.append(f"descriptor.{'.'.join(path)}={value}")
-    return resolved
+        source = _counted_sel(descriptor, type_map, systems)
+    return _copy_sel(descriptor, source, paths)
 
 
-def _has(node: Any, path: tuple[str, ...]) -> bool:
+def keep_sel(config: dict[str, Any], start: dict[str, Any]) -> tuple[list[str], list[str]]:
+    """Pin a single-task descriptor's ``auto`` neighbour counts to those of the model training
+    starts from (``start``: its descriptor).
+
+    The loop's next student continues from the previous one (``dp --pt train --init-model``),
+    which loads tensors whose shapes its ``sel`` set. DeePMD-kit resolves ``sel: auto`` afresh
+    from the data, and the data grow denser as exploration goes hotter or under pressure
+    (measured, Si, NPT to 1800 K: 40 neighbours became 48), so training died on a size mismatch.
+    dpgen2 keeps one ``sel`` for a whole run; so does lamflow, the first student's. Where the new
+    data hold more neighbours than that, DeePMD-kit keeps the nearest ones: returned as warnings
+    (a student meant for denser states wants a larger ``sel`` or ``auto:1.5`` from the start).
+    Returns (the pinned keys, the warnings); nothing where ``start`` is a different descriptor."""
+    descriptor = config["model"]["descriptor"]
+    paths = [p for p in _auto_sel(descriptor) if _has(start, p) and _kind(start, p) == _kind(descriptor, p)]
+    if not paths:
+        return [], []
+    needed = _counted_sel(descriptor, config["model"]["type_map"], config["training"]["training_data"]["systems"])
+    warnings = [f"descriptor.{'.'.join(map(str, p))}: the training data hold up to {_get(needed, p)} neighbours "
+                f"(DeePMD-kit's auto count), the model it continues from {_get(start, p)}; the nearest are kept"
+                for p in paths if _total(_get(needed, p)) > _total(_get(start, p))]
+    return _copy_sel(descriptor, start, paths), warnings
+
+
+def _get(node: Any, path: tuple[str | int, ...]) -> Any:
     for key in path:
-        if not isinstance(node, dict) or key not in node:
-            return False
         node = node[key]
+    return node
+
+
+def _kind(descriptor: dict[str, Any], path: tuple[str | int, ...]) -> list[str]:
+    """The descriptor types along ``path`` (a hybrid, then its member): counts copy only between
+    the same kinds."""
+    kinds, node = [], descriptor
+    for key in path:
+        if isinstance(node, dict) and "type" in node:
+            kinds.append(str(node["type"]).lower())
+        node = node[key]
+    return kinds
+
+
+def _total(sel: Any) -> int:
+    return sum(sel) if isinstance(sel, list) else int(sel)
+
+
+def _has(node: Any, path: tuple[str | int, ...]) -> bool:
+    for key in path:
+        if isinstance(node, dict) and key in node:
+            node = node[key]
+        elif isinstance(node, list) and isinstance(key, int) and key < len(node):
+            node = node[key]
+        else:
+            return False
     return not (isinstance(node, str) and node.startswith("auto"))
 
 

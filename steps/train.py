@@ -277,6 +277,13 @@ def run(params: TrainParams) -> TrainResult:
     src = params.finetune_from
     for resolved in dp_input.share_auto_sel(config, lambda: model_descriptor(src) if src is not None else None):
         log.info("shared descriptor: %s for every branch", resolved)
+    start = params.init_model or params.finetune_from
+    if start is not None and "shared_dict" not in config["model"]:
+        pinned, warnings = dp_input.keep_sel(config, model_descriptor(Path(start)))
+        for key in pinned:
+            log.info("%s, as in %s", key, Path(start).name)
+        for warning in warnings:
+            log.warning(warning)
     from_pretrained_script = params.finetune_from is not None and params.use_pretrain_script and not params.branches
     if params.compress and not from_pretrained_script:
         _check_compressible(config)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 
 import numpy as np
 import pytest
@@ -116,7 +117,7 @@ def test_dpa3_cannot_be_compressed_one_line(tmp_path, cu_data):
                                     train=cu_data.systems, numb_steps=2, compress=True))
 
 
-def test_a_hybrid_student_with_angles_trains_and_compresses_to_the_same_forces(tmp_path, cu_data):
+def test_a_hybrid_student_with_angles_trains_and_compresses_to_the_same_forces(tmp_path, cu_data, caplog):
     """The se_e2_a + se_e3 template: a two-body and a three-body embedding, both tabulated by
     ``dp compress``."""
     tiny = {"model": {"descriptor": {"list": [
@@ -129,6 +130,26 @@ def test_a_hybrid_student_with_angles_trains_and_compresses_to_the_same_forces(t
     plain = evaluate.run(evaluate.EvaluateParams(model=student.model, systems=cu_data.systems, type_map=["Cu"]))
     fast = evaluate.run(evaluate.EvaluateParams(model=student.compressed, systems=cu_data.systems, type_map=["Cu"]))
     assert fast.rmse_f == pytest.approx(plain.rmse_f, rel=1e-2) and student.compressed != student.model
+
+    # the loop's next student continues from this one on data grown denser (hotter, compressed
+    # cells): DeePMD-kit alone would count more neighbours and die on a tensor-size mismatch
+    import ase.io
+    from ase.build import bulk
+
+    dense = [bulk("Cu", "fcc", a=3.61 * 0.9, cubic=True).repeat(2) for _ in range(3)]
+    for i, atoms in enumerate(dense):
+        atoms.rattle(0.05, seed=i)
+    ase.io.write(tmp_path / "dense.extxyz", dense)
+    squeezed = label.run(label.LabelParams(structures=[tmp_path / "dense.extxyz"], type_map=["Cu"],
+                                           output=tmp_path / "dense", calculator="emt"))
+    sel = [d["sel"] for d in train.model_descriptor(student.model)["list"]]  # DeePMD-kit's count, first data
+    with caplog.at_level(logging.WARNING, logger="lamflow.steps.train"):
+        nxt = train.run(train.TrainParams(output=tmp_path / "next", type_map=["Cu"], template="se_e2_a+se_e3",
+                                          overrides=tiny, train=[*cu_data.systems, *squeezed.systems], numb_steps=4,
+                                          init_model=student.checkpoint, compress=True))
+    assert [d["sel"] for d in json.loads(nxt.input.read_text())["model"]["descriptor"]["list"]] == sel
+    assert "the nearest are kept" in caplog.text  # more neighbours now: DeePMD-kit alone would have died
+    assert nxt.compressed.exists()
 
 
 @pytest.mark.parametrize(
