@@ -38,6 +38,19 @@ class SpeedSettings(Params):
     temp: float = Field(300.0, gt=0, description="initial temperature (K)")
 
 
+class SupercellSpeed(SpeedSettings):
+    """A config's speed section: the MD settings and the size of the timed supercell. The sections
+    of distill and version differ only in that size's default, so both map onto the step here."""
+
+    atoms: int = Field(0, ge=0, description="time a supercell of the cell with at least this many atoms "
+                                            "(0: the cell as it is)")
+
+    def params(self, **where) -> "SpeedParams":
+        """The step's parameters: these settings with ``atoms`` as its ``min_atoms``, on ``where``
+        (structure, type_map, output, and model or calculator)."""
+        return SpeedParams(min_atoms=self.atoms, **self.model_dump(exclude={"atoms"}), **where)
+
+
 class SpeedParams(SpeedSettings):
     model: Path | None = Field(None, description="a DeePMD-kit model, run in LAMMPS")
     calculator: str | None = Field(None, description="or an ASE calculator, run with ASE's MD")

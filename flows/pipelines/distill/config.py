@@ -21,7 +21,7 @@ from lamflow.steps.label import LabelSettings
 from lamflow.steps.label_md import TeacherMDSettings
 from lamflow.steps.perturb import PerturbSettings
 from lamflow.steps.select import SelectSettings
-from lamflow.steps.speed import SpeedSettings
+from lamflow.steps.speed import SupercellSpeed
 
 from lamflow.flows.core.config import RunConfig, Section, check_exist
 
@@ -162,17 +162,14 @@ class Convergence(Section):
         None, gt=0, description="eV/Å: student-vs-teacher force RMSE on unseen explored frames")
 
 
-class Speed(SpeedSettings):
+class Speed(SupercellSpeed):
     """How the report times teacher and students (same cell, threads and steps; µs per atom-step).
 
     The first starting cell as it is by default: cheap, and what every iteration can afford. On a
     cell of tens of atoms a compressed student's step is mostly the fixed cost of one call into its
     model, a large teacher's is not, so the ratio there understates what a production cell sees
     (measured, Si, SevenNet-0: 43x at 64 atoms, 128x at 1152); ``atoms: 800`` times LAMBench's
-    efficiency size, as ``lamflow version`` does."""
-
-    atoms: int = Field(0, ge=0, description="time a supercell of the first starting cell with at least this many "
-                                            "atoms (0: the cell as it is)")
+    efficiency size, as ``lamflow version`` does. Its ``atoms`` default (0) is the base's."""
 
 
 class DistillConfig(RunConfig):

@@ -174,23 +174,21 @@ def teacher_labels(cfg: DistillConfig, teacher: TeacherRef, systems: list[Path],
     ]
 
 
-def _timing(cfg: DistillConfig) -> dict:
-    """The speed step's settings of config section ``speed`` (its ``atoms`` is the step's ``min_atoms``)."""
-    return {"structure": cfg.configurations.files[0], "type_map": cfg.type_map, "min_atoms": cfg.speed.atoms,
-            **cfg.speed.model_dump(exclude={"atoms"})}
+def _timing(cfg: DistillConfig, **where) -> SpeedParams:
+    """The speed step of config section ``speed`` on the first starting cell."""
+    return cfg.speed.params(structure=cfg.configurations.files[0], type_map=cfg.type_map, **where)
 
 
 def speed(cfg: DistillConfig, model: Path, out: Path, label: str) -> StepCall:
-    return _call(cfg, "speed", SpeedParams(model=model, output=out, **_timing(cfg)), label)
+    return _call(cfg, "speed", _timing(cfg, model=model, output=out), label)
 
 
 def teacher_speed(cfg: DistillConfig, teacher: TeacherRef, out: Path, label: str) -> StepCall:
     """The teacher's speed on the student's cell: in LAMMPS, or in ASE for a calculator."""
     if teacher.calculator is None:
         return speed(cfg, teacher.lammps, out, label)
-    return _call(cfg, "speed", SpeedParams(
-        calculator=teacher.calculator, calculator_kwargs=cfg.teacher.calculator_kwargs, output=out,
-        **_timing(cfg)), label)
+    return _call(cfg, "speed", _timing(
+        cfg, calculator=teacher.calculator, calculator_kwargs=cfg.teacher.calculator_kwargs, output=out), label)
 
 
 # -- students ----------------------------------------------------------------------------------

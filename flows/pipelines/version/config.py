@@ -17,7 +17,7 @@ from pydantic import Field, model_validator
 
 from lamflow.steps.base import TypeMap, unique_elements
 from lamflow.steps.dp_input import deep_merge
-from lamflow.steps.speed import SpeedSettings
+from lamflow.steps.speed import SupercellSpeed
 from lamflow.steps.stability import StabilitySettings
 from lamflow.steps.train import RANDOM_BRANCH as RANDOM
 from lamflow.steps.train import check_input
@@ -50,7 +50,7 @@ class Benchmark(Section):
                                                "branch of version 1)")
 
 
-class Efficiency(SpeedSettings):
+class Efficiency(SupercellSpeed):
     """Each version's speed as LAMBench measures efficiency: µs per atom per step on a cell of
     800-1000 atoms (here MD in LAMMPS, on the first benchmark's first frame made a supercell)."""
 

@@ -20,7 +20,7 @@ from typing import Any, Callable
 
 from lamflow.steps.check_data import CheckDataParams
 from lamflow.steps.evaluate import EvaluateParams
-from lamflow.steps.speed import SpeedParams, SpeedResult
+from lamflow.steps.speed import SpeedResult
 from lamflow.steps.stability import StabilityParams, StabilityResult
 from lamflow.steps.structures import count_frames
 from lamflow.steps.train import Branch, FreezeParams, TrainParams, TrainResult
@@ -180,9 +180,9 @@ def _efficiency(cfg: VersionConfig, out: Path, book: Book, secs: dict[str, float
     the same: the branches share the descriptor, which is most of the work)."""
     if cfg.efficiency is None or not cfg.benchmarks:
         return
-    speed: SpeedResult = book.one(_call(cfg, "speed", SpeedParams(
+    speed: SpeedResult = book.one(_call(cfg, "speed", cfg.efficiency.params(
         model=Path(version.model), structure=bench[cfg.benchmarks[0].dataset][0], type_map=cfg.type_map,
-        output=out, min_atoms=cfg.efficiency.atoms, **cfg.efficiency.model_dump(exclude={"atoms"})),
+        output=out),
         f"v{version.version:03d}/efficiency"), secs)
     version.us_per_atom_step, version.efficiency_atoms = speed.us_per_atom_step, speed.natoms
 
