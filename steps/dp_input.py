@@ -196,12 +196,13 @@ def _copy_sel(descriptor: dict[str, Any], source: dict[str, Any], paths: list[tu
     resolved = []
     for path in paths:
         value = _get(source, path)
-        node = descriptor
-        for key in path[:-1]:
-            node = node[key]
-        node[path[-1]] = copy.deepcopy(value)
+        _set(descriptor, path, copy.deepcopy(value))
         resolved.append(f"descriptor.{'.'.join(map(str, path))}={value}")
     return resolved
+
+
+def _set(node: Any, path: tuple[str | int, ...], value: Any) -> None:
+    _get(node, path[:-1])[path[-1]] = value
 
 
 def share_auto_sel(config: dict[str, Any], pretrained: Callable[[], dict[str, Any] | None]) -> list[str]:
@@ -243,10 +244,13 @@ def keep_sel(config: dict[str, Any], start: dict[str, Any]) -> tuple[list[str], 
     paths = [p for p in _auto_sel(descriptor) if _has(start, p) and _kind(start, p) == _kind(descriptor, p)]
     if not paths:
         return [], []
-    needed = _counted_sel(descriptor, config["model"]["type_map"], config["training"]["training_data"]["systems"])
-    warnings = [f"descriptor.{'.'.join(map(str, p))}: the training data hold up to {_get(needed, p)} neighbours "
-                f"(DeePMD-kit's auto count), the model it continues from {_get(start, p)}; the nearest are kept"
-                for p in paths if _total(_get(needed, p)) > _total(_get(start, p))]
+    exact = copy.deepcopy(descriptor)  # the largest neighbour counts themselves (rounded up to 4), no margin
+    for p in paths:
+        _set(exact, p, "auto:1.0")
+    needed = _counted_sel(exact, config["model"]["type_map"], config["training"]["training_data"]["systems"])
+    warnings = [f"descriptor.{'.'.join(map(str, p))}: atoms of the training data have up to {_get(needed, p)} "
+                f"neighbours (rounded up to 4), more than the {_get(start, p)} of the model training continues "
+                f"from; DeePMD-kit keeps the nearest" for p in paths if _total(_get(needed, p)) > _total(_get(start, p))]
     return _copy_sel(descriptor, start, paths), warnings
 
 
