@@ -92,7 +92,8 @@ class Student(Section):
     numb_steps: int = Field(2000, ge=1, description="steps for the first student")
     numb_steps_next: int = Field(1000, ge=1, description="steps for later students (initialised from the previous)")
     init_from_previous: bool = Field(True, description="each iteration's student starts from the previous one's "
-                                                       "checkpoint (numb_steps_next steps)")
+                                                       "checkpoint (numb_steps_next steps) and keeps its neighbour "
+                                                       "counts (sel)")
     numb_steps_final: int | None = Field(
         None, ge=1, description="after the loop, the delivered student trains this many more steps on every "
                                 "labelled frame, from the last measured student, and is measured on every "
