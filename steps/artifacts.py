@@ -16,14 +16,16 @@ from typing import Iterator
 
 
 @contextlib.contextmanager
-def atomic_dir(final: Path) -> Iterator[Path]:
-    """Yield a scratch folder that becomes ``final`` when the block succeeds."""
+def atomic_dir(final: Path, keep: bool = False) -> Iterator[Path]:
+    """Yield a scratch folder that becomes ``final`` when the block succeeds. ``keep``: the
+    scratch a killed attempt left is handed over as it is (the block decides what of it to
+    resume, e.g. a training's checkpoints), not emptied."""
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
     scratch = final.with_name(final.name + ".partial")
-    if scratch.exists():
+    if scratch.exists() and not keep:
         shutil.rmtree(scratch)
-    scratch.mkdir()
+    scratch.mkdir(exist_ok=True)
     yield scratch
     if final.exists():
         shutil.rmtree(final)

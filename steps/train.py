@@ -289,7 +289,11 @@ def run(params: TrainParams) -> TrainResult:
         _check_compressible(config)
     env = library_env()
     compress_after = params.compress and from_pretrained_script  # compressible? known once trained
-    with atomic_dir(params.output) as work:
+    with atomic_dir(params.output, keep=True) as work:
+        restart = resumable(work, {"input": config, "flags": flags})
+        if restart is not None:
+            log.info("resuming the training a killed run left at %s", restart.name)
+            flags = ["--restart", restart.name]
         write_json(work / "input.json", config)
         head = ["--head", params.head or next(iter(params.branches))] if params.branches else []
         train: DpCommand = (["--pt", "train", "input.json", *flags], "train.log")
@@ -318,6 +322,37 @@ def run(params: TrainParams) -> TrainResult:
         lcurve=out / "lcurve.out",
         seconds=seconds,
     )
+
+
+def resumable(work: Path, start: dict[str, Any]) -> Path | None:
+    """The newest whole checkpoint a killed run of this very training left in ``work``, else
+    None with ``work`` emptied for a fresh start.
+
+    A long training (the loop's final student, a pretraining) killed by a time limit, a signal or
+    a lost machine restarts from its last ``save_freq`` checkpoint (``dp --pt train --restart``:
+    weights, optimiser and step), not from step 0. Only where the input and the flags it started
+    with are the same (``start``, kept in ``start.json``); a checkpoint cut off while being
+    written is not a whole zip archive and is passed over."""
+    import shutil
+    import zipfile
+
+    record = work / "start.json"
+    if record.exists() and json.loads(record.read_text()) == json.loads(json.dumps(start, default=str)):
+        def step(p: Path) -> int:
+            tail = p.stem.rsplit("-", 1)[-1]
+            return int(tail) if tail.isdigit() else -1
+
+        for ckpt in sorted(work.glob("model.ckpt-*.pt"), key=step, reverse=True):
+            try:
+                with zipfile.ZipFile(ckpt) as z:
+                    if z.testzip() is None:
+                        return ckpt
+            except (zipfile.BadZipFile, OSError):
+                continue
+    for child in work.iterdir():
+        shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
+    write_json(record, start)
+    return None
 
 
 def frozen_file(folder: Path) -> Path:

@@ -166,3 +166,44 @@ def test_bad_train_input(tmp_path, cu_data, change, message):
               "numb_steps": 1, "compress": False, **change}
     with pytest.raises(InputError, match=message):
         train.run(train.TrainParams(**params))
+
+
+def test_a_killed_training_resumes_from_its_last_checkpoint(tmp_path, cu_data, caplog):
+    """A training killed mid-way (a time limit, a lost machine) restarts from its last whole
+    checkpoint, not from step 0; a changed input starts afresh."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from conftest import TINY_SE_E2_A
+
+    overrides = deep_merge(TINY_SE_E2_A, {"training": {"save_freq": 20, "disp_freq": 20}})
+    params = dict(output=str(tmp_path / "t"), type_map=["Cu"], template="se_e2_a", overrides=overrides,
+                  train=[str(s) for s in cu_data.systems], numb_steps=600, compress=False)
+    code = f"from lamflow.steps import train; train.run(train.TrainParams(**{params!r}))"
+    proc = subprocess.Popen([sys.executable, "-c", code], start_new_session=True)
+    partial = tmp_path / "t.partial"
+    deadline = time.time() + 300
+    while len(list(partial.glob("model.ckpt-*.pt"))) < 2 and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.1)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    done = max(int(p.stem.rsplit("-", 1)[1]) for p in partial.glob("model.ckpt-*.pt"))
+    assert 40 <= done < 600 and not (tmp_path / "t").exists()
+
+    with caplog.at_level(logging.INFO, logger="lamflow.steps.train"):
+        resumed = train.run(train.TrainParams(**params))
+    assert "resuming the training a killed run left at model.ckpt-" in caplog.text
+    steps = [int(line.split()[0]) for line in resumed.lcurve.read_text().splitlines() if line[:1] not in "#"]
+    # DeePMD-kit appends to the curve and writes the step it restarts at again: the killed run's
+    # rows up to its checkpoint, then the rest (a fresh start would have written each step once)
+    assert steps.count(done) == 2 and steps[-1] == 600 and resumed.model.is_file()
+
+    caplog.clear()
+    (tmp_path / "t").rename(tmp_path / "t.partial")  # as if killed again, but the input changes
+    with caplog.at_level(logging.INFO, logger="lamflow.steps.train"):
+        fresh = train.run(train.TrainParams(**{**params, "numb_steps": 20, "seed": 7}))
+    assert "resuming" not in caplog.text
+    assert [int(line.split()[0]) for line in fresh.lcurve.read_text().splitlines() if line[:1] not in "#"][0] < 20
