@@ -228,7 +228,7 @@ def share_auto_sel(config: dict[str, Any], pretrained: Callable[[], dict[str, An
     return _copy_sel(descriptor, source, paths)
 
 
-def keep_sel(config: dict[str, Any], start: dict[str, Any]) -> tuple[list[str], list[str]]:
+def keep_sel(config: dict[str, Any], start: dict[str, Any]) -> list[str]:
     """Pin a single-task descriptor's ``auto`` neighbour counts to those of the model training
     starts from (``start``: its descriptor).
 
@@ -237,21 +237,13 @@ def keep_sel(config: dict[str, Any], start: dict[str, Any]) -> tuple[list[str], 
     from the data, and the data grow denser as exploration goes hotter or under pressure
     (measured, Si, NPT to 1800 K: 40 neighbours became 48), so training died on a size mismatch.
     dpgen2 keeps one ``sel`` for a whole run; so does lamflow, the first student's. Where the new
-    data hold more neighbours than that, DeePMD-kit keeps the nearest ones: returned as warnings
-    (a student meant for denser states wants a larger ``sel`` or ``auto:1.5`` from the start).
-    Returns (the pinned keys, the warnings); nothing where ``start`` is a different descriptor."""
+    data hold more neighbours than that, DeePMD-kit keeps the nearest ones and says so in its log
+    ("sel ... is not enough"; a student meant for denser states wants a larger ``sel`` or
+    ``auto:1.5`` from the start). Returns the pinned keys; none where ``start`` is a different
+    descriptor."""
     descriptor = config["model"]["descriptor"]
     paths = [p for p in _auto_sel(descriptor) if _has(start, p) and _kind(start, p) == _kind(descriptor, p)]
-    if not paths:
-        return [], []
-    exact = copy.deepcopy(descriptor)  # the largest neighbour counts themselves (rounded up to 4), no margin
-    for p in paths:
-        _set(exact, p, "auto:1.0")
-    needed = _counted_sel(exact, config["model"]["type_map"], config["training"]["training_data"]["systems"])
-    warnings = [f"descriptor.{'.'.join(map(str, p))}: atoms of the training data have up to {_get(needed, p)} "
-                f"neighbours (rounded up to 4), more than the {_get(start, p)} of the model training continues "
-                f"from; DeePMD-kit keeps the nearest" for p in paths if _total(_get(needed, p)) > _total(_get(start, p))]
-    return _copy_sel(descriptor, start, paths), warnings
+    return _copy_sel(descriptor, start, paths)
 
 
 def _get(node: Any, path: tuple[str | int, ...]) -> Any:
@@ -269,10 +261,6 @@ def _kind(descriptor: dict[str, Any], path: tuple[str | int, ...]) -> list[str]:
             kinds.append(str(node["type"]).lower())
         node = node[key]
     return kinds
-
-
-def _total(sel: Any) -> int:
-    return sum(sel) if isinstance(sel, list) else int(sel)
 
 
 def _has(node: Any, path: tuple[str | int, ...]) -> bool:

@@ -279,11 +279,8 @@ def run(params: TrainParams) -> TrainResult:
         log.info("shared descriptor: %s for every branch", resolved)
     start = params.init_model or params.finetune_from
     if start is not None and "shared_dict" not in config["model"]:
-        pinned, warnings = dp_input.keep_sel(config, model_descriptor(Path(start)))
-        for key in pinned:
+        for key in dp_input.keep_sel(config, model_descriptor(Path(start))):
             log.info("%s, as in %s", key, Path(start).name)
-        for warning in warnings:
-            log.warning(warning)
     from_pretrained_script = params.finetune_from is not None and params.use_pretrain_script and not params.branches
     if params.compress and not from_pretrained_script:
         _check_compressible(config)
@@ -307,6 +304,8 @@ def run(params: TrainParams) -> TrainResult:
         else:
             spent = run_dp([train], work, env) + run_dp(after, work, env)
         seconds = dict(zip(("train", "freeze", "compress"), spent))
+        for short in _sel_short(work / "train.log"):
+            log.warning("%s; DeePMD-kit keeps the nearest", short)
         model_name = frozen_file(work).name
         if compress_after:  # the model section came from the pretrained checkpoint
             _check_compressible(json.loads((work / "out.json").read_text()))
@@ -322,6 +321,14 @@ def run(params: TrainParams) -> TrainResult:
         lcurve=out / "lcurve.out",
         seconds=seconds,
     )
+
+
+def _sel_short(train_log: Path) -> list[str]:
+    """DeePMD-kit's own warnings that the data hold more neighbours than a descriptor's ``sel``
+    (its neighbour statistics at the start of ``dp train``), each once: lifted from its log into
+    lamflow's, where a user reads them."""
+    lines = train_log.read_text(errors="replace").splitlines() if train_log.exists() else []
+    return list(dict.fromkeys(line.split("WARNING", 1)[-1].strip() for line in lines if "is not enough!" in line))
 
 
 def resumable(work: Path, start: dict[str, Any]) -> Path | None:
@@ -349,8 +356,8 @@ def resumable(work: Path, start: dict[str, Any]) -> Path | None:
                         return ckpt
             except (zipfile.BadZipFile, OSError):
                 continue
-    for child in work.iterdir():
-        shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
+    shutil.rmtree(work)
+    work.mkdir()
     write_json(record, start)
     return None
 
