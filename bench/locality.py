@@ -41,12 +41,14 @@ from multiprocessing import get_context
 from pathlib import Path
 
 import numpy as np
+from lamflow.steps.label_md import TeacherMDSettings
 
 BUFFER = 0.3  # Å beyond R also frozen: free atoms start that far outside the neighbourhood
 BURN_IN = 100  # steps of the constrained MD before the first sample (the free atoms re-thermalise)
 EVERY = 4  # steps between samples of the centre atom's force
-TIMESTEP_FS = 1.0
-FRICTION_FS = 100.0  # Langevin friction time (fs): the loop's own teacher MD default, 0.1 ps
+# the loop's own teacher MD (initial_data.teacher_md) defaults: its timestep and Langevin friction time
+TIMESTEP_FS = TeacherMDSettings.model_fields["dt"].default * 1000
+FRICTION_FS = TeacherMDSettings.model_fields["tau_t"].default * 1000
 
 
 @dataclass(frozen=True)
@@ -156,9 +158,9 @@ def main() -> None:
     parser.add_argument("--cutoffs", default="4,5,6,7", help="radii R (Å) of the frozen neighbourhood")
     parser.add_argument("--seeds", type=int, default=3, help="equilibrations (and centre atoms) per cut-off")
     parser.add_argument("--repeat", type=int, default=2,
-                        help="supercell of the cell on each axis: R + 0.3 Å must stay below half its shortest width")
-    parser.add_argument("--equilibrate", type=int, default=600, help="MD steps (1 fs) before freezing")
-    parser.add_argument("--steps", type=int, default=800, help="MD steps of the free atoms, after 100 of burn-in")
+                        help=f"supercell of the cell on each axis: R + {BUFFER} Å must stay below half its shortest width")
+    parser.add_argument("--equilibrate", type=int, default=600, help=f"MD steps ({TIMESTEP_FS:g} fs) before freezing")
+    parser.add_argument("--steps", type=int, default=800, help=f"MD steps of the free atoms, after {BURN_IN} of burn-in")
     parser.add_argument("--parallel", type=int, default=None, help="processes at once (default: all tasks)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per process")
     parser.add_argument("--deadline", type=float, default=1e9, help="seconds: each constrained MD stops here")
