@@ -33,7 +33,6 @@ import argparse
 import json
 import math
 import os
-import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
@@ -42,6 +41,7 @@ from pathlib import Path
 
 import numpy as np
 from lamflow.steps.label_md import TeacherMDSettings
+from usage import bad_input
 
 BUFFER = 0.3  # Å beyond R also frozen: free atoms start that far outside the neighbourhood
 BURN_IN = 100  # steps of the constrained MD before the first sample (the free atoms re-thermalise)
@@ -166,10 +166,6 @@ def main() -> None:
     parser.add_argument("--deadline", type=float, default=1e9, help="seconds: each constrained MD stops here")
     parser.add_argument("--json", type=Path, default=None, help="also write every spread here")
     args = parser.parse_args()
-
-    def bad_input(message: str) -> None:  # one line, exit 2, before any MD
-        print(f"locality: {message}", file=sys.stderr)
-        sys.exit(2)
 
     try:
         cutoffs = [float(c) for c in args.cutoffs.split(",")]

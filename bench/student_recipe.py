@@ -29,11 +29,11 @@ from __future__ import annotations
 import argparse
 import json
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 from gpu import seconds_per_step
+from usage import bad_input
 from lamflow.steps.dp_input import load_template
 
 REPO = Path(__file__).resolve().parents[1]
@@ -147,10 +147,6 @@ def main() -> None:
                         help="keep a recipe whose folder holds a checkpoint of --steps steps (no retraining)")
     args = parser.parse_args()
     names = args.recipes.split(",")
-
-    def bad_input(message: str) -> None:  # one line, exit 2, before any training
-        print(f"student_recipe: {message}", file=sys.stderr)
-        sys.exit(2)
 
     unknown = sorted({p for n in names for p in n.split("+") if p not in PARTS and p not in WRAPS and p != "config"})
     if unknown:
