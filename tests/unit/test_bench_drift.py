@@ -1,4 +1,5 @@
-"""bench/real_teacher.py's NVE drift: the slope of LAMMPS' total energy, from its thermo block only."""
+"""bench/real_teacher.py's NVE drift (the slope of LAMMPS' total energy, from its thermo block only) and its
+held-out frames after a burn-in."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import pytest
 from conftest import REPO
 
 sys.path.insert(0, str(REPO / "bench"))
-from real_teacher import nve_drift  # noqa: E402
+from real_teacher import after_burn_in, nve_drift  # noqa: E402
 
 LOG = """LAMMPS (29 Aug 2024)
    Step          Temp          PotEng         KinEng         TotEng         Press          Volume
@@ -31,3 +32,20 @@ def test_drift_is_the_slope_of_total_energy_per_atom_over_the_thermo_rows_only(t
     log.write_text("LAMMPS (29 Aug 2024)\nERROR: Lost atoms\n")
     with pytest.raises(ValueError, match="no thermo rows"):
         nve_drift(log, 64, 0.001)
+
+
+def test_after_burn_in_keeps_the_later_frames_in_time_order(tmp_path):
+    import dpdata
+    import numpy as np
+
+    n = 5
+    data = {"atom_names": ["Al", "Ni"], "atom_numbs": [1, 1], "atom_types": np.array([0, 1]),
+            "orig": np.zeros(3), "cells": np.tile(4 * np.eye(3), (n, 1, 1)),
+            "coords": np.tile([[0.0, 0, 0], [2, 2, 2]], (n, 1, 1)), "energies": np.arange(n, dtype=float),
+            "forces": np.zeros((n, 2, 3))}
+    dpdata.LabeledSystem(data=data).to("deepmd/npy", str(tmp_path / "md" / "AlNi"))
+    kept = after_burn_in([tmp_path / "md" / "AlNi"], 2, tmp_path / "late")
+    assert kept == [tmp_path / "late" / "AlNi"]
+    late = dpdata.LabeledSystem(str(kept[0]), fmt="deepmd/npy")
+    assert list(late["energies"]) == [2.0, 3.0, 4.0]  # frames 2.. of the trajectory, the first two left out
+    assert after_burn_in([tmp_path / "md" / "AlNi"], n, tmp_path / "none") == []  # none left: no system
