@@ -37,6 +37,7 @@ from pathlib import Path
 
 import numpy as np
 from student_recipe import PARTS
+from usage import bad_input
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -118,6 +119,8 @@ def main() -> None:
                              "the two students and the exploration tasks otherwise run one after another")
     parser.add_argument("--workdir", default=None)
     args = parser.parse_args()
+    if not 0 <= args.burn_in < args.held_out_steps:
+        bad_input(f"--burn-in: expected 0 <= steps < --held-out-steps ({args.held_out_steps}), got {args.burn_in}")
 
     from lamflow.flows.cli.main import quiet_libraries
 

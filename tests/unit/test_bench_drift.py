@@ -49,3 +49,13 @@ def test_after_burn_in_keeps_the_later_frames_in_time_order(tmp_path):
     late = dpdata.LabeledSystem(str(kept[0]), fmt="deepmd/npy")
     assert list(late["energies"]) == [2.0, 3.0, 4.0]  # frames 2.. of the trajectory, the first two left out
     assert after_burn_in([tmp_path / "md" / "AlNi"], n, tmp_path / "none") == []  # none left: no system
+
+
+def test_a_burn_in_past_the_held_out_trajectory_is_one_line_exit_2_before_any_work():
+    import subprocess
+
+    out = subprocess.run([sys.executable, str(REPO / "bench/real_teacher.py"), "--burn-in", "600"],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2
+    assert out.stderr.strip().splitlines() == [
+        "real_teacher: --burn-in: expected 0 <= steps < --held-out-steps (600), got 600"]
