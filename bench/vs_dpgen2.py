@@ -57,6 +57,7 @@ from pathlib import Path
 from typing import Any
 
 from overhead import busy_seconds, union_seconds
+from usage import bad_input
 
 REPO = Path(__file__).resolve().parents[1]
 QUICKSTART = REPO / "examples" / "cu-emt" / "config.yaml"
@@ -424,6 +425,26 @@ def print_tables(task: Task, runs: list[Outcome], label_rows: list[tuple[str, in
     print(f"  lamflow/dpgen2 throughput: {s_d / s_l:.1f}x")
 
 
+def check(args: argparse.Namespace) -> None:
+    """Bad options are one line and exit 2 before any work (the teacher's training, dpgen2's environment)."""
+    if args.teacher:
+        if not (args.structures and args.type_map):
+            bad_input("--teacher: needs --structures and --type-map (the starting cells and their elements)")
+        for option, path in [("--teacher", args.teacher), *(("--structures", s) for s in args.structures)]:
+            if not Path(path).is_file():
+                bad_input(f"{option}: {path}: no such file")
+    elif args.structures or args.type_map:
+        bad_input("--structures, --type-map: only with --teacher (the quickstart brings its own cells)")
+    for option in ("teacher_steps", "max_iterations", "heldout_frames", "max_candidates", "student_steps", "nsteps"):
+        value = getattr(args, option)
+        if value is not None and value < 1:
+            bad_input(f"--{option.replace('_', '-')}: expected a whole number >= 1, got {value}")
+    if args.trust_lo is not None and not args.trust_lo > 0:
+        bad_input(f"--trust-lo: expected eV/Å > 0, got {args.trust_lo}")
+    if not 0 < args.accurate_ratio <= 1:
+        bad_input(f"--accurate-ratio: expected a fraction in (0, 1], got {args.accurate_ratio}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workdir", default="runs/vs-dpgen2")
@@ -443,8 +464,7 @@ def main() -> None:
                                              "WORKDIR/dpgen2-env)")
     parser.add_argument("--json", help="also write the figures here")
     args = parser.parse_args()
-    if args.teacher and not (args.structures and args.type_map):
-        parser.error("--teacher needs --structures and --type-map")
+    check(args)
 
     from lamflow.flows.cli.main import quiet_libraries
 
