@@ -39,7 +39,10 @@ class TeacherMDSettings(Params):
                                                                "and barostat")
     temps: list[float] = Field(min_length=1, description="K")
     pressure: float = Field(1.0, description="bar, for npt")
-    nsteps: int = Field(200, ge=1, description="MD steps per starting cell and temperature (timestep dt)")
+    nsteps: int = Field(500, ge=1, description="MD steps per starting cell and temperature (timestep dt): long "
+                                               "enough for the hottest phase to relax. A melt takes a few hundred "
+                                               "(SevenNet-0's Si liquid at 1500 K: ~300 steps of 1 fs), and a student "
+                                               "never explores the relaxed liquid on its own")
     trj_freq: int = Field(20, ge=1, description="keep a labelled frame every N steps")
     dt: float = Field(0.001, gt=0, description="ps")
     tau_t: float = Field(0.1, gt=0, description="ps, Langevin friction time / Berendsen thermostat")
