@@ -443,6 +443,16 @@ def check(args: argparse.Namespace) -> None:
         bad_input(f"--trust-lo: expected eV/Å > 0, got {args.trust_lo}")
     if not 0 < args.accurate_ratio <= 1:
         bad_input(f"--accurate-ratio: expected a fraction in (0, 1], got {args.accurate_ratio}")
+    if args.teacher:  # last, the one check that costs seconds (deepmd-kit's import)
+        from lamflow.flows.cli.main import quiet_libraries
+        from lamflow.steps.errors import InputError
+        from lamflow.steps.inference import load_model
+
+        quiet_libraries(debug=False)  # deepmd-kit's thread hint would be a second line
+        try:  # an empty or foreign file would otherwise fail minutes later, at the teacher's freeze
+            load_model(Path(args.teacher))
+        except InputError as exc:
+            bad_input(f"--teacher: {exc}")
 
 
 def main() -> None:

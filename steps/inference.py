@@ -49,7 +49,9 @@ def not_a_model(path: Path, exc: BaseException) -> InputError:
 def first_sentence(exc: BaseException) -> str:
     """What a library exception says, cut to one short line for a one-line error."""
     text = str(exc).strip()
-    return text.splitlines()[0].split(". ")[0][:200] if text else type(exc).__name__
+    if not any(c.isalpha() for c in text):  # torch.load on a foreign file: KeyError(174812789) says "174812789"
+        return f"{type(exc).__name__} {text}".strip()
+    return text.splitlines()[0].split(". ")[0][:200]
 
 
 def model_type_indices(model, atom_names: list[str], atom_types: np.ndarray, where: str) -> np.ndarray:

@@ -15,6 +15,7 @@ from conftest import REPO
     (["--teacher", "/no/such.pt", "--structures", "CKPT", "--type-map", "Cu"], "--teacher: /no/such.pt: no such file"),
     (["--teacher", "CKPT", "--structures", "/no/cell.xyz", "--type-map", "Cu"], "--structures: /no/cell.xyz: no such"),
     (["--structures", "CKPT"], "--structures, --type-map: only with --teacher"),
+    (["--teacher", "CKPT", "--structures", "CKPT", "--type-map", "Cu"], "teacher.pt: is not a DeePMD-kit model"),
     (["--max-iterations", "0"], "--max-iterations: expected a whole number >= 1, got 0"),
     (["--nsteps", "-5"], "--nsteps: expected a whole number >= 1, got -5"),
     (["--trust-lo", "0"], "--trust-lo: expected eV/Å > 0, got 0.0"),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 
 import dpdata
@@ -71,10 +72,13 @@ def test_unknown_element_and_bad_model_are_one_line(tmp_path, students, cu_data)
     with pytest.raises(InputError, match=r"elements \['H', 'O'\] that the model does not know"):
         teacher_label.run(teacher_label.TeacherLabelParams(output=tmp_path / "o", model=students[0].model,
                                                            systems=[water], type_map=["O", "H"]))
-    junk = tmp_path / "junk.pth"
-    junk.write_bytes(b"not a model")
-    with pytest.raises(InputError, match="junk.pth: is not a DeePMD-kit model"):
-        load_model(junk)
+    for name, text in [("junk.pth", b"not a model"), ("junk.pt", b"junk\n")]:
+        junk = tmp_path / name
+        junk.write_bytes(text)
+        with pytest.raises(InputError, match=f"{name}: is not a DeePMD-kit model") as bad:
+            load_model(junk)
+        # torch's own reason for the second is a bare number (KeyError 174812789): the line names its kind
+        assert re.search(r"\([A-Za-z]", str(bad.value)), bad.value
 
 
 @pytest.mark.skipif(not DPA4_TEACHER.exists(), reason="../shared is not present")
