@@ -60,6 +60,9 @@ class StabilityResult(BaseModel):
     lambench_drift: float | None = Field(None, description="the same in LAMBench's convention (10.18x)")
     instability: float = Field(description="LAMBench's score: 0 stable, 5 failed")
     us_per_atom_step: float | None = Field(None, description="LAMMPS' speed in this run")
+    mean_temp: float | None = Field(None, description="K, the run's mean temperature after the warm-up: where the "
+                                                      "drift was measured (a cell far from equilibrium at ``temp`` "
+                                                      "heats or cools the NVE away from it)")
 
 
 def thermo(log: str) -> np.ndarray:
@@ -98,7 +101,8 @@ def run(params: StabilityParams) -> StabilityResult:
         speed = lammps_speed(log)
         result = StabilityResult(ok=True, natoms=n, drift_ev_atom_ps=drift, lambench_drift=drift * ASE_TIME_UNIT_FS,
                                  instability=score(drift * ASE_TIME_UNIT_FS),
-                                 us_per_atom_step=speed.us_per_atom_step if speed else None)
+                                 us_per_atom_step=speed.us_per_atom_step if speed else None,
+                                 mean_temp=float(kept[:, 1].mean()))
     elif task.status == "ok":
         result.reason = "no finite energies in the LAMMPS log"
     write_json(Path(params.output) / "stability.json", result.model_dump(mode="json"))
