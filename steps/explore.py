@@ -13,6 +13,7 @@ One task per (temperature, pressure) point: ``task.NNN/`` holds ``in.lammps``, `
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
 import time
@@ -138,11 +139,24 @@ def _check_models(models: list[Path]) -> list[str]:
     return out
 
 
-def _lammps_error(task: Path, proc: subprocess.CompletedProcess) -> str:
-    """The ``ERROR: ...`` line LAMMPS wrote (log first, then stderr), else the exit code."""
+def lammps_error(task: Path, proc: subprocess.CompletedProcess) -> str:
+    """The ``ERROR: ...`` line LAMMPS wrote (log first, then stderr); for a process that died
+    without one (a C++ abort inside a model's library, a kill), the signal by name and the last
+    line it wrote, which is where torch or the plugin says why ("what(): ...")."""
     text = tail(task / "log.lammps", 40) + "\n" + (proc.stderr or "")
     errors = [line.strip() for line in text.splitlines() if "ERROR" in line]
-    return errors[0] if errors else f"LAMMPS exited with code {proc.returncode}"
+    if errors:
+        return errors[0]
+    if proc.returncode < 0:
+        try:
+            how = f"LAMMPS was killed by {signal.Signals(-proc.returncode).name} (signal {-proc.returncode})"
+        except ValueError:
+            how = f"LAMMPS was killed by signal {-proc.returncode}"
+    else:
+        how = f"LAMMPS exited with code {proc.returncode}"
+    said = [line.strip() for line in (proc.stderr or "").splitlines() if line.strip()]
+    last = next((line for line in reversed(said) if "what()" in line), said[-1] if said else "")
+    return f"{how}: {last[:300]}" if last else how
 
 
 def _md_failed(task: Path) -> str:
@@ -178,7 +192,7 @@ def run(params: ExploreParams) -> ExploreResult:
                     [sys.executable, "-m", "lamflow.steps.lammps_runner", "in.lammps"],
                     cwd=task, env=env, capture_output=True, text=True, timeout=params.timeout,
                 )
-                reason = "" if proc.returncode == 0 else _lammps_error(task, proc)
+                reason = "" if proc.returncode == 0 else lammps_error(task, proc)
             except subprocess.TimeoutExpired:
                 reason = f"timed out after {params.timeout} s"
             reason = reason or _md_failed(task)

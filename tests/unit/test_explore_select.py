@@ -151,3 +151,21 @@ def test_select_names_why_no_exploration_task_ran(tmp_path, students, cu_frames,
     result = select.run(select.SelectParams(output=tmp_path / "s2", tasks=[*ran, broken.tasks[0].path],
                                             type_map=["Cu"], trust_lo=0.01, trust_hi=1.0))
     assert result.n_failed_tasks == 1 and result.n_frames == 2 * 200 // 10
+
+
+def test_a_lammps_process_that_aborts_is_named_by_its_signal_and_last_words(tmp_path):
+    """A C++ abort inside a model's library writes no ``ERROR`` line: the reason names the
+    signal and the line where torch says why, not a bare negative exit code."""
+    import subprocess
+    import sys
+
+    code = ("import os, sys; print('terminate called after throwing an instance of c10::Error', file=sys.stderr); "
+            "print('  what():  CUDA out of memory', file=sys.stderr); print('trailing', file=sys.stderr); "
+            "sys.stderr.flush(); os.abort()")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == -6
+    assert explore.lammps_error(tmp_path, proc) == "LAMMPS was killed by SIGABRT (signal 6): what():  CUDA out of memory"
+    (tmp_path / "log.lammps").write_text("Step Temp\nERROR: Lost atoms: original 64 current 63 (src/thermo.cpp:494)\n")
+    assert explore.lammps_error(tmp_path, proc).startswith("ERROR: Lost atoms")
+    failed = subprocess.run([sys.executable, "-c", "import sys; sys.exit(7)"], capture_output=True, text=True)
+    assert explore.lammps_error(tmp_path / "none", failed) == "LAMMPS exited with code 7"
