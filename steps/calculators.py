@@ -23,7 +23,7 @@ import importlib.util
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from .errors import InputError
+from .errors import InputError, first_sentence
 
 
 @dataclass(frozen=True)
@@ -143,3 +143,12 @@ def make_calculator(name: str, kwargs: dict[str, Any] | None = None, field: str 
         raise
     except TypeError as exc:  # an unexpected keyword: the user's kwargs, not a library bug
         raise InputError(f"{field}_kwargs", f"not accepted by '{name}' ({exc})") from None
+    except MemoryError:
+        raise
+    except Exception as exc:
+        # building depends on the kwargs alone (a device 'gpu', a model name or file that does not
+        # exist): the user's to fix, in one line. Running out of memory is not, and stays retryable.
+        if "OutOfMemory" in type(exc).__name__:
+            raise
+        raise InputError(f"{field}_kwargs", f"'{name}' could not be built with {kwargs}: "
+                                            f"{first_sentence(exc)}") from None

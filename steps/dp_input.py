@@ -316,7 +316,7 @@ def check_input(config: dict[str, Any], where: str) -> None:
         except Exception as exc:  # a bad shared reference or an unknown shared descriptor type
             raise InputError(where, "model.shared_dict: " + " ".join(str(exc).split())) from None
     try:
-        normalize(update_deepmd_input(cfg, warning=False, dump=None), multi_task=multi_task)
+        normalized = normalize(update_deepmd_input(cfg, warning=False, dump=None), multi_task=multi_task)
     except ArgumentError as exc:
         parts = [p for p in exc.path.split("/") if p]
         if len(parts) >= 4 and parts[:2] == ["model", "model_dict"] and (parts[2], parts[3]) in refs:
@@ -332,3 +332,22 @@ def check_input(config: dict[str, Any], where: str) -> None:
         raise InputError(where, f"{'.'.join(parts) or '(top level)'}: {msg}") from None
     except Exception as exc:  # deepmd's own validators raise plain errors
         raise InputError(where, f"{type(exc).__name__}: {' '.join(str(exc).split())[:300]}") from None
+    for path, smooth, cut in _cutoffs(normalized.get("model", {}), ("model",)):
+        if not 0 <= smooth < cut:
+            raise InputError(where, f"{'.'.join(path)}_smth: {smooth} must be at least 0 and below {path[-1]} "
+                                    f"({cut} Å): the switch from full to no interaction lies between them")
+
+
+def _cutoffs(node: Any, path: tuple[str, ...]):
+    """Every cut-off with its smoothing start (``rcut``/``rcut_smth``, DPA-3's ``e_rcut``/
+    ``e_rcut_smth``, ...), after DeePMD-kit has filled in its defaults. DeePMD-kit's argcheck
+    checks types only; a smoothing start at or beyond the cut-off trains a model whose switch
+    runs backwards, with no error anywhere."""
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key.endswith("rcut") and isinstance(node.get(f"{key}_smth"), (int, float)) and isinstance(value, (int, float)):
+                yield (*path, key), float(node[f"{key}_smth"]), float(value)
+            yield from _cutoffs(value, (*path, str(key)))
+    elif isinstance(node, list):
+        for index, value in enumerate(node):
+            yield from _cutoffs(value, (*path, str(index)))

@@ -8,6 +8,14 @@ raise :class:`InputError` for such cases; the CLI prints it as one line and exit
 from __future__ import annotations
 
 
+def first_sentence(exc: BaseException) -> str:
+    """What a library exception says, cut to one short line for a one-line error."""
+    text = str(exc).strip()
+    if not any(c.isalpha() for c in text):  # torch.load on a foreign file: KeyError(174812789) says "174812789"
+        return f"{type(exc).__name__} {text}".strip()
+    return text.splitlines()[0].split(". ")[0][:200]
+
+
 class InputError(ValueError):
     """Bad input that the user must fix (a file, a field, a type map)."""
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from . import memory
-from .errors import InputError
+from .errors import InputError, first_sentence
 from .runtime import interrupt_if_stopping
 
 log = logging.getLogger(__name__)
@@ -44,14 +44,6 @@ def load_model(path: Path, head: str | None = None):
 def not_a_model(path: Path, exc: BaseException) -> InputError:
     """The one line for a file deepmd-kit cannot load, whichever of its loaders tried."""
     return InputError(str(path), f"is not a DeePMD-kit model that deepmd-kit 3.2 can load ({first_sentence(exc)})")
-
-
-def first_sentence(exc: BaseException) -> str:
-    """What a library exception says, cut to one short line for a one-line error."""
-    text = str(exc).strip()
-    if not any(c.isalpha() for c in text):  # torch.load on a foreign file: KeyError(174812789) says "174812789"
-        return f"{type(exc).__name__} {text}".strip()
-    return text.splitlines()[0].split(". ")[0][:200]
 
 
 def model_type_indices(model, atom_names: list[str], atom_types: np.ndarray, where: str) -> np.ndarray:

@@ -199,3 +199,24 @@ def test_a_gpu_teacher_on_a_machine_without_one(tmp_path):
         assert check.returncode == 0, (where, check.stderr[-2000:])
     with pytest.raises(InputError, match="calculator_kwargs: device 'cuda:1' asked"):
         make_calculator("sevenn", {"device": "cuda:1"})
+
+
+def test_calculator_kwargs_the_calculator_refuses_are_one_line_before_any_work(tmp_path, monkeypatch):
+    """A device torch does not know, a model name the package does not ship: the calculator's
+    constructor raises its own error (RuntimeError, ValueError), which is the user's kwargs to fix,
+    not a traceback; running out of memory while building stays an error that a retry may cure."""
+    cfg = calculator_teacher_config(tmp_path, "sevenn")
+    cfg["teacher"]["calculator_kwargs"] = {"device": "gpu"}
+    stderr = refused_before_any_work(tmp_path, cfg)
+    assert "teacher.calculator_kwargs: 'sevenn' could not be built with {'device': 'gpu'" in stderr
+    with pytest.raises(InputError, match=r"label.calculator_kwargs: 'sevenn' could not be built .*7net-nope"):
+        make_calculator("sevenn", {"model": "7net-nope"}, field="label.calculator")
+    (tmp_path / "greedy_calc.py").write_text(
+        "class OutOfMemoryError(RuntimeError):\n    pass\n\n"
+        "class Greedy:\n    def __init__(self, how='torch'):\n"
+        "        raise OutOfMemoryError('CUDA out of memory') if how == 'torch' else MemoryError()\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    for how, kind in (("torch", RuntimeError), ("python", MemoryError)):
+        with pytest.raises(kind) as caught:
+            make_calculator("greedy_calc:Greedy", {"how": how})
+        assert not isinstance(caught.value, InputError)

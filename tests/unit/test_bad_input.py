@@ -139,6 +139,11 @@ CASES = [
     ("student overrides not a mapping", {"student.overrides": "fast"}, "student.overrides: input should be a valid dictionary"),
     ("misspelt descriptor key in the student overrides", {"student.overrides": {"model": {"descriptor": {"rcutt": 4}}}},
      "student.overrides: model.descriptor.rcutt: unknown key (did you mean rcut?)"),
+    ("smoothing start beyond the cut-off", {"student.overrides": {"model": {"descriptor": {"rcut": 3.0, "rcut_smth": 4.0}}}},
+     "student.overrides: model.descriptor.rcut_smth: 4.0 must be at least 0 and below rcut (3.0 Å)"),
+    ("cut-off inside DeePMD-kit's default smoothing start", {"student.template": "se_e2_a+se_e3", "student.overrides": {
+        "model": {"descriptor": {"list": [{"type": "se_e2_a", "rcut": 4.0}, {"type": "se_e3", "rcut": 0.4}]}}}},
+     "model.descriptor.list.1.rcut_smth: 0.5 must be at least 0 and below rcut (0.4 Å)"),
     ("zero students", {"student.count": 0}, "student.count: input should be greater than or equal to 1"),
     ("accurate ratio above 1", {"convergence.accurate_ratio": 1.5}, "convergence.accurate_ratio: input should be less than or equal to 1"),
     ("unknown selection strategy", {"selection.strategy": "best"}, "selection.strategy: input should be 'random' or 'highest'"),

@@ -17,8 +17,8 @@ import numpy as np
 
 from lamflow.steps.check_data import check_or_raise
 from lamflow.steps.dp_input import load_template
-from lamflow.steps.errors import InputError
-from lamflow.steps.inference import eval_frames, first_sentence, load_model, model_type_indices
+from lamflow.steps.errors import InputError, first_sentence
+from lamflow.steps.inference import eval_frames, load_model, model_type_indices
 from lamflow.steps.calculators import asks_missing_gpu, make_calculator
 from lamflow.steps.structures import check_overlaps, check_systems, read_atoms, read_system
 from lamflow.steps.train import check_input
