@@ -42,7 +42,13 @@ def load_model(path: Path, head: str | None = None):
 
 
 def not_a_model(path: Path, exc: BaseException) -> InputError:
-    """The one line for a file deepmd-kit cannot load, whichever of its loaders tried."""
+    """The one line for a file deepmd-kit cannot load, whichever of its loaders tried. A frozen
+    ``.pb`` is what DeePMD-kit 2 and dpgen2 runs leave behind: it needs the TensorFlow backend,
+    which lamflow's stack (PyTorch) does not carry, so the line says how to convert it."""
+    if Path(path).suffix == ".pb" and "tensorflow" in str(exc).lower():
+        return InputError(str(path), "is a TensorFlow model (DeePMD-kit 2, dpgen2), and lamflow runs DeePMD-kit's "
+                                     "PyTorch backend: convert it where the TensorFlow backend is installed "
+                                     f"(dp convert-backend {Path(path).name} {Path(path).stem}.pth)")
     return InputError(str(path), f"is not a DeePMD-kit model that deepmd-kit 3.2 can load ({first_sentence(exc)})")
 
 

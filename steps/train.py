@@ -143,9 +143,11 @@ def render(params: TrainParams) -> dict[str, Any]:
 
 
 def check_input(template: str, overrides: dict[str, Any], type_map: list[str], numb_steps: int,
-                branches: list[str] | None = None, where: str = "overrides") -> None:
+                branches: list[str] | None = None, where: str = "overrides", compress: str | None = None) -> None:
     """The input a training would render, checked by deepmd-kit's argcheck; its data are
-    placeholders, so the check runs before any data exists (preflight)."""
+    placeholders, so the check runs before any data exists (preflight). ``compress``: the field
+    that asks for compression, when it does: the descriptor must be one DeePMD-kit can tabulate,
+    known now rather than after the teacher's labelling."""
     placeholder = [Path("<data>")]
     config = dp_input.load_template(template)
     if branches:
@@ -154,6 +156,8 @@ def check_input(template: str, overrides: dict[str, Any], type_map: list[str], n
     else:
         rendered = dp_input.render_single(config, overrides, type_map, placeholder, [], numb_steps, 1)
     dp_input.check_input(rendered, where)
+    if compress is not None and not branches:
+        check_compressible(rendered, compress)
 
 
 RANDOM_BRANCH = "RANDOM"
@@ -258,15 +262,15 @@ def _check_branch_sources(src: Path, branches: dict[str, Branch]) -> None:
                                                                 f"({sorted(set(known.values()))}) nor {RANDOM_BRANCH}")
 
 
-def _check_compressible(config: dict[str, Any]) -> None:
+def check_compressible(config: dict[str, Any], where: str = "compress") -> None:
     kind = _descriptor_type(config)
     members = config["model"]["descriptor"].get("list", []) if kind == "hybrid" else [{"type": kind}]
     for member in members:
         if str(member.get("type", "")).lower() not in COMPRESSIBLE:
             raise InputError(
-                "compress",
+                where,
                 f"descriptor '{member.get('type')}' cannot be compressed; use se_e2_a, se_e3, se_atten_v2, "
-                "DPA-2 (tebd_input_mode strip), DPA4C or a hybrid of them",
+                "DPA-2 (tebd_input_mode strip), DPA4C or a hybrid of them, or compress: false",
             )
 
 
@@ -283,7 +287,7 @@ def run(params: TrainParams) -> TrainResult:
             log.info("%s, as in %s", key, Path(start).name)
     from_pretrained_script = params.finetune_from is not None and params.use_pretrain_script and not params.branches
     if params.compress and not from_pretrained_script:
-        _check_compressible(config)
+        check_compressible(config)
     env = library_env()
     compress_after = params.compress and from_pretrained_script  # compressible? known once trained
     with atomic_dir(params.output, keep=True) as work:
@@ -308,7 +312,7 @@ def run(params: TrainParams) -> TrainResult:
             log.warning("%s; DeePMD-kit keeps the nearest", short)
         model_name = frozen_file(work).name
         if compress_after:  # the model section came from the pretrained checkpoint
-            _check_compressible(json.loads((work / "out.json").read_text()))
+            check_compressible(json.loads((work / "out.json").read_text()))
             seconds["compress"] = run_dp([compress], work, env)[0]
         compressed = params.output / "model-compressed.pth" if params.compress else None
         write_json(work / "timings.json", seconds)

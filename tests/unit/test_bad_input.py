@@ -42,6 +42,7 @@ def files(tmp_path_factory, students, cu_data):
     write_cu_frames(d / "cuau.extxyz", 1, seed=6, symbols_every="Au")
     (d / "garbage.extxyz").write_text("this is not\na structure file\n")
     (d / "garbage.pth").write_bytes(b"\x00not a model" * 10)
+    (d / "graph.pb").write_bytes(b"\x0a\x08GraphDef" * 10)  # a DeePMD-kit 2 / dpgen2 teacher's name and kind
     (d / "old_model.py").write_text(OLD_TORCHSCRIPT)  # TorchScript compiles from source files
     subprocess.run([sys.executable, str(d / "old_model.py"), str(d / "old.pth")], check=True)
     (d / "short.lmp").write_text(
@@ -118,6 +119,9 @@ CASES = [
     ("teacher given twice", {"teacher.train": {"label": {"structures": ["cu.extxyz"]}}}, "give exactly one of 'model' (a file), 'train' or 'calculator'"),
     ("teacher missing", {"teacher.model": "nope.pth"}, "teacher.model: file not found"),
     ("teacher not a model", {"teacher.model": "garbage.pth"}, "garbage.pth: is not a DeePMD-kit model that deepmd-kit 3.2 can load"),
+    ("teacher a TensorFlow graph", {"teacher.model": "graph.pb"},
+     "graph.pb: is a TensorFlow model (DeePMD-kit 2, dpgen2), and lamflow runs DeePMD-kit's PyTorch backend: convert "
+     "it where the TensorFlow backend is installed (dp convert-backend graph.pb graph.pth)"),
     ("teacher from another DeePMD-kit version", {"teacher.model": "old.pth"}, "old.pth: is not a DeePMD-kit model that deepmd-kit 3.2 can load"),
     ("element unknown to the teacher", {"type_map": ["Cu", "Au"], "configurations.files": ["cuau.extxyz"]},
      "(teacher.model) does not know elements ['Au']"),
@@ -144,6 +148,8 @@ CASES = [
     ("cut-off inside DeePMD-kit's default smoothing start", {"student.template": "se_e2_a+se_e3", "student.overrides": {
         "model": {"descriptor": {"list": [{"type": "se_e2_a", "rcut": 4.0}, {"type": "se_e3", "rcut": 0.4}]}}}},
      "model.descriptor.list.1.rcut_smth: 0.5 must be at least 0 and below rcut (0.4 Å)"),
+    ("a student that cannot be compressed", {"student.template": "dpa3"},
+     "student.compress: descriptor 'dpa3' cannot be compressed; use se_e2_a"),
     ("zero students", {"student.count": 0}, "student.count: input should be greater than or equal to 1"),
     ("accurate ratio above 1", {"convergence.accurate_ratio": 1.5}, "convergence.accurate_ratio: input should be less than or equal to 1"),
     ("unknown selection strategy", {"selection.strategy": "best"}, "selection.strategy: input should be 'random' or 'highest'"),

@@ -48,7 +48,7 @@ def preflight(cfg: DistillConfig, with_teacher: bool = True) -> None:
         _labelled(cfg.initial_data.systems, type_map, "initial_data.systems")
     _template(cfg.student.template, "student.template")
     check_input(cfg.student.template, cfg.student.overrides, type_map, cfg.student.numb_steps,
-                where="student.overrides")
+                where="student.overrides", compress="student.compress" if cfg.student.compress else None)
     if cfg.teacher.train is not None:
         if cfg.teacher.train.data:
             _labelled(cfg.teacher.train.data, type_map, "teacher.train.data")
