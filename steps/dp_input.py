@@ -345,8 +345,9 @@ def _cutoffs(node: Any, path: tuple[str, ...]):
     runs backwards, with no error anywhere."""
     if isinstance(node, dict):
         for key, value in node.items():
-            if key.endswith("rcut") and isinstance(node.get(f"{key}_smth"), (int, float)) and isinstance(value, (int, float)):
-                yield (*path, key), float(node[f"{key}_smth"]), float(value)
+            smooth = node.get(f"{key}_smth")
+            if key.endswith("rcut") and isinstance(smooth, (int, float)) and isinstance(value, (int, float)):
+                yield (*path, key), float(smooth), float(value)
             yield from _cutoffs(value, (*path, str(key)))
     elif isinstance(node, list):
         for index, value in enumerate(node):
