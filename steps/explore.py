@@ -13,7 +13,6 @@ One task per (temperature, pressure) point: ``task.NNN/`` holds ``in.lammps``, `
 
 from __future__ import annotations
 
-import signal
 import subprocess
 import sys
 import time
@@ -29,7 +28,7 @@ from .base import OutputPath, Params, StructureFormat, TypeMap, frames_after_sta
 
 from .artifacts import atomic_dir, write_json
 from .errors import InputError
-from .runtime import library_env, run_child, tail
+from .runtime import exit_status, library_env, run_child, tail
 from .structures import check_overlaps, read_system
 
 
@@ -147,13 +146,8 @@ def lammps_error(task: Path, proc: subprocess.CompletedProcess) -> str:
     errors = [line.strip() for line in text.splitlines() if "ERROR" in line]
     if errors:
         return errors[0]
-    if proc.returncode < 0:
-        try:
-            how = f"LAMMPS was killed by {signal.Signals(-proc.returncode).name} (signal {-proc.returncode})"
-        except ValueError:
-            how = f"LAMMPS was killed by signal {-proc.returncode}"
-    else:
-        how = f"LAMMPS exited with code {proc.returncode}"
+    how = (f"LAMMPS was {exit_status(proc.returncode)}" if proc.returncode < 0
+           else f"LAMMPS exited with code {proc.returncode}")
     said = [line.strip() for line in (proc.stderr or "").splitlines() if line.strip()]
     last = next((line for line in reversed(said) if "what()" in line), said[-1] if said else "")
     return f"{how}: {last[:300]}" if last else how

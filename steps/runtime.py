@@ -135,6 +135,18 @@ def tail(path: Path, lines: int = 15) -> str:
     return "\n".join(text[-lines:])
 
 
+
+def exit_status(returncode: int) -> str:
+    """How a child process ended, in words: ``exit 3``, or the signal that killed it by name
+    (``killed by SIGABRT (signal 6)``: a C++ abort in a model's library, SIGKILL: the OOM killer
+    or a scheduler), where Python reports only a negative number."""
+    if returncode >= 0:
+        return f"exit {returncode}"
+    try:
+        return f"killed by {signal.Signals(-returncode).name} (signal {-returncode})"
+    except ValueError:
+        return f"killed by signal {-returncode}"
+
 # --- child processes: one registry, so that a stopping run ends them, and they die with it ----------
 
 _CHILDREN: set[subprocess.Popen] = set()
@@ -244,7 +256,7 @@ def run_dp(commands: list[DpCommand], cwd: Path, env: dict[str, str] | None = No
         k = len(done) - 1 if done and done[-1]["code"] else len(done)  # the one that failed or was running
         args, log = commands[min(k, len(commands) - 1)]
         output = tail(cwd / log) or (proc.stderr or "")[-1500:]  # no log: the session itself failed
-        raise StepFailed(f"dp {' '.join(args[:3])} failed (exit {proc.returncode}) in {cwd}; "
+        raise StepFailed(f"dp {' '.join(args[:3])} failed ({exit_status(proc.returncode)}) in {cwd}; "
                          f"last lines of {cwd / log}:\n{output}")
     spec.unlink()
     results.unlink()
@@ -261,7 +273,7 @@ def run_logged(
         proc = run_child(cmd, cwd=cwd, stdout=fh, stderr=subprocess.STDOUT, env=env or library_env())
     if proc.returncode != 0:
         raise StepFailed(
-            f"{' '.join(cmd[:4])} failed (exit {proc.returncode}) in {cwd}; "
+            f"{' '.join(cmd[:4])} failed ({exit_status(proc.returncode)}) in {cwd}; "
             f"last lines of {log}:\n{tail(log)}"
         )
     return log
