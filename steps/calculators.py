@@ -143,12 +143,10 @@ def make_calculator(name: str, kwargs: dict[str, Any] | None = None, field: str 
         raise
     except TypeError as exc:  # an unexpected keyword: the user's kwargs, not a library bug
         raise InputError(f"{field}_kwargs", f"not accepted by '{name}' ({exc})") from None
-    except MemoryError:
-        raise
     except Exception as exc:
         # building depends on the kwargs alone (a device 'gpu', a model name or file that does not
         # exist): the user's to fix, in one line. Running out of memory is not, and stays retryable.
-        if "OutOfMemory" in type(exc).__name__:
+        if isinstance(exc, MemoryError) or "OutOfMemory" in type(exc).__name__:
             raise
         raise InputError(f"{field}_kwargs", f"'{name}' could not be built with {kwargs}: "
                                             f"{first_sentence(exc)}") from None

@@ -104,23 +104,26 @@ def seed_model(model: dict[str, Any], seed: int) -> None:
     teacher, and its deviation would select nothing (measured: 40-step Si students, deviation
     3e-6, real error 1.3 eV/Å). dpgen2 draws every model's seeds at random for the same reason.
     """
-    def walk(node: Any) -> None:
-        if isinstance(node, dict):
-            if "seed" in node:
-                node["seed"] = seed
-            for value in node.values():
-                walk(value)
-        elif isinstance(node, list):
-            for value in node:
-                walk(value)
-
     for key in ("descriptor", "fitting_net"):
         if isinstance(model.get(key), dict):
             # a hybrid descriptor takes no seed of its own (DeePMD-kit: unknown key); its members do
             members = model[key].get("list", []) if model[key].get("type") == "hybrid" else [model[key]]
             for member in members:
                 member.setdefault("seed", seed)
-    walk(model)
+    for _, node in _mappings(model):
+        if "seed" in node:
+            node["seed"] = seed
+
+
+def _mappings(node: Any, path: tuple[str | int, ...] = ()):
+    """Every mapping in a DeePMD-kit input, with its path (keys, list indices), parents first."""
+    if isinstance(node, dict):
+        yield path, node
+        for key, value in node.items():
+            yield from _mappings(value, (*path, key))
+    elif isinstance(node, list):
+        for index, value in enumerate(node):
+            yield from _mappings(value, (*path, index))
 
 
 def render_multitask(
@@ -332,23 +335,19 @@ def check_input(config: dict[str, Any], where: str) -> None:
         raise InputError(where, f"{'.'.join(parts) or '(top level)'}: {msg}") from None
     except Exception as exc:  # deepmd's own validators raise plain errors
         raise InputError(where, f"{type(exc).__name__}: {' '.join(str(exc).split())[:300]}") from None
-    for path, smooth, cut in _cutoffs(normalized.get("model", {}), ("model",)):
+    for key, smooth, cut in _cutoffs(normalized.get("model", {})):
         if not 0 <= smooth < cut:
-            raise InputError(where, f"{'.'.join(path)}_smth: {smooth} must be at least 0 and below {path[-1]} "
+            raise InputError(where, f"{key}_smth: {smooth} must be at least 0 and below {key.rsplit('.', 1)[-1]} "
                                     f"({cut} Å): the switch from full to no interaction lies between them")
 
 
-def _cutoffs(node: Any, path: tuple[str, ...]):
+def _cutoffs(model: dict[str, Any]):
     """Every cut-off with its smoothing start (``rcut``/``rcut_smth``, DPA-3's ``e_rcut``/
     ``e_rcut_smth``, ...), after DeePMD-kit has filled in its defaults. DeePMD-kit's argcheck
     checks types only; a smoothing start at or beyond the cut-off trains a model whose switch
     runs backwards, with no error anywhere."""
-    if isinstance(node, dict):
+    for path, node in _mappings(model, ("model",)):
         for key, value in node.items():
             smooth = node.get(f"{key}_smth")
             if key.endswith("rcut") and isinstance(smooth, (int, float)) and isinstance(value, (int, float)):
-                yield (*path, key), float(smooth), float(value)
-            yield from _cutoffs(value, (*path, str(key)))
-    elif isinstance(node, list):
-        for index, value in enumerate(node):
-            yield from _cutoffs(value, (*path, str(index)))
+                yield ".".join(map(str, (*path, key))), float(smooth), float(value)
