@@ -24,7 +24,7 @@ from typing import Literal
 import numpy as np
 from pydantic import BaseModel, Field, field_validator, model_validator
 
-from .base import OutputPath, Params, StructureFormat, TypeMap, frames_after_start, positive_kelvin
+from .base import OutputPath, Params, StructureFormat, TypeMap, barostat_unused, frames_after_start, positive_kelvin
 
 from .artifacts import atomic_dir, write_json
 from .errors import InputError
@@ -38,7 +38,7 @@ class ExploreSettings(Params):
     ensemble: Literal["nvt", "npt", "nve"] = Field("nvt", description="LAMMPS ensemble: nvt (Nosé-Hoover), npt (also "
                                                                       "a barostat at pressures), nve")
     temps: list[float] = Field(min_length=1, description="K")
-    pressures: list[float] = Field(default_factory=lambda: [1.0], description="bar, for npt")
+    pressures: list[float] = Field(default_factory=lambda: [1.0], description="bar; npt only (refused with nvt or nve)")
     nsteps: int = Field(2000, ge=1, description="MD steps per task (timestep dt)")
     trj_freq: int = Field(10, ge=1, description="dump and deviation every N steps")
     dt: float = Field(0.001, gt=0, description="ps")
@@ -52,6 +52,7 @@ class ExploreSettings(Params):
         """An MD that dumps no frame after its start explores nothing: the loop would judge the
         student on its unmoved starting cell and call that converged."""
         frames_after_start(self.trj_freq, self.nsteps, "explored")
+        barostat_unused(self, ("pressures", "tau_p"))
         return self
 
 

@@ -23,7 +23,8 @@ import numpy as np
 from pydantic import BaseModel, Field, field_validator, model_validator
 
 from .artifacts import atomic_dir
-from .base import CalculatorKwargs, OutputPath, Params, Seed, TypeMap, frames_after_start, positive_kelvin
+from .base import (CalculatorKwargs, OutputPath, Params, Seed, TypeMap, barostat_unused, frames_after_start,
+                   positive_kelvin)
 from .calculators import known_calculator, make_calculator
 from .errors import InputError, StepFailed, StepInterrupted
 from .runtime import interrupt_if_stopping
@@ -38,7 +39,7 @@ class TeacherMDSettings(Params):
     ensemble: Literal["nvt", "npt"] = Field("nvt", description="nvt: Langevin thermostat; npt: Berendsen thermostat "
                                                                "and barostat")
     temps: list[float] = Field(min_length=1, description="K")
-    pressure: float = Field(1.0, description="bar, for npt")
+    pressure: float = Field(1.0, description="bar; npt only (refused with nvt)")
     nsteps: int = Field(500, ge=1, description="MD steps per starting cell and temperature (timestep dt): long "
                                                "enough for the hottest phase to relax. A melt takes a few hundred "
                                                "(SevenNet-0's Si liquid at 1500 K: ~300 steps of 1 fs), and a student "
@@ -53,6 +54,7 @@ class TeacherMDSettings(Params):
     @model_validator(mode="after")
     def _frames(self) -> "TeacherMDSettings":
         frames_after_start(self.trj_freq, self.nsteps, "kept")
+        barostat_unused(self, ("pressure", "tau_p"))
         return self
 
 
