@@ -69,7 +69,7 @@ def test_every_bench_system_config_passes_its_check():
     from real_teacher import SYSTEMS
 
     for name, system in SYSTEMS.items():
-        for cell in (system.crystal, system.melt):
+        for cell in system.cells():
             assert (system.config.parent / cell).is_file(), (name, cell)
         if "examples" in system.config.parts:
             continue  # run end to end above
