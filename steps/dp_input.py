@@ -172,16 +172,11 @@ def render_multitask(
     return config
 
 
-def _auto_sel(node: Any, path: tuple[str | int, ...] = ()) -> list[tuple[str | int, ...]]:
+def _auto_sel(descriptor: dict[str, Any]) -> list[tuple[str | int, ...]]:
     """Where a descriptor leaves a neighbour count to DeePMD-kit (``"sel": "auto"``, ``"auto:1.1"``,
     ``nsel``/``e_sel``/``a_sel`` of the repinit/repformer/repflow blocks, the members of a hybrid)."""
-    if isinstance(node, dict):
-        return [p for key, value in node.items() for p in _auto_sel(value, (*path, key))]
-    if isinstance(node, list):
-        return [p for i, value in enumerate(node) for p in _auto_sel(value, (*path, i))]
-    if isinstance(node, str) and node.startswith("auto") and path and isinstance(path[-1], str) and "sel" in path[-1]:
-        return [path]
-    return []
+    return [(*path, key) for path, node in _mappings(descriptor) for key, value in node.items()
+            if "sel" in key and isinstance(value, str) and value.startswith("auto")]
 
 
 def _counted_sel(descriptor: dict[str, Any], type_map: list[str], systems: list[str]) -> dict[str, Any]:
