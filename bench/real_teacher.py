@@ -241,7 +241,8 @@ def main() -> None:
         f = report.final
         print(f"  final training: {f.numb_steps} steps on {f.n_train_frames} frames; "
               + (f"{f.rmse_f:.4f} eV/Å on {f.n_eval_frames} validation frames" if f.rmse_f is not None
-                 else "no validation frame to measure it on"))
+                 else "no validation frame to measure it on")
+              + ("" if f.fit_rmse_f is None else f", {f.fit_rmse_f:.4f} on its own training frames (lcurve.out)"))
     for t, (n, ev, late) in scores.items():
         print(f"  {t.name} held-out MD ({t.phase}, {t.temp:.0f} K, {n} frames): force RMSE {ev.rmse_f:.4f} eV/Å "
               f"(goal <= {t.goal_f}), "

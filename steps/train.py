@@ -101,6 +101,43 @@ class TrainResult(BaseModel):
     input: Path
     lcurve: Path
     seconds: dict[str, float]
+    fit_rmse_f: float | None = Field(None, description="eV/Å: the force RMSE on its own training batches at the end "
+                                                       "(lcurve.out's rmse_f_trn over its last tenth; single-task)")
+
+
+#: the share of lcurve.out's last lines that measure how well a training fits its own frames
+FIT_TAIL = 0.1
+
+
+def fit_rmse_f(lcurve: Path) -> float | None:
+    """How well a trained model fits its own training frames: the RMS of DeePMD-kit's
+    ``rmse_f_trn`` over the last tenth of ``lcurve.out``.
+
+    Each line is one batch (one frame, with ``batch_size: auto`` on a small cell), so one line is
+    noise and a tenth of them is a measure. Beside the error on unseen frames it tells an underfit
+    student (no better on the frames it was trained on: train longer or give it capacity) from one
+    short of data (far better on them: label more frames), DeePMD-kit's own lcurve reading. None
+    where there is no such column (multi-task: one per branch) or no line."""
+    if not lcurve.is_file():
+        return None
+    lines = lcurve.read_text(errors="replace").splitlines()
+    header = next((line.lstrip("#").split() for line in lines if line.startswith("#") and "step" in line), [])
+    if "rmse_f_trn" not in header:
+        return None
+    column = header.index("rmse_f_trn")
+    values = []
+    for line in lines:
+        fields = line.split()
+        if line.startswith("#") or len(fields) <= column:
+            continue
+        try:
+            value = float(fields[column])
+        except ValueError:
+            continue
+        if value == value:  # NaN: a line without data
+            values.append(value)
+    tail = values[len(values) - max(1, round(FIT_TAIL * len(values))):]
+    return (sum(v * v for v in tail) / len(tail)) ** 0.5 if tail else None
 
 
 def _descriptor_type(config: dict[str, Any]) -> str:
@@ -324,6 +361,7 @@ def run(params: TrainParams) -> TrainResult:
         input=out / "input.json",
         lcurve=out / "lcurve.out",
         seconds=seconds,
+        fit_rmse_f=fit_rmse_f(out / "lcurve.out"),
     )
 
 

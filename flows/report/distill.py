@@ -12,7 +12,7 @@ import numpy as np
 
 from lamflow.steps.artifacts import write_json
 
-from lamflow.flows.pipelines.distill.records import DistillReport
+from lamflow.flows.pipelines.distill.records import DistillReport, FinalRecord
 
 
 def write_report(report: DistillReport, run_dir: Path, plots: bool = True) -> Path:
@@ -162,6 +162,20 @@ def table(report: DistillReport):
     return t
 
 
+def _what_helps(final: FinalRecord | None) -> str:
+    """The advice for a delivered student above ``max_rmse_f``, from how well it fits its own
+    training frames: an underfit one wants steps or capacity, one short of data wants labels."""
+    underfit = None if final is None else final.underfit()
+    if underfit is None:
+        return "train it longer (student.numb_steps_final) or give it more capacity (student.overrides)"
+    fit = f"{final.fit_rmse_f:.4f} eV/Å on its own training frames against {final.rmse_f:.4f} on unseen ones"
+    if underfit:
+        return (f"it is underfit ({fit}): train it longer (student.numb_steps_final) or give it more capacity "
+                "(student.overrides); more labels alone will not help")
+    return (f"it fits its training frames far better ({fit}): label more frames like the unseen ones "
+            "(max_iterations, selection.max_candidates)")
+
+
 def summarize(console: Any, cfg: Any, report: DistillReport) -> None:
     """The outcome of a distillation in the terminal, after its progress table."""
     console.print()
@@ -181,8 +195,7 @@ def summarize(console: Any, cfg: Any, report: DistillReport) -> None:
         where = "unseen explored frames" if f is None else f"{d.n_eval_frames} unseen validation frames"
         if report.status == "inaccurate":
             console.print("exploration converged, but the delivered student's force RMSE (below) is above "
-                          "convergence.max_rmse_f: train it longer (student.numb_steps_final) or give it more "
-                          "capacity (student.overrides)")
+                          "convergence.max_rmse_f: " + _what_helps(f))
         console.print(f"student force RMSE vs teacher on {where}: {rmse}; "
                       f"MD speed vs teacher: {ratio} per atom-step"
                       + (f" on {report.speed_atoms} atoms" if report.speed_atoms else "")

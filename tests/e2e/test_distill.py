@@ -134,6 +134,8 @@ def test_adaptive_lower_level_converges_and_the_final_student_is_judged(tmp_path
     assert report.status == "inaccurate" and not report.converged and report.trust_lo_adaptive
     assert report.final.meets_rule is False and report.final.rmse_f > 1e-6
     assert "exploration converged, but the delivered student" in " ".join(out.stdout.split())
+    # what would help, from its fit on its own training frames (lcurve.out) beside the unseen ones
+    assert report.final.fit_rmse_f > 0 and "on its own training frames against" in " ".join(out.stdout.split())
     assert [it.meets_rule for it in report.iterations] == [False, True, True]  # the first has no level before it
     for it in report.iterations:
         devi = np.load(it.deviations)

@@ -207,3 +207,19 @@ def test_a_killed_training_resumes_from_its_last_checkpoint(tmp_path, cu_data, c
         fresh = train.run(train.TrainParams(**{**params, "numb_steps": 20, "seed": 7}))
     assert "resuming" not in caplog.text
     assert [int(line.split()[0]) for line in fresh.lcurve.read_text().splitlines() if line[:1] not in "#"][0] < 20
+
+
+def test_the_fit_on_its_own_frames_is_the_rms_of_the_last_tenth_of_lcurve(tmp_path):
+    """Single-task lcurve.out: rmse_f_trn's last tenth (one batch a line), NaN lines skipped; a
+    multi-task one (a column per branch) or a missing file: not measured."""
+    lines = ["# step       rmse_trn    rmse_e_trn    rmse_f_trn   lr",
+             "# If there is no available reference data, rmse_*_{val,trn} will print nan"]
+    lines += [f"{100 * i:7d} 1.0e+00 1.0e-02 {0.5 if i <= 18 else (0.3 if i == 19 else 0.4):.2e} 1.0e-03"
+              for i in range(1, 21)]
+    (tmp_path / "lcurve.out").write_text("\n".join(lines) + "\n")
+    assert train.fit_rmse_f(tmp_path / "lcurve.out") == pytest.approx((0.3 ** 2 / 2 + 0.4 ** 2 / 2) ** 0.5)
+    (tmp_path / "lcurve.out").write_text("\n".join(lines + ["   2100 nan nan nan 1.0e-03"]) + "\n")
+    assert train.fit_rmse_f(tmp_path / "lcurve.out") == pytest.approx((0.3 ** 2 / 2 + 0.4 ** 2 / 2) ** 0.5)
+    multi = "# step rmse_trn_cu rmse_e_trn_cu rmse_f_trn_cu rmse_trn_cuau rmse_e_trn_cuau rmse_f_trn_cuau lr\n"
+    (tmp_path / "multi.out").write_text(multi + "1 1 1 0.1 1 1 0.2 1e-3\n")
+    assert train.fit_rmse_f(tmp_path / "multi.out") is None and train.fit_rmse_f(tmp_path / "nope.out") is None

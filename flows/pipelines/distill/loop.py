@@ -108,7 +108,7 @@ def run_distill(
                                          n_train_frames=count_frames(data))
         t_final, mark = time.perf_counter(), len(book.intervals)
         made: TrainResult = book.one(plan.final_student(cfg, lay, data, checkpoint), rec.seconds)
-        rec.student = str(made.compressed or made.model)
+        rec.student, rec.fit_rmse_f = str(made.compressed or made.model), made.fit_rmse_f
         if validation:
             ev: EvaluateResult = book.one(plan.evaluate_final(cfg, lay, Path(rec.student), validation), rec.seconds)
             rec.rmse_f, rec.rmse_e_per_atom, rec.n_eval_frames = ev.rmse_f, ev.rmse_e_per_atom, ev.n_frames

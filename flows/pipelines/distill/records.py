@@ -41,6 +41,13 @@ class IterationRecord:
     meets_rule: bool = False
 
 
+#: a student whose error on its own training frames is at least this share of its error on unseen
+#: ones is underfit (DeePMD-kit users read the same from lcurve.out's trn and val columns); the
+#: unseen frames are explored ones, harder than the rattled and teacher-MD frames among the
+#: training frames, so a student short of data lies well below it
+UNDERFIT_RATIO = 0.8
+
+
 @dataclass
 class FinalRecord:
     """The long final training (``student.numb_steps_final``): the delivered student, measured on
@@ -53,6 +60,14 @@ class FinalRecord:
     n_eval_frames: int = 0
     seconds: dict[str, float] = field(default_factory=dict)
     meets_rule: bool | None = None  # its force RMSE within convergence.max_rmse_f (None: not judged yet)
+    fit_rmse_f: float | None = None  # eV/Å on its own training batches at the end (TrainResult.fit_rmse_f)
+
+    def underfit(self) -> bool | None:
+        """Whether the student fits the frames it was trained on hardly better than unseen ones
+        (then more steps or capacity help, more labels do not); None where either is unknown."""
+        if self.fit_rmse_f is None or not self.rmse_f:
+            return None
+        return self.fit_rmse_f >= UNDERFIT_RATIO * self.rmse_f
 
 
 @dataclass
