@@ -135,7 +135,6 @@ def tail(path: Path, lines: int = 15) -> str:
     return "\n".join(text[-lines:])
 
 
-
 def exit_status(returncode: int) -> str:
     """How a child process ended, in words: ``exit 3``, or the signal that killed it by name
     (``killed by SIGABRT (signal 6)``: a C++ abort in a model's library, SIGKILL: the OOM killer
@@ -146,6 +145,7 @@ def exit_status(returncode: int) -> str:
         return f"killed by {signal.Signals(-returncode).name} (signal {-returncode})"
     except ValueError:
         return f"killed by signal {-returncode}"
+
 
 # --- child processes: one registry, so that a stopping run ends them, and they die with it ----------
 

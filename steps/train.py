@@ -22,9 +22,11 @@ from __future__ import annotations
 import json
 import logging
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from pydantic import BaseModel, Field, model_validator
 
 from .base import OutputPath, Params, Seed, TypeMap
@@ -120,24 +122,18 @@ def fit_rmse_f(lcurve: Path) -> float | None:
     where there is no such column (multi-task: one per branch) or no line."""
     if not lcurve.is_file():
         return None
-    lines = lcurve.read_text(errors="replace").splitlines()
-    header = next((line.lstrip("#").split() for line in lines if line.startswith("#") and "step" in line), [])
-    if "rmse_f_trn" not in header:
-        return None
-    column = header.index("rmse_f_trn")
-    values = []
-    for line in lines:
-        fields = line.split()
-        if line.startswith("#") or len(fields) <= column:
-            continue
+    with warnings.catch_warnings():  # an lcurve.out without a line yet: numpy warns, nothing to measure
+        warnings.simplefilter("ignore")
         try:
-            value = float(fields[column])
-        except ValueError:
-            continue
-        if value == value:  # NaN: a line without data
-            values.append(value)
+            table = np.genfromtxt(lcurve, names=True)  # the header line names the columns
+        except ValueError:  # lines of different lengths: not an lcurve.out we can read
+            return None
+    if "rmse_f_trn" not in (table.dtype.names or ()):
+        return None
+    values = np.atleast_1d(table["rmse_f_trn"])
+    values = values[~np.isnan(values)]  # NaN: a line without data
     tail = values[len(values) - max(1, round(FIT_TAIL * len(values))):]
-    return (sum(v * v for v in tail) / len(tail)) ** 0.5 if tail else None
+    return float(np.sqrt(np.mean(tail ** 2))) if tail.size else None
 
 
 def _descriptor_type(config: dict[str, Any]) -> str:

@@ -162,7 +162,7 @@ def table(report: DistillReport):
     return t
 
 
-def _what_helps(final: FinalRecord | None) -> str:
+def what_helps(final: FinalRecord | None) -> str:
     """The advice for a delivered student above ``max_rmse_f``, from how well it fits its own
     training frames: an underfit one wants steps or capacity, one short of data wants labels."""
     underfit = None if final is None else final.underfit()
@@ -195,7 +195,7 @@ def summarize(console: Any, cfg: Any, report: DistillReport) -> None:
         where = "unseen explored frames" if f is None else f"{d.n_eval_frames} unseen validation frames"
         if report.status == "inaccurate":
             console.print("exploration converged, but the delivered student's force RMSE (below) is above "
-                          "convergence.max_rmse_f: " + _what_helps(f))
+                          "convergence.max_rmse_f: " + what_helps(f))
         console.print(f"student force RMSE vs teacher on {where}: {rmse}; "
                       f"MD speed vs teacher: {ratio} per atom-step"
                       + (f" on {report.speed_atoms} atoms" if report.speed_atoms else "")

@@ -58,12 +58,12 @@ def test_the_terminal_summary_names_the_delivered_students_iteration_and_figures
 
 
 def test_a_final_student_no_better_on_its_own_frames_is_underfit_one_far_better_is_short_of_data():
-    from lamflow.flows.report.distill import _what_helps
+    from lamflow.flows.report.distill import what_helps
 
     f = FinalRecord(student="final.pth", numb_steps=30000, rmse_f=0.11)
-    assert f.underfit() is None and "train it longer" in _what_helps(f)  # an old record: no fit measured
+    assert f.underfit() is None and "train it longer" in what_helps(f)  # an old record: no fit measured
     f.fit_rmse_f = 0.12  # the Si bench's delivered student: 0.123 on its training batches, 0.113 unseen
     assert f.underfit() is True
-    assert "underfit (0.1200 eV/Å on its own training frames against 0.1100" in _what_helps(f)
+    assert "underfit (0.1200 eV/Å on its own training frames against 0.1100" in what_helps(f)
     f.fit_rmse_f = 0.03
-    assert f.underfit() is False and "label more frames" in _what_helps(f)
+    assert f.underfit() is False and "label more frames" in what_helps(f)
