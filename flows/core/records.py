@@ -153,13 +153,33 @@ def input_paths(params: BaseModel) -> list[Path]:
     return out
 
 
+def _key_dump(params: BaseModel) -> dict[str, Any]:
+    """The parameters as the key sees them: an existing input by its name, not its absolute path.
+
+    Its identity (content, or its producer's key) is hashed beside them, so the folder it lies in
+    adds nothing but a dependence on where the project sits: the config's cells are given by
+    absolute path, and a clone of the project elsewhere (a second checkout, a Prefect worker's
+    pull, a renamed home) would otherwise recompute every step of a finished run. The output stays
+    whole: the results name files under it."""
+    dump = params.model_dump(mode="json")
+    for key in type(params).model_fields:
+        if key == "output":
+            continue
+        value = getattr(params, key)
+        if isinstance(value, Path) and value.exists():
+            dump[key] = value.name
+        elif isinstance(value, list):
+            dump[key] = [v.name if isinstance(v, Path) and v.exists() else d for v, d in zip(value, dump[key])]
+    return dump
+
+
 def cache_key(step: str, params: BaseModel) -> str:
     """Step name + parameters + identity of every existing input file or folder.
 
     The parameters are hashed with sorted keys: the order in which a user wrote a mapping (say
     ``student.overrides``) means nothing to the step and must not rerun it."""
     h = hashlib.sha256(step.encode())
-    h.update(json.dumps(params.model_dump(mode="json"), sort_keys=True).encode())
+    h.update(json.dumps(_key_dump(params), sort_keys=True).encode())
     for path in input_paths(params):
         if path.exists():
             _hash_input(h, path)

@@ -103,6 +103,27 @@ def test_resources_are_not_part_of_the_cache_key_and_results_are_typed(tmp_path)
     assert again.result == first.result
 
 
+def test_a_finished_step_is_read_back_when_its_inputs_sit_in_another_clone(tmp_path):
+    """The config's cells are given by absolute path; a second checkout of the project (or a
+    Prefect worker's pull) reads the same run back, while an edited cell is computed again."""
+    import shutil
+
+    first, second = tmp_path / "clone-a" / "cells", tmp_path / "clone-b" / "cells"
+    first.mkdir(parents=True)
+    second.mkdir(parents=True)
+    cell = write_cu_frames(first / "cu.extxyz", 2, seed=5)
+    moved = Path(shutil.copy2(cell, second / "cu.extxyz"))
+
+    def label(structures):
+        return execute("label", LabelParams(structures=[structures], type_map=["Cu"], output=tmp_path / "run" / "emt"),
+                       Resources(threads=1))
+
+    assert not label(cell).cached
+    assert label(moved).cached
+    write_cu_frames(moved, 2, seed=6)  # the same name, other positions
+    assert not label(moved).cached
+
+
 def test_the_order_of_a_mapping_does_not_change_the_cache_key(tmp_path):
     from lamflow.flows.core.records import cache_key
     from lamflow.steps.train import TrainParams
