@@ -158,9 +158,8 @@ def _key_dump(params: BaseModel) -> dict[str, Any]:
 
     Its identity (content, or its producer's key) is hashed beside them, so the folder it lies in
     adds nothing but a dependence on where the project sits: the config's cells are given by
-    absolute path, and a clone of the project elsewhere (a second checkout, a Prefect worker's
-    pull, a renamed home) would otherwise recompute every step of a finished run. The output stays
-    whole: the results name files under it."""
+    absolute path, and a second checkout of the project (or a renamed home) would otherwise
+    recompute every step of a finished run. The output stays whole: the results name files under it."""
     dump = params.model_dump(mode="json")
     for key in type(params).model_fields:
         if key == "output":

@@ -104,8 +104,8 @@ def test_resources_are_not_part_of_the_cache_key_and_results_are_typed(tmp_path)
 
 
 def test_a_finished_step_is_read_back_when_its_inputs_sit_in_another_clone(tmp_path):
-    """The config's cells are given by absolute path; a second checkout of the project (or a
-    Prefect worker's pull) reads the same run back, while an edited cell is computed again."""
+    """The config's cells are given by absolute path; a second checkout of the project reads the
+    same run back, while an edited cell is computed again."""
     import shutil
 
     first, second = tmp_path / "clone-a" / "cells", tmp_path / "clone-b" / "cells"
