@@ -142,46 +142,46 @@ def _hash_input(h, path: Path) -> None:
                 h.update(file_digest(child).encode())
 
 
-def input_paths(params: BaseModel) -> list[Path]:
-    out: list[Path] = []
+def _inputs(params: BaseModel) -> Iterator[tuple[str, int | None, Path]]:
+    """Every input a step declares, as (field, index in its list or None, path): a top-level
+    ``Path`` or list of them, other than its output."""
     for key in type(params).model_fields:
         if key == "output":
             continue
         value = getattr(params, key)
-        values = value if isinstance(value, list) else [value]
-        out += [Path(v) for v in values if isinstance(v, Path)]
-    return out
-
-
-def _key_dump(params: BaseModel) -> dict[str, Any]:
-    """The parameters as the key sees them: an existing input by its name, not its absolute path.
-
-    Its identity (content, or its producer's key) is hashed beside them, so the folder it lies in
-    adds nothing but a dependence on where the project sits: the config's cells are given by
-    absolute path, and a second checkout of the project (or a renamed home) would otherwise
-    recompute every step of a finished run. The output stays whole: the results name files under it."""
-    dump = params.model_dump(mode="json")
-    for key in type(params).model_fields:
-        if key == "output":
-            continue
-        value = getattr(params, key)
-        if isinstance(value, Path) and value.exists():
-            dump[key] = value.name
+        if isinstance(value, Path):
+            yield key, None, value
         elif isinstance(value, list):
-            dump[key] = [v.name if isinstance(v, Path) and v.exists() else d for v, d in zip(value, dump[key])]
-    return dump
+            yield from ((key, i, v) for i, v in enumerate(value) if isinstance(v, Path))
+
+
+def input_paths(params: BaseModel) -> list[Path]:
+    return [path for _, _, path in _inputs(params)]
 
 
 def cache_key(step: str, params: BaseModel) -> str:
     """Step name + parameters + identity of every existing input file or folder.
 
     The parameters are hashed with sorted keys: the order in which a user wrote a mapping (say
-    ``student.overrides``) means nothing to the step and must not rerun it."""
-    h = hashlib.sha256(step.encode())
-    h.update(json.dumps(_key_dump(params), sort_keys=True).encode())
-    for path in input_paths(params):
+    ``student.overrides``) means nothing to the step and must not rerun it. An existing input
+    enters them by its name, not its absolute path: its identity (content, or its producer's key)
+    is hashed beside them, so the folder it lies in adds nothing but a dependence on where the
+    project sits (the config's cells are absolute paths, and a second checkout of the project
+    would otherwise recompute every step of a finished run). The output stays whole: the
+    results name files under it."""
+    dump = params.model_dump(mode="json")
+    existing = []
+    for key, index, path in _inputs(params):
         if path.exists():
-            _hash_input(h, path)
+            existing.append(path)
+            if index is None:
+                dump[key] = path.name
+            else:
+                dump[key][index] = path.name
+    h = hashlib.sha256(step.encode())
+    h.update(json.dumps(dump, sort_keys=True).encode())
+    for path in existing:
+        _hash_input(h, path)
     return h.hexdigest()
 
 
