@@ -147,8 +147,7 @@ def lammps_error(task: Path, proc: subprocess.CompletedProcess) -> str:
     errors = [line.strip() for line in text.splitlines() if "ERROR" in line]
     if errors:
         return errors[0]
-    how = (f"LAMMPS was {exit_status(proc.returncode)}" if proc.returncode < 0
-           else f"LAMMPS exited with code {proc.returncode}")
+    how = f"LAMMPS failed ({exit_status(proc.returncode)})"
     said = [line.strip() for line in (proc.stderr or "").splitlines() if line.strip()]
     last = next((line for line in reversed(said) if "what()" in line), said[-1] if said else "")
     return f"{how}: {last[:300]}" if last else how

@@ -164,8 +164,8 @@ def test_a_lammps_process_that_aborts_is_named_by_its_signal_and_last_words(tmp_
             "sys.stderr.flush(); os.abort()")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.returncode == -6
-    assert explore.lammps_error(tmp_path, proc) == "LAMMPS was killed by SIGABRT (signal 6): what():  CUDA out of memory"
+    assert explore.lammps_error(tmp_path, proc) == "LAMMPS failed (killed by SIGABRT (signal 6)): what():  CUDA out of memory"
     (tmp_path / "log.lammps").write_text("Step Temp\nERROR: Lost atoms: original 64 current 63 (src/thermo.cpp:494)\n")
     assert explore.lammps_error(tmp_path, proc).startswith("ERROR: Lost atoms")
     failed = subprocess.run([sys.executable, "-c", "import sys; sys.exit(7)"], capture_output=True, text=True)
-    assert explore.lammps_error(tmp_path / "none", failed) == "LAMMPS exited with code 7"
+    assert explore.lammps_error(tmp_path / "none", failed) == "LAMMPS failed (exit 7)"
