@@ -19,8 +19,11 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 #: Retries when the config says nothing: the steps that run for hours on a node that may die
-#: (training, MD, labelling) get one more attempt; fast, deterministic ones get none.
-DEFAULT_RETRIES = {"label": 1, "train": 1, "explore": 1, "teacher_label": 1}
+#: (training, MD, labelling) get one more attempt; so do the short LAMMPS runs that time a model
+#: or watch its drift, because LAMMPS with a model's C++ library aborts now and then (a DPA-4
+#: ``.pt2`` speed MD died once of glibc heap corruption in the suite, then ran clean in 39
+#: reruns, 16 of them two at a time) and they keep nothing a rerun would lose. Fast, deterministic steps get none.
+DEFAULT_RETRIES = {"label": 1, "train": 1, "explore": 1, "teacher_label": 1, "speed": 1, "stability": 1}
 
 #: Steps that take seconds: dispatching them to a pod of their own would cost more than they do.
 LIGHT_STEPS = frozenset({"perturb", "select"})
@@ -162,7 +165,8 @@ class Resources(BaseModel):
     memory: str | None = Field(None, description="e.g. 16Gi (default: 32Gi with a GPU, else 8Gi)")
     gpu: int | None = Field(None, ge=0, description="GPUs on a cluster (default: 1 for the steps in GPU_STEPS, else 0)")
     image: str | None = Field(None, description="container image (default: lamflow's CUDA image with a GPU, else the CPU one)")
-    retries: int | None = Field(None, ge=0, description="task retries (default: 1 for label/train/explore/teacher_label)")
+    retries: int | None = Field(None, ge=0, description="task retries (default: 1 for "
+                                 f"{'/'.join(DEFAULT_RETRIES)}, 0 for the rest)")
     retry_delay: float = Field(30, ge=0, description="seconds between task retries")
     timeout: float | None = Field(None, gt=0, description="seconds")
     node_selector: dict[str, str] = Field(default_factory=dict, description="Kubernetes node selector")
