@@ -28,7 +28,7 @@ from .base import OutputPath, Params, StructureFormat, TypeMap, barostat_unused,
 
 from .artifacts import atomic_dir, write_json
 from .errors import InputError
-from .runtime import exit_status, library_env, run_child, tail
+from .runtime import exit_status, library_env, run_child, signal_name, tail
 from .structures import check_overlaps, read_system
 
 
@@ -78,6 +78,10 @@ class ExploreTask(BaseModel):
     pressure: float | None
     status: Literal["ok", "failed"]
     reason: str = ""
+    crash: str | None = Field(None, description="the signal that killed LAMMPS before it wrote an error of its own "
+                                                "(SIGABRT: an abort in a model's library; SIGKILL: the OOM killer or "
+                                                "a scheduler): the program crashed. A model that loses atoms or "
+                                                "returns NaN ends with a LAMMPS error instead")
     seconds: float = 0.0
 
 
@@ -139,14 +143,27 @@ def _check_models(models: list[Path]) -> list[str]:
     return out
 
 
+def error_line(task: Path, proc: subprocess.CompletedProcess) -> str | None:
+    """The ``ERROR: ...`` line LAMMPS wrote (log first, then stderr), if it wrote one."""
+    text = tail(task / "log.lammps", 40) + "\n" + (proc.stderr or "")
+    return next((line.strip() for line in text.splitlines() if "ERROR" in line), None)
+
+
+def crash_signal(task: Path, proc: subprocess.CompletedProcess) -> str | None:
+    """The signal's name when LAMMPS was killed by one without an error of its own: a crash of
+    the program (a C++ abort in a model's library, a kill), not a finding about the model."""
+    if proc.returncode >= 0 or error_line(task, proc) is not None:
+        return None
+    return signal_name(proc.returncode)
+
+
 def lammps_error(task: Path, proc: subprocess.CompletedProcess) -> str:
     """The ``ERROR: ...`` line LAMMPS wrote (log first, then stderr); for a process that died
     without one (a C++ abort inside a model's library, a kill), the signal by name and the last
     line it wrote, which is where torch or the plugin says why ("what(): ...")."""
-    text = tail(task / "log.lammps", 40) + "\n" + (proc.stderr or "")
-    errors = [line.strip() for line in text.splitlines() if "ERROR" in line]
-    if errors:
-        return errors[0]
+    line = error_line(task, proc)
+    if line is not None:
+        return line
     how = f"LAMMPS failed ({exit_status(proc.returncode)})"
     said = [line.strip() for line in (proc.stderr or "").splitlines() if line.strip()]
     last = next((line for line in reversed(said) if "what()" in line), said[-1] if said else "")
@@ -187,12 +204,13 @@ def run(params: ExploreParams) -> ExploreResult:
                     cwd=task, env=env, capture_output=True, text=True, timeout=params.timeout,
                 )
                 reason = "" if proc.returncode == 0 else lammps_error(task, proc)
+                crash = crash_signal(task, proc)
             except subprocess.TimeoutExpired:
-                reason = f"timed out after {params.timeout} s"
+                reason, crash = f"timed out after {params.timeout} s", None
             reason = reason or _md_failed(task)
             status = "failed" if reason else "ok"
             record = ExploreTask(path=params.output / task.name, temp=temp, pressure=pressure,
-                                 status=status, reason=reason[:500],
+                                 status=status, reason=reason[:500], crash=crash,
                                  seconds=time.perf_counter() - t0)
             write_json(task / "status.json", record.model_dump(mode="json"))
             tasks.append(record)

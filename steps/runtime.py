@@ -141,10 +141,16 @@ def exit_status(returncode: int) -> str:
     or a scheduler), where Python reports only a negative number."""
     if returncode >= 0:
         return f"exit {returncode}"
+    name = signal_name(returncode)
+    return f"killed by {name} (signal {-returncode})" if name.startswith("SIG") else f"killed by {name}"
+
+
+def signal_name(returncode: int) -> str:
+    """``SIGABRT`` for a child that Python reports as ``-6``."""
     try:
-        return f"killed by {signal.Signals(-returncode).name} (signal {-returncode})"
+        return signal.Signals(-returncode).name
     except ValueError:
-        return f"killed by signal {-returncode}"
+        return f"signal {-returncode}"
 
 
 # --- child processes: one registry, so that a stopping run ends them, and they die with it ----------

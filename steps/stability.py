@@ -4,8 +4,9 @@ LAMBench (OpenLAM's benchmark) scores a model's *instability* by the drift of th
 in NVE MD: velocity Verlet at 1 fs from 300 K, the first 20 % of the run discarded, a straight
 line fitted to E_total(t), its slope per atom. A model whose energy is not conserved (rough or
 non-smooth potential energy surface, an unphysical region entered) drifts, and a run that loses
-atoms or returns NaN fails. The same run's LAMMPS ``Performance:`` line gives the efficiency in
-µs per atom per step.
+atoms or returns NaN fails (LAMMPS says so in an error of its own). A LAMMPS killed by a signal
+without one crashed, which is no finding about the model: that is raised, to be retried. The same
+run's LAMMPS ``Performance:`` line gives the efficiency in µs per atom per step.
 
 Two numbers for the drift: the true eV/atom/ps, and LAMBench's own number, which fits against
 ASE time units (1 unit = 10.18 fs) and is therefore 10.18× the true value; its score
@@ -25,6 +26,7 @@ from pydantic import BaseModel, Field
 from .base import OutputPath, Params, TypeMap
 
 from .artifacts import write_json
+from .errors import StepFailed
 from .explore import ExploreParams
 from .explore import run as explore_run
 from .speed import lammps_speed
@@ -88,6 +90,11 @@ def run(params: StabilityParams) -> StabilityResult:
         frame=params.frame, ensemble="nve", temps=[params.temp], nsteps=params.nsteps,
         trj_freq=max(1, params.nsteps // 100), dt=params.dt, seed=params.seed))
     task = md.tasks[0]
+    if task.crash:
+        # a finding would be wrong here: the program died, the model was not shown unstable.
+        # Raised, so that the step's retries (resources.stability.retries) run it again
+        raise StepFailed(f"{params.model}: LAMMPS crashed in the NVE run ({task.reason}); that says nothing "
+                         f"about the model's stability, so no score is recorded")
     log_file = Path(params.output) / task.path.name / "log.lammps"
     log = log_file.read_text() if log_file.is_file() else ""
     rows = thermo(log)

@@ -22,9 +22,20 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 #: (training, MD, labelling) get one more attempt; so does the short LAMMPS run that times a
 #: model, because LAMMPS with a model's C++ library aborts now and then (a DPA-4 ``.pt2`` speed
 #: MD died once of glibc heap corruption in the suite, then ran clean in 39 reruns, 16 of them
-#: two at a time) and it keeps nothing a rerun would lose. Fast, deterministic steps get none;
-#: ``stability`` does not fail when its MD dies: that is its finding (an unstable model).
-DEFAULT_RETRIES = {"label": 1, "train": 1, "explore": 1, "teacher_label": 1, "speed": 1}
+#: two at a time) and it keeps nothing a rerun would lose; so does ``stability``'s NVE run, which
+#: records a model that loses atoms as its finding (score 5) but raises when LAMMPS crashed (killed
+#: by a signal without an error of its own). Fast, deterministic steps get none.
+DEFAULT_RETRIES = {"label": 1, "train": 1, "explore": 1, "teacher_label": 1, "speed": 1, "stability": 1}
+
+def _retry_defaults() -> str:
+    """``DEFAULT_RETRIES`` in words, for the field's documentation (written from the dict, so the
+    docs cannot drift from it)."""
+    by_count: dict[int, list[str]] = {}
+    for step, count in DEFAULT_RETRIES.items():
+        by_count.setdefault(count, []).append(step)
+    return ", ".join(f"{n} for {'/'.join(steps)}" for n, steps in sorted(by_count.items(), reverse=True)) + \
+        ", 0 for the rest"
+
 
 #: Steps that take seconds: dispatching them to a pod of their own would cost more than they do.
 LIGHT_STEPS = frozenset({"perturb", "select"})
@@ -166,8 +177,7 @@ class Resources(BaseModel):
     memory: str | None = Field(None, description="e.g. 16Gi (default: 32Gi with a GPU, else 8Gi)")
     gpu: int | None = Field(None, ge=0, description="GPUs on a cluster (default: 1 for the steps in GPU_STEPS, else 0)")
     image: str | None = Field(None, description="container image (default: lamflow's CUDA image with a GPU, else the CPU one)")
-    retries: int | None = Field(None, ge=0, description="task retries (default: 1 for "
-                                 f"{'/'.join(DEFAULT_RETRIES)}, 0 for the rest)")
+    retries: int | None = Field(None, ge=0, description=f"task retries (default: {_retry_defaults()})")
     retry_delay: float = Field(30, ge=0, description="seconds between task retries")
     timeout: float | None = Field(None, gt=0, description="seconds")
     node_selector: dict[str, str] = Field(default_factory=dict, description="Kubernetes node selector")

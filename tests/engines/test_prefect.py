@@ -101,6 +101,7 @@ def test_prefect_retries_by_the_core_policy():
 def test_heavy_steps_get_a_retry_unless_the_config_says_otherwise():
     assert Resources().retries_for("train") == 1 and Resources().retries_for("select") == 0
     assert Resources().retries_for("speed") == 1  # LAMMPS with a model's library aborts now and then
+    assert Resources().retries_for("stability") == 1  # raised only when LAMMPS crashed (tests/unit/test_stability.py)
     assert Resources(retries=0).retries_for("train") == 0
 
 
