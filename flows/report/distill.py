@@ -152,7 +152,7 @@ def table(report: DistillReport):
         t.add_row(
             str(r.iteration), str(r.n_frames), f"{r.accurate_ratio:.3f}", f"{r.candidate_ratio:.3f}",
             f"{r.failed_ratio:.3f}", *(("-" if r.trust_lo is None else f"{r.trust_lo:.4f}",) if adaptive else ()),
-            str(r.labels_added),
+            r.labels_text(),
             str(r.n_train_frames),
             "-" if r.rmse_f is None else f"{r.rmse_f:.4f}",
             "-" if r.speed_ratio is None else f"{r.speed_ratio:.1f}",

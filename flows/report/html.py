@@ -43,7 +43,7 @@ def _rows(report: "DistillReport") -> str:
     out = []
     for r in report.iterations:
         cells = (r.iteration, r.n_frames, _fmt(r.accurate_ratio, ".3f"), _fmt(r.candidate_ratio, ".3f"),
-                 _fmt(r.failed_ratio, ".3f"), _fmt(r.trust_lo, ".4f"), r.labels_added, r.n_train_frames,
+                 _fmt(r.failed_ratio, ".3f"), _fmt(r.trust_lo, ".4f"), r.labels_text(), r.n_train_frames,
                  _fmt(r.rmse_f, ".4f"),
                  _fmt(r.student_speed, ".2f"), _fmt(r.speed_ratio, ".1f"), _fmt(r.wall, ".0f"))
         mark = ' class="ok"' if r.meets_rule else ""

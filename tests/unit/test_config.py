@@ -177,3 +177,24 @@ def test_speed_section_times_a_supercell_and_leaves_the_default_timing_as_it_was
     raw["speed"] = {"atoms": -1}
     with pytest.raises(InputError, match="speed.atoms"):
         DistillConfig.parse(raw, QUICKSTART.parent, "config.yaml")
+
+
+def test_the_teacher_max_force_caps_every_label_of_the_loop_by_default_and_null_lifts_it(tmp_path):
+    """A first student's MD can fuse atoms; the teacher labels such frames with forces of 10²-10⁴
+    eV/Å (label_failed), and one of them outweighs thousands of sane frames in the force loss: a
+    config that says nothing gets the 20 eV/Å cap on every label and on the teacher's own MD."""
+    from lamflow.flows.pipelines.distill import plan
+    from lamflow.flows.pipelines.distill.records import IterationRecord
+
+    raw = base()
+    raw["teacher"] = {"calculator": "emt"}
+    raw["initial_data"] = {"teacher_md": {"temps": [300], "nsteps": 20, "trj_freq": 10}}
+    for given, expected in ((None, 20.0), ({"max_force": None}, None), ({"max_force": 50}, 50.0)):
+        raw["teacher"] = {"calculator": "emt", **(given or {})}
+        cfg = DistillConfig.parse(raw, QUICKSTART.parent, "config.yaml")
+        ref = plan.teacher_ref(cfg, None)
+        calls = [*plan.teacher_labels(cfg, ref, cfg.configurations.files, tmp_path / "l", "l"),
+                 *plan.teacher_md(cfg, plan.Layout(tmp_path / "run"), ref)]
+        assert len(calls) == 2 and {c.params.max_force for c in calls} == {expected}, given
+    assert IterationRecord(iteration=0, labels_added=3, labels_dropped=17).labels_text() == "3 (17 dropped)"
+    assert IterationRecord(iteration=0, labels_added=3).labels_text() == "3"

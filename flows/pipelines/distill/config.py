@@ -68,7 +68,12 @@ class Teacher(Section):
                                                      "emt or module:Class")
     calculator_kwargs: CalculatorKwargs
     max_force: float | None = Field(
-        None, gt=0, description="eV/Å: frames where the teacher's largest force is larger are not learnt")
+        20.0, gt=0, description="eV/Å: frames where the teacher's largest force is larger are not learnt (and the "
+                                "teacher's own MD stops there); null: every frame is. Frames a student's broken MD "
+                                "reaches (atoms fused: 10²-10⁴ eV/Å) are labelled with label_failed, and one of "
+                                "them outweighs thousands of sane frames in the force loss. 20 suits MD up to a few "
+                                "thousand K; raise it for stiff or compressed systems (the report counts the "
+                                "dropped labels)")
 
     _known = field_validator("calculator")(classmethod(lambda cls, v: known_calculator(v)))
 
