@@ -27,6 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 #: by a signal without an error of its own). Fast, deterministic steps get none.
 DEFAULT_RETRIES = {"label": 1, "train": 1, "explore": 1, "teacher_label": 1, "speed": 1, "stability": 1}
 
+
 def _retry_defaults() -> str:
     """``DEFAULT_RETRIES`` in words, for the field's documentation (written from the dict, so the
     docs cannot drift from it)."""
