@@ -51,6 +51,9 @@ SECTION_NOT_THE_SAME = {(section, name, step) for name in ("nsteps", "trj_freq")
                         for section, step in (("TeacherMD", "explore"), ("Exploration", "label_md"))}
 SECTION_NOT_THE_SAME |= {(section, "nsteps", step) for step in ("explore", "label_md", "stability")
                          for section in ("StabilitySettings", "Efficiency", "Speed")}
+#: ... and the loop's teacher caps what it learns from frames a student's broken MD reached (20 eV/Å),
+#: where a labelling step alone labels what it is given (no cap unless asked)
+SECTION_NOT_THE_SAME |= {("Teacher", "max_force", step) for step in ("label", "teacher_label", "label_md")}
 
 
 def _bounds(info) -> list[str]:
