@@ -7,6 +7,9 @@ labels any frame, and those are where the student is worst, so by default they a
 labelling too (``label_failed``); the teacher's ``max_force`` drops the truly absurd ones. The caps keep one
 iteration's labelling budget bounded; ``highest`` picks the frames the student gets most wrong
 first, ``random`` (seeded) samples the candidate region evenly, as dpgen2 does by default.
+A trajectory that blew up (a failed explore task) counts every frame it wrote as failed, and
+offers them like any failed frame: when each trajectory of a first student breaks, the frames
+before the break are the only ones the loop can learn from.
 
 ``trust_lo: adaptive`` is dpgen2's adaptive-lower report: a fixed ``trust_lo`` must be set to an
 error the student can reach, which nobody knows before the run (an underfit ensemble disagrees
@@ -145,7 +148,7 @@ def adaptive_level(devi: np.ndarray, trust_hi: float, n: int) -> float:
 
 def run(params: SelectParams) -> SelectResult:
     rng = np.random.default_rng(params.seed)
-    per_task = []  # (task index, explored frame indices, their errors) of the tasks that ran
+    per_task = []  # (task index, explored frame indices, their errors, whether the task failed)
     n_failed_frames = n_failed_tasks = 0
     unstarted = []  # failed before writing one deviation: LAMMPS could not start, not a blow-up
     for ti, task in enumerate(params.tasks):
@@ -157,19 +160,26 @@ def run(params: SelectParams) -> SelectResult:
         frames = explored_frames(task)
         devi = (max_force_deviation(task) * params.deviation_scale)[frames]
         if failure is not None or not np.all(np.isfinite(devi)):
+            # A trajectory that blew up (lost atoms, NaN, a crash) counts as failed frame by frame;
+            # the frames it wrote before are real configurations, and the last ones are where the
+            # student went wrong: with label_failed they stay offered, as failed frames are.
             n_failed_tasks += 1
             n_failed_frames += len(devi)
+            if params.label_failed:
+                finite = np.isfinite(devi)
+                per_task.append((ti, frames[finite], devi[finite], True))
             continue
-        per_task.append((ti, frames, devi))
+        per_task.append((ti, frames, devi, False))
     if unstarted and len(unstarted) == len(params.tasks):
         # nothing was explored: selecting from it would read as "0 frames, converged or stuck"
         raise StepFailed(f"no exploration task ran ({len(unstarted)} failed); first: {unstarted[0]}")
-    devi = np.concatenate([d for _, _, d in per_task]) if per_task else np.zeros(0)
-    lo = adaptive_level(devi, params.trust_hi, params.max_candidates) if params.adaptive else params.trust_lo
+    devi = np.concatenate([d for _, _, d, failed in per_task if not failed] or [np.zeros(0)])
+    offered = np.concatenate([d for _, _, d, _ in per_task] or [np.zeros(0)])
+    lo = adaptive_level(offered, params.trust_hi, params.max_candidates) if params.adaptive else params.trust_lo
     pool, labelable = [], []  # (deviation, task index, frame index)
-    for ti, frames, task_devi in per_task:
+    for ti, frames, task_devi, failed in per_task:
         for fi, d in zip(frames.tolist(), task_devi):
-            if d < params.trust_hi or params.label_failed:  # frames the teacher will label
+            if failed or d < params.trust_hi or params.label_failed:  # frames the teacher will label
                 labelable.append((float(d), ti, fi))
                 if lo <= d:
                     pool.append((float(d), ti, fi))

@@ -153,6 +153,39 @@ def test_select_names_why_no_exploration_task_ran(tmp_path, students, cu_frames,
     assert result.n_failed_tasks == 1 and result.n_frames == 2 * 200 // 10
 
 
+def test_frames_of_a_trajectory_that_broke_are_failed_and_still_offered_for_labelling(tmp_path, explored):
+    """A first student's MD often breaks in every task (lost atoms, a crash). The frames it wrote
+    before count as failed; with label_failed (the default) they are offered like any failed frame,
+    so the loop can still learn where the student went wrong, and with label_failed off none is."""
+    import shutil
+
+    tasks = []
+    for t in explored.tasks:  # the real trajectories, then LAMMPS killed (as explore records a crash)
+        copy = tmp_path / "md" / t.path.name
+        shutil.copytree(t.path, copy)
+        broken = t.model_copy(update=dict(path=copy, status="failed", crash="SIGKILL",
+                                          reason="LAMMPS failed (killed by SIGKILL (signal 9))"))
+        (copy / "status.json").write_text(broken.model_dump_json())
+        tasks.append(copy)
+    devi = np.concatenate([select.max_force_deviation(t)[select.explored_frames(t)] for t in tasks])
+    hi = float(np.quantile(devi, 0.8))
+    offered = select.run(select.SelectParams(output=tmp_path / "o", tasks=tasks, type_map=["Cu"], trust_lo="adaptive",
+                                             trust_hi=hi, max_candidates=6, strategy="highest", validation_frames=4))
+    assert offered.n_failed_tasks == 2 and offered.n_failed == offered.n_frames == len(devi) == 40
+    assert offered.n_accurate == offered.n_candidate == 0 and offered.failed_ratio == 1
+    assert offered.n_selected == 6 and len(dpdata.System(str(offered.validation[0]), fmt="deepmd/npy")) == 4
+    picked = dpdata.System(str(offered.candidates[0]), fmt="deepmd/npy")
+    worst = [dpdata.System(str(t / "traj.dump"), fmt="lammps/dump", type_map=["Cu"]) for t in tasks]
+    top = sorted(((d, ti, fi) for ti, t in enumerate(tasks)
+                  for fi, d in zip(select.explored_frames(t), select.max_force_deviation(t)[select.explored_frames(t)])),
+                 reverse=True)[:6]
+    expected = np.array([worst[ti]["coords"][fi] for _, ti, fi in sorted(top, key=lambda x: (x[1], x[2]))])
+    assert np.allclose(np.sort(picked["coords"].reshape(6, -1), axis=0), np.sort(expected.reshape(6, -1), axis=0))
+    discarded = select.run(select.SelectParams(output=tmp_path / "d", tasks=tasks, type_map=["Cu"], trust_lo="adaptive",
+                                               trust_hi=hi, max_candidates=6, label_failed=False))
+    assert discarded.n_failed == 40 and discarded.n_selected == 0 and not discarded.candidates
+    assert not discarded.validation and discarded.trust_lo == hi
+
 def test_a_lammps_process_that_aborts_is_named_by_its_signal_and_last_words(tmp_path):
     """A C++ abort inside a model's library writes no ``ERROR`` line: the reason names the
     signal and the line where torch says why, not a bare negative exit code."""
