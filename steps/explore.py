@@ -8,11 +8,13 @@ direct measure of the student's error against the teacher (for two models, DeePM
 
 One task per (temperature, pressure) point: ``task.NNN/`` holds ``in.lammps``, ``conf.lmp``,
 ``traj.dump``, ``model_devi.out``, ``log.lammps`` and ``status.json``. A trajectory that blows up
-(lost atoms, NaN) is marked ``failed`` and the step goes on with the next task.
+(lost atoms, NaN) is marked ``failed`` and the step goes on with the next task; one that crashed
+(killed by a signal without an error of its own) runs once more first.
 """
 
 from __future__ import annotations
 
+import logging
 import subprocess
 import sys
 import time
@@ -30,6 +32,8 @@ from .artifacts import atomic_dir, write_json
 from .errors import InputError
 from .runtime import exit_status, library_env, run_child, signal_name, tail
 from .structures import check_overlaps, read_system
+
+log = logging.getLogger(__name__)
 
 
 class ExploreSettings(Params):
@@ -179,6 +183,16 @@ def _md_failed(task: Path) -> str:
     return ""
 
 
+def _run_task(task: Path, env: dict[str, str], timeout: float | None) -> tuple[str, str | None]:
+    """LAMMPS on one task folder: why it failed (``""`` if it did not) and the crash signal, if any."""
+    try:
+        proc = run_child([sys.executable, "-m", "lamflow.steps.lammps_runner", "in.lammps"],
+                         cwd=task, env=env, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return f"timed out after {timeout} s", None
+    return ("" if proc.returncode == 0 else lammps_error(task, proc)), crash_signal(task, proc)
+
+
 def run(params: ExploreParams) -> ExploreResult:
     models = _check_models(params.models)
     template = _template(params)
@@ -198,15 +212,13 @@ def run(params: ExploreParams) -> ExploreResult:
                 nsteps=params.nsteps,
             ))
             t0 = time.perf_counter()
-            try:
-                proc = run_child(
-                    [sys.executable, "-m", "lamflow.steps.lammps_runner", "in.lammps"],
-                    cwd=task, env=env, capture_output=True, text=True, timeout=params.timeout,
-                )
-                reason = "" if proc.returncode == 0 else lammps_error(task, proc)
-                crash = crash_signal(task, proc)
-            except subprocess.TimeoutExpired:
-                reason, crash = f"timed out after {params.timeout} s", None
+            reason, crash = _run_task(task, env, params.timeout)
+            if crash:
+                # a crash says nothing about the model (an OOM kill, a preempted or flaky node): the
+                # task runs once more before it is recorded as failed, where it would count against
+                # the convergence rule like a student that broke
+                log.warning("%s: LAMMPS crashed (%s); running the task once more", task.name, reason)
+                reason, crash = _run_task(task, env, params.timeout)
             reason = reason or _md_failed(task)
             status = "failed" if reason else "ok"
             record = ExploreTask(path=params.output / task.name, temp=temp, pressure=pressure,

@@ -202,3 +202,32 @@ def test_a_lammps_process_that_aborts_is_named_by_its_signal_and_last_words(tmp_
     assert explore.lammps_error(tmp_path, proc).startswith("ERROR: Lost atoms")
     failed = subprocess.run([sys.executable, "-c", "import sys; sys.exit(7)"], capture_output=True, text=True)
     assert explore.lammps_error(tmp_path / "none", failed) == "LAMMPS failed (exit 7)"
+
+
+def test_a_crashed_lammps_runs_once_more_and_a_second_crash_is_recorded(tmp_path, monkeypatch, students, cu_frames):
+    """A crash (killed by a signal, no LAMMPS error: the OOM killer, a preempted node) says nothing
+    about the student, so the task runs again before it counts as a failed task."""
+    import sys
+
+    real, calls = explore.run_child, []
+
+    def crash_first(cmd, **kw):
+        calls.append(kw["cwd"].name)
+        if len(calls) in crashing:
+            return real([sys.executable, "-c", "import os; os.abort()"], **kw)
+        return real(cmd, **kw)
+
+    monkeypatch.setattr(explore, "run_child", crash_first)
+    params = dict(models=[students[0].model, students[1].model], type_map=["Cu"], structure=cu_frames,
+                  temps=[300, 600], nsteps=20, trj_freq=10)
+    crashing = {1}  # the first task's first run
+    once = explore.run(explore.ExploreParams(output=tmp_path / "once", **params))
+    assert calls == ["task.000", "task.000", "task.001"]
+    assert [(t.status, t.crash) for t in once.tasks] == [("ok", None), ("ok", None)]
+    assert len(np.loadtxt(once.tasks[0].path / "model_devi.out", ndmin=2)) == 3
+    calls.clear()
+    crashing = {1, 2}  # and its second
+    twice = explore.run(explore.ExploreParams(output=tmp_path / "twice", **params))
+    assert calls == ["task.000", "task.000", "task.001"]
+    assert [(t.status, t.crash) for t in twice.tasks] == [("failed", "SIGABRT"), ("ok", None)]
+    assert "SIGABRT" in twice.tasks[0].reason
