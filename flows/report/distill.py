@@ -44,7 +44,8 @@ def plot_deviations(report: DistillReport, path: Path) -> None:
 
     The deviation axis is logarithmic: one exploration spans 0.01 to tens of eV/Å (a broken MD),
     and on a linear axis the trust window is a sliver. The three zones are shaded, and the two
-    trust labels sit on the outer sides of their lines, so they never print over each other."""
+    trust labels sit on the outer sides of their lines, or one above the other where the lines are
+    too close for that, so they never print over each other."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6.5, 4), dpi=110)
     arrays = [(r.iteration, np.load(r.deviations)) for r in report.iterations
@@ -80,10 +81,14 @@ def plot_deviations(report: DistillReport, path: Path) -> None:
         room = 0.2 * np.log(hi / lo)
         lo_side = "right" if np.log(trust_lo / lo) > room else "left"
         hi_side = "left" if np.log(hi / report.trust_hi) > room else "right"
-        for level, name, side in ((trust_lo, lo_name, lo_side), (report.trust_hi, "trust_hi", hi_side)):
+        # a label turned towards a close other level would print over that one's: it goes lower
+        facing = (lo_side == "left" or hi_side == "right") and np.log(report.trust_hi / trust_lo) < room
+        for level, name, side, y in ((trust_lo, lo_name, lo_side, 0.97),
+                                     (report.trust_hi, "trust_hi", hi_side, 0.72 if facing else 0.97)):
             ax.axvline(level, color="grey", ls="--", lw=1)
             text = "\n".join(f" {t}" if side == "left" else f"{t} " for t in f"{name}\n{level:.3g}".split("\n"))
-            ax.text(level, top * 0.97, text, color="dimgrey", va="top", ha=side, fontsize=8)
+            ax.text(level, top * y, text, color="dimgrey", va="top", ha=side, fontsize=8, zorder=3,
+                    bbox=dict(facecolor="white", edgecolor="none", alpha=0.85, pad=0.5))  # over the other line
         ax.legend(loc="upper center", fontsize=8, framealpha=0.8)
     ax.set_xlabel("max atomic force deviation (eV/Å, log scale)")
     ax.set_ylabel("explored frames")
