@@ -149,7 +149,7 @@ def table(report: DistillReport):
     t = Table(title=f"lamflow distill · {report.name}", title_justify="left")
     adaptive = report.trust_lo_adaptive  # its level is the iteration's figure its rule reads
     for col in ("iter", "frames", "accurate", "candidate", "failed", *(("trust_lo",) if adaptive else ()),
-                "labels +", "train frames", "RMSE F (eV/Å)", "speed × teacher", "explore s", "label s", "train s",
+                "labels + (dropped)", "train frames", "RMSE F (eV/Å)", "speed × teacher", "explore s", "label s", "train s",
                 "wall s"):
         t.add_column(col, justify="right")
     for r in report.iterations:
@@ -157,7 +157,7 @@ def table(report: DistillReport):
         t.add_row(
             str(r.iteration), str(r.n_frames), f"{r.accurate_ratio:.3f}", f"{r.candidate_ratio:.3f}",
             f"{r.failed_ratio:.3f}", *(("-" if r.trust_lo is None else f"{r.trust_lo:.4f}",) if adaptive else ()),
-            r.labels_text(),
+            r.labels_text(dropped=""),
             str(r.n_train_frames),
             "-" if r.rmse_f is None else f"{r.rmse_f:.4f}",
             "-" if r.speed_ratio is None else f"{r.speed_ratio:.1f}",

@@ -198,3 +198,4 @@ def test_the_teacher_max_force_caps_every_label_of_the_loop_by_default_and_null_
         assert len(calls) == 2 and {c.params.max_force for c in calls} == {expected}, given
     assert IterationRecord(iteration=0, labels_added=3, labels_dropped=17).labels_text() == "3 (17 dropped)"
     assert IterationRecord(iteration=0, labels_added=3).labels_text() == "3"
+    assert IterationRecord(iteration=0, labels_added=3, labels_dropped=17).labels_text(dropped="") == "3 (17)"

@@ -40,11 +40,12 @@ class IterationRecord:
     wall: float = 0.0
     meets_rule: bool = False
 
-    def labels_text(self) -> str:
+    def labels_text(self, dropped: str = " dropped") -> str:
         """The labels this iteration added, and beside them those the teacher's ``max_force`` (or
         a non-finite label) dropped, training and validation frames alike: many dropped frames say
-        the students' MD broke (or that the cap is too low for the system)."""
-        return f"{self.labels_added} ({self.labels_dropped} dropped)" if self.labels_dropped else str(self.labels_added)
+        the students' MD broke (or that the cap is too low for the system). ``dropped=""`` for a
+        narrow column whose header names them."""
+        return f"{self.labels_added} ({self.labels_dropped}{dropped})" if self.labels_dropped else str(self.labels_added)
 
 
 #: a student whose error on its own training frames is at least this share of its error on unseen
