@@ -12,7 +12,8 @@ import numpy as np
 
 from lamflow.steps.artifacts import write_json
 
-from lamflow.flows.pipelines.distill.records import DistillReport, FinalRecord
+from lamflow.flows.pipelines.distill.records import (LARGEST_TO_RMSE, STRUGGLING_FAILED_RATIO, DistillReport,
+                                                    FinalRecord)
 
 
 def write_report(report: DistillReport, run_dir: Path, plots: bool = True) -> Path:
@@ -181,6 +182,28 @@ def what_helps(final: FinalRecord | None) -> str:
             "(max_iterations, selection.max_candidates)")
 
 
+def struggling(report: DistillReport) -> str | None:
+    """Why the last iteration failed most of its frames, and what helps, from how well its
+    students fit their own training frames; None for an iteration that is not struggling. A new
+    system's first run shows it in the terminal and report.html instead of a silent stall."""
+    if not report.iterations:
+        return None
+    it = report.iterations[-1]
+    if it.failed_ratio < STRUGGLING_FAILED_RATIO:
+        return None
+    head = f"iteration {it.iteration}: {it.failed_ratio:.0%} of the explored frames failed"
+    dropped = (f"; the teacher's max_force dropped {it.labels_dropped} of its labels (the students' MD broke)"
+               if it.labels_dropped > it.labels_added else "")
+    if it.explorers_underfit(report.trust_hi):
+        return (f"{head}{dropped}. Its students fit their own training frames at {it.fit_rmse_f:.3g} eV/Å "
+                f"(force RMSE; a frame's largest atomic error is about {LARGEST_TO_RMSE:g}x that, against "
+                f"trust_hi {report.trust_hi:g}): they are undertrained, and their MD leaves the trusted region "
+                "within steps. Train them longer (student.numb_steps, student.numb_steps_next).")
+    fit = "" if it.fit_rmse_f is None else f", though they fit their own training frames at {it.fit_rmse_f:.3g} eV/Å"
+    return (f"{head}{dropped}. Its students' MD{fit}, goes where no training frame is. Start colder or shorter "
+            "(iterations is a schedule), or begin from more teacher frames (initial_data.teacher_md).")
+
+
 def summarize(console: Any, cfg: Any, report: DistillReport) -> None:
     """The outcome of a distillation in the terminal, after its progress table."""
     console.print()
@@ -206,4 +229,6 @@ def summarize(console: Any, cfg: Any, report: DistillReport) -> None:
                       + (f" on {report.speed_atoms} atoms" if report.speed_atoms else "")
                       + " (student in LAMMPS, teacher in "
                       f"{'LAMMPS' if report.teacher_engine == 'lammps' else 'ASE'})")
+    if (why := struggling(report)) is not None:
+        console.print(f"[yellow]note[/yellow]: {why}", highlight=False)
     console.print(f"report: {Path(report.run_dir) / 'report.json'} (plots beside it)")

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 from lamflow.steps.artifacts import atomic_write_text
 
-from .distill import plot_convergence, plot_deviations, plot_speed
+from .distill import plot_convergence, plot_deviations, plot_speed, struggling
 
 if TYPE_CHECKING:  # pragma: no cover
     from lamflow.flows.pipelines.distill.records import DistillReport
@@ -65,6 +65,11 @@ def figure_html(path: Path, caption: str) -> str:
             f"<figcaption>{html.escape(caption)}</figcaption></figure>")
 
 
+def _note(report: "DistillReport") -> str:
+    why = struggling(report)
+    return "" if why is None else f'<p class="warn"><strong>Note.</strong> {html.escape(why)}</p>'
+
+
 def render_html(report: "DistillReport", run_dir: Path) -> Path:
     """Write ``RUN_DIR/report.html`` (plots regenerated beside it) and return its path."""
     run_dir = Path(run_dir)
@@ -112,6 +117,7 @@ def render_html(report: "DistillReport", run_dir: Path) -> Path:
 {_rows(report)}
 </tbody></table>
 <p>Rows in green meet the convergence rule.</p>
+{_note(report)}
 <h2>Plots</h2>
 {"".join(figures) or "<p>No iteration has finished yet.</p>"}
 <p><small>Run directory: {html.escape(str(run_dir.resolve()))}</small></p>

@@ -136,6 +136,8 @@ def test_adaptive_lower_level_converges_and_the_final_student_is_judged(tmp_path
     assert "exploration converged, but the delivered student" in " ".join(out.stdout.split())
     # what would help, from its fit on its own training frames (lcurve.out) beside the unseen ones
     assert report.final.fit_rmse_f > 0 and "on its own training frames against" in " ".join(out.stdout.split())
+    # each iteration records how its exploring students fit their own frames (the struggling note reads it)
+    assert all(it.fit_rmse_f > 0 for it in report.iterations)
     assert [it.meets_rule for it in report.iterations] == [False, True, True]  # the first has no level before it
     for it in report.iterations:
         devi = np.load(it.deviations)

@@ -67,3 +67,46 @@ def test_a_final_student_no_better_on_its_own_frames_is_underfit_one_far_better_
     assert "underfit (0.1200 eV/Å on its own training frames against 0.1100" in what_helps(f)
     f.fit_rmse_f = 0.03
     assert f.underfit() is False and "label more frames" in what_helps(f)
+
+
+def test_a_struggling_iteration_says_whether_its_students_are_undertrained_or_explore_beyond_their_data():
+    """Water distilled from SevenNet-0 with 1500-step students (fit 0.39 eV/Å on their own frames,
+    trust_hi 0.5): 97 % of the explored frames failed and 23 labels were dropped. The terminal,
+    its summary and report.html say why; a healthy iteration says nothing."""
+    from rich.console import Console
+
+    from lamflow.flows.report.distill import struggling, summarize
+
+    r = _report()
+    r.trust_hi = 0.5
+    it = r.iterations[-1]
+    it.failed_ratio, it.labels_added, it.labels_dropped, it.fit_rmse_f = 0.4, 3, 23, 0.393
+    assert struggling(r) is None  # fewer than half failed: nothing to explain
+    it.failed_ratio = 0.967
+    assert it.explorers_underfit(0.5) is True and it.explorers_underfit(2.0) is False
+    why = struggling(r)
+    assert why.startswith("iteration 1: 97% of the explored frames failed; the teacher's max_force dropped 23")
+    assert "fit their own training frames at 0.393 eV/Å" in why and "Train them longer (student.numb_steps" in why
+    it.fit_rmse_f = 0.05  # they fit what they saw: the MD went elsewhere
+    why = struggling(r)
+    assert "Train them longer" not in why and "goes where no training frame is" in why
+    assert "initial_data.teacher_md" in why
+    it.fit_rmse_f, it.labels_dropped = None, 0  # a report from before fit_rmse_f was recorded
+    assert "Its students' MD, goes where" in struggling(r) and "max_force" not in struggling(r)
+    it.fit_rmse_f = 0.393
+    console = Console(record=True, width=300)
+    summarize(console, None, r)
+    assert "note: iteration 1: 97% of the explored frames failed" in console.export_text()
+
+
+def test_report_html_carries_the_struggling_note(tmp_path):
+    from lamflow.flows.report.html import render_html
+
+    r = _report()
+    r.trust_hi, r.run_dir = 0.5, str(tmp_path)
+    it = r.iterations[-1]
+    it.failed_ratio, it.fit_rmse_f = 0.9, 0.393
+    page = render_html(r, tmp_path).read_text()
+    assert "<strong>Note.</strong> iteration 1: 90% of the explored frames failed" in page
+    it.failed_ratio = 0.1
+    assert "Note." not in render_html(r, tmp_path).read_text()

@@ -148,6 +148,8 @@ def run_distill(
             models = [t.compressed or t.model for t in trained]
             checkpoints = [t.checkpoint for t in trained]
             rec.student = str(models[0])
+            fits = [t.fit_rmse_f for t in trained if t.fit_rmse_f is not None]
+            rec.fit_rmse_f = max(fits) if fits else None
             # one student: the DeePMD-kit teacher runs beside it and the deviation is the real error
             md_models = [models[0], teacher.lammps] if cfg.student.count == 1 else models
             explored = book.run(plan.explore(cfg, lay, k, md_models), secs)

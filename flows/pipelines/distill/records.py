@@ -39,6 +39,13 @@ class IterationRecord:
     seconds: dict[str, float] = field(default_factory=dict)
     wall: float = 0.0
     meets_rule: bool = False
+    fit_rmse_f: float | None = None  # eV/Å: the worst of the exploring students' RMSE on their own training frames
+
+    def explorers_underfit(self, trust_hi: float) -> bool | None:
+        """Whether the students that explored fit their own training frames so loosely that their
+        largest atomic error there is already about ``trust_hi``: their MD fails within steps, and
+        training them longer is what helps (None where their fit is unknown)."""
+        return None if self.fit_rmse_f is None else self.fit_rmse_f * LARGEST_TO_RMSE >= trust_hi
 
     def labels_text(self, dropped: str = " dropped") -> str:
         """The labels this iteration added, and beside them those the teacher's ``max_force`` (or
@@ -47,6 +54,13 @@ class IterationRecord:
         narrow column whose header names them."""
         return f"{self.labels_added} ({self.labels_dropped}{dropped})" if self.labels_dropped else str(self.labels_added)
 
+
+#: an iteration with at least this share of failed frames is struggling, and the run says why
+STRUGGLING_FAILED_RATIO = 0.5
+#: the largest of a frame's atomic force errors is about three times their RMSE (a few dozen to a
+#: few hundred atoms): explorers whose RMSE on their own training frames is a third of trust_hi
+#: already reach trust_hi on the frames they were trained on
+LARGEST_TO_RMSE = 3.0
 
 #: a student whose error on its own training frames is at least this share of its error on unseen
 #: ones is underfit (DeePMD-kit users read the same from lcurve.out's trn and val columns); the
