@@ -197,8 +197,9 @@ def struggling(report: DistillReport) -> str | None:
     if it.explorers_underfit(report.trust_hi):
         return (f"{head}{dropped}. Its students fit their own training frames at {it.fit_rmse_f:.3g} eV/Å "
                 f"(force RMSE; a frame's largest atomic error is about {LARGEST_TO_RMSE:g}x that, against "
-                f"trust_hi {report.trust_hi:g}): they are undertrained, and their MD leaves the trusted region "
-                "within steps. Train them longer (student.numb_steps, student.numb_steps_next).")
+                f"trust_hi {report.trust_hi:g}): they are undertrained, their MD leaves the trusted region within "
+                "steps, and an iteration learns only from the frames before it breaks. Train them longer "
+                "(student.numb_steps, student.numb_steps_next).")
     fit = "" if it.fit_rmse_f is None else f", though they fit their own training frames at {it.fit_rmse_f:.3g} eV/Å"
     return (f"{head}{dropped}. Its students' MD{fit}, goes where no training frame is. Start colder or shorter "
             "(iterations is a schedule), or begin from more teacher frames (initial_data.teacher_md).")
