@@ -129,6 +129,16 @@ def _model_devi(task: Path) -> tuple[list[str], np.ndarray]:
     return header, np.loadtxt(path, ndmin=2)
 
 
+def _dumped_frames(task: Path) -> int:
+    """How many frames ``traj.dump`` holds. A LAMMPS that lost atoms writes that step's deviation
+    row and dies before its dump frame: the row has no configuration to label."""
+    dump = Path(task) / "traj.dump"
+    if not dump.is_file():
+        return 0
+    with dump.open() as f:
+        return sum(line.startswith("ITEM: TIMESTEP") for line in f)
+
+
 def _task_failure(task: Path) -> str | None:
     """The reason explore recorded for a failed task, ``None`` for a task that ran."""
     status = Path(task) / "status.json"
@@ -166,8 +176,8 @@ def run(params: SelectParams) -> SelectResult:
             n_failed_tasks += 1
             n_failed_frames += len(devi)
             if params.label_failed:
-                finite = np.isfinite(devi)
-                per_task.append((ti, frames[finite], devi[finite], True))
+                kept = np.isfinite(devi) & (frames < _dumped_frames(task))
+                per_task.append((ti, frames[kept], devi[kept], True))
             continue
         per_task.append((ti, frames, devi, False))
     if unstarted and len(unstarted) == len(params.tasks):
@@ -177,9 +187,9 @@ def run(params: SelectParams) -> SelectResult:
     offered = np.concatenate([d for _, _, d, _ in per_task] or [np.zeros(0)])
     lo = adaptive_level(offered, params.trust_hi, params.max_candidates) if params.adaptive else params.trust_lo
     pool, labelable = [], []  # (deviation, task index, frame index)
-    for ti, frames, task_devi, failed in per_task:
+    for ti, frames, task_devi, _ in per_task:
         for fi, d in zip(frames.tolist(), task_devi):
-            if failed or d < params.trust_hi or params.label_failed:  # frames the teacher will label
+            if d < params.trust_hi or params.label_failed:  # frames the teacher will label
                 labelable.append((float(d), ti, fi))
                 if lo <= d:
                     pool.append((float(d), ti, fi))

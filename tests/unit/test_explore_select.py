@@ -167,6 +167,10 @@ def test_frames_of_a_trajectory_that_broke_are_failed_and_still_offered_for_labe
                                           reason="LAMMPS failed (killed by SIGKILL (signal 9))"))
         (copy / "status.json").write_text(broken.model_dump_json())
         tasks.append(copy)
+    # as LAMMPS does when it loses atoms: the last step's deviation row is written, its dump frame is not
+    dump = tasks[0] / "traj.dump"
+    text = dump.read_text()
+    dump.write_text(text[: text.rindex("ITEM: TIMESTEP")])
     devi = np.concatenate([select.max_force_deviation(t)[select.explored_frames(t)] for t in tasks])
     hi = float(np.quantile(devi, 0.8))
     offered = select.run(select.SelectParams(output=tmp_path / "o", tasks=tasks, type_map=["Cu"], trust_lo="adaptive",
@@ -177,14 +181,22 @@ def test_frames_of_a_trajectory_that_broke_are_failed_and_still_offered_for_labe
     picked = dpdata.System(str(offered.candidates[0]), fmt="deepmd/npy")
     worst = [dpdata.System(str(t / "traj.dump"), fmt="lammps/dump", type_map=["Cu"]) for t in tasks]
     top = sorted(((d, ti, fi) for ti, t in enumerate(tasks)
-                  for fi, d in zip(select.explored_frames(t), select.max_force_deviation(t)[select.explored_frames(t)])),
-                 reverse=True)[:6]
+                  for fi, d in zip(select.explored_frames(t), select.max_force_deviation(t)[select.explored_frames(t)])
+                  if fi < len(worst[ti])), reverse=True)[:6]
     expected = np.array([worst[ti]["coords"][fi] for _, ti, fi in sorted(top, key=lambda x: (x[1], x[2]))])
     assert np.allclose(np.sort(picked["coords"].reshape(6, -1), axis=0), np.sort(expected.reshape(6, -1), axis=0))
     discarded = select.run(select.SelectParams(output=tmp_path / "d", tasks=tasks, type_map=["Cu"], trust_lo="adaptive",
                                                trust_hi=hi, max_candidates=6, label_failed=False))
     assert discarded.n_failed == 40 and discarded.n_selected == 0 and not discarded.candidates
     assert not discarded.validation and discarded.trust_lo == hi
+    # the budget is not spent on the deviation row without a frame: the `rank` highest offered frames,
+    # that row's rank included, fill `rank` labels
+    last = select.max_force_deviation(tasks[0])[-1]
+    rank = int(np.sum(devi >= last))
+    budget = select.run(select.SelectParams(output=tmp_path / "b", tasks=tasks, type_map=["Cu"], trust_lo="adaptive",
+                                            trust_hi=hi, max_candidates=rank, strategy="highest", validation_frames=0))
+    assert budget.n_selected == rank
+
 
 def test_a_lammps_process_that_aborts_is_named_by_its_signal_and_last_words(tmp_path):
     """A C++ abort inside a model's library writes no ``ERROR`` line: the reason names the
