@@ -285,9 +285,10 @@ _SHORT = [  # dargs' wording -> one short phrase
 ]
 
 
-def check_input(config: dict[str, Any], where: str) -> None:
+def check_input(config: dict[str, Any], where: str) -> dict[str, Any]:
     """Run ``dp --pt train``'s own input check (compat update, shared-dict expansion for
-    multi-task, dargs' strict ``normalize``) on a rendered input, without touching its data.
+    multi-task, dargs' strict ``normalize``) on a rendered input, without touching its data;
+    returns the input as DeePMD-kit will read it (its defaults filled in).
 
     A misspelt descriptor key in the overrides then fails in seconds, before the teacher work,
     as ``where: model.descriptor.rcutt: unknown key (did you mean rcut?)``, instead of a dargs
@@ -334,6 +335,12 @@ def check_input(config: dict[str, Any], where: str) -> None:
         if not 0 <= smooth < cut:
             raise InputError(where, f"{key}_smth: {smooth} must be at least 0 and below {key.rsplit('.', 1)[-1]} "
                                     f"({cut} Å): the switch from full to no interaction lies between them")
+    return normalized
+
+
+def largest_cutoff(model: dict[str, Any]) -> float:
+    """Å: how far the model's descriptor sees (the largest of its cut-offs; 0 if it names none)."""
+    return max((cut for _, _, cut in _cutoffs(model)), default=0.0)
 
 
 def _cutoffs(model: dict[str, Any]):

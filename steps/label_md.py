@@ -26,9 +26,9 @@ from .artifacts import atomic_dir
 from .base import (CalculatorKwargs, OutputPath, Params, Seed, TypeMap, barostat_unused, frames_after_start,
                    positive_kelvin)
 from .calculators import known_calculator, make_calculator
-from .errors import InputError, StepFailed, StepInterrupted
+from .errors import StepFailed, StepInterrupted
 from .runtime import interrupt_if_stopping
-from .structures import check_overlaps, deepmd_systems, read_atoms
+from .structures import check_overlaps, deepmd_systems, periodic, read_atoms
 
 log = logging.getLogger(__name__)
 
@@ -102,10 +102,8 @@ def run(params: LabelMDParams) -> LabelMDResult:
     from ase.constraints import FixCom
     from ase.md.velocitydistribution import MaxwellBoltzmannDistribution
 
-    starts = [a for path in params.structures for a in read_atoms(path, params.type_map)]
+    starts = [periodic(a, str(path)) for path in params.structures for a in read_atoms(path, params.type_map)]
     check_overlaps(starts, ", ".join(map(str, params.structures)))
-    if not all(a.pbc.all() for a in starts):
-        raise InputError("structures", "teacher MD needs periodic cells")
     calc = make_calculator(params.calculator, params.calculator_kwargs)
     multi = dpdata.MultiSystems(type_map=list(params.type_map))
     stopped = n_traj = 0

@@ -21,11 +21,11 @@ from pydantic import BaseModel, Field, field_validator, model_validator
 from .artifacts import atomic_dir, write_json
 from .base import CalculatorKwargs, OutputPath, Params, TypeMap
 from .calculators import known_calculator, make_calculator
-from .errors import InputError, StepFailed
+from .errors import StepFailed
 from .explore import ExploreParams
 from .explore import run as explore_run
 from .runtime import interrupt_if_stopping
-from .structures import read_atoms
+from .structures import periodic, read_atoms
 
 #: untimed ASE steps before the clock starts (graph compilation, caches, neighbour lists)
 WARMUP_STEPS = 3
@@ -130,9 +130,7 @@ def _ase(params: SpeedParams) -> SpeedResult:
     from ase.md.verlet import VelocityVerlet
 
     calc = make_calculator(params.calculator, params.calculator_kwargs, field="calculator")
-    atoms = read_atoms(params.structure, params.type_map)[0]
-    if not atoms.pbc.all():
-        raise InputError(str(params.structure), "the speed MD needs a periodic cell")
+    atoms = periodic(read_atoms(params.structure, params.type_map)[0], str(params.structure))
     atoms = atoms.repeat(supercell(params.structure, params.type_map, params.min_atoms))  # LAMMPS' cell
     atoms.calc = calc
     MaxwellBoltzmannDistribution(atoms, temperature_K=params.temp, rng=np.random.default_rng(1))

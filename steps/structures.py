@@ -259,6 +259,49 @@ def check_overlaps(atoms_list: list, where: str, fraction: float = OVERLAP_FRACT
         raise InputError(where, f"frame {index}: {pair}: overlapping atoms")
 
 
+def periodic(atoms, where: str):
+    """``atoms`` as lamflow's MD runs it: periodic in all three directions (LAMMPS' ``boundary p p
+    p``; the frames it dumps carry no other flag). A slab's non-periodic direction is run periodic
+    across its vacuum, as plane-wave DFT runs slabs; a frame without a cell cannot be."""
+    if atoms.cell.rank < 3 or atoms.get_volume() < 1e-6:
+        raise InputError(where, "has no periodic cell (a molecule or a cluster?): lamflow's MD runs in a periodic "
+                                "box; give it one with vacuum around it (ASE: atoms.center(vacuum=...))")
+    atoms = atoms.copy()
+    atoms.pbc = True
+    return atoms
+
+
+def vacuum_gap(atoms, axis: int) -> float:
+    """Å between the atoms and their periodic images along cell vector ``axis``: the cell's height
+    normal to the other two vectors less the atoms' extent along that normal."""
+    normal = np.cross(atoms.cell[(axis + 1) % 3], atoms.cell[(axis + 2) % 3])
+    normal /= np.linalg.norm(normal)
+    height = abs(float(np.dot(atoms.cell[axis], normal)))
+    heights = atoms.positions @ normal
+    return height - float(heights.max() - heights.min())
+
+
+def check_periodic(atoms_list: list, where: str, reach: float) -> list[str]:
+    """Every frame can run periodic (:func:`periodic`), and where a file marks a direction
+    non-periodic (a slab's vacuum, a boxed molecule), its vacuum keeps the atoms further than
+    ``reach`` (the student's cut-off) from their images: run periodic, a thinner vacuum lets the
+    student and the teacher's labels see the other side, which the file said is not there.
+    Returns the non-periodic directions found (``["c"]`` for a slab), for checks that depend on them."""
+    open_axes: set[int] = set()
+    for index, atoms in enumerate(atoms_list):
+        periodic(atoms, f"{where} frame {index}" if len(atoms_list) > 1 else where)
+        for axis in map(int, np.flatnonzero(~np.asarray(atoms.pbc))):
+            gap = vacuum_gap(atoms, axis)
+            if gap < reach:
+                raise InputError(where, f"frame {index}: not periodic along {'abc'[axis]}, and only {gap:.1f} Å of "
+                                        f"vacuum separates its atoms from their images there; lamflow runs it "
+                                        f"periodic, so the student (cut-off {reach:g} Å) would see across it: give "
+                                        f"it at least {reach:g} Å (ASE: atoms.center(vacuum={reach / 2:g}, "
+                                        f"axis={axis}))")
+            open_axes.add(axis)
+    return ["abc"[a] for a in sorted(open_axes)]
+
+
 def random_cell(symbols: list[str], density_g_cm3: float, min_distance: float, seed: int,
                 max_tries: int = 1_000_000):
     """A cubic periodic cell of ``symbols`` at random positions at a mass density, no two atoms

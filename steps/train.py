@@ -176,9 +176,10 @@ def render(params: TrainParams) -> dict[str, Any]:
 
 
 def check_input(template: str, overrides: dict[str, Any], type_map: list[str], numb_steps: int,
-                branches: list[str] | None = None, where: str = "overrides", compress: str | None = None) -> None:
-    """The input a training would render, checked by deepmd-kit's argcheck; its data are
-    placeholders, so the check runs before any data exists (preflight). ``compress``: the field
+                branches: list[str] | None = None, where: str = "overrides", compress: str | None = None
+                ) -> dict[str, Any]:
+    """The input a training would render, checked by deepmd-kit's argcheck and returned as
+    DeePMD-kit reads it; its data are placeholders, so the check runs before any data exists (preflight). ``compress``: the field
     that asks for compression, when it does: the descriptor must be one DeePMD-kit can tabulate,
     known now rather than after the teacher's labelling."""
     placeholder = [Path("<data>")]
@@ -188,9 +189,10 @@ def check_input(template: str, overrides: dict[str, Any], type_map: list[str], n
             name: {"train": placeholder, "valid": [], "weight": 1.0} for name in branches}, numb_steps, 1)
     else:
         rendered = dp_input.render_single(config, overrides, type_map, placeholder, [], numb_steps, 1)
-    dp_input.check_input(rendered, where)
+    normalized = dp_input.check_input(rendered, where)
     if compress is not None and not branches:
         check_compressible(rendered, compress)
+    return normalized
 
 
 RANDOM_BRANCH = "RANDOM"

@@ -107,6 +107,9 @@ def quiet_libraries(debug: bool) -> None:
     # dpdata's extxyz reader, on every frame ASE wrote with per-atom energies or charges: lamflow
     # reads the frame's energy and forces, and the lines bury an error line under library noise
     warnings.filterwarnings("ignore", message="Skipping unknown per-atom property")
+    # ASE's extxyz reader, on every slab ase.build wrote (its adsorption sites are a dict): the
+    # structure is read all the same
+    warnings.filterwarnings("ignore", message="Skipping unhashable information")
     # A failed step's traceback stays in the Prefect UI (the run loggers' API handler), not on
     # the terminal, where lamflow says what failed in one line.
     for name in ("prefect.flow_runs", "prefect.task_runs"):

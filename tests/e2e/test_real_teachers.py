@@ -157,6 +157,35 @@ def test_overlapping_atoms_in_a_starting_cell_are_bad_input(tmp_path):
     assert "start.extxyz (configurations.files[1]): frame 0: atoms 0 (Si) and 1 (Si) are 0.010 Å apart" in stderr
 
 
+def test_a_molecule_a_thin_slab_and_a_barostat_on_a_slab_are_bad_input(tmp_path):
+    """lamflow's MD runs every cell periodic: a frame without a cell cannot run, a slab whose vacuum
+    is thinner than the student's cut-off would see its own other side, and an isotropic barostat
+    squeezes a slab's vacuum. Each is one line before any work (it used to be found by the
+    teacher's speed step, or not at all)."""
+    import ase.io
+    from ase.build import fcc111, molecule
+
+    cfg = calculator_teacher_config(tmp_path, "emt")
+    cfg["type_map"] = ["C", "H", "O", "Cu"]
+    cfg["initial_data"].pop("teacher_md")
+    ase.io.write(tmp_path / "ethanol.xyz", molecule("CH3CH2OH"))
+    cfg["configurations"]["files"] = ["ethanol.xyz"]
+    stderr = refused_before_any_work(tmp_path, cfg)
+    assert "ethanol.xyz (configurations.files[0]): has no periodic cell (a molecule or a cluster?)" in stderr
+
+    ase.io.write(tmp_path / "slab.extxyz", fcc111("Cu", size=(2, 2, 3), vacuum=2.0))  # 4 Å between the faces
+    cfg["configurations"]["files"] = ["slab.extxyz"]
+    stderr = refused_before_any_work(tmp_path, cfg)
+    assert "slab.extxyz (configurations.files[0]): frame 0: not periodic along c, and only 4.0 Å of vacuum" in stderr
+    assert "(cut-off 5 Å)" in stderr and "atoms.center(vacuum=2.5, axis=2)" in stderr  # TINY_SE_E2_A's rcut
+
+    ase.io.write(tmp_path / "slab.extxyz", fcc111("Cu", size=(2, 2, 3), vacuum=3.0))
+    cfg["iterations"] = [{"temps": [300], "nsteps": 60, "trj_freq": 10},
+                         {"ensemble": "npt", "temps": [300], "nsteps": 60, "trj_freq": 10}]
+    stderr = refused_before_any_work(tmp_path, cfg)
+    assert "iterations[1].ensemble: npt: " in stderr and "is not periodic along c (a slab?)" in stderr
+
+
 def test_teacher_md_frames_carry_the_teachers_own_labels(tmp_path, students, cu_frames):
     """A DeePMD-kit teacher drives the MD through its ASE calculator; each kept frame holds the
     model's energy and forces at that geometry, and the trajectory moved away from the start."""

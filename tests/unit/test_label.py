@@ -96,3 +96,33 @@ def test_a_stopping_run_interrupts_a_calculators_frames_and_md_steps(tmp_path, c
     finally:
         runtime.allow_children()
     assert not out.exists()
+
+
+def test_a_slab_runs_periodic_in_the_teachers_md_and_speed(tmp_path):
+    """A slab as ASE writes it (periodic along a and b only) runs periodic across its vacuum in the
+    teacher's MD and its speed MD, as LAMMPS runs the students on it; the vacuum is measured
+    normal to the surface, whatever the cell's shape."""
+    from ase.build import fcc111
+
+    from lamflow.steps import label_md, speed
+    from lamflow.steps.errors import InputError
+    from lamflow.steps.structures import check_periodic, periodic, vacuum_gap
+
+    slab = fcc111("Cu", size=(2, 2, 3), vacuum=4.0)
+    assert list(slab.pbc) == [True, True, False]
+    assert vacuum_gap(slab, 2) == pytest.approx(8.0)
+    assert vacuum_gap(slab, 0) < 0.5 * slab.cell.lengths()[0]  # along a the atoms fill the cell
+    assert check_periodic([slab], "slab", reach=6.0) == ["c"]
+    with pytest.raises(InputError, match="only 8.0 Å of vacuum"):
+        check_periodic([slab], "slab", reach=9.0)
+    assert periodic(slab, "slab").pbc.all() and not slab.pbc.all()  # a copy; the caller's frame is left as it was
+    ase.io.write(tmp_path / "slab.extxyz", slab)
+
+    md = label_md.run(label_md.LabelMDParams(structures=[tmp_path / "slab.extxyz"], type_map=["Cu"],
+                                             output=tmp_path / "md", calculator="emt", temps=[300], nsteps=20,
+                                             trj_freq=10))
+    got = dpdata.LabeledSystem(str(md.systems[0]), fmt="deepmd/npy")
+    assert md.n_frames == 2 and np.allclose(got["cells"][0], slab.cell[:])
+    timed = speed.run(speed.SpeedParams(calculator="emt", structure=tmp_path / "slab.extxyz", type_map=["Cu"],
+                                        output=tmp_path / "speed", nsteps=20))
+    assert timed.engine == "ase" and timed.natoms == 12 and timed.timesteps_per_second > 0

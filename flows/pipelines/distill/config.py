@@ -115,7 +115,10 @@ class Configurations(Section):
     """Initial configurations for exploration (every frame of every file is one start)."""
 
     files: list[Path] = Field(min_length=1, description="starting cells of exploration (extxyz, POSCAR, LAMMPS data, "
-                                                        "deepmd/npy …); every frame of each file is one")
+                                                        "deepmd/npy …); every frame of each file is one. Every cell "
+                                                        "runs periodic: a slab (pbc False along c) across its vacuum, "
+                                                        "which must be at least the student's cut-off, and under nvt; "
+                                                        "a molecule needs a box")
     fmt: StructureFormat = None
 
 

@@ -16,11 +16,11 @@ from pathlib import Path
 import numpy as np
 
 from lamflow.steps.check_data import check_or_raise
-from lamflow.steps.dp_input import load_template
+from lamflow.steps.dp_input import largest_cutoff, load_template
 from lamflow.steps.errors import InputError, first_sentence
 from lamflow.steps.inference import eval_frames, load_model, model_type_indices
 from lamflow.steps.calculators import asks_missing_gpu, make_calculator
-from lamflow.steps.structures import check_overlaps, check_systems, read_atoms, read_system
+from lamflow.steps.structures import check_overlaps, check_periodic, check_systems, read_atoms, read_system
 from lamflow.steps.train import check_input
 
 from lamflow.flows.core.resources import Resources
@@ -47,8 +47,9 @@ def preflight(cfg: DistillConfig, with_teacher: bool = True) -> None:
     if cfg.initial_data.systems:
         _labelled(cfg.initial_data.systems, type_map, "initial_data.systems")
     _template(cfg.student.template, "student.template")
-    check_input(cfg.student.template, cfg.student.overrides, type_map, cfg.student.numb_steps,
-                where="student.overrides", compress="student.compress" if cfg.student.compress else None)
+    student = check_input(cfg.student.template, cfg.student.overrides, type_map, cfg.student.numb_steps,
+                          where="student.overrides", compress="student.compress" if cfg.student.compress else None)
+    _periodic(cfg, largest_cutoff(student["model"]))
     if cfg.teacher.train is not None:
         if cfg.teacher.train.data:
             _labelled(cfg.teacher.train.data, type_map, "teacher.train.data")
@@ -62,6 +63,22 @@ def preflight(cfg: DistillConfig, with_teacher: bool = True) -> None:
         check_teacher(Path(cfg.teacher.model), type_map, *first, head=cfg.teacher.head)
     if cfg.teacher.calculator is not None:
         check_calculator_teacher(cfg, *first)
+
+
+def _periodic(cfg: DistillConfig, reach: float) -> None:
+    """Every starting cell runs periodic with the student out of reach of its images, and a slab
+    is not given a barostat: an isotropic one squeezes the vacuum until the slab meets its image."""
+    for i, path in enumerate(cfg.configurations.files):
+        where = f"{path} (configurations.files[{i}])"
+        open_axes = check_periodic(read_atoms(Path(path), list(cfg.type_map), cfg.configurations.fmt), where, reach)
+        if not open_axes:
+            continue
+        barostats = [f"iterations[{k}].ensemble" for k, it in enumerate(cfg.iterations) if it.ensemble == "npt"]
+        md = cfg.initial_data.teacher_md
+        barostats += ["initial_data.teacher_md.ensemble"] if md is not None and md.ensemble == "npt" else []
+        if barostats:
+            raise InputError(barostats[0], f"npt: {where} is not periodic along {', '.join(open_axes)} (a slab?), and "
+                                           "the barostat would squeeze its vacuum; use nvt")
 
 
 def _template(name: str, field: str) -> None:
