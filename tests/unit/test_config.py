@@ -199,3 +199,49 @@ def test_the_teacher_max_force_caps_every_label_of_the_loop_by_default_and_null_
     assert IterationRecord(iteration=0, labels_added=3, labels_dropped=17).labels_text() == "3 (17 dropped)"
     assert IterationRecord(iteration=0, labels_added=3).labels_text() == "3"
     assert IterationRecord(iteration=0, labels_added=3, labels_dropped=17).labels_text(dropped="") == "3 (17)"
+
+
+def test_n_sample_draws_the_starting_frames_of_each_iteration_anew(tmp_path, caplog):
+    """A trajectory given as configurations makes every frame one MD task per temperature of
+    every iteration (80 frames × 2 temperatures: 160 tasks); `n_sample` (dpgen2's) draws that many
+    frames per iteration, seeded, a new draw each iteration; without it, every frame, as before."""
+    import ase.io
+    from ase.build import bulk
+
+    from lamflow.flows.pipelines.distill import plan
+
+    frames = [bulk("Cu", "fcc", a=3.61, cubic=True).repeat(2) for _ in range(12)]
+    for i, atoms in enumerate(frames):
+        atoms.rattle(0.05, seed=i)
+    ase.io.write(tmp_path / "traj.extxyz", frames)
+    raw = base()
+    raw["configurations"] = {"files": [str(tmp_path / "traj.extxyz"), str(QUICKSTART.parent / "cu-fcc-32.extxyz")]}
+    raw["iterations"] = [{"temps": [300, 600], "nsteps": 100, "trj_freq": 10, "n_sample": 4}]
+    cfg = DistillConfig.parse(raw, QUICKSTART.parent, "config.yaml")
+    lay = plan.Layout(tmp_path / "run")
+    tasks = [plan.explore(cfg, lay, k, [tmp_path / "m.pth"]) for k in range(3)]
+    starts = [{(c.params.structure.name, c.params.frame) for c in calls} for calls in tasks]
+    assert [len(calls) for calls in tasks] == [8, 8, 8] and [len(s) for s in starts] == [4, 4, 4]
+    assert len(set.union(*starts)) > 4  # each iteration draws its own
+    assert starts[0] == {(c.params.structure.name, c.params.frame)  # the same draw when the run resumes
+                         for c in plan.explore(cfg, lay, 0, [tmp_path / "m.pth"])}
+    assert {c.params.temps[0] for c in tasks[0]} == {300, 600} and "n_sample" not in tasks[0][0].params.model_fields
+    del raw["iterations"][0]["n_sample"]
+    every = plan.explore(DistillConfig.parse(raw, QUICKSTART.parent, "config.yaml"), lay, 0, [tmp_path / "m.pth"])
+    assert len(every) == 2 * 13
+    raw["iterations"][0]["n_sample"] = 0
+    with pytest.raises(InputError, match=r"iterations\[0\]\.n_sample: input should be greater than or equal to 1"):
+        DistillConfig.parse(raw, QUICKSTART.parent, "config.yaml")
+
+    # what so many starting frames cost is said before the run, once, on one line
+    from lamflow.flows.pipelines.distill.preflight import preflight
+
+    ase.io.write(tmp_path / "traj.extxyz", frames * 3)
+    del raw["iterations"][0]["n_sample"]
+    raw["initial_data"] = {"perturbed_frames": 5}
+    with caplog.at_level("WARNING"):
+        preflight(DistillConfig.parse(raw, QUICKSTART.parent, "config.yaml"))
+    (line,) = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert line == ("configurations.files hold 37 frames, each a starting cell: iterations[0] runs 74 MD tasks per "
+                    "iteration (its n_sample draws fewer); initial_data.perturbed_frames makes 185 copies for the "
+                    "teacher to label")

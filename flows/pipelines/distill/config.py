@@ -147,6 +147,12 @@ class InitialData(PerturbSettings):
 class Exploration(ExploreSettings):
     """What one iteration explores (LAMMPS, every initial configuration × temperature × pressure)."""
 
+    n_sample: int | None = Field(
+        None, ge=1, description="starting frames per iteration, drawn anew each iteration (seeded) from every frame "
+                                "of configurations.files (dpgen2's n_sample); unset: every frame. For a trajectory "
+                                "or dataset given as configurations, whose every frame would be one MD task per "
+                                "temperature")
+
 
 class Selection(SelectSettings):
     """Which explored frames the teacher labels (trust levels on the student's force error)."""

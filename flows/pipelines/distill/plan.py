@@ -16,10 +16,12 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from lamflow.steps.evaluate import EvaluateParams
 from lamflow.steps.label import LabelParams
 from lamflow.steps.label_md import LabelMDParams
-from lamflow.steps.explore import ExploreParams
+from lamflow.steps.explore import ExploreParams, ExploreSettings
 from lamflow.steps.perturb import PerturbParams, PerturbSettings
 from lamflow.steps.select import SelectParams
 from lamflow.steps.speed import SpeedParams
@@ -37,6 +39,8 @@ from .config import DistillConfig
 #: changing one setting does not reshuffle the others)
 REFERENCE_SEED = 17
 TEACHER_MD_SEED = 29
+#: the stream that draws each iteration's starting frames (``n_sample``)
+SAMPLE_SEED = 31
 
 
 @dataclass(frozen=True)
@@ -223,20 +227,34 @@ def evaluate_final(cfg: DistillConfig, lay: Layout, model: Path, systems: list[P
 # -- one iteration -----------------------------------------------------------------------------
 
 def explore(cfg: DistillConfig, lay: Layout, k: int, models: list[Path]) -> list[StepCall]:
-    """One task per initial configuration frame × temperature (pressures inside the task)."""
+    """One task per starting frame × temperature (pressures inside the task): every frame of
+    every configuration file, or ``n_sample`` of them drawn for this iteration."""
     e = cfg.exploration(k)
     where = lay.iteration(k) / "explore"
+    settings = e.model_dump(include=set(ExploreSettings.model_fields))
     calls, n = [], 0
-    for f_index, path in enumerate(cfg.configurations.files):
-        n_frames = configuration_frames(path, cfg)
-        for frame in range(n_frames):
-            for temp in e.temps:
-                calls.append(_call(cfg, "explore", ExploreParams(
-                    output=where / f"task-{n:03d}", models=models, type_map=cfg.type_map, structure=path,
-                    fmt=cfg.configurations.fmt, frame=frame, seed=cfg.seed + 7919 * k + n + 1,
-                    **{**e.model_dump(), "temps": [temp]}), f"iter-{k:03d}/explore/task-{n:03d}"))
-                n += 1
+    for path, frame in starting_frames(cfg, k):
+        for temp in e.temps:
+            calls.append(_call(cfg, "explore", ExploreParams(
+                output=where / f"task-{n:03d}", models=models, type_map=cfg.type_map, structure=path,
+                fmt=cfg.configurations.fmt, frame=frame, seed=cfg.seed + 7919 * k + n + 1,
+                **{**settings, "temps": [temp]}), f"iter-{k:03d}/explore/task-{n:03d}"))
+            n += 1
     return calls
+
+
+def starting_frames(cfg: DistillConfig, k: int) -> list[tuple[Path, int]]:
+    """(file, frame) pairs iteration ``k`` starts its MD from, in file order. With ``n_sample``
+    a seeded draw of that many, a new one each iteration (dpgen2's random conf sampling): a
+    trajectory given as configurations then spreads its frames over the iterations instead of
+    making every one of them a task of every iteration."""
+    frames = [(Path(path), frame) for path in cfg.configurations.files
+              for frame in range(configuration_frames(path, cfg))]
+    n = cfg.exploration(k).n_sample
+    if n is None or n >= len(frames):
+        return frames
+    rng = np.random.default_rng([cfg.seed, SAMPLE_SEED, k])
+    return [frames[i] for i in sorted(rng.choice(len(frames), size=n, replace=False))]
 
 
 def configuration_frames(path: Path, cfg: DistillConfig) -> int:

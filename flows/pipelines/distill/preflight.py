@@ -11,6 +11,7 @@ with (template + overrides) go through deepmd-kit's own argcheck here too.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +29,12 @@ from lamflow.flows.executors import check_executors
 
 from .config import DistillConfig, check_files
 
+log = logging.getLogger(__name__)
+
+#: starting frames beyond which a run says what they cost: a trajectory or dataset given as
+#: configurations makes each frame an MD task per temperature of every iteration
+MANY_STARTS = 32
+
 
 def preflight(cfg: DistillConfig, with_teacher: bool = True) -> None:
     """``with_teacher=False``: the teacher is made by an earlier stage (the LAM pipeline's
@@ -35,15 +42,17 @@ def preflight(cfg: DistillConfig, with_teacher: bool = True) -> None:
     check_files(cfg, with_teacher)
     check_executors(cfg)
     type_map = list(cfg.type_map)
-    first = None
+    first, n_starts = None, 0
     for i, path in enumerate(cfg.configurations.files):
         system = read_system(Path(path), type_map, cfg.configurations.fmt)
+        n_starts += len(system)
         if len(system) == 0 or system.get_natoms() == 0:
             raise InputError(str(path), f"(configurations.files[{i}]) contains no atoms")
         if not np.all(np.isfinite(system["coords"])) or not np.all(np.isfinite(system["cells"])):
             raise InputError(str(path), f"(configurations.files[{i}]) has NaN or infinite coordinates")
         check_overlaps(system.to("ase/structure"), f"{path} (configurations.files[{i}])")
         first = first if first is not None else (path, system)
+    _many_starts(cfg, n_starts)
     if cfg.initial_data.systems:
         _labelled(cfg.initial_data.systems, type_map, "initial_data.systems")
     _template(cfg.student.template, "student.template")
@@ -63,6 +72,17 @@ def preflight(cfg: DistillConfig, with_teacher: bool = True) -> None:
         check_teacher(Path(cfg.teacher.model), type_map, *first, head=cfg.teacher.head)
     if cfg.teacher.calculator is not None:
         check_calculator_teacher(cfg, *first)
+
+
+def _many_starts(cfg: DistillConfig, n_starts: int) -> None:
+    """Not an error (a user may want them all), but a cost nobody should find out in iteration 0."""
+    unsampled = [i for i, it in enumerate(cfg.iterations) if it.n_sample is None]
+    copies = cfg.initial_data.perturbed_frames
+    costs = [f"iterations[{unsampled[0]}] runs {n_starts * len(cfg.iterations[unsampled[0]].temps)} MD tasks per "
+             "iteration (its n_sample draws fewer)"] if unsampled else []
+    costs += [f"initial_data.perturbed_frames makes {n_starts * copies} copies for the teacher to label"] if copies else []
+    if n_starts > MANY_STARTS and costs:
+        log.warning(f"configurations.files hold {n_starts} frames, each a starting cell: {'; '.join(costs)}")
 
 
 def _periodic(cfg: DistillConfig, reach: float) -> None:
