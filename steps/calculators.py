@@ -18,12 +18,17 @@ without loading a model's weights.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.util
+import io
+import logging
 from dataclasses import dataclass
 from typing import Any, Callable
 
 from .errors import InputError, first_sentence
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -69,7 +74,13 @@ def _chgnet(kwargs, field):
     from chgnet.model.dynamics import CHGNetCalculator
 
     kwargs.setdefault("use_device", "cpu")
-    return CHGNetCalculator(**kwargs)
+    # CHGNet prints its size and device on every load, unasked (a run loads it in every label
+    # chunk): the lines would sit between lamflow's step lines, so they go to the debug log
+    said = io.StringIO()
+    with contextlib.redirect_stdout(said):
+        calc = CHGNetCalculator(**kwargs)
+    log.debug("chgnet: %s", " / ".join(said.getvalue().split("\n")).strip(" /"))
+    return calc
 
 
 NAMED: dict[str, Named] = {

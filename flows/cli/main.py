@@ -110,6 +110,8 @@ def quiet_libraries(debug: bool) -> None:
     # ASE's extxyz reader, on every slab ase.build wrote (its adsorption sites are a dict): the
     # structure is read all the same
     warnings.filterwarnings("ignore", message="Skipping unhashable information")
+    # CHGNet 0.4.2 on every structure it converts (its own code's tensor-to-float)
+    warnings.filterwarnings("ignore", message="Converting a tensor with requires_grad=True to a scalar")
     # A failed step's traceback stays in the Prefect UI (the run loggers' API handler), not on
     # the terminal, where lamflow says what failed in one line.
     for name in ("prefect.flow_runs", "prefect.task_runs"):

@@ -41,10 +41,11 @@ def si_frames(path: Path, n: int, seed: int = 0, rattle: float = 0.05) -> Path:
 
 
 @pytest.mark.parametrize("name", UNIVERSAL)
-def test_universal_potential_labels_are_its_own_numbers(tmp_path, name):
+def test_universal_potential_labels_are_its_own_numbers(tmp_path, name, capfd):
     frames = si_frames(tmp_path / "si.extxyz", 3)
     r = label.run(label.LabelParams(structures=[frames], type_map=["Si"], calculator=name,
                                     output=tmp_path / "lab"))
+    assert not capfd.readouterr().out  # CHGNet's "initialized with … parameters" stays out of the terminal
     assert r.n_frames == 3 and r.n_dropped == 0
     import ase.io
     import dpdata
