@@ -187,6 +187,23 @@ def test_a_molecule_a_thin_slab_and_a_barostat_on_a_slab_are_bad_input(tmp_path)
     assert "iterations[1].ensemble: npt: " in stderr and "is not periodic along c (a slab?)" in stderr
 
 
+def test_a_calculator_that_cannot_evaluate_a_later_starting_file_is_bad_input(tmp_path):
+    """The teacher is probed on every starting file's elements, not only the first's: EMT knows
+    Cu and not W, and its label step would drop every W frame (as it drops a failed SCF) while
+    the students explored tungsten they had never seen."""
+    import ase.io
+    from ase.build import bulk
+
+    cfg = calculator_teacher_config(tmp_path, "emt")
+    cfg["type_map"] = ["Cu", "W"]
+    cfg["initial_data"].pop("teacher_md")
+    ase.io.write(tmp_path / "cu.extxyz", bulk("Cu", "fcc", a=3.61, cubic=True).repeat(2))
+    ase.io.write(tmp_path / "w.extxyz", bulk("W", "bcc", a=3.16, cubic=True).repeat(2))
+    cfg["configurations"]["files"] = ["cu.extxyz", "w.extxyz"]
+    stderr = refused_before_any_work(tmp_path, cfg)
+    assert "teacher.calculator: 'emt' could not evaluate w.extxyz: No EMT-potential for W" in stderr
+
+
 def test_teacher_md_frames_carry_the_teachers_own_labels(tmp_path, students, cu_frames):
     """A DeePMD-kit teacher drives the MD through its ASE calculator; each kept frame holds the
     model's energy and forces at that geometry, and the trajectory moved away from the start."""

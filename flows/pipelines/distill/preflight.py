@@ -42,7 +42,7 @@ def preflight(cfg: DistillConfig, with_teacher: bool = True) -> None:
     check_files(cfg, with_teacher)
     check_executors(cfg)
     type_map = list(cfg.type_map)
-    first, n_starts = None, 0
+    probes, n_starts = [], 0  # each file's system: the teacher must evaluate every one's elements
     for i, path in enumerate(cfg.configurations.files):
         system = read_system(Path(path), type_map, cfg.configurations.fmt)
         n_starts += len(system)
@@ -51,7 +51,7 @@ def preflight(cfg: DistillConfig, with_teacher: bool = True) -> None:
         if not np.all(np.isfinite(system["coords"])) or not np.all(np.isfinite(system["cells"])):
             raise InputError(str(path), f"(configurations.files[{i}]) has NaN or infinite coordinates")
         check_overlaps(system.to("ase/structure"), f"{path} (configurations.files[{i}])")
-        first = first if first is not None else (path, system)
+        probes.append((path, system))
     _many_starts(cfg, n_starts)
     if cfg.initial_data.systems:
         _labelled(cfg.initial_data.systems, type_map, "initial_data.systems")
@@ -69,9 +69,9 @@ def preflight(cfg: DistillConfig, with_teacher: bool = True) -> None:
         t = cfg.teacher.train
         check_input(t.template, t.overrides, type_map, t.numb_steps, where="teacher.train.overrides")
     if with_teacher and cfg.teacher.model is not None:
-        check_teacher(Path(cfg.teacher.model), type_map, *first, head=cfg.teacher.head)
+        check_teacher(Path(cfg.teacher.model), type_map, *probes[0], head=cfg.teacher.head)  # it knows all of type_map
     if cfg.teacher.calculator is not None:
-        check_calculator_teacher(cfg, *first)
+        check_calculator_teacher(cfg, probes)
 
 
 def _many_starts(cfg: DistillConfig, n_starts: int) -> None:
@@ -126,24 +126,34 @@ def _runs_elsewhere(res: Resources) -> bool:
     return res.executor is not None or res.deployment is not None or bool(res.gpu)
 
 
-def check_calculator_teacher(cfg: DistillConfig, probe_path: Path, probe) -> None:
-    """The calculator teacher builds with its kwargs and gives finite numbers on ``probe``'s first
-    frame: a universal potential that lacks an element fails here, with one line, not in iteration 0."""
+def check_calculator_teacher(cfg: DistillConfig, probes: list[tuple[Path, object]]) -> None:
+    """The calculator teacher builds with its kwargs and gives finite numbers on the first frame
+    of each probe (every starting file): a calculator that lacks an element of any of them (a
+    universal potential, EMT's eleven) fails here, with one line. Its label step would drop every
+    frame it cannot evaluate, as it drops a failed SCF, and the students would explore that
+    composition never having seen it."""
     t = cfg.teacher
-    atoms = probe.sub_system([0]).to("ase/structure")[0]
     kwargs = t.calculator_kwargs
     if asks_missing_gpu(kwargs) and any(_runs_elsewhere(cfg.resources_for(s)) for s in TEACHER_CALCULATOR_STEPS):
         # a login node or laptop without a GPU submitting to GPU nodes: probe the elements on the CPU
         kwargs = {**kwargs, "device": "cpu"}
-    atoms.calc = make_calculator(t.calculator, kwargs, field="teacher.calculator")
-    try:
-        energy, forces = atoms.get_potential_energy(), atoms.get_forces()
-    except Exception as exc:  # every calculator raises its own types
-        raise InputError("teacher.calculator", f"'{t.calculator}' could not evaluate {probe_path.name}: "
-                                               f"{first_sentence(exc)}") from None
-    if not (np.isfinite(energy) and np.all(np.isfinite(forces))):
-        raise InputError("teacher.calculator", f"'{t.calculator}' returns NaN or infinite values on "
-                                               f"{probe_path.name}")
+    calc = make_calculator(t.calculator, kwargs, field="teacher.calculator")
+    seen: set[frozenset[str]] = set()
+    for probe_path, probe in probes:
+        atoms = probe.sub_system([0]).to("ase/structure")[0]
+        elements = frozenset(atoms.get_chemical_symbols())
+        if elements in seen:
+            continue
+        seen.add(elements)
+        atoms.calc = calc
+        try:
+            energy, forces = atoms.get_potential_energy(), atoms.get_forces()
+        except Exception as exc:  # every calculator raises its own types
+            raise InputError("teacher.calculator", f"'{t.calculator}' could not evaluate {Path(probe_path).name}: "
+                                                   f"{first_sentence(exc)}") from None
+        if not (np.isfinite(energy) and np.all(np.isfinite(forces))):
+            raise InputError("teacher.calculator", f"'{t.calculator}' returns NaN or infinite values on "
+                                                   f"{Path(probe_path).name}")
 
 
 def check_teacher(model_path: Path, type_map: list[str], probe_path: Path, probe, head: str | None = None) -> None:
