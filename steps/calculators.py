@@ -26,6 +26,8 @@ import logging
 from dataclasses import dataclass
 from typing import Any, Callable
 
+import numpy as np
+
 from .errors import InputError, first_sentence
 
 log = logging.getLogger(__name__)
@@ -130,6 +132,29 @@ def asks_missing_gpu(kwargs: dict[str, Any] | None) -> bool:
     import torch
 
     return not torch.cuda.is_available()
+
+
+def check_evaluates(name: str, kwargs: dict[str, Any] | None, frames: list[tuple[str, Any]], field: str) -> None:
+    """Calculator ``name`` gives finite energies and forces on one frame of each element set among
+    ``frames`` (``(file name, Atoms)``), with one line naming ``field`` and the file otherwise. A
+    calculator without one of the elements (a universal potential's gaps, EMT's eleven) would
+    otherwise be found by the label step, which drops a frame it cannot evaluate (a failed SCF)
+    and goes on: it would drop them all, and the run would train on what is left."""
+    calc = make_calculator(name, kwargs, field=field)
+    seen: set[frozenset[str]] = set()
+    for where, atoms in frames:
+        elements = frozenset(atoms.get_chemical_symbols())
+        if elements in seen:
+            continue
+        seen.add(elements)
+        atoms = atoms.copy()
+        atoms.calc = calc
+        try:
+            energy, forces = atoms.get_potential_energy(), atoms.get_forces()
+        except Exception as exc:  # every calculator raises its own types
+            raise InputError(field, f"'{name}' could not evaluate {where}: {first_sentence(exc)}") from None
+        if not (np.isfinite(energy) and np.all(np.isfinite(forces))):
+            raise InputError(field, f"'{name}' returns NaN or infinite values on {where}")
 
 
 def make_calculator(name: str, kwargs: dict[str, Any] | None = None, field: str = "calculator"):

@@ -189,6 +189,11 @@ class Resources(BaseModel):
         None, description="run this step as a batch job (Slurm, PBS, LSF, ...; dpdispatcher's keys), on every "
                           "engine; none: in the engine's own process or pod")
 
+    def elsewhere(self) -> bool:
+        """The step is sent to other machines: a batch job, a Prefect deployment, or an explicit
+        GPU request for a cluster's pod (what this machine lacks, they may have)."""
+        return self.executor is not None or self.deployment is not None or bool(self.gpu)
+
     def retries_for(self, step: str) -> int:
         return self.retries if self.retries is not None else DEFAULT_RETRIES.get(step, 0)
 

@@ -16,10 +16,12 @@ from typing import Protocol
 
 from pydantic import Field, model_validator
 
+from lamflow.steps.calculators import asks_missing_gpu, check_evaluates
 from lamflow.steps.check_data import check_or_raise
 from lamflow.steps.import_data import ImportParams, ImportSource
 from lamflow.steps.label import LabelParams, LabelSettings
 from lamflow.steps.perturb import PerturbParams, PerturbSettings
+from lamflow.steps.structures import read_atoms
 
 from lamflow.flows.core.book import Book
 from lamflow.flows.core.config import RunConfig, Section
@@ -67,13 +69,27 @@ class Dataset(Section):
             found += [(f"{where}.import.files[{i}]", p) for i, p in enumerate(self.import_.files)]
         return found
 
-    def check(self, type_map: list[str]) -> None:
+    def check(self, cfg: RunConfig) -> None:
         """What `lamflow dataset check` calls an error, as one line (preflight) for data given as
-        they are; labelled data are made by the run and checked when made."""
+        they are; labelled data are made by the run and checked when made, their calculator now."""
+        type_map = list(cfg.type_map)
         if self.systems:
             check_or_raise(self.systems, type_map, f"datasets.{self.name}.systems")
         if self.import_:
             check_or_raise(self.import_.files, type_map, f"datasets.{self.name}.import", self.import_.fmt)
+        if self.label:
+            check_labeller(cfg, self.label, type_map, f"datasets.{self.name}.label.calculator")
+
+
+def check_labeller(cfg: RunConfig, spec: LabelSpec, type_map: list[str], field: str) -> None:
+    """``spec``'s calculator evaluates the first frame of each of its structure files (one per
+    element set), before any work: see :func:`~lamflow.steps.calculators.check_evaluates`. A
+    CUDA device this machine lacks is probed on the CPU when the label steps run elsewhere."""
+    kwargs = spec.calculator_kwargs
+    if asks_missing_gpu(kwargs) and cfg.resources_for("label").elsewhere():
+        kwargs = {**kwargs, "device": "cpu"}
+    check_evaluates(spec.calculator, kwargs, [(Path(p).name, read_atoms(Path(p), type_map)[0])
+                                              for p in spec.structures], field)
 
 
 def check_names(datasets: list[Dataset], refs: list[tuple[str, str | None]]) -> list[str]:

@@ -40,6 +40,7 @@ def files(tmp_path_factory, students, cu_data):
     shutil.copy(students[0].model, d / "teacher.pth")
     shutil.copytree(cu_data.systems[0], d / "good-data")
     write_cu_frames(d / "cuau.extxyz", 1, seed=6, symbols_every="Au")
+    write_cu_frames(d / "w.extxyz", 1, seed=8, symbols_every="W")  # W on Cu's lattice: EMT has no W
     (d / "garbage.extxyz").write_text("this is not\na structure file\n")
     (d / "garbage.pth").write_bytes(b"\x00not a model" * 10)
     (d / "graph.pb").write_bytes(b"\x0a\x08GraphDef" * 10)  # a DeePMD-kit 2 / dpgen2 teacher's name and kind
@@ -154,6 +155,9 @@ CASES = [
      "model.descriptor.list.1.rcut_smth: 0.5 must be at least 0 and below rcut (0.4 Å)"),
     ("a student that cannot be compressed", {"student.template": "dpa3"},
      "student.compress: descriptor 'dpa3' cannot be compressed; use se_e2_a"),
+    ("a reference calculator without one of the elements", {"type_map": ["Cu", "W"], "teacher": {"train": {"label": {
+        "structures": ["cu.extxyz", "w.extxyz"], "calculator": "emt"}}}},
+     "teacher.train.label.calculator: 'emt' could not evaluate w.extxyz: No EMT-potential for W"),
     ("zero students", {"student.count": 0}, "student.count: input should be greater than or equal to 1"),
     ("accurate ratio above 1", {"convergence.accurate_ratio": 1.5}, "convergence.accurate_ratio: input should be less than or equal to 1"),
     ("unknown selection strategy", {"selection.strategy": "best"}, "selection.strategy: input should be 'random' or 'highest'"),

@@ -135,3 +135,24 @@ def test_a_run_stops_in_preflight_on_a_dataset_error(tmp_path):
         preflight(LamConfig.parse(raw, tmp_path))
     assert str(err.value) == (f"{tmp_path / 'broken'} (datasets.broken.systems): NaN or infinite energies in 1 frame(s), "
                               "first: frame 2")
+
+
+def test_a_dataset_labeller_without_one_of_its_elements_stops_the_run_in_preflight(tmp_path):
+    """A dataset labelled here by a calculator that cannot evaluate one of its structure files
+    (EMT knows Cu and Au, not W): its label step would drop every W frame, as it drops a failed
+    SCF, and pretraining would start on what is left. The LAM and version pipelines probe each
+    labeller before any work, as a distillation probes its teacher."""
+    import ase.io
+    from ase.build import bulk
+
+    from lamflow.flows.pipelines.lam.config import LamConfig, preflight
+
+    raw = lam_config(tmp_path)
+    ase.io.write(tmp_path / "w.extxyz", bulk("W", "bcc", a=3.16, cubic=True).repeat(2))
+    raw["type_map"] = ["Cu", "Au", "W"]
+    raw["datasets"][1]["label"]["structures"] = ["cuau.extxyz", "w.extxyz"]
+    with pytest.raises(InputError) as err:
+        preflight(LamConfig.parse(raw, tmp_path))
+    assert str(err.value) == "datasets.cuau.label.calculator: 'emt' could not evaluate w.extxyz: No EMT-potential for W"
+    raw["datasets"][1]["label"]["structures"] = ["cuau.extxyz"]
+    preflight(LamConfig.parse(raw, tmp_path))  # the datasets as the tests' LAM runs have them

@@ -20,13 +20,13 @@ from lamflow.steps.check_data import check_or_raise
 from lamflow.steps.dp_input import largest_cutoff, load_template
 from lamflow.steps.errors import InputError, first_sentence
 from lamflow.steps.inference import eval_frames, load_model, model_type_indices
-from lamflow.steps.calculators import asks_missing_gpu, make_calculator
+from lamflow.steps.calculators import asks_missing_gpu, check_evaluates
 from lamflow.steps.structures import check_overlaps, check_periodic, check_systems, read_atoms, read_system
 from lamflow.steps.train import check_input
 
-from lamflow.flows.core.resources import Resources
 from lamflow.flows.executors import check_executors
 
+from ..datasets import check_labeller
 from .config import DistillConfig, check_files
 
 log = logging.getLogger(__name__)
@@ -63,8 +63,7 @@ def preflight(cfg: DistillConfig, with_teacher: bool = True) -> None:
         if cfg.teacher.train.data:
             _labelled(cfg.teacher.train.data, type_map, "teacher.train.data")
         if cfg.teacher.train.label is not None:
-            for path in cfg.teacher.train.label.structures:
-                read_atoms(Path(path), type_map)
+            check_labeller(cfg, cfg.teacher.train.label, type_map, "teacher.train.label.calculator")
         _template(cfg.teacher.train.template, "teacher.train.template")
         t = cfg.teacher.train
         check_input(t.template, t.overrides, type_map, t.numb_steps, where="teacher.train.overrides")
@@ -120,40 +119,17 @@ def _labelled(systems: list[Path], type_map: list[str], field: str) -> None:
 TEACHER_CALCULATOR_STEPS = ("label", "label_md", "speed")
 
 
-def _runs_elsewhere(res: Resources) -> bool:
-    """The step is sent to other machines: a batch job, a Prefect deployment, or an explicit GPU
-    request for a cluster's pod."""
-    return res.executor is not None or res.deployment is not None or bool(res.gpu)
-
-
 def check_calculator_teacher(cfg: DistillConfig, probes: list[tuple[Path, object]]) -> None:
-    """The calculator teacher builds with its kwargs and gives finite numbers on the first frame
-    of each probe (every starting file): a calculator that lacks an element of any of them (a
-    universal potential, EMT's eleven) fails here, with one line. Its label step would drop every
-    frame it cannot evaluate, as it drops a failed SCF, and the students would explore that
-    composition never having seen it."""
+    """The calculator teacher builds with its kwargs and evaluates the first frame of every
+    starting file (``probes``: file, dpdata system): one that lacks an element of any fails here,
+    with one line, not as labels dropped one by one in iteration 0."""
     t = cfg.teacher
     kwargs = t.calculator_kwargs
-    if asks_missing_gpu(kwargs) and any(_runs_elsewhere(cfg.resources_for(s)) for s in TEACHER_CALCULATOR_STEPS):
+    if asks_missing_gpu(kwargs) and any(cfg.resources_for(s).elsewhere() for s in TEACHER_CALCULATOR_STEPS):
         # a login node or laptop without a GPU submitting to GPU nodes: probe the elements on the CPU
         kwargs = {**kwargs, "device": "cpu"}
-    calc = make_calculator(t.calculator, kwargs, field="teacher.calculator")
-    seen: set[frozenset[str]] = set()
-    for probe_path, probe in probes:
-        atoms = probe.sub_system([0]).to("ase/structure")[0]
-        elements = frozenset(atoms.get_chemical_symbols())
-        if elements in seen:
-            continue
-        seen.add(elements)
-        atoms.calc = calc
-        try:
-            energy, forces = atoms.get_potential_energy(), atoms.get_forces()
-        except Exception as exc:  # every calculator raises its own types
-            raise InputError("teacher.calculator", f"'{t.calculator}' could not evaluate {Path(probe_path).name}: "
-                                                   f"{first_sentence(exc)}") from None
-        if not (np.isfinite(energy) and np.all(np.isfinite(forces))):
-            raise InputError("teacher.calculator", f"'{t.calculator}' returns NaN or infinite values on "
-                                                   f"{Path(probe_path).name}")
+    check_evaluates(t.calculator, kwargs, [(Path(path).name, probe.sub_system([0]).to("ase/structure")[0])
+                                           for path, probe in probes], "teacher.calculator")
 
 
 def check_teacher(model_path: Path, type_map: list[str], probe_path: Path, probe, head: str | None = None) -> None:

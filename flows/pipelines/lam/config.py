@@ -136,7 +136,7 @@ def preflight(cfg: LamConfig) -> None:
     the distillation stage's own inputs (all but its teacher, which the pipeline makes)."""
     check_lam_files(cfg)
     for d in cfg.datasets:  # what `lamflow dataset check` calls an error stops the run before any work
-        d.check(cfg.type_map)
+        d.check(cfg)
     check_executors(cfg)
     if cfg.finetune.model is None:
         if cfg.pretrain.model is None:

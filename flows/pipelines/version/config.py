@@ -128,7 +128,7 @@ def preflight(cfg: VersionConfig) -> None:
     verification decides whether it becomes a version (and the versions before it still do)."""
     check_files(cfg)
     for name in [*cfg.pretrain.datasets, *(b.dataset for b in cfg.benchmarks)]:
-        cfg.dataset(name).check(cfg.type_map)
+        cfg.dataset(name).check(cfg)
     check_executors(cfg)
     check_input(cfg.pretrain.template, cfg.pretrain.overrides, cfg.type_map, cfg.pretrain.numb_steps,
                 branches=cfg.pretrain.datasets, where="pretrain.overrides")
