@@ -83,13 +83,20 @@ class Dataset(Section):
 
 def check_labeller(cfg: RunConfig, spec: LabelSpec, type_map: list[str], field: str) -> None:
     """``spec``'s calculator evaluates the first frame of each of its structure files (one per
-    element set), before any work: see :func:`~lamflow.steps.calculators.check_evaluates`. A
-    CUDA device this machine lacks is probed on the CPU when the label steps run elsewhere."""
-    kwargs = spec.calculator_kwargs
-    if asks_missing_gpu(kwargs) and cfg.resources_for("label").elsewhere():
+    element set), before any work."""
+    probe_calculator(cfg, spec.calculator, spec.calculator_kwargs,
+                     [(Path(p).name, read_atoms(Path(p), type_map)[0]) for p in spec.structures], field)
+
+
+def probe_calculator(cfg: RunConfig, name: str, kwargs: dict, frames: list, field: str,
+                     steps: tuple[str, ...] = ("label",)) -> None:
+    """:func:`~lamflow.steps.calculators.check_evaluates` on ``frames``, on the machine that
+    checks the config. A CUDA device it lacks is probed on its CPU when the ``steps`` that run the
+    calculator are sent elsewhere (a login node or laptop submitting to GPU nodes): the elements
+    are what is checked."""
+    if asks_missing_gpu(kwargs) and any(cfg.resources_for(s).elsewhere() for s in steps):
         kwargs = {**kwargs, "device": "cpu"}
-    check_evaluates(spec.calculator, kwargs, [(Path(p).name, read_atoms(Path(p), type_map)[0])
-                                              for p in spec.structures], field)
+    check_evaluates(name, kwargs, frames, field)
 
 
 def check_names(datasets: list[Dataset], refs: list[tuple[str, str | None]]) -> list[str]:

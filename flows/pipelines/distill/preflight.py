@@ -20,13 +20,12 @@ from lamflow.steps.check_data import check_or_raise
 from lamflow.steps.dp_input import largest_cutoff, load_template
 from lamflow.steps.errors import InputError, first_sentence
 from lamflow.steps.inference import eval_frames, load_model, model_type_indices
-from lamflow.steps.calculators import asks_missing_gpu, check_evaluates
 from lamflow.steps.structures import check_overlaps, check_periodic, check_systems, read_atoms, read_system
 from lamflow.steps.train import check_input
 
 from lamflow.flows.executors import check_executors
 
-from ..datasets import check_labeller
+from ..datasets import check_labeller, probe_calculator
 from .config import DistillConfig, check_files
 
 log = logging.getLogger(__name__)
@@ -124,12 +123,9 @@ def check_calculator_teacher(cfg: DistillConfig, probes: list[tuple[Path, object
     starting file (``probes``: file, dpdata system): one that lacks an element of any fails here,
     with one line, not as labels dropped one by one in iteration 0."""
     t = cfg.teacher
-    kwargs = t.calculator_kwargs
-    if asks_missing_gpu(kwargs) and any(cfg.resources_for(s).elsewhere() for s in TEACHER_CALCULATOR_STEPS):
-        # a login node or laptop without a GPU submitting to GPU nodes: probe the elements on the CPU
-        kwargs = {**kwargs, "device": "cpu"}
-    check_evaluates(t.calculator, kwargs, [(Path(path).name, probe.sub_system([0]).to("ase/structure")[0])
-                                           for path, probe in probes], "teacher.calculator")
+    probe_calculator(cfg, t.calculator, t.calculator_kwargs,
+                     [(Path(path).name, probe.sub_system([0]).to("ase/structure")[0]) for path, probe in probes],
+                     "teacher.calculator", TEACHER_CALCULATOR_STEPS)
 
 
 def check_teacher(model_path: Path, type_map: list[str], probe_path: Path, probe, head: str | None = None) -> None:
