@@ -405,7 +405,7 @@ def cmd_dataset_check(args: argparse.Namespace) -> int:
     try:
         params = CheckDataParams(paths=args.paths, type_map=args.type_map, fmt=args.fmt)
     except ValidationError as exc:
-        raise InputError("dataset check", one_line(exc)) from None
+        raise InputError("dataset check", one_line(exc, model=CheckDataParams)) from None
     result = run(params)
     if args.json:
         print(json.dumps({**result.model_dump(mode="json"), "ok": not result.errors}, indent=2))

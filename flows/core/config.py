@@ -143,7 +143,7 @@ class RunConfig(Section):
         try:
             return cls.model_validate(resolve_paths(raw, base))
         except ValidationError as exc:
-            raise InputError(source, one_line(exc)) from None
+            raise InputError(source, one_line(exc, model=cls)) from None
 
     @classmethod
     def load(cls: type[C], path: Path) -> C:

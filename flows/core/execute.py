@@ -39,7 +39,7 @@ def validated(step: str, params: dict[str, Any] | BaseModel) -> BaseModel:
     try:
         return spec.params.model_validate(params if isinstance(params, dict) else params.model_dump())
     except ValidationError as exc:
-        raise InputError(f"step {step}", one_line(exc)) from None
+        raise InputError(f"step {step}", one_line(exc, model=spec.params)) from None
 
 
 def _prepare(step: str, params: dict[str, Any] | BaseModel):

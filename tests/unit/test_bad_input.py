@@ -103,7 +103,13 @@ DELETE = object()
 # (case id, {dotted key: value}, what the one line must say)
 CASES = [
     ("unknown top-level key", {"colour": "blue"}, "colour: unknown key"),
-    ("misspelt nested key", {"selection.trust_hgh": 0.5}, "selection.trust_hgh: unknown key"),
+    ("misspelt nested key", {"selection.trust_hgh": 0.5}, "selection.trust_hgh: unknown key (did you mean trust_hi?)"),
+    ("misspelt key under a step's resources", {"resources": {"train": {"executr": "slurm"}}},
+     "resources.train.executr: unknown key (did you mean executor?)"),
+    ("dpgen2's pressure key", {"iterations.0.press": [1.0]},
+     "iterations[0].press: unknown key (dpgen2's name; lamflow's is pressures)"),
+    ("dpgen2's trust level at the top", {"level_f_lo": 0.1},
+     "level_f_lo: unknown key (dpgen2's name; lamflow's is selection.trust_lo)"),
     ("temperature with a unit", {"iterations.0.temps": ["300K"]}, "iterations[0].temps[0]: expected a number, got '300K'"),
     ("trust levels reversed", {"selection.trust_lo": 0.5, "selection.trust_hi": 0.1}, "trust_lo (0.5) must be below trust_hi (0.1)"),
     ("trust levels equal", {"selection.trust_lo": 0.2, "selection.trust_hi": 0.2}, "must be below trust_hi"),

@@ -225,7 +225,7 @@ def test_n_sample_draws_the_starting_frames_of_each_iteration_anew(tmp_path, cap
     assert len(set.union(*starts)) > 4  # each iteration draws its own
     assert starts[0] == {(c.params.structure.name, c.params.frame)  # the same draw when the run resumes
                          for c in plan.explore(cfg, lay, 0, [tmp_path / "m.pth"])}
-    assert {c.params.temps[0] for c in tasks[0]} == {300, 600} and "n_sample" not in tasks[0][0].params.model_fields
+    assert {c.params.temps[0] for c in tasks[0]} == {300, 600} and "n_sample" not in type(tasks[0][0].params).model_fields
     del raw["iterations"][0]["n_sample"]
     every = plan.explore(DistillConfig.parse(raw, QUICKSTART.parent, "config.yaml"), lay, 0, [tmp_path / "m.pth"])
     assert len(every) == 2 * 13

@@ -122,7 +122,7 @@ class LamConfig(RunConfig):
         try:
             return DistillConfig.model_validate(raw)
         except ValidationError as exc:
-            raise InputError("distill", one_line(exc)) from None
+            raise InputError("distill", one_line(exc, model=DistillConfig)) from None
 
 
 def check_lam_files(cfg: LamConfig) -> None:
