@@ -109,6 +109,8 @@ def read_system(path: Path, type_map: list[str] | None, fmt: str | None = None):
     kwargs = {}
     if fmt in ("lammps/lmp", "lammps/dump") and type_map:
         kwargs["type_map"] = type_map  # LAMMPS files carry type numbers only
+    if fmt == "lammps/lmp" and type_map:
+        check_lammps_types(path, type_map)
     try:
         if fmt == "ase":
             import ase.io
@@ -126,6 +128,58 @@ def read_system(path: Path, type_map: list[str] | None, fmt: str | None = None):
     if len(system) == 0 or len(system["atom_types"]) == 0:  # dpdata reads a wrong format as nothing at all
         raise InputError(str(path), f"holds no frame readable as {fmt}")
     return system if type_map is None else _follow_type_map(system, path, type_map)
+
+
+#: how close (u) a LAMMPS mass must be to an element's to be read as that element: isotopes and
+#: the heavy hydrogen some use for a longer timestep stay apart from every neighbour element
+MASS_MATCH = 0.1
+
+
+def check_lammps_types(path: Path, type_map: list[str]) -> None:
+    """A LAMMPS data file's types are numbers that lamflow (as dpdata and ``pair_style deepmd``)
+    reads in ``type_map``'s order; a file written in another order would run every atom as
+    another element, silently. Its header's type count and its ``Masses`` (an element in a
+    comment, as ASE and OVITO write it, or a mass that is another ``type_map`` element's and not
+    this one's) are checked against ``type_map``: one line naming the type, else nothing."""
+    from ase.data import atomic_masses, chemical_symbols
+
+    lines = path.read_text(errors="replace").splitlines()
+    hint = f"a LAMMPS data file's types are numbered in type_map's order ({', '.join(type_map)})"
+    for line in lines[1:40]:
+        words = line.split("#")[0].split()
+        if words[1:3] == ["atom", "types"] and words[0].isdigit() and int(words[0]) > len(type_map):
+            raise InputError(str(path), f"has {words[0]} atom types, type_map names {len(type_map)}: {hint}")
+    try:
+        start = next(i for i, line in enumerate(lines) if line.split("#")[0].strip() == "Masses")
+    except StopIteration:
+        return
+    entries = []
+    for line in lines[start + 1:]:
+        body, _, comment = line.partition("#")
+        words = body.split()
+        if not words and not entries:
+            continue  # the blank line after the section's title
+        if len(words) < 2 or not words[0].isdigit():
+            break
+        entries.append((words, comment))
+    for words, comment in entries:
+        try:
+            kind, mass = int(words[0]), float(words[1])
+        except ValueError:
+            break  # not a mass: dpdata's reader says what is wrong with the file
+        if not 1 <= kind <= len(type_map):
+            continue
+        named = type_map[kind - 1]
+        said = comment.strip().split()[0] if comment.strip() else ""
+        if said in chemical_symbols[1:] and said != named:
+            raise InputError(str(path), f"atom type {kind} is {said} (its Masses comment), but type_map[{kind - 1}] "
+                                        f"is {named}: {hint}")
+        others = [e for e in type_map if e != named and e in chemical_symbols
+                  and abs(atomic_masses[chemical_symbols.index(e)] - mass) < MASS_MATCH]
+        own = named in chemical_symbols and abs(atomic_masses[chemical_symbols.index(named)] - mass) < MASS_MATCH
+        if others and not own:
+            raise InputError(str(path), f"atom type {kind} has mass {mass:g}, {others[0]}'s, but "
+                                        f"type_map[{kind - 1}] is {named}: {hint}")
 
 
 def _follow_type_map(system, path: Path, type_map: list[str]):

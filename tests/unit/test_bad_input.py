@@ -49,6 +49,12 @@ def files(tmp_path_factory, students, cu_data):
     (d / "short.lmp").write_text(
         "short\n\n4 atoms\n1 atom types\n\n0 3.6 xlo xhi\n0 3.6 ylo yhi\n0 3.6 zlo zhi\n\nAtoms # atomic\n\n"
         "1 1 0 0 0\n2 1 1.8 1.8 0\n3 1 1.8 0 1.8\n")  # says 4 atoms, lists 3
+    import ase.io
+
+    cuau = ase.io.read(d / "cuau.extxyz")  # written in the order Au, Cu: ASE names them in Masses
+    ase.io.write(d / "aucu.data", cuau, format="lammps-data", specorder=["Au", "Cu"], masses=True)
+    (d / "aucu-bare.data").write_text(  # the same without the names: the masses tell
+        "\n".join(line.split("#")[0] for line in (d / "aucu.data").read_text().splitlines()))
     nan = write_cu_frames(d / "nan.extxyz", 1, seed=7)
     nan.write_text(nan.read_text().replace(nan.read_text().splitlines()[2].split()[1], "nan", 1))
     (d / "empty-folder").mkdir()
@@ -139,6 +145,13 @@ CASES = [
     ("configuration missing", {"configurations.files": ["nope.extxyz"]}, "configurations.files[0]: file not found"),
     ("configuration element not in type_map", {"configurations.files": ["cuau.extxyz"]}, "has elements ['Au'] that are not in type_map ['Cu']"),
     ("configuration unreadable", {"configurations.files": ["garbage.extxyz"]}, "garbage.extxyz: could not be read"),
+    ("LAMMPS data written in another type order", {"type_map": ["Cu", "Au"], "configurations.files": ["aucu.data"]},
+     "aucu.data: atom type 1 is Au (its Masses comment), but type_map[0] is Cu: a LAMMPS data file's types are "
+     "numbered in type_map's order (Cu, Au)"),
+    ("LAMMPS data whose masses are another order's", {"type_map": ["Cu", "Au"], "configurations.files": ["aucu-bare.data"]},
+     "aucu-bare.data: atom type 1 has mass 196.967, Au's, but type_map[0] is Cu"),
+    ("LAMMPS data with more types than type_map", {"configurations.files": ["aucu.data"]},
+     "aucu.data: has 2 atom types, type_map names 1"),
     ("LAMMPS data with a wrong atom count", {"configurations.files": ["short.lmp"]}, "short.lmp: could not be read as lammps/lmp"),
     ("configuration with NaN coordinates", {"configurations.files": ["nan.extxyz"]}, "has NaN or infinite coordinates"),
     ("no configurations", {"configurations.files": []}, "configurations.files: list should have at least 1 item"),
