@@ -27,7 +27,7 @@ from pydantic import BaseModel, Field
 from .artifacts import write_json
 from .base import DpdataFormat, Params
 from .errors import InputError
-from .structures import OVERLAP_FRACTION, deepmd_systems, overlaps, read_labelled
+from .structures import OVERLAP_FRACTION, deepmd_systems, name_unnamed_types, overlaps, read_labelled
 
 #: per-atom volume (Å^3) below which a periodic cell is not a material (solids: ~5–60)
 MIN_VOLUME_PER_ATOM = 1.0
@@ -195,6 +195,8 @@ def run(params: CheckDataParams) -> CheckDataResult:
             where = str(path)
             try:
                 systems = read_labelled(path, None, params.fmt)
+                for system in systems if params.type_map is not None else ():
+                    name_unnamed_types(system, path, params.type_map)
             except InputError as exc:
                 add_for(where, "error", "read", exc.problem, 0, None)
                 continue

@@ -7,6 +7,7 @@ LAMMPS inputs) and one into dpdata systems (for training data), so no step parse
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -182,10 +183,24 @@ def check_lammps_types(path: Path, type_map: list[str]) -> None:
                                         f"type_map[{kind - 1}] is {named}: {hint}")
 
 
+def name_unnamed_types(system, path: Path, type_map: list[str]) -> None:
+    """A deepmd/npy system without ``type_map.raw`` (older DP-GEN data; dpdata calls its types
+    ``Type_0``…) named as DeePMD-kit reads it: its type numbers in the training's ``type_map``
+    order; one line when it holds more types than ``type_map`` names."""
+    names = list(system["atom_names"])
+    if not names or not all(re.fullmatch(r"Type_\d+", n) for n in names):
+        return
+    if len(names) > len(type_map):
+        raise InputError(str(path), f"has {len(names)} atom types and no type_map.raw: DeePMD-kit reads them "
+                                    f"in type_map's order, which names {len(type_map)} ({', '.join(type_map)})")
+    system.data["atom_names"] = [type_map[int(n.split("_")[1])] for n in names]
+
+
 def _follow_type_map(system, path: Path, type_map: list[str]):
     """``system`` with its atom types in ``type_map``'s order; one line naming the elements it
     holds that ``type_map`` lacks (names listed with no atom, as multi-system files list every
     system's elements, are dropped)."""
+    name_unnamed_types(system, path, type_map)
     unknown = [n for n, c in zip(system["atom_names"], system["atom_numbs"]) if c and n not in type_map]
     if unknown:
         raise InputError(str(path), f"has elements {unknown} that are not in type_map {type_map}")

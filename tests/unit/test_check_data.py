@@ -54,6 +54,20 @@ def test_clean_data_has_no_problem_and_the_cli_says_so(tmp_path):
     assert report["ok"] is True and report["datasets"][0]["n_frames"] == 12 and report["problems"] == []
 
 
+def test_a_system_without_type_map_raw_is_read_in_type_maps_order_as_deepmd_kit_does(tmp_path):
+    from lamflow.steps.structures import read_system
+
+    data = write(emt_system(2), tmp_path / "old")  # dpdata orders its elements Au, Cu
+    order = (data / "type_map.raw").read_text().split()
+    (data / "type_map.raw").unlink()
+    system = read_system(data, order)
+    assert system["atom_names"] == order and list(system["atom_numbs"]) == [8, 24]
+    assert run(CheckDataParams(paths=[data], type_map=order)).problems == []
+    with pytest.raises(InputError, match="has 2 atom types and no type_map.raw: DeePMD-kit reads them in "
+                                         "type_map's order, which names 1"):
+        read_system(data, ["Cu"])
+
+
 def test_what_would_spoil_a_training_is_an_error_naming_frames(tmp_path):
     system = emt_system()
     system.data["forces"][3, 5, 1] = np.nan
