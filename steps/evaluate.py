@@ -27,7 +27,7 @@ from .base import Params, TypeMap
 from .artifacts import write_json
 from .errors import InputError
 from .inference import load_model, predict
-from .structures import read_system
+from .structures import read_labelled
 
 
 class EvaluateParams(Params):
@@ -57,11 +57,13 @@ def run(params: EvaluateParams) -> EvaluateResult:
     model = load_model(params.model, params.head)
     de, df, dv, per_system = [], [], [], {}
     counts, e_err, e_label, f_label = [], [], [], []
-    for path in params.systems:
-        system = read_system(Path(path), params.type_map)
+    # a labelled extxyz or a mixed-type system holds several compositions: one system each
+    systems = [(str(path), system) for path in params.systems for system in read_labelled(Path(path), params.type_map)]
+    for path, system in systems:
         if "energies" not in system.data:
-            raise InputError(str(path), "has no labels to evaluate against")
-        e, f, v = predict(model, system, str(path), params.batch_size)
+            raise InputError(path, "has no labels to evaluate against")
+        key = path if sum(p == path for p, _ in systems) == 1 else f"{path} ({system.formula})"
+        e, f, v = predict(model, system, path, params.batch_size)
         natoms = system.get_natoms()
         err_e = (e - system["energies"]) / natoms
         err_f = (f - system["forces"]).reshape(-1)
@@ -74,7 +76,7 @@ def run(params: EvaluateParams) -> EvaluateResult:
         f_label.append(np.asarray(system["forces"]).reshape(-1))
         if "virials" in system.data and not system.nopbc:
             dv.append(((v - system["virials"]) / natoms).reshape(-1))
-        per_system[str(path)] = {
+        per_system[key] = {
             "n_frames": len(system),
             "rmse_e_per_atom": float(np.sqrt(np.mean(err_e**2))),
             "rmse_f": float(np.sqrt(np.mean(err_f**2))),

@@ -15,6 +15,11 @@ import numpy as np
 from .errors import InputError
 
 
+#: DeePMD-kit's mixed-type systems (dpgen2 and ``dp`` write them): frames of several compositions
+#: in one folder, their atoms' types per frame in ``set.*/real_atom_types.npy``
+MIXED = "deepmd/npy/mixed"
+
+
 def guess_format(path: Path) -> str:
     """Guess the format from the path; ``ase`` means "let ASE decide".
 
@@ -24,6 +29,8 @@ def guess_format(path: Path) -> str:
     """
     if path.is_dir():
         if (path / "type.raw").exists():
+            if any(path.glob("set.*/real_atom_types.npy")):
+                return MIXED  # its type.raw is a placeholder: read as deepmd/npy, every atom is one element
             return "deepmd/npy" if any(path.glob("set.*")) else "deepmd/raw"
         if (path / "INPUT").exists() and any(path.glob("OUT.*")):
             return "abacus/scf"
@@ -62,7 +69,7 @@ def _labelled(path: Path, fmt: str) -> bool:
     log), or a deepmd folder has energies. dpdata's own format registry says which formats
     read only labelled data, so a code dpdata learns to read needs no change here."""
     if fmt.startswith("deepmd/"):
-        return any(path.glob("set.*/energy.npy") if fmt == "deepmd/npy" else path.glob("energy.raw"))
+        return any(path.glob("set.*/energy.npy") if fmt in ("deepmd/npy", MIXED) else path.glob("energy.raw"))
     from dpdata.format import Format
 
     cls = Format.get_formats().get(fmt.lower())
@@ -120,6 +127,14 @@ def read_system(path: Path, type_map: list[str] | None, fmt: str | None = None):
             system = systems[0]
             for other in systems[1:]:
                 system.append(other)
+        elif fmt == MIXED:
+            multi = read_mixed(path, labeled=cls is dpdata.LabeledSystem)
+            if len(multi) != 1:
+                raise InputError(str(path), f"holds {len(multi)} compositions (DeePMD-kit's mixed-type system) "
+                                            "where one structure or system is read; give its compositions as "
+                                            "deepmd/npy systems (dpdata: MultiSystems.from_file(path, "
+                                            "fmt='deepmd/npy/mixed').to('deepmd/npy', folder))")
+            system = multi[0]
         else:
             system = cls(str(path), fmt=fmt, **kwargs)
     except InputError:
@@ -196,6 +211,13 @@ def name_unnamed_types(system, path: Path, type_map: list[str]) -> None:
     system.data["atom_names"] = [type_map[int(n.split("_")[1])] for n in names]
 
 
+def read_mixed(path: Path, labeled: bool = True):
+    """A mixed-type system as dpdata's ``MultiSystems``: one system per composition."""
+    import dpdata
+
+    return dpdata.MultiSystems.from_file(str(path), fmt=MIXED, labeled=labeled)
+
+
 def _follow_type_map(system, path: Path, type_map: list[str]):
     """``system`` with its atom types in ``type_map``'s order; one line naming the elements it
     holds that ``type_map`` lacks (names listed with no atom, as multi-system files list every
@@ -228,6 +250,12 @@ def read_labelled(path: Path, type_map: list[str] | None, fmt: str | None = None
             # dpdata's extxyz reader names elements with numpy strings ("np.str_('O')" in messages)
             system.data["atom_names"] = [str(name) for name in system.data["atom_names"]]
         return [system if type_map is None else _follow_type_map(system, path, type_map) for system in multi]
+    if (fmt or guess_format(path)) == MIXED:
+        try:
+            multi = read_mixed(path)
+        except Exception as exc:
+            raise InputError(str(path), f"could not be read as {MIXED} ({type(exc).__name__}: {exc})") from None
+        return [system if type_map is None else _follow_type_map(system, path, type_map) for system in multi]
     return [read_system(path, type_map, fmt)]
 
 
@@ -237,7 +265,8 @@ def load_labeled(paths: list[Path], type_map: list[str]):
 
     multi = dpdata.MultiSystems(type_map=list(type_map))
     for path in paths:
-        multi.append(check_labelled(read_system(Path(path), type_map), path))
+        for system in read_labelled(Path(path), type_map):
+            multi.append(check_labelled(system, path))
     return multi
 
 
@@ -273,7 +302,10 @@ def check_systems(systems: list[Path], type_map: list[str], field: str) -> list[
         if names_file.is_file():
             names = names_file.read_text().split()
             unknown = sorted(set(names) - set(type_map))
-            used = {names[int(t)] for t in (system / "type.raw").read_text().split()}
+            mixed = sorted(system.glob("set.*/real_atom_types.npy"))  # a mixed-type system's real types
+            types = ({int(t) for f in mixed for t in np.unique(np.load(f))} if mixed
+                     else {int(t) for t in (system / "type.raw").read_text().split()})
+            used = {names[t] for t in types}
             if unknown and used & set(unknown):
                 raise InputError(
                     str(system), f"({field}) has elements {sorted(used & set(unknown))} not in type_map {type_map}"

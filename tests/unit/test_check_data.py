@@ -68,6 +68,34 @@ def test_a_system_without_type_map_raw_is_read_in_type_maps_order_as_deepmd_kit_
         read_system(data, ["Cu"])
 
 
+def test_a_mixed_type_system_is_read_by_its_real_types_not_its_placeholder_type_raw(tmp_path):
+    """dpgen2 and ``dp`` write frames of several compositions in one folder: its ``type.raw`` is
+    all zeros and each frame's types are in ``real_atom_types.npy``. Read as deepmd/npy, every atom
+    was the first element (water as O192), silently."""
+    import dpdata
+
+    from lamflow.steps.structures import check_systems, guess_format, load_labeled, read_system
+
+    cu3au, other = emt_system(3), emt_system(2, seed=1)
+    other.data["atom_types"] = np.where(np.arange(32) % 2 == 0, 1, 0)  # Au16Cu16: another composition
+    other.data["atom_numbs"] = [16, 16]
+    dpdata.MultiSystems(cu3au, other).to("deepmd/npy/mixed", str(tmp_path / "mixed"))
+    (folder,) = {p.parent for p in (tmp_path / "mixed").rglob("type.raw")}
+    assert guess_format(folder) == "deepmd/npy/mixed"
+    result = run(CheckDataParams(paths=[tmp_path / "mixed"], type_map=["Cu", "Au"]))
+    assert sorted((d.formula, d.n_frames) for d in result.datasets) == [("Au16Cu16", 2), ("Au8Cu24", 3)]
+    assert result.problems == []
+    multi = load_labeled([folder], ["Cu", "Au"])
+    assert sorted(s.formula for s in multi) == ["Cu16Au16", "Cu24Au8"] and multi.get_nframes() == 5
+    with pytest.raises(InputError, match="has elements \\['Au'\\] not in type_map"):
+        check_systems([folder], ["Cu"], "initial_data.systems")
+    with pytest.raises(InputError, match="holds 2 compositions \\(DeePMD-kit's mixed-type system\\)"):
+        read_system(folder, ["Cu", "Au"])
+    dpdata.MultiSystems(cu3au).to("deepmd/npy/mixed", str(tmp_path / "one"))
+    (one,) = {p.parent for p in (tmp_path / "one").rglob("type.raw")}
+    assert list(read_system(one, ["Cu", "Au"])["atom_numbs"]) == [24, 8]
+
+
 def test_what_would_spoil_a_training_is_an_error_naming_frames(tmp_path):
     system = emt_system()
     system.data["forces"][3, 5, 1] = np.nan

@@ -130,7 +130,8 @@ class InitialData(PerturbSettings):
     """The first students' data: perturbed copies of the starting cells (and the teacher's own
     MD), labelled by the teacher."""
 
-    systems: list[Path] = Field(default_factory=list, description="labelled deepmd/npy systems to start from")
+    systems: list[Path] = Field(default_factory=list, description="labelled deepmd/npy systems to start from "
+                                                                 "(mixed-type systems too)")
     perturbed_frames: int = Field(
         40, ge=0, description="perturbed copies of each initial configuration, labelled by the teacher")
     teacher_md: TeacherMD | None = Field(
