@@ -9,6 +9,7 @@ but inherited from the step's settings model (``lamflow.steps.select.SelectSetti
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 from pathlib import Path
@@ -48,7 +49,7 @@ def map_paths(node: Any, change: Callable[[str, str], str]) -> Any:
             elif key in PATH_KEYS and isinstance(value, str):
                 out[key] = change(key, value)
             elif key in PATH_LIST_KEYS and isinstance(value, list):
-                out[key] = [change(key, v) if isinstance(v, str) else v for v in value]
+                out[key] = [c for v in value for c in _as_list(change(key, v) if isinstance(v, str) else v)]
             else:
                 out[key] = map_paths(value, change)
         return out
@@ -57,9 +58,26 @@ def map_paths(node: Any, change: Callable[[str, str], str]) -> Any:
     return node
 
 
+def is_pattern(path: str) -> bool:
+    """Whether ``path`` is a shell pattern (``*``, ``?``, ``[…]``) for :func:`glob.glob`."""
+    return any(c in path for c in "*?[")
+
+
+def _as_list(value: Any) -> list:
+    return value if isinstance(value, list) else [value]
+
+
 def resolve_paths(node: Any, base: Path) -> Any:
-    """Every relative path in a raw config made relative to the config file's folder."""
-    return map_paths(node, lambda key, value: _path(value, base, template=(key == "template")))
+    """Every relative path in a raw config made relative to the config file's folder; a pattern
+    in a list of paths (``confs/POSCAR_*``, ``data/*/``, as dpgen2's configuration ``files``
+    take them) becomes the files it matches, sorted."""
+    def change(key: str, value: str) -> str | list[str]:
+        path = _path(value, base, template=(key == "template"))
+        if key in PATH_LIST_KEYS and is_pattern(path):
+            return sorted(glob.glob(path)) or path  # no match: check_exist names the pattern
+        return path
+
+    return map_paths(node, change)
 
 
 def _path(value: str, base: Path, template: bool = False) -> str:
@@ -155,4 +173,6 @@ def check_exist(needed: list[tuple[str, Path | None]]) -> None:
     """Fail before any work when a file the run needs is missing: ``field: file not found: PATH``."""
     for field, path in needed:
         if path is not None and not Path(path).exists():
+            if is_pattern(str(path)):
+                raise InputError(field, f"no file matches {path}")
             raise InputError(field, f"file not found: {path}")

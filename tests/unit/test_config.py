@@ -28,6 +28,24 @@ def test_quickstart_config_is_valid_and_paths_resolve():
     assert cfg.exploration(99) == cfg.iterations[-1]  # the last setting repeats
 
 
+def test_a_pattern_in_a_list_of_files_is_the_files_it_matches(tmp_path):
+    """dpgen2's configurations take ``files: ["POSCAR_*"]``; lamflow's lists of files do too."""
+    from lamflow.flows.pipelines.distill.config import check_files
+
+    for name in ("POSCAR_2", "POSCAR_1", "other.vasp"):
+        (tmp_path / "confs").mkdir(exist_ok=True)
+        (tmp_path / "confs" / name).write_text(QUICKSTART.parent.joinpath("cu-fcc-32.extxyz").read_text())
+    raw = base()
+    raw["configurations"]["files"] = ["confs/POSCAR_*", "confs/other.vasp"]
+    raw["teacher"]["train"]["label"]["structures"] = ["confs/POSCAR_[12]"]
+    cfg = DistillConfig.parse(raw, tmp_path)
+    assert cfg.configurations.files == [tmp_path / "confs" / n for n in ("POSCAR_1", "POSCAR_2", "other.vasp")]
+    assert cfg.teacher.train.label.structures == [tmp_path / "confs" / n for n in ("POSCAR_1", "POSCAR_2")]
+    raw["configurations"]["files"] = ["confs/OUTCAR_*"]
+    with pytest.raises(InputError, match=r"configurations.files\[0\]: no file matches .*confs/OUTCAR_\*"):
+        check_files(DistillConfig.parse(raw, tmp_path), with_teacher=False)
+
+
 def _set(raw: dict, dotted: str, value):
     node = raw
     *parents, leaf = dotted.split(".")
