@@ -31,7 +31,7 @@ from .base import OutputPath, Params, StructureFormat, TypeMap, barostat_unused,
 from .artifacts import atomic_dir, write_json
 from .errors import InputError
 from .runtime import exit_status, library_env, run_child, signal_name, tail
-from .structures import check_overlaps, read_system
+from .structures import check_overlaps, read_atoms, read_system, slab_barostat
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +40,8 @@ class ExploreSettings(Params):
     """The MD of one exploration; each entry of the distill config's ``iterations`` is this model."""
 
     ensemble: Literal["nvt", "npt", "nve"] = Field("nvt", description="LAMMPS ensemble: nvt (Nosé-Hoover), npt (also "
-                                                                      "a barostat at pressures), nve")
+                                                                      "a barostat at pressures; a slab's in its "
+                                                                      "plane), nve")
     temps: list[float] = Field(min_length=1, description="K")
     pressures: list[float] = Field(default_factory=lambda: [1.0], description="bar; npt only (refused with nvt or nve)")
     nsteps: int = Field(2000, ge=1, description="MD steps per task (timestep dt)")
@@ -108,13 +109,25 @@ def _masses(type_map: list[str]) -> str:
     return "\n".join(lines)
 
 
-def _fix(params: ExploreParams, temp: float, pressure: float | None) -> str:
+def _fix(params: ExploreParams, temp: float, pressure: float | None, open_axes: list[str]) -> str:
     if params.ensemble == "nve":
         return "nve"
     nvt = f"nvt temp {temp} {temp} {params.tau_t}"
     if params.ensemble == "nvt":
         return nvt
-    return f"npt temp {temp} {temp} {params.tau_t} iso {pressure} {pressure} {params.tau_p}"
+    thermostat = f"npt temp {temp} {temp} {params.tau_t}"
+    if not open_axes:
+        return f"{thermostat} iso {pressure} {pressure} {params.tau_p}"
+    # a slab: the in-plane directions (LAMMPS' x and y hold a and b) are barostatted together,
+    # the vacuum along c keeps its height, as LAMMPS users run slabs
+    return f"{thermostat} x {pressure} {pressure} {params.tau_p} y {pressure} {pressure} {params.tau_p} couple xy"
+
+
+def open_axes(params: ExploreParams) -> list[str]:
+    """The directions the starting frame's file marks non-periodic (``["c"]`` for a slab), which
+    dpdata's reading drops: the barostat must leave them alone."""
+    atoms = read_atoms(params.structure, params.type_map, params.fmt)[params.frame]
+    return ["abc"[a] for a in np.flatnonzero(~np.asarray(atoms.pbc))]
 
 
 def _template(params: ExploreParams) -> Template:
@@ -200,6 +213,8 @@ def run(params: ExploreParams) -> ExploreResult:
     points = [(t, p if params.ensemble == "npt" else None) for t in params.temps
               for p in (params.pressures if params.ensemble == "npt" else [None])]
     tasks: list[ExploreTask] = []
+    vacuum = open_axes(params) if params.ensemble == "npt" else []
+    slab_barostat(vacuum, str(params.structure))
     with atomic_dir(params.output) as work:
         for index, (temp, pressure) in enumerate(points):
             task = work / f"task.{index:03d}"
@@ -208,7 +223,7 @@ def run(params: ExploreParams) -> ExploreResult:
             (task / "in.lammps").write_text(template.substitute(
                 skin=params.skin, masses=_masses(params.type_map), models=" ".join(models),
                 trj_freq=params.trj_freq, type_names=" ".join(params.type_map), temp=temp,
-                seed=params.seed + index, ensemble_fix=_fix(params, temp, pressure), dt=params.dt,
+                seed=params.seed + index, ensemble_fix=_fix(params, temp, pressure, vacuum), dt=params.dt,
                 nsteps=params.nsteps,
             ))
             t0 = time.perf_counter()

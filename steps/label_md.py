@@ -9,13 +9,15 @@ and every step already carries the teacher's energy, forces and stress: the fram
 extra labelling. Any ASE calculator drives it: a universal potential by name, or a DeePMD-kit
 teacher through ``deepmd`` (its ``DP`` calculator).
 
-One MD per (starting frame × temperature), Langevin (``nvt``) or Berendsen (``npt``), seeded;
+One MD per (starting frame × temperature), Langevin (``nvt``) or Berendsen (``npt``; a slab's
+in its plane), seeded;
 frames every ``trj_freq`` steps after the start are written as deepmd/npy.
 """
 
 from __future__ import annotations
 
 import logging
+from functools import partial
 from pathlib import Path
 from typing import Literal
 
@@ -28,7 +30,7 @@ from .base import (CalculatorKwargs, OutputPath, Params, Seed, TypeMap, barostat
 from .calculators import known_calculator, make_calculator
 from .errors import StepFailed, StepInterrupted
 from .runtime import interrupt_if_stopping
-from .structures import check_overlaps, deepmd_systems, periodic, read_atoms
+from .structures import check_overlaps, deepmd_systems, periodic, read_atoms, slab_barostat
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +80,9 @@ class LabelMDResult(BaseModel):
     n_stopped: int = Field(description="trajectories stopped early (non-finite or too large forces)")
 
 
-def _dynamics(params: LabelMDParams, atoms, temp: float, rng: np.random.Generator):
+def _dynamics(params: LabelMDParams, atoms, temp: float, rng: np.random.Generator, pbc=(True, True, True)):
+    """The MD of one trajectory; ``pbc``, the file's own periodicity (``atoms`` runs periodic
+    everywhere), keeps a slab's barostat in its plane."""
     from ase import units
 
     dt = params.dt * 1000 * units.fs
@@ -87,9 +91,10 @@ def _dynamics(params: LabelMDParams, atoms, temp: float, rng: np.random.Generato
 
         return Langevin(atoms, timestep=dt, temperature_K=temp, friction=1 / (params.tau_t * 1000 * units.fs),
                         fixcm=False, rng=rng)  # the centre of mass is held by FixCom (see run)
-    from ase.md.nptberendsen import NPTBerendsen
+    from ase.md.nptberendsen import Inhomogeneous_NPTBerendsen, NPTBerendsen
 
-    return NPTBerendsen(atoms, timestep=dt, temperature_K=temp, taut=params.tau_t * 1000 * units.fs,
+    barostat = NPTBerendsen if all(pbc) else partial(Inhomogeneous_NPTBerendsen, mask=tuple(int(p) for p in pbc))
+    return barostat(atoms, timestep=dt, temperature_K=temp, taut=params.tau_t * 1000 * units.fs,
                         pressure_au=params.pressure * units.bar, taup=params.tau_p * 1000 * units.fs,
                         # ~1e-5/bar lies between solids (1e-6) and liquids (5e-5): it only sets how
                         # fast the volume relaxes, not where it goes
@@ -102,7 +107,10 @@ def run(params: LabelMDParams) -> LabelMDResult:
     from ase.constraints import FixCom
     from ase.md.velocitydistribution import MaxwellBoltzmannDistribution
 
-    starts = [periodic(a, str(path)) for path in params.structures for a in read_atoms(path, params.type_map)]
+    files = [(str(path), a) for path in params.structures for a in read_atoms(path, params.type_map)]
+    for where, a in files:
+        slab_barostat(["abc"[i] for i in np.flatnonzero(~a.pbc)] if params.ensemble == "npt" else [], where)
+    starts = [periodic(a, where) for where, a in files]
     check_overlaps(starts, ", ".join(map(str, params.structures)))
     calc = make_calculator(params.calculator, params.calculator_kwargs)
     multi = dpdata.MultiSystems(type_map=list(params.type_map))
@@ -115,7 +123,7 @@ def run(params: LabelMDParams) -> LabelMDResult:
             atoms.set_constraint(FixCom())  # no drift of the whole cell (ASE's recommended way)
             atoms.calc = calc
             MaxwellBoltzmannDistribution(atoms, temperature_K=temp, rng=rng)
-            md = _dynamics(params, atoms, temp, rng)
+            md = _dynamics(params, atoms, temp, rng, files[s_index][1].pbc)
             md.attach(interrupt_if_stopping, interval=1, what="label_md")
             for _ in range(params.nsteps // params.trj_freq):
                 try:

@@ -403,6 +403,16 @@ def check_periodic(atoms_list: list, where: str, reach: float) -> list[str]:
     return ["abc"[a] for a in sorted(open_axes)]
 
 
+def slab_barostat(open_axes: list[str], where: str) -> None:
+    """A barostat runs on a cell periodic along every direction, or on a slab whose vacuum lies
+    along c (its in-plane directions then); other open directions (a boxed molecule, a slab cut
+    along a) have no pressure to hold. One line naming the file, else nothing."""
+    if open_axes and open_axes != ["c"]:
+        raise InputError(where, f"npt: not periodic along {', '.join(open_axes)}: a barostat holds the pressure of a "
+                                "bulk cell, or in the plane of a slab whose vacuum lies along c; use nvt, or "
+                                "turn the slab so its vacuum lies along c")
+
+
 def random_cell(symbols: list[str], density_g_cm3: float, min_distance: float, seed: int,
                 max_tries: int = 1_000_000):
     """A cubic periodic cell of ``symbols`` at random positions at a mass density, no two atoms

@@ -158,13 +158,14 @@ def test_overlapping_atoms_in_a_starting_cell_are_bad_input(tmp_path):
     assert "start.extxyz (configurations.files[1]): frame 0: atoms 0 (Si) and 1 (Si) are 0.010 Å apart" in stderr
 
 
-def test_a_molecule_a_thin_slab_and_a_barostat_on_a_slab_are_bad_input(tmp_path):
+def test_a_molecule_a_thin_slab_and_a_barostat_on_a_turned_slab_are_bad_input(tmp_path):
     """lamflow's MD runs every cell periodic: a frame without a cell cannot run, a slab whose vacuum
-    is thinner than the student's cut-off would see its own other side, and an isotropic barostat
-    squeezes a slab's vacuum. Each is one line before any work (it used to be found by the
-    teacher's speed step, or not at all)."""
+    is thinner than the student's cut-off would see its own other side, and a barostat holds a
+    slab in its plane only when its vacuum lies along c. Each is one line before any work (it
+    used to be found by the teacher's speed step, or not at all)."""
     import ase.io
     from ase.build import fcc111, molecule
+    from ase.geometry import permute_axes
 
     cfg = calculator_teacher_config(tmp_path, "emt")
     cfg["type_map"] = ["C", "H", "O", "Cu"]
@@ -180,11 +181,13 @@ def test_a_molecule_a_thin_slab_and_a_barostat_on_a_slab_are_bad_input(tmp_path)
     assert "slab.extxyz (configurations.files[0]): frame 0: not periodic along c, and only 4.0 Å of vacuum" in stderr
     assert "(cut-off 5 Å)" in stderr and "atoms.center(vacuum=2.5, axis=2)" in stderr  # TINY_SE_E2_A's rcut
 
-    ase.io.write(tmp_path / "slab.extxyz", fcc111("Cu", size=(2, 2, 3), vacuum=3.0))
+    # a barostat holds a slab in its plane (LAMMPS' x and y), so its vacuum must lie along c
+    ase.io.write(tmp_path / "slab.extxyz", permute_axes(fcc111("Cu", size=(2, 2, 3), vacuum=3.0), [2, 0, 1]))
     cfg["iterations"] = [{"temps": [300], "nsteps": 60, "trj_freq": 10},
                          {"ensemble": "npt", "temps": [300], "nsteps": 60, "trj_freq": 10}]
     stderr = refused_before_any_work(tmp_path, cfg)
-    assert "iterations[1].ensemble: npt: " in stderr and "is not periodic along c (a slab?)" in stderr
+    assert "iterations[1].ensemble: " in stderr and "slab.extxyz (configurations.files[0]): npt: not periodic " \
+        "along a: a barostat holds the pressure of a bulk cell, or in the plane of a slab" in stderr
 
 
 def test_a_calculator_that_cannot_evaluate_a_later_starting_file_is_bad_input(tmp_path):

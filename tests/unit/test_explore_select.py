@@ -46,6 +46,33 @@ def test_npt_grid_makes_one_task_per_point(tmp_path, students, cu_frames):
     assert "npt temp 300.0 300.0" in (result.tasks[1].path / "in.lammps").read_text()
 
 
+def test_npt_on_a_slab_holds_the_pressure_in_its_plane_and_leaves_its_vacuum(tmp_path, students):
+    """An isotropic barostat squeezes a slab's vacuum until it meets its image; LAMMPS users run
+    slabs with x and y barostatted together, and so does lamflow where the file says the cell is
+    not periodic along c. A slab along a is refused: LAMMPS' x is a."""
+    import ase.io
+    import dpdata
+    from ase.build import fcc100
+    from ase.geometry import permute_axes
+
+    slab = fcc100("Cu", size=(2, 2, 4), a=3.61, vacuum=4.0)
+    ase.io.write(tmp_path / "slab.extxyz", slab)
+    result = explore.run(explore.ExploreParams(
+        output=tmp_path / "npt", models=[students[0].compressed], type_map=["Cu"], structure=tmp_path / "slab.extxyz",
+        ensemble="npt", temps=[300], pressures=[20000.0], nsteps=200, trj_freq=20, tau_p=0.05))
+    (task,) = result.tasks
+    assert task.status == "ok", task.reason
+    assert "x 20000.0 20000.0 0.05 y 20000.0 20000.0 0.05 couple xy" in (task.path / "in.lammps").read_text()
+    cells = dpdata.System(str(task.path / "traj.dump"), fmt="lammps/dump", type_map=["Cu"])["cells"]
+    assert np.allclose(cells[:, 2, 2], slab.cell[2, 2]) and not np.allclose(cells[:, 0, 0], slab.cell[0, 0])
+    assert np.allclose(cells[:, 0, 0], cells[:, 1, 1])  # coupled: the square stays square
+
+    ase.io.write(tmp_path / "turned.extxyz", permute_axes(slab, [2, 0, 1]))  # the vacuum along a
+    with pytest.raises(InputError, match="npt: not periodic along a: a barostat holds the pressure of a bulk cell"):
+        explore.run(explore.ExploreParams(output=tmp_path / "turned", models=[students[0].compressed], type_map=["Cu"],
+                                          structure=tmp_path / "turned.extxyz", ensemble="npt", temps=[300]))
+
+
 def test_explore_bad_input(tmp_path, students, cu_frames):
     with pytest.raises(InputError, match="model file not found"):
         explore.run(explore.ExploreParams(output=tmp_path / "a", models=[tmp_path / "no.pth"],

@@ -126,3 +126,22 @@ def test_a_slab_runs_periodic_in_the_teachers_md_and_speed(tmp_path):
     timed = speed.run(speed.SpeedParams(calculator="emt", structure=tmp_path / "slab.extxyz", type_map=["Cu"],
                                         output=tmp_path / "speed", nsteps=20))
     assert timed.engine == "ase" and timed.natoms == 12 and timed.timesteps_per_second > 0
+
+
+def test_the_teachers_npt_on_a_slab_holds_the_pressure_in_its_plane(tmp_path):
+    """A slab's Berendsen barostat scales a and b and leaves its vacuum along c as it was; a bulk
+    cell's scales all three."""
+    from ase.build import bulk, fcc111
+
+    from lamflow.steps import label_md
+
+    ase.io.write(tmp_path / "slab.extxyz", fcc111("Cu", size=(2, 2, 3), vacuum=4.0))
+    ase.io.write(tmp_path / "bulk.extxyz", bulk("Cu", "fcc", a=3.61, cubic=True))
+    md = label_md.run(label_md.LabelMDParams(
+        structures=[tmp_path / "slab.extxyz", tmp_path / "bulk.extxyz"], type_map=["Cu"], output=tmp_path / "md",
+        calculator="emt", ensemble="npt", pressure=50000.0, tau_p=0.02, temps=[300], nsteps=20, trj_freq=10))
+    slab, cube = (dpdata.LabeledSystem(str(s), fmt="deepmd/npy") for s in md.systems)
+    slab, cube = sorted([slab, cube], key=lambda s: -s.get_natoms())
+    start = fcc111("Cu", size=(2, 2, 3), vacuum=4.0).cell[:]
+    assert np.allclose(slab["cells"][:, 2], start[2]) and not np.allclose(slab["cells"][-1, 0], start[0])
+    assert not np.isclose(cube["cells"][-1, 2, 2], 3.61)

@@ -115,10 +115,11 @@ class Configurations(Section):
     """Initial configurations for exploration (every frame of every file is one start)."""
 
     files: list[Path] = Field(min_length=1, description="starting cells of exploration (extxyz, POSCAR, LAMMPS data, "
-                                                        "deepmd/npy …); every frame of each file is one. Every cell "
+                                                        "deepmd/npy …; a pattern such as confs/POSCAR_* is every "
+                                                        "file it matches); every frame of each file is one. Every cell "
                                                         "runs periodic: a slab (pbc False along c) across its vacuum, "
-                                                        "which must be at least the student's cut-off, and under nvt; "
-                                                        "a molecule needs a box")
+                                                        "which must be at least the student's cut-off (npt holds it in "
+                                                        "its plane); a molecule needs a box")
     fmt: StructureFormat = None
 
 

@@ -20,7 +20,8 @@ from lamflow.steps.check_data import check_or_raise
 from lamflow.steps.dp_input import largest_cutoff, load_template
 from lamflow.steps.errors import InputError, first_sentence
 from lamflow.steps.inference import eval_frames, load_model, model_type_indices
-from lamflow.steps.structures import check_overlaps, check_periodic, check_systems, read_atoms, read_system
+from lamflow.steps.structures import (check_overlaps, check_periodic, check_systems, read_atoms, read_system,
+                                      slab_barostat)
 from lamflow.steps.train import check_input
 
 from lamflow.flows.executors import check_executors
@@ -84,19 +85,19 @@ def _many_starts(cfg: DistillConfig, n_starts: int) -> None:
 
 
 def _periodic(cfg: DistillConfig, reach: float) -> None:
-    """Every starting cell runs periodic with the student out of reach of its images, and a slab
-    is not given a barostat: an isotropic one squeezes the vacuum until the slab meets its image."""
+    """Every starting cell runs periodic with the student out of reach of its images, and a
+    barostat is given only to what it can hold: a bulk cell, or a slab in its plane."""
+    md = cfg.initial_data.teacher_md
+    barostats = [f"iterations[{k}].ensemble" for k, it in enumerate(cfg.iterations) if it.ensemble == "npt"]
+    barostats += ["initial_data.teacher_md.ensemble"] if md is not None and md.ensemble == "npt" else []
     for i, path in enumerate(cfg.configurations.files):
         where = f"{path} (configurations.files[{i}])"
         open_axes = check_periodic(read_atoms(Path(path), list(cfg.type_map), cfg.configurations.fmt), where, reach)
-        if not open_axes:
-            continue
-        barostats = [f"iterations[{k}].ensemble" for k, it in enumerate(cfg.iterations) if it.ensemble == "npt"]
-        md = cfg.initial_data.teacher_md
-        barostats += ["initial_data.teacher_md.ensemble"] if md is not None and md.ensemble == "npt" else []
         if barostats:
-            raise InputError(barostats[0], f"npt: {where} is not periodic along {', '.join(open_axes)} (a slab?), and "
-                                           "the barostat would squeeze its vacuum; use nvt")
+            try:
+                slab_barostat(open_axes, where)
+            except InputError as exc:
+                raise InputError(barostats[0], f"{exc.where}: {exc.problem}") from None
 
 
 def _template(name: str, field: str) -> None:
