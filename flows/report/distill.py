@@ -205,6 +205,11 @@ def struggling(report: DistillReport) -> str | None:
             "(iterations is a schedule), or begin from more teacher frames (initial_data.teacher_md).")
 
 
+#: below this many atoms the speed ratio says more about a call's overhead than about MD (Si,
+#: SevenNet-0 and a compressed student: 43x at 64 atoms, 128x at 1152)
+FEW_ATOMS = 64
+
+
 def summarize(console: Any, cfg: Any, report: DistillReport) -> None:
     """The outcome of a distillation in the terminal, after its progress table."""
     console.print()
@@ -230,6 +235,10 @@ def summarize(console: Any, cfg: Any, report: DistillReport) -> None:
                       + (f" on {report.speed_atoms} atoms" if report.speed_atoms else "")
                       + " (student in LAMMPS, teacher in "
                       f"{'LAMMPS' if report.teacher_engine == 'lammps' else 'ASE'})")
+        if report.speed_atoms and report.speed_atoms < FEW_ATOMS and d.speed_ratio is not None:
+            console.print(f"[yellow]note[/yellow]: on {report.speed_atoms} atoms a student's step is mostly the fixed "
+                          "cost of a call into its model, so the speed ratio understates a production cell's "
+                          "(speed: {atoms: 800} times one)", highlight=False)
     if (why := struggling(report)) is not None:
         console.print(f"[yellow]note[/yellow]: {why}", highlight=False)
     console.print(f"report: {Path(report.run_dir) / 'report.json'} (plots beside it)")

@@ -55,6 +55,12 @@ def test_the_terminal_summary_names_the_delivered_students_iteration_and_figures
     console = Console(record=True, width=300)
     summarize(console, None, r)
     assert "55.0x per atom-step on 1152 atoms" in console.export_text()
+    assert "understates" not in console.export_text()
+    r.speed_atoms = 2  # a primitive cell as it is: the ratio says little, and the summary says so
+    console = Console(record=True, width=300)
+    summarize(console, None, r)
+    assert "note: on 2 atoms a student's step is mostly the fixed cost of a call into its model, so the speed " \
+        "ratio understates a production cell's (speed: {atoms: 800} times one)" in console.export_text()
 
 
 def test_a_final_student_no_better_on_its_own_frames_is_underfit_one_far_better_is_short_of_data():
