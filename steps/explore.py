@@ -151,6 +151,13 @@ def _write_conf(params: ExploreParams, path: Path) -> None:
     cell.to("lammps/lmp", str(path))
 
 
+def _quoted(path: str) -> str:
+    """A path as one word of a LAMMPS input: a folder named ``my runs`` would split it in two."""
+    if '"' in path or "$" in path:
+        raise InputError(path, "a model path LAMMPS can read has no double quote or $ in it")
+    return f'"{path}"'
+
+
 def _check_models(models: list[Path]) -> list[str]:
     out = []
     for m in models:
@@ -221,7 +228,7 @@ def run(params: ExploreParams) -> ExploreResult:
             task.mkdir()
             _write_conf(params, task / "conf.lmp")
             (task / "in.lammps").write_text(template.substitute(
-                skin=params.skin, masses=_masses(params.type_map), models=" ".join(models),
+                skin=params.skin, masses=_masses(params.type_map), models=" ".join(map(_quoted, models)),
                 trj_freq=params.trj_freq, type_names=" ".join(params.type_map), temp=temp,
                 seed=params.seed + index, ensemble_fix=_fix(params, temp, pressure, vacuum), dt=params.dt,
                 nsteps=params.nsteps,

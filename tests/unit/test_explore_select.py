@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import dpdata
 import numpy as np
@@ -71,6 +72,18 @@ def test_npt_on_a_slab_holds_the_pressure_in_its_plane_and_leaves_its_vacuum(tmp
     with pytest.raises(InputError, match="npt: not periodic along a: a barostat holds the pressure of a bulk cell"):
         explore.run(explore.ExploreParams(output=tmp_path / "turned", models=[students[0].compressed], type_map=["Cu"],
                                           structure=tmp_path / "turned.extxyz", ensemble="npt", temps=[300]))
+
+
+def test_a_model_in_a_folder_with_a_space_in_its_name_runs(tmp_path, students, cu_frames):
+    """LAMMPS splits its input lines at spaces: a run directory named ``my runs`` gave
+    ``Failed to open file: /…/my``, every exploration task failed and the run stopped."""
+    folder = tmp_path / "my runs"
+    folder.mkdir()
+    model = folder / "student model.pth"
+    model.write_bytes(Path(students[0].compressed).read_bytes())
+    result = explore.run(explore.ExploreParams(output=folder / "explore", models=[model, model], type_map=["Cu"],
+                                               structure=cu_frames, temps=[300], nsteps=20, trj_freq=10))
+    assert [t.status for t in result.tasks] == ["ok"], result.tasks[0].reason
 
 
 def test_explore_bad_input(tmp_path, students, cu_frames):
