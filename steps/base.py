@@ -36,8 +36,19 @@ Chunk = Annotated[int, Field(ge=0, description="this task's share of the frames:
 NChunks = Annotated[int, Field(ge=1, description="the number of parts the frames are split into")]
 
 
-def unique_elements(type_map: list[str]) -> list[str]:
-    """Validator shared by every model with a ``type_map``: no element twice."""
+def check_type_map(type_map: list[str]) -> list[str]:
+    """Validator shared by every config with a ``type_map``: element symbols (LAMMPS needs their
+    masses, the calculators and dpdata their elements: a name that is none failed only when the
+    first exploration wrote its LAMMPS input, after the teacher and the first students), no
+    element twice."""
+    from ase.data import chemical_symbols
+
+    for name in type_map:
+        if name not in chemical_symbols[1:]:
+            near = name[:1].upper() + name[1:].lower()
+            hint = f" (did you mean {near}?)" if near in chemical_symbols[1:] else ""
+            raise ValueError(f"'{name}' is not a chemical element symbol{hint}: lamflow's MD needs each type's "
+                             "mass and its calculators each type's element")
     if len(set(type_map)) != len(type_map):
         raise ValueError(f"duplicate elements in {type_map}")
     return type_map

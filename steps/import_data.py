@@ -11,7 +11,7 @@ from pathlib import Path
 from pydantic import BaseModel, Field, field_validator
 
 from .artifacts import atomic_dir
-from .base import DpdataFormat, OutputPath, Params, TypeMap, unique_elements
+from .base import DpdataFormat, OutputPath, Params, TypeMap, check_type_map
 from .structures import check_labelled, deepmd_systems, read_labelled
 
 class ImportSource(Params):
@@ -27,7 +27,7 @@ class ImportParams(ImportSource):
     type_map: TypeMap
     output: OutputPath
 
-    _unique = field_validator("type_map")(classmethod(lambda cls, v: unique_elements(v)))
+    _unique = field_validator("type_map")(classmethod(lambda cls, v: check_type_map(v)))
 
 
 class ImportResult(BaseModel):

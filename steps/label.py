@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 from pydantic import BaseModel, Field, field_validator
 
-from .base import CalculatorKwargs, Chunk, NChunks, OutputPath, Params, StructureFormat, TypeMap, unique_elements
+from .base import CalculatorKwargs, Chunk, NChunks, OutputPath, Params, StructureFormat, TypeMap, check_type_map
 
 from .artifacts import atomic_dir
 from .calculators import known_calculator, make_calculator
@@ -47,7 +47,7 @@ class LabelParams(LabelSettings):
     chunk: Chunk = 0
     n_chunks: NChunks = 1
 
-    _unique = field_validator("type_map")(classmethod(lambda cls, v: unique_elements(v)))
+    _unique = field_validator("type_map")(classmethod(lambda cls, v: check_type_map(v)))
 
 
 class LabelResult(BaseModel):

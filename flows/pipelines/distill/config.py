@@ -14,7 +14,7 @@ from typing import Any, ClassVar
 
 from pydantic import Field, field_validator, model_validator
 
-from lamflow.steps.base import CalculatorKwargs, StructureFormat, TypeMap, unique_elements
+from lamflow.steps.base import CalculatorKwargs, StructureFormat, TypeMap, check_type_map
 from lamflow.steps.calculators import known_calculator
 from lamflow.steps.explore import ExploreSettings
 from lamflow.steps.label import LabelSettings
@@ -207,7 +207,7 @@ class DistillConfig(RunConfig):
     label_chunk_size: int = Field(200, ge=1, description="frames per teacher-label task")
     speed: Speed = Field(default_factory=Speed)
 
-    _unique = field_validator("type_map")(classmethod(lambda cls, v: unique_elements(v)))
+    _unique = field_validator("type_map")(classmethod(lambda cls, v: check_type_map(v)))
 
     @model_validator(mode="after")
     def _students(self) -> "DistillConfig":

@@ -14,7 +14,7 @@ from typing import Any, ClassVar
 
 from pydantic import Field, ValidationError, model_validator
 
-from lamflow.steps.base import TypeMap, unique_elements
+from lamflow.steps.base import TypeMap, check_type_map
 from lamflow.steps.dp_input import deep_merge
 from lamflow.steps.errors import InputError
 from lamflow.steps.train import RANDOM_BRANCH as RANDOM
@@ -75,7 +75,7 @@ class LamConfig(RunConfig):
 
     @model_validator(mode="after")
     def _check(self) -> "LamConfig":
-        unique_elements(self.type_map)
+        check_type_map(self.type_map)
         check_names(self.datasets, [])
         if self.finetune.model is None:
             if self.finetune.dataset is None:

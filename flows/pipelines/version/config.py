@@ -15,7 +15,7 @@ from typing import Any, ClassVar
 
 from pydantic import Field, model_validator
 
-from lamflow.steps.base import TypeMap, unique_elements
+from lamflow.steps.base import TypeMap, check_type_map
 from lamflow.steps.dp_input import deep_merge
 from lamflow.steps.speed import SupercellSpeed
 from lamflow.steps.stability import StabilitySettings
@@ -77,7 +77,7 @@ class VersionConfig(RunConfig):
 
     @model_validator(mode="after")
     def _check(self) -> "VersionConfig":
-        unique_elements(self.type_map)
+        check_type_map(self.type_map)
         check_names(self.datasets, [])
         if not self.pretrain.datasets:
             raise ValueError("pretrain.datasets: name the datasets of version 1")
