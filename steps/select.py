@@ -125,7 +125,10 @@ def _model_devi(task: Path) -> tuple[list[str], np.ndarray]:
     path = Path(task) / "model_devi.out"
     if not path.is_file():
         raise InputError(str(path), "not found: explore with at least two models to get deviations")
-    header = path.read_text().splitlines()[0].lstrip("#").split()
+    lines = path.read_text().splitlines()
+    header = lines[0].lstrip("#").split() if lines else []
+    if not any(line.strip() and not line.startswith("#") for line in lines[1:]):
+        return header, np.zeros((0, len(header)))  # a task LAMMPS stopped before its first step
     return header, np.loadtxt(path, ndmin=2)
 
 

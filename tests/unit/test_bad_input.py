@@ -55,6 +55,9 @@ def files(tmp_path_factory, students, cu_data):
     ase.io.write(d / "aucu.data", cuau, format="lammps-data", specorder=["Au", "Cu"], masses=True)
     (d / "aucu-bare.data").write_text(  # the same without the names: the masses tell
         "\n".join(line.split("#")[0] for line in (d / "aucu.data").read_text().splitlines()))
+    from ase.build import bulk
+
+    ase.io.write(d / "cu1.extxyz", bulk("Cu", "fcc", a=3.61))  # the primitive cell: one atom
     nan = write_cu_frames(d / "nan.extxyz", 1, seed=7)
     nan.write_text(nan.read_text().replace(nan.read_text().splitlines()[2].split()[1], "nan", 1))
     (d / "empty-folder").mkdir()
@@ -155,6 +158,8 @@ CASES = [
      "aucu-bare.data: atom type 1 has mass 196.967, Au's, but type_map[0] is Cu"),
     ("LAMMPS data with more types than type_map", {"configurations.files": ["aucu.data"]},
      "aucu.data: has 2 atom types, type_map names 1"),
+    ("a one-atom cell", {"configurations.files": ["cu1.extxyz"]},
+     "cu1.extxyz: (configurations.files[0]) has 1 atom: MD at a temperature needs more"),
     ("LAMMPS data with a wrong atom count", {"configurations.files": ["short.lmp"]}, "short.lmp: could not be read as lammps/lmp"),
     ("configuration with NaN coordinates", {"configurations.files": ["nan.extxyz"]}, "has NaN or infinite coordinates"),
     ("no configurations", {"configurations.files": []}, "configurations.files: list should have at least 1 item"),

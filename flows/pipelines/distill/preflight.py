@@ -48,6 +48,12 @@ def preflight(cfg: DistillConfig, with_teacher: bool = True) -> None:
         n_starts += len(system)
         if len(system) == 0 or system.get_natoms() == 0:
             raise InputError(str(path), f"(configurations.files[{i}]) contains no atoms")
+        if system.get_natoms() == 1:
+            # LAMMPS' velocity create removes the centre of mass's motion: one atom has none left
+            # ("Attempting to rescale a 0.0 temperature", a failed task and a failed speed step)
+            raise InputError(str(path), f"(configurations.files[{i}]) has 1 atom: MD at a temperature needs more, "
+                                        "since one atom's motion is its centre of mass's, which the thermostat "
+                                        "removes; give a supercell (ASE: atoms.repeat((3, 3, 3)))")
         if not np.all(np.isfinite(system["coords"])) or not np.all(np.isfinite(system["cells"])):
             raise InputError(str(path), f"(configurations.files[{i}]) has NaN or infinite coordinates")
         check_overlaps(system.to("ase/structure"), f"{path} (configurations.files[{i}])")
