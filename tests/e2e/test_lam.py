@@ -102,3 +102,21 @@ def test_config_errors_name_the_field(tmp_path, change, message):
     with pytest.raises(InputError) as err:
         LamConfig.parse(raw, tmp_path)
     assert message in str(err.value)
+
+
+def test_the_summary_says_which_frames_measured_the_finetuned_model(tmp_path):
+    """Without ``finetune.validation`` the finetuned model is measured on its own training frames,
+    which says little about unseen ones: the summary says so, instead of a bare RMSE."""
+    from rich.console import Console
+
+    from lamflow.flows.pipelines.lam.pipeline import LamReport, summarize
+
+    raw = lam_config(tmp_path)
+    report = LamReport(name="x", run_dir=str(tmp_path), downstream={"rmse_f": 0.1, "rmse_e_per_atom": 0.002})
+    for validation, says in ((None, "on its own training frames (finetune.validation names a held-out dataset)"),
+                             ("cu_bulk", "2.00 meV/atom, on cu_bulk")):
+        raw["finetune"]["validation"] = validation
+        cfg = LamConfig.parse(raw, tmp_path)
+        console = Console(record=True, width=400)
+        summarize(console, cfg, report)
+        assert says in console.export_text()

@@ -162,8 +162,10 @@ def summarize(console: Any, cfg: LamConfig, report: LamReport) -> None:
     for name, rmse in report.branch_rmse_f.items():
         console.print(f"pretrained branch {name}: force RMSE {rmse:.4f} eV/Å")
     if report.downstream:
+        on = (f"on {cfg.finetune.validation}" if cfg.finetune.validation else
+              "on its own training frames (finetune.validation names a held-out dataset)")
         console.print(f"finetuned on {cfg.finetune.dataset}: force RMSE {report.downstream['rmse_f']:.4f} eV/Å, "
-                      f"energy {report.downstream['rmse_e_per_atom'] * 1000:.2f} meV/atom")
+                      f"energy {report.downstream['rmse_e_per_atom'] * 1000:.2f} meV/atom, {on}")
     d = report.distill
     console.print(f"distill: {d.get('status')}; student {d.get('final_student')}")
     console.print(f"report: {Path(report.run_dir) / 'lam-report.json'} and {d.get('report')}")
