@@ -34,3 +34,12 @@ class StepInterrupted(RuntimeError):
 
     Never retried and never recorded: the interrupted step is simply not finished, and the
     next run of the same command starts it again."""
+
+
+def out_of_memory(exc: BaseException) -> bool:
+    """Whether ``exc`` says the machine ran out of memory (host, or a GPU's: torch's
+    ``OutOfMemoryError``, or CUDA/HIP's "out of memory" in a ``RuntimeError``). Such a failure is
+    the machine's, not the frame's: a step that drops frames its calculator cannot evaluate (a
+    failed SCF) must not drop these, or a busy GPU silently costs labels a retry would have made."""
+    return (isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError"
+            or "out of memory" in str(exc).lower())

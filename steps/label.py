@@ -18,7 +18,7 @@ from .base import CalculatorKwargs, Chunk, NChunks, OutputPath, Params, Structur
 
 from .artifacts import atomic_dir
 from .calculators import known_calculator, make_calculator
-from .errors import InputError
+from .errors import InputError, StepFailed, first_sentence, out_of_memory
 from .runtime import interrupt_if_stopping
 from .structures import deepmd_systems, read_atoms
 
@@ -92,6 +92,9 @@ def run(params: LabelParams) -> LabelResult:
         except InputError:
             raise
         except Exception as exc:  # SCF not converged and the like: drop the frame, keep going
+            if out_of_memory(exc):
+                raise StepFailed(f"label: frame {index}: the calculator ran out of memory ({first_sentence(exc)}); "
+                                 "the step is retried, no frame dropped") from exc
             log.warning("label: frame %d dropped: %s", index, exc)
             dropped += 1
             continue

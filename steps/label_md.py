@@ -28,7 +28,7 @@ from .artifacts import atomic_dir
 from .base import (CalculatorKwargs, OutputPath, Params, Seed, TypeMap, barostat_unused, frames_after_start,
                    positive_kelvin)
 from .calculators import known_calculator, make_calculator
-from .errors import StepFailed, StepInterrupted
+from .errors import StepFailed, StepInterrupted, first_sentence, out_of_memory
 from .runtime import interrupt_if_stopping
 from .structures import check_overlaps, deepmd_systems, periodic, read_atoms, slab_barostat
 
@@ -133,6 +133,9 @@ def run(params: LabelMDParams) -> LabelMDResult:
                 except StepInterrupted:
                     raise
                 except Exception as exc:  # a calculator that cannot go on: keep what it gave
+                    if out_of_memory(exc):
+                        raise StepFailed(f"label_md: trajectory {n_traj}: the calculator ran out of memory "
+                                         f"({first_sentence(exc)}); the step is retried") from exc
                     log.warning("label_md: trajectory %d at %g K stopped: %s", n_traj, temp, exc)
                     stopped += 1
                     break

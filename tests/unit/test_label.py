@@ -145,3 +145,34 @@ def test_the_teachers_npt_on_a_slab_holds_the_pressure_in_its_plane(tmp_path):
     start = fcc111("Cu", size=(2, 2, 3), vacuum=4.0).cell[:]
     assert np.allclose(slab["cells"][:, 2], start[2]) and not np.allclose(slab["cells"][-1, 0], start[0])
     assert not np.isclose(cube["cells"][-1, 2, 2], 3.61)
+
+
+def test_a_calculator_out_of_memory_fails_the_step_where_a_failed_scf_drops_the_frame(tmp_path, cu_frames,
+                                                                                      monkeypatch):
+    """A frame whose SCF does not converge is dropped and the chunk goes on; a GPU (or host) out of
+    memory is the machine's failure, not the frame's: the step fails, to be retried, instead of
+    recording the frame as dropped for good."""
+    from ase.calculators.emt import EMT
+
+    from lamflow.steps.errors import StepFailed
+
+    class Flaky(EMT):
+        def __init__(self, failure):
+            super().__init__()
+            self.failure, self.calls = failure, 0
+
+        def calculate(self, *args, **kwargs):
+            self.calls += 1
+            if self.calls == 2:
+                raise self.failure
+            super().calculate(*args, **kwargs)
+
+    params = {"structures": [cu_frames], "type_map": ["Cu"], "calculator": "emt"}
+    monkeypatch.setattr(label, "make_calculator", lambda *_: Flaky(RuntimeError("SCF did not converge")))
+    r = label.run(label.LabelParams(**params, output=tmp_path / "scf"))
+    assert (r.n_frames, r.n_dropped) == (23, 1)
+    monkeypatch.setattr(label, "make_calculator",
+                        lambda *_: Flaky(RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")))
+    with pytest.raises(StepFailed, match="frame 1: the calculator ran out of memory .CUDA out of memory"):
+        label.run(label.LabelParams(**params, output=tmp_path / "oom"))
+    assert not (tmp_path / "oom").exists()
