@@ -29,7 +29,7 @@ from pydantic import BaseModel, Field, field_validator, model_validator
 from .base import OutputPath, Params, StructureFormat, TypeMap, barostat_unused, frames_after_start, positive_kelvin
 
 from .artifacts import atomic_dir, write_json
-from .errors import InputError
+from .errors import InputError, StepFailed
 from .runtime import exit_status, library_env, run_child, signal_name, tail
 from .structures import check_overlaps, read_atoms, read_system, slab_barostat
 
@@ -194,9 +194,22 @@ def lammps_error(task: Path, proc: subprocess.CompletedProcess) -> str:
     return f"{how}: {last[:300]}" if last else how
 
 
+def reached_first_step(task: Path) -> bool:
+    """Whether LAMMPS wrote a deviation row or a dumped frame: a task that failed before (a plugin
+    that would not load, a model it could not open, a cell it could not start) found nothing
+    about the student."""
+    dump = Path(task) / "traj.dump"
+    return _has_rows(Path(task) / "model_devi.out") or (dump.is_file() and dump.stat().st_size > 0)
+
+
+def _has_rows(devi: Path) -> bool:
+    return devi.is_file() and any(line.strip() and not line.lstrip().startswith("#")
+                                  for line in devi.read_text().splitlines())
+
+
 def _md_failed(task: Path) -> str:
     devi = task / "model_devi.out"
-    if devi.exists():
+    if _has_rows(devi):
         data = np.loadtxt(devi, ndmin=2)
         if data.size and not np.all(np.isfinite(data)):
             return "model deviation is NaN"
@@ -248,4 +261,10 @@ def run(params: ExploreParams) -> ExploreResult:
                                  seconds=time.perf_counter() - t0)
             write_json(task / "status.json", record.model_dump(mode="json"))
             tasks.append(record)
+        if all(t.status == "failed" and t.crash is None and not reached_first_step(work / t.path.name)
+               for t in tasks):  # (a crash, a signal without an error of LAMMPS' own, is its callers' to judge)
+            # nothing was explored, and nothing about the student learnt: a failure to retry (and
+            # to run again once mended), not a result to record and read back
+            raise StepFailed(f"no exploration task reached its first MD step ({len(tasks)} failed); "
+                             f"first: {tasks[0].path.name}: {tasks[0].reason}")
     return ExploreResult(tasks=tasks)

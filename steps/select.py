@@ -31,7 +31,7 @@ from .base import OutputPath, Params, Seed, TypeMap, ordered_trust_levels
 
 from .artifacts import atomic_dir, write_json
 from .errors import InputError, StepFailed
-from .explore import ExploreTask
+from .explore import ExploreTask, reached_first_step
 from .structures import deepmd_systems
 
 
@@ -166,7 +166,7 @@ def run(params: SelectParams) -> SelectResult:
     unstarted = []  # failed before writing one deviation: LAMMPS could not start, not a blow-up
     for ti, task in enumerate(params.tasks):
         failure = _task_failure(task)
-        if failure is not None and not (Path(task) / "model_devi.out").is_file():
+        if failure is not None and not reached_first_step(Path(task)):
             unstarted.append(f"{task}: {failure}")
             n_failed_tasks += 1
             continue

@@ -175,20 +175,30 @@ def test_select_trust_levels_validated():
 
 def test_select_names_why_no_exploration_task_ran(tmp_path, students, cu_frames, explored):
     """A LAMMPS that cannot start (here: a bad input line; on a new machine, a library it cannot
-    load) writes no model_devi.out. Select says so with explore's reason, instead of blaming the
-    number of models or counting zero frames; beside tasks that ran, such a task is one failed task."""
+    load, a run directory it could not open) learns nothing about the student: explore fails,
+    to be retried, and records nothing a rerun would read back. Beside tasks that ran, such a
+    task is one failed task, and select says why when it is the only one."""
+    import shutil
+
     bad = tmp_path / "bad.in"
     bad.write_text("not_a_lammps_command\n")
-    broken = explore.run(explore.ExploreParams(
-        output=tmp_path / "broken", models=[students[0].model, students[1].model], type_map=["Cu"],
-        structure=cu_frames, temps=[300], nsteps=20, trj_freq=10, lammps_template=bad,
-    ))
-    assert broken.tasks[0].status == "failed" and not (broken.tasks[0].path / "model_devi.out").exists()
+    with pytest.raises(StepFailed, match="no exploration task reached its first MD step .1 failed.; first: "
+                                         "task.000: .*Unknown command"):
+        explore.run(explore.ExploreParams(
+            output=tmp_path / "broken", models=[students[0].model, students[1].model], type_map=["Cu"],
+            structure=cu_frames, temps=[300], nsteps=20, trj_freq=10, lammps_template=bad))
+    assert not (tmp_path / "broken").exists()
+    broken = tmp_path / "unstarted" / "task.000"  # one task of a step whose other tasks ran
+    shutil.copytree(explored.tasks[0].path, broken)
+    (broken / "model_devi.out").write_text("#       step         max_devi_v\n")  # the header alone
+    (broken / "traj.dump").unlink()
+    failed = explored.tasks[0].model_copy(update={"path": broken, "status": "failed", "reason": "ERROR: Unknown command"})
+    (broken / "status.json").write_text(failed.model_dump_json())
     with pytest.raises(StepFailed, match="no exploration task ran.*Unknown command"):
-        select.run(select.SelectParams(output=tmp_path / "s1", tasks=[broken.tasks[0].path], type_map=["Cu"],
+        select.run(select.SelectParams(output=tmp_path / "s1", tasks=[broken], type_map=["Cu"],
                                        trust_lo=0.01, trust_hi=1.0))
     ran = [t.path for t in explored.tasks]
-    result = select.run(select.SelectParams(output=tmp_path / "s2", tasks=[*ran, broken.tasks[0].path],
+    result = select.run(select.SelectParams(output=tmp_path / "s2", tasks=[*ran, broken],
                                             type_map=["Cu"], trust_lo=0.01, trust_hi=1.0))
     assert result.n_failed_tasks == 1 and result.n_frames == 2 * 200 // 10
 
