@@ -387,11 +387,39 @@ def cmd_config(args: argparse.Namespace) -> int:
 
         print(render(), end="")
         return 0
+    if args.from_dpgen2:
+        return _from_dpgen2(Path(args.from_dpgen2), Path(args.output) if args.output else None)
     if not args.check:
-        raise InputError("config", "give --schema, --reference or --check FILE")
+        raise InputError("config", "give --schema, --reference, --check FILE or --from-dpgen2 FILE")
     pipeline, cfg = load_any(Path(args.check))
     pipeline.preflight(cfg)
     print(f"{args.check}: valid {pipeline.name} config")
+    return 0
+
+
+def _from_dpgen2(source: Path, output: Path | None) -> int:
+    """A dpgen2 distillation input as a lamflow distill config (to ``output``, else stdout), with
+    what did not translate as comments in it and lines on stderr."""
+    import yaml
+
+    from lamflow.flows.core.config import read_mapping
+    from lamflow.flows.pipelines.distill.from_dpgen2 import translate
+
+    out_dir = (output.parent if output else Path.cwd()).resolve()
+    if not out_dir.is_dir():
+        raise InputError(f"-o {output}", f"folder not found: {out_dir}")
+    t = translate(read_mapping(source), source.resolve(), out_dir)
+    header = [f"# lamflow distill config, from the dpgen2 input {source} (lamflow config --from-dpgen2)"]
+    header += ["# not translated as it was:"] + [f"#   - {n}" for n in t.notes] if t.notes else []
+    text = "\n".join(header) + "\n" + yaml.safe_dump(t.config, sort_keys=False)
+    if output:
+        output.write_text(text)
+    else:
+        print(text, end="")
+    for n in t.notes:
+        print(f"note: {n}", file=sys.stderr)
+    if output:
+        print(f"wrote {output}; check it with: lamflow config --check {output}", file=sys.stderr)
     return 0
 
 
@@ -600,6 +628,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--check", metavar="FILE", help="validate FILE and the files it names")
     p.add_argument("--reference", action="store_true",
                    help="every key of every config and step, with type, default and meaning (docs/input.md), as Markdown")
+    p.add_argument("--from-dpgen2", metavar="INPUT",
+                   help="translate a dpgen2 distillation input (input.json: dp-dist, fp deepmd) into a distill config")
+    p.add_argument("-o", "--output", help="with --from-dpgen2: the config to write (default: stdout)")
     p.set_defaults(func=cmd_config)
 
     p = sub.add_parser("package", help="the delivered student (or a model version) as a folder for production: "

@@ -1,0 +1,260 @@
+"""A dpgen2 distillation input (``train.type: dp-dist``, ``fp.type: deepmd``) as a lamflow distill
+config: ``lamflow config --from-dpgen2 input.json -o config.yaml``.
+
+A dpgen2 user's first lamflow config is a translation of an ``input.json`` they already trust;
+doing it by hand from the key table in docs/trust-levels.md is where the factor of two in the
+trust levels, dpgen2's own defaults (``ens: nve``, ``nsteps: 100``) and the stage semantics get
+lost. This module is that table made executable: what maps is written, what has no lamflow
+counterpart is listed as a note, and the result goes through ``lamflow config --check`` like any
+config. dpgen2 is not imported (it stays out of lamflow's environment): its input is read as
+JSON, with its argcheck aliases and defaults.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from lamflow.steps.errors import InputError
+
+#: dpgen2's ``lmp-md`` task-group defaults (dpgen2/exploration/task/make_task_group_from_config.py),
+#: written out where lamflow's differ, so the translation explores what dpgen2 would have
+LMP_MD_DEFAULTS = {"ens": "nve", "dt": 0.001, "nsteps": 100, "trj_freq": 10, "tau_t": 0.05, "tau_p": 0.5}
+#: dpgen2's argcheck aliases of those keys
+LMP_MD_ALIASES = {"ensemble": "ens", "Ts": "temps", "Ps": "press", "t_freq": "trj_freq", "traj_freq": "trj_freq",
+                  "sys_idx": "conf_idx"}
+#: lamflow's ensembles for dpgen2's (its anisotropic and triclinic barostats are npt here)
+ENSEMBLES = {"nve": "nve", "nvt": "nvt", "npt": "npt", "npt-i": "npt", "npt-a": "npt", "npt-t": "npt"}
+
+
+class Translation:
+    """The config being written and the notes on what did not translate as it was."""
+
+    def __init__(self, source: Path, out_dir: Path):
+        self.source, self.out_dir = source, out_dir
+        self.config: dict[str, Any] = {}
+        self.notes: list[str] = []
+
+    def path(self, value: str, prefix: str | None = None) -> str:
+        """A path of the dpgen2 input (relative to its folder, or to ``prefix``) relative to the
+        config being written, where lamflow resolves it."""
+        p = Path(prefix or "") / value
+        p = p if p.is_absolute() else self.source.parent / p
+        return os.path.relpath(p, self.out_dir)
+
+    def note(self, text: str) -> None:
+        self.notes.append(text)
+
+
+def _section(raw: dict, key: str) -> dict:
+    value = raw.get(key) or {}
+    if not isinstance(value, dict):
+        raise InputError(key, f"expected a mapping in a dpgen2 input, got {type(value).__name__}")
+    return value
+
+
+def translate(raw: dict, source: Path, out_dir: Path) -> Translation:
+    """The lamflow config of dpgen2 input ``raw`` (read from ``source``), with paths relative to
+    ``out_dir``; one line and exit 2 when it is not a dpgen2 distillation input at all."""
+    t = Translation(source, out_dir)
+    inputs, train, explore, fp = (_section(raw, k) for k in ("inputs", "train", "explore", "fp"))
+    if not inputs.get("type_map"):
+        raise InputError(str(source), "is not a dpgen2 input: no inputs.type_map")
+    t.config["name"] = str(raw.get("name") or source.parent.name or "from-dpgen2")
+    t.config["type_map"] = list(inputs["type_map"])
+    _teacher(t, train, explore, fp)
+    _student(t, train)
+    _configurations(t, explore)
+    _initial_data(t, inputs)
+    _iterations(t, explore)
+    _selection(t, explore, fp, numb_models=t.config["student"].get("count", 1))
+    if "max_numb_iter" in explore:
+        t.config["max_iterations"] = int(explore["max_numb_iter"])
+    return t
+
+
+def _teacher(t: Translation, train: dict, explore: dict, fp: dict) -> None:
+    fp_type = fp.get("type", "deepmd")
+    teacher = (fp.get("run_config") or {}).get("teacher_model_path") if fp_type == "deepmd" else None
+    teacher = teacher or (explore.get("config") or {}).get("teacher_model_path")
+    if train.get("type", "dp-dist") != "dp-dist":
+        t.note(f"train.type '{train.get('type')}': lamflow distils a teacher; its students are trained on the "
+               "teacher's labels (dpgen2's dp-dist)")
+    if fp_type != "deepmd":
+        t.note(f"fp.type '{fp_type}': lamflow's teacher is a DeePMD-kit model or an ASE calculator, not a DFT code; "
+               "set teacher.model or teacher.calculator (a dataset of your DFT frames goes to initial_data.systems)")
+    if teacher:
+        t.config["teacher"] = {"model": t.path(str(teacher))}
+    else:
+        t.note("no teacher_model_path (fp.run_config or explore.config): set teacher")
+
+
+def _student(t: Translation, train: dict) -> None:
+    student: dict[str, Any] = {}
+    script = train.get("template_script")
+    if isinstance(script, list):
+        if len(script) > 1:
+            t.note("train.template_script: one script per model; the first is every student's template")
+        script = script[0] if script else None
+    if isinstance(script, dict):
+        written = t.out_dir / "student-template.json"
+        written.write_text(json.dumps(script, indent=2))
+        t.note(f"train.template_script (given inline) written to {written.name}")
+        template = script
+        student["template"] = written.name
+    elif isinstance(script, str):
+        student["template"] = t.path(script)
+        try:
+            template = json.loads((t.source.parent / script).read_text())
+        except (OSError, ValueError):
+            template = {}
+    else:
+        template = {}
+    steps = (template.get("training") or {}).get("numb_steps")
+    if steps:
+        student["numb_steps"] = int(steps)
+    config = train.get("config") or {}
+    policy = str(config.get("init_model_policy", "no"))
+    student["init_from_previous"] = policy != "no"
+    if policy not in ("yes", "no"):
+        t.note(f"train.config.init_model_policy '{policy}': lamflow's init_from_previous is every iteration or none")
+    if policy != "no" and "init_model_numb_steps" in config:
+        student["numb_steps_next"] = int(config["init_model_numb_steps"])
+    tuned = sorted(k for k in config if k.startswith("init_model_start_"))
+    if tuned:
+        t.note(f"train.config {', '.join(tuned)}: a continued student keeps its template's learning rate and "
+               "loss prefactors here (put others in student.overrides)")
+    if "numb_models" in train:
+        student["count"] = int(train["numb_models"])
+    t.config["student"] = student
+
+
+def _configurations(t: Translation, explore: dict) -> None:
+    files, fmts = [], set()
+    prefix = explore.get("configuration_prefix")
+    for i, conf in enumerate(explore.get("configurations") or []):
+        kind = conf.get("type", "file")
+        if kind != "file":
+            t.note(f"explore.configurations[{i}] (type '{kind}'): lamflow starts from files; write its cells to a "
+                   "file (ASE) and list it in configurations.files")
+            continue
+        names = conf.get("files") or []
+        files += [t.path(f, conf.get("prefix") or prefix) for f in ([names] if isinstance(names, str) else names)]
+        fmts.add(conf.get("fmt", "auto"))
+    if not files:
+        t.note("no configuration files: set configurations.files")
+    t.config["configurations"] = {"files": files}
+    fmts.discard("auto")
+    if len(fmts) == 1:
+        t.config["configurations"]["fmt"] = fmts.pop()
+    elif fmts:
+        t.note(f"configurations in several formats ({', '.join(sorted(fmts))}): lamflow guesses each file's from its "
+               "name; give configurations.fmt if one is not guessed")
+
+
+def _initial_data(t: Translation, inputs: dict) -> None:
+    systems = inputs.get("init_data_sys") or []
+    systems = [systems] if isinstance(systems, str) else systems
+    prefix = inputs.get("init_data_prefix")
+    # dpgen2 starts from its labelled data alone: no copies of the starting cells
+    t.config["initial_data"] = {"systems": [t.path(s, prefix) for s in systems], "perturbed_frames": 0}
+    if not systems:
+        t.config["initial_data"]["perturbed_frames"] = 40
+        t.note("no inputs.init_data_sys: the first students learn from 40 perturbed copies of each starting cell "
+               "labelled by the teacher (initial_data.perturbed_frames)")
+
+
+def _task_group(t: Translation, group: dict, where: str) -> dict[str, Any]:
+    g = {LMP_MD_ALIASES.get(k, k): v for k, v in group.items()}
+    if g.get("type", "lmp-md") not in ("lmp-md", "lmp-npt"):
+        t.note(f"{where} (type '{g.get('type')}'): lamflow explores with its own LAMMPS input; a template of "
+               "yours goes to iterations[].lammps_template")
+    g = {**LMP_MD_DEFAULTS, **g}
+    ens = ENSEMBLES.get(g["ens"])
+    if ens is None:
+        raise InputError(where, f"ens '{g['ens']}' is not one of dpgen2's {sorted(ENSEMBLES)}")
+    if ens != g["ens"]:
+        t.note(f"{where}: ens '{g['ens']}' runs as lamflow's npt (isotropic; a slab in its plane)")
+    out: dict[str, Any] = {"ensemble": ens, "temps": list(g.get("temps") or [])}
+    if ens == "npt" and g.get("press"):
+        out["pressures"] = list(g["press"])
+    out.update({k: g[k] for k in ("nsteps", "trj_freq", "dt", "tau_t")})
+    if ens == "npt":
+        out["tau_p"] = g["tau_p"]
+    if g.get("n_sample"):
+        out["n_sample"] = int(g["n_sample"])
+    ignored = sorted(k for k in g if k in ("pka_e", "neidelay", "no_pbc", "use_clusters", "relative_f_epsilon",
+                                           "relative_v_epsilon") and g[k] not in (None, False))
+    if ignored:
+        t.note(f"{where}: {', '.join(ignored)} have no lamflow counterpart")
+    return out
+
+
+def _iterations(t: Translation, explore: dict) -> None:
+    stages = explore.get("stages") or []
+    iterations = []
+    for s, stage in enumerate(stages):
+        groups = stage if isinstance(stage, list) else [stage]
+        made = [_task_group(t, g, f"explore.stages[{s}][{i}]") for i, g in enumerate(groups)]
+        if not made:
+            continue
+        first = made[0]
+        for i, other in enumerate(made[1:], start=1):
+            same = {k: v for k, v in other.items() if k not in ("temps", "pressures")} == \
+                {k: v for k, v in first.items() if k not in ("temps", "pressures")}
+            if same:  # one grid: lamflow runs every temperature × pressure of an iteration
+                first["temps"] = sorted({*first["temps"], *other["temps"]})
+                if "pressures" in other:
+                    first["pressures"] = sorted({*first.get("pressures", []), *other["pressures"]})
+                t.note(f"explore.stages[{s}][{i}] joins the stage's first task group: an iteration runs every "
+                       "temperature × pressure of the two")
+            else:
+                t.note(f"explore.stages[{s}][{i}]: an iteration explores one ensemble and MD length; this task "
+                       f"group differs from the stage's first and is left out")
+        if any("conf_idx" in g for g in groups) and len(explore.get("configurations") or []) > 1:
+            t.note(f"explore.stages[{s}]: conf_idx: every iteration starts from every configuration file")
+        iterations.append(first)
+    if len(iterations) > 1:
+        t.note("explore.stages: dpgen2 moves to the next stage when one converges; lamflow's iterations are a "
+               "schedule (iteration k explores with iterations[min(k, len - 1)])")
+    if not iterations:
+        t.note("no explore.stages: set iterations")
+    t.config["iterations"] = iterations
+
+
+def _selection(t: Translation, explore: dict, fp: dict, numb_models: int) -> None:
+    conv = explore.get("convergence") or {}
+    # with one student dpgen2's deviation is half the student's real error against the teacher,
+    # which lamflow compares (docs/trust-levels.md); an ensemble's deviation is the same in both
+    scale = 2.0 if numb_models == 1 else 1.0
+    selection: dict[str, Any] = {}
+    convergence: dict[str, Any] = {"consecutive": 1}
+    kind = conv.get("type", "fixed-levels")
+    if kind == "fixed-levels":
+        if "level_f_lo" in conv:
+            selection["trust_lo"] = conv["level_f_lo"] * scale
+        if "level_f_hi" in conv:
+            selection["trust_hi"] = conv["level_f_hi"] * scale
+        if "task_max" in fp:
+            selection["max_candidates"] = int(fp["task_max"])
+    elif kind == "adaptive-lower":
+        selection["trust_lo"] = "adaptive"
+        selection["trust_hi"] = conv.get("level_f_hi", 0.5) * scale
+        if "numb_candi_f" in conv:
+            selection["max_candidates"] = int(conv["numb_candi_f"])
+        if "conv_tolerance" in conv:
+            convergence["level_tolerance"] = conv["conv_tolerance"]
+        convergence["consecutive"] = max(1, int(conv.get("n_checked_steps", 2)) - 1)
+    else:
+        t.note(f"explore.convergence.type '{kind}': lamflow has fixed trust levels or adaptive-lower")
+    if "conv_accuracy" in conv:
+        convergence["accurate_ratio"] = conv["conv_accuracy"]
+    if any(k.startswith("level_v") for k in conv):
+        t.note("explore.convergence level_v_*: lamflow selects on the force error only")
+    if scale == 2.0 and any(k in conv for k in ("level_f_lo", "level_f_hi")):
+        t.note("trust levels doubled: with one student lamflow compares its real error against the teacher, "
+               "twice dpgen2's deviation of the pair")
+    t.config["selection"] = selection
+    t.config["convergence"] = convergence

@@ -1,0 +1,111 @@
+"""``lamflow config --from-dpgen2``: a dpgen2 distillation input translated into a distill config.
+
+The reference translation is bench/vs_dpgen2.py's: from one set of settings it writes the
+dpgen2 input that dpgen2 runs (tests/e2e/test_vs_dpgen2.py) and the lamflow config of the same
+distillation, aligned by hand (the factor of two in the trust levels, dpgen2's MD defaults).
+The converter must find that lamflow config again from the dpgen2 input alone."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import REPO, write_cu_frames
+from lamflow.flows.pipelines.distill.config import DistillConfig
+from lamflow.flows.pipelines.distill.from_dpgen2 import translate
+from lamflow.steps.errors import InputError
+
+sys.path.insert(0, str(REPO / "bench"))
+from vs_dpgen2 import Task, dpgen2_input, lamflow_config  # noqa: E402
+
+CLI = [sys.executable, "-m", "lamflow.flows.cli"]
+
+
+@pytest.fixture
+def bench_task(tmp_path) -> Task:
+    structures = write_cu_frames(tmp_path / "cu.extxyz", 3, seed=2)
+    for name in ("teacher.pt", "teacher.pth"):
+        (tmp_path / name).write_bytes(b"")
+    (tmp_path / "init").mkdir()
+    return Task(type_map=["Cu"], structures=[structures], teacher_name="t", teacher_checkpoint=tmp_path / "teacher.pt",
+                teacher=tmp_path / "teacher.pth", init_data=[tmp_path / "init"], student_template="se_e2_a",
+                student_overrides={}, numb_steps=300, numb_steps_next=150,
+                grid={"ensemble": "npt", "temps": [300.0, 600.0], "pressures": [1.0, 100.0], "nsteps": 400,
+                      "trj_freq": 20, "dt": 0.002, "tau_t": 0.1, "tau_p": 0.5},
+                trust_lo=0.3, trust_hi=1.0, max_candidates=12, accurate_ratio=0.85, max_iterations=4)
+
+
+def test_the_benchs_dpgen2_input_translates_into_the_benchs_lamflow_config(tmp_path, bench_task):
+    work = tmp_path / "work"
+    work.mkdir()
+    source = dpgen2_input(bench_task, work)
+    ours = yaml.safe_load(lamflow_config(bench_task, work).read_text())
+    t = translate(json.loads(source.read_text()), source, work)
+    got = t.config
+    assert got["type_map"] == ours["type_map"]
+    assert (work / got["teacher"]["model"]).resolve() == Path(ours["teacher"]["model"]).resolve()
+    assert got["student"]["numb_steps"] == ours["student"]["numb_steps"]
+    assert got["student"]["numb_steps_next"] == ours["student"]["numb_steps_next"]
+    assert got["student"]["init_from_previous"] is True
+    assert got["iterations"] == [{k: v for k, v in ours["iterations"][0].items()}]
+    for key in ("trust_lo", "trust_hi", "max_candidates"):
+        assert got["selection"][key] == pytest.approx(ours["selection"][key]), key
+    assert got["convergence"] == {"consecutive": ours["convergence"]["consecutive"],
+                                  "accurate_ratio": ours["convergence"]["accurate_ratio"]}
+    assert got["max_iterations"] == ours["max_iterations"]
+    assert [(work / s).resolve() for s in got["initial_data"]["systems"]] == \
+        [Path(s).resolve() for s in ours["initial_data"]["systems"]]
+    assert any("trust levels doubled" in n for n in t.notes)
+    # the starting cells: the bench wrote each frame as a POSCAR, which the pattern finds again
+    (work / "config.yaml").write_text(yaml.safe_dump(got))
+    cfg = DistillConfig.load(work / "config.yaml")
+    assert len(cfg.configurations.files) == 3 and cfg.configurations.fmt == "vasp/poscar"
+
+
+def test_the_cli_writes_the_config_and_names_what_did_not_translate(tmp_path):
+    write_cu_frames(tmp_path / "cu.extxyz", 1, seed=3)
+    (tmp_path / "train.json").write_text(json.dumps({"model": {}, "training": {"numb_steps": 1234}}))
+    source = {
+        "inputs": {"type_map": ["Cu"], "init_data_sys": []},
+        "train": {"type": "dp-dist", "template_script": "train.json", "config": {"init_model_policy": "no"}},
+        "explore": {"convergence": {"type": "adaptive-lower", "numb_candi_f": 30, "level_f_hi": 0.4,
+                                    "n_checked_steps": 3, "conv_tolerance": 0.01},
+                    "configurations": [{"type": "file", "files": ["cu.extxyz"]},
+                                       {"type": "alloy", "lattice": ["fcc", 3.6]}],
+                    "stages": [[{"type": "lmp-md", "Ts": [500]}, {"type": "lmp-md", "temps": [900], "ens": "nvt"}]]},
+        "fp": {"type": "vasp", "task_max": 10},
+    }
+    (tmp_path / "input.json").write_text(json.dumps(source))
+    out = subprocess.run([*CLI, "config", "--from-dpgen2", "input.json", "-o", "lam/config.yaml"],
+                         cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2, out.stderr  # -o names a folder that is not there
+    (tmp_path / "lam").mkdir()
+    out = subprocess.run([*CLI, "config", "--from-dpgen2", "input.json", "-o", "lam/config.yaml"],
+                         cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    written = (tmp_path / "lam" / "config.yaml").read_text()
+    cfg = yaml.safe_load(written)
+    # dpgen2's own defaults where lamflow's differ: nve, 100 steps, tau_t 0.05
+    assert cfg["iterations"] == [{"ensemble": "nve", "temps": [500], "nsteps": 100, "trj_freq": 10, "dt": 0.001,
+                                  "tau_t": 0.05}]
+    assert cfg["selection"] == {"trust_lo": "adaptive", "trust_hi": 0.8, "max_candidates": 30}
+    assert cfg["convergence"] == {"consecutive": 2, "level_tolerance": 0.01}
+    assert cfg["student"] == {"template": "../train.json", "numb_steps": 1234, "init_from_previous": False}
+    assert cfg["configurations"] == {"files": ["../cu.extxyz"]} and "teacher" not in cfg
+    assert cfg["initial_data"] == {"systems": [], "perturbed_frames": 40}
+    for said in ("fp.type 'vasp': lamflow's teacher is a DeePMD-kit model or an ASE calculator",
+                 "explore.configurations[1] (type 'alloy')",
+                 "explore.stages[0][1]: an iteration explores one ensemble and MD length"):
+        assert f"note: {said}" in out.stderr and said in written
+    assert "check it with: lamflow config --check lam/config.yaml" in out.stderr
+
+
+def test_an_input_that_is_not_dpgen2s_is_one_line(tmp_path):
+    (tmp_path / "x.json").write_text(json.dumps({"type_map": ["Cu"]}))
+    with pytest.raises(InputError, match="is not a dpgen2 input: no inputs.type_map"):
+        translate(json.loads((tmp_path / "x.json").read_text()), tmp_path / "x.json", tmp_path)
