@@ -93,14 +93,16 @@ def test_the_cli_writes_the_config_and_names_what_did_not_translate(tmp_path):
     # dpgen2's own defaults where lamflow's differ: nve, 100 steps, tau_t 0.05
     assert cfg["iterations"] == [{"ensemble": "nve", "temps": [500], "nsteps": 100, "trj_freq": 10, "dt": 0.001,
                                   "tau_t": 0.05}]
+    # adaptive-lower: its levels on lamflow's scale (×2 for one student), its candidates, dpgen2's cap
     assert cfg["selection"] == {"trust_lo": "adaptive", "trust_hi": 0.8, "max_candidates": 30}
-    assert cfg["convergence"] == {"consecutive": 2, "level_tolerance": 0.01}
+    assert cfg["convergence"] == {"consecutive": 2, "level_tolerance": 0.02} and cfg["max_iterations"] == 10
     assert cfg["student"] == {"template": "../train.json", "numb_steps": 1234, "init_from_previous": False}
     assert cfg["configurations"] == {"files": ["../cu.extxyz"]} and "teacher" not in cfg
     assert cfg["initial_data"] == {"systems": [], "perturbed_frames": 40}
     for said in ("fp.type 'vasp': lamflow's teacher is a DeePMD-kit model or an ASE calculator",
                  "explore.configurations[1] (type 'alloy')",
-                 "explore.stages[0][1]: an iteration explores one ensemble and MD length"):
+                 "explore.stages[0][1]: an iteration explores one ensemble and MD length",
+                 "explore.convergence.numb_candi_f 30 above fp.task_max 10: dpgen2 labels 10 of its candidates"):
         assert f"note: {said}" in out.stderr and said in written
     assert "check it with: lamflow config --check lam/config.yaml" in out.stderr
 

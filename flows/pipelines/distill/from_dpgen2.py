@@ -22,6 +22,11 @@ from lamflow.steps.errors import InputError
 #: dpgen2's ``lmp-md`` task-group defaults (dpgen2/exploration/task/make_task_group_from_config.py),
 #: written out where lamflow's differ, so the translation explores what dpgen2 would have
 LMP_MD_DEFAULTS = {"ens": "nve", "dt": 0.001, "nsteps": 100, "trj_freq": 10, "tau_t": 0.05, "tau_p": 0.5}
+#: dpgen2's other defaults that lamflow's differ from (entrypoint/args.py, op/run_dp_train.py,
+#: exploration/report): the iteration cap, labels per iteration, a continued student's steps,
+#: the accurate ratio, and adaptive-lower's candidates, upper level and tolerance
+MAX_NUMB_ITER, TASK_MAX, INIT_MODEL_NUMB_STEPS, CONV_ACCURACY = 10, 10, 400000, 0.9
+ADAPTIVE_DEFAULTS = {"numb_candi_f": 200, "level_f_hi": 0.5, "n_checked_steps": 2, "conv_tolerance": 0.05}
 #: dpgen2's argcheck aliases of those keys
 LMP_MD_ALIASES = {"ensemble": "ens", "Ts": "temps", "Ps": "press", "t_freq": "trj_freq", "traj_freq": "trj_freq",
                   "sys_idx": "conf_idx"}
@@ -70,8 +75,10 @@ def translate(raw: dict, source: Path, out_dir: Path) -> Translation:
     _initial_data(t, inputs)
     _iterations(t, explore)
     _selection(t, explore, fp, numb_models=t.config["student"].get("count", 1))
-    if "max_numb_iter" in explore:
-        t.config["max_iterations"] = int(explore["max_numb_iter"])
+    t.config["max_iterations"] = int(explore.get("max_numb_iter", MAX_NUMB_ITER))
+    for key, what in (("filters", "configuration filters"), ("output_nopbc", "output_nopbc")):
+        if explore.get(key):
+            t.note(f"explore.{key}: lamflow has no {what}")
     return t
 
 
@@ -120,12 +127,14 @@ def _student(t: Translation, train: dict) -> None:
     student["init_from_previous"] = policy != "no"
     if policy not in ("yes", "no"):
         t.note(f"train.config.init_model_policy '{policy}': lamflow's init_from_previous is every iteration or none")
-    if policy != "no" and "init_model_numb_steps" in config:
-        student["numb_steps_next"] = int(config["init_model_numb_steps"])
-    tuned = sorted(k for k in config if k.startswith("init_model_start_"))
-    if tuned:
-        t.note(f"train.config {', '.join(tuned)}: a continued student keeps its template's learning rate and "
-               "loss prefactors here (put others in student.overrides)")
+    if policy != "no":
+        steps_next = config.get("init_model_numb_steps", config.get("init_model_stop_batch", INIT_MODEL_NUMB_STEPS))
+        student["numb_steps_next"] = int(steps_next)
+        t.note("train.config init_model_start_* and init_model_old_ratio: dpgen2 restarts a continued student at its "
+               "own learning rate and loss prefactors (1e-4 by default) and weights old data; lamflow continues "
+               "with the template's (put others in student.overrides)")
+    if train.get("student_model_path"):
+        t.note("train.student_model_path: lamflow's first students are trained from scratch on initial_data")
     if "numb_models" in train:
         student["count"] = int(train["numb_models"])
     t.config["student"] = student
@@ -232,28 +241,31 @@ def _selection(t: Translation, explore: dict, fp: dict, numb_models: int) -> Non
     selection: dict[str, Any] = {}
     convergence: dict[str, Any] = {"consecutive": 1}
     kind = conv.get("type", "fixed-levels")
-    if kind == "fixed-levels":
+    task_max = int(fp.get("task_max", TASK_MAX))
+    if kind in ("fixed-levels", "fixed-levels-max-select"):
         if "level_f_lo" in conv:
             selection["trust_lo"] = conv["level_f_lo"] * scale
         if "level_f_hi" in conv:
             selection["trust_hi"] = conv["level_f_hi"] * scale
-        if "task_max" in fp:
-            selection["max_candidates"] = int(fp["task_max"])
+        selection["max_candidates"] = task_max
+        if kind == "fixed-levels-max-select":
+            selection["strategy"] = "highest"
+        convergence["accurate_ratio"] = conv.get("conv_accuracy", CONV_ACCURACY)
     elif kind == "adaptive-lower":
+        a = {**ADAPTIVE_DEFAULTS, **{("level_f_hi" if k == "trust_f_hi" else k): v for k, v in conv.items()}}
         selection["trust_lo"] = "adaptive"
-        selection["trust_hi"] = conv.get("level_f_hi", 0.5) * scale
-        if "numb_candi_f" in conv:
-            selection["max_candidates"] = int(conv["numb_candi_f"])
-        if "conv_tolerance" in conv:
-            convergence["level_tolerance"] = conv["conv_tolerance"]
-        convergence["consecutive"] = max(1, int(conv.get("n_checked_steps", 2)) - 1)
+        selection["trust_hi"] = a["level_f_hi"] * scale
+        selection["max_candidates"] = int(a["numb_candi_f"])
+        if task_max < a["numb_candi_f"]:
+            t.note(f"explore.convergence.numb_candi_f {a['numb_candi_f']} above fp.task_max {task_max}: dpgen2 labels "
+                   f"{task_max} of its candidates at random, lamflow all max_candidates")
+        convergence["level_tolerance"] = a["conv_tolerance"] * scale
+        convergence["consecutive"] = max(1, int(a["n_checked_steps"]) - 1)
     else:
         t.note(f"explore.convergence.type '{kind}': lamflow has fixed trust levels or adaptive-lower")
-    if "conv_accuracy" in conv:
-        convergence["accurate_ratio"] = conv["conv_accuracy"]
     if any(k.startswith("level_v") for k in conv):
         t.note("explore.convergence level_v_*: lamflow selects on the force error only")
-    if scale == 2.0 and any(k in conv for k in ("level_f_lo", "level_f_hi")):
+    if scale == 2.0 and selection.get("trust_hi") is not None:
         t.note("trust levels doubled: with one student lamflow compares its real error against the teacher, "
                "twice dpgen2's deviation of the pair")
     t.config["selection"] = selection
