@@ -96,6 +96,7 @@ def read_atoms(path: Path, type_map: list[str], fmt: str | None = None) -> list:
         except Exception as exc:  # ASE raises many types for unreadable files
             raise InputError(str(path), f"could not be read as a structure file ({exc})") from None
         frames = frames if isinstance(frames, list) else [frames]
+        check_ordered(frames, path)
     else:
         frames = read_system(path, type_map, fmt).to("ase/structure")
     if not frames:
@@ -104,6 +105,22 @@ def read_atoms(path: Path, type_map: list[str], fmt: str | None = None) -> list:
     if unknown:
         raise InputError(str(path), f"has elements {unknown} that are not in type_map {type_map}")
     return frames
+
+
+def check_ordered(frames: list, path: Path) -> None:
+    """A CIF with partially occupied sites (a disordered alloy, a site with vacancies) is read by
+    ASE with one species per site, silently: Cu0.5Au0.5 on every site of fcc became ordered AuCu3.
+    MD needs an ordered cell, and which one is the user's physics: one line saying so."""
+    for atoms in frames:
+        partial = [(site, occ) for site, occ in (atoms.info.get("occupancy") or {}).items()
+                   if len(occ) > 1 or abs(sum(occ.values()) - 1) > 1e-3]
+        if partial:
+            site, occ = partial[0]
+            shares = " + ".join(f"{el} {x:g}" for el, x in occ.items())
+            raise InputError(str(path), f"has {len(partial)} partially occupied site(s) (site {site}: {shares}), "
+                                        "which ASE reads as one species each, not your composition; give an "
+                                        "ordered cell (a supercell with the species placed: pymatgen's "
+                                        "OrderDisorderedStructureTransformation, or a special quasirandom structure)")
 
 
 def read_system(path: Path, type_map: list[str] | None, fmt: str | None = None):
@@ -123,7 +140,9 @@ def read_system(path: Path, type_map: list[str] | None, fmt: str | None = None):
         if fmt == "ase":
             import ase.io
 
-            systems = [dpdata.System(a, fmt="ase/structure") for a in ase.io.read(str(path), ":")]
+            frames = ase.io.read(str(path), ":")
+            check_ordered(frames, path)
+            systems = [dpdata.System(a, fmt="ase/structure") for a in frames]
             system = systems[0]
             for other in systems[1:]:
                 system.append(other)

@@ -58,6 +58,7 @@ def files(tmp_path_factory, students, cu_data):
     from ase.build import bulk
 
     ase.io.write(d / "cu1.extxyz", bulk("Cu", "fcc", a=3.61))  # the primitive cell: one atom
+    (d / "disordered.cif").write_text(DISORDERED_CIF)
     nan = write_cu_frames(d / "nan.extxyz", 1, seed=7)
     nan.write_text(nan.read_text().replace(nan.read_text().splitlines()[2].split()[1], "nan", 1))
     (d / "empty-folder").mkdir()
@@ -106,6 +107,29 @@ def _set(cfg: dict, dotted: str, value) -> dict:
         node[last] = value
     return cfg
 
+
+#: fcc Cu-Au with one site shared half and half (as ICSD gives a disordered alloy): ASE reads AuCu3
+DISORDERED_CIF = """data_cuau
+_cell_length_a 3.75
+_cell_length_b 3.75
+_cell_length_c 3.75
+_cell_angle_alpha 90
+_cell_angle_beta 90
+_cell_angle_gamma 90
+_symmetry_space_group_name_H-M 'P 1'
+loop_
+_atom_site_label
+_atom_site_type_symbol
+_atom_site_fract_x
+_atom_site_fract_y
+_atom_site_fract_z
+_atom_site_occupancy
+Cu1 Cu 0 0 0 0.5
+Au1 Au 0 0 0 0.5
+Cu2 Cu 0.5 0.5 0 1
+Cu3 Cu 0.5 0 0.5 1
+Cu4 Cu 0 0.5 0.5 1
+"""
 
 DELETE = object()
 
@@ -158,6 +182,8 @@ CASES = [
      "aucu-bare.data: atom type 1 has mass 196.967, Au's, but type_map[0] is Cu"),
     ("LAMMPS data with more types than type_map", {"configurations.files": ["aucu.data"]},
      "aucu.data: has 2 atom types, type_map names 1"),
+    ("a CIF with partially occupied sites", {"type_map": ["Cu", "Au"], "configurations.files": ["disordered.cif"]},
+     "disordered.cif: has 2 partially occupied site(s) (site 0: Cu 0.5 + Au 0.5), which ASE reads as one species"),
     ("a one-atom cell", {"configurations.files": ["cu1.extxyz"]},
      "cu1.extxyz: (configurations.files[0]) has 1 atom: MD at a temperature needs more"),
     ("LAMMPS data with a wrong atom count", {"configurations.files": ["short.lmp"]}, "short.lmp: could not be read as lammps/lmp"),
