@@ -111,3 +111,39 @@ def test_an_input_that_is_not_dpgen2s_is_one_line(tmp_path):
     (tmp_path / "x.json").write_text(json.dumps({"type_map": ["Cu"]}))
     with pytest.raises(InputError, match="is not a dpgen2 input: no inputs.type_map"):
         translate(json.loads((tmp_path / "x.json").read_text()), tmp_path / "x.json", tmp_path)
+
+
+def test_dpgen2s_own_distillation_example_translates(tmp_path):
+    """dpgen2's examples/ch4/input_dist.json (its executors left out): an lmp-md and an lmp-template
+    task group in one stage, a TensorFlow teacher, a student that starts from a model."""
+    source = {
+        "inputs": {"type_map": ["H", "C"], "mass_map": [4, 12], "init_data_prefix": None,
+                   "init_data_sys": ["CH4.POSCAR.01x01x01/02.md/sys-0004-0001/deepmd"], "_comment": "all"},
+        "train": {"student_model_path": "student_model.pb", "type": "dp-dist",
+                  "config": {"init_model_policy": "yes", "init_model_old_ratio": 0.5, "init_model_numb_steps": 200000,
+                             "init_model_start_lr": 1e-4, "init_model_start_pref_e": 0.25,
+                             "init_model_start_pref_f": 100, "_comment": "all"},
+                  "template_script": "train.json", "_comment": "all"},
+        "fp": {"type": "deepmd", "task_max": 2,
+               "run_config": {"teacher_model_path": "teacher_model.pb", "type_map": ["H", "C"]}, "inputs_config": {}},
+        "explore": {"type": "lmp", "config": {"teacher_model_path": "teacher_model.pb", "command": "lmp -var restart 0"},
+                    "convergence": {"type": "fixed-levels", "conv_accuracy": 0.9, "level_f_lo": 0.05, "level_f_hi": 0.5},
+                    "max_numb_iter": 2, "fatal_at_max": False, "output_nopbc": False, "configuration_prefix": None,
+                    "configurations": [{"type": "file", "files": ["CH4.POSCAR.01x01x01/02.md/sys-0004-0001/deepmd"],
+                                        "fmt": "deepmd/npy"}],
+                    "stages": [[{"type": "lmp-md", "ensemble": "nvt", "nsteps": 50, "press": [1e0], "temps": [50],
+                                 "trj_freq": 10, "conf_idx": [0], "n_sample": 3},
+                                {"type": "lmp-template", "lmp": "template.lammps", "trj_freq": 10,
+                                 "revisions": {"V_NSTEPS": [40], "V_TEMP": [100, 200]}, "conf_idx": [0], "n_sample": 3}]]},
+    }
+    t = translate(source, tmp_path / "input_dist.json", tmp_path)
+    assert t.config["iterations"] == [{"ensemble": "nvt", "temps": [50], "nsteps": 50, "trj_freq": 10, "dt": 0.001,
+                                       "tau_t": 0.05, "n_sample": 3}]
+    assert t.config["selection"] == {"trust_lo": 0.1, "trust_hi": 1.0, "max_candidates": 2}
+    assert t.config["student"] == {"template": "train.json", "init_from_previous": True, "numb_steps_next": 200000}
+    assert t.config["configurations"] == {"files": ["CH4.POSCAR.01x01x01/02.md/sys-0004-0001/deepmd"],
+                                          "fmt": "deepmd/npy"}
+    assert t.config["max_iterations"] == 2
+    assert sum("lmp-template" in n for n in t.notes) == 1
+    assert any("dp convert-backend teacher_model.pb teacher_model.pth" in n for n in t.notes)
+    assert any("student_model_path" in n for n in t.notes)

@@ -94,6 +94,10 @@ def _teacher(t: Translation, train: dict, explore: dict, fp: dict) -> None:
                "set teacher.model or teacher.calculator (a dataset of your DFT frames goes to initial_data.systems)")
     if teacher:
         t.config["teacher"] = {"model": t.path(str(teacher))}
+        if str(teacher).endswith(".pb"):
+            t.note(f"teacher {teacher}: a DeePMD-kit 2 (TensorFlow) model, which deepmd-kit 3's PyTorch backend does "
+                   f"not read; convert it where TensorFlow is installed (dp convert-backend {teacher} "
+                   f"{str(teacher)[:-3]}.pth) and give the .pth")
     else:
         t.note("no teacher_model_path (fp.run_config or explore.config): set teacher")
 
@@ -175,11 +179,13 @@ def _initial_data(t: Translation, inputs: dict) -> None:
                "labelled by the teacher (initial_data.perturbed_frames)")
 
 
-def _task_group(t: Translation, group: dict, where: str) -> dict[str, Any]:
+def _task_group(t: Translation, group: dict, where: str) -> dict[str, Any] | None:
+    """One ``lmp-md`` task group as an iteration entry; None (and a note) for another kind."""
     g = {LMP_MD_ALIASES.get(k, k): v for k, v in group.items()}
     if g.get("type", "lmp-md") not in ("lmp-md", "lmp-npt"):
-        t.note(f"{where} (type '{g.get('type')}'): lamflow explores with its own LAMMPS input; a template of "
-               "yours goes to iterations[].lammps_template")
+        t.note(f"{where} (type '{g.get('type')}') is left out: lamflow explores with its own LAMMPS input (a "
+               "template of yours goes to iterations[].lammps_template)")
+        return None
     g = {**LMP_MD_DEFAULTS, **g}
     ens = ENSEMBLES.get(g["ens"])
     if ens is None:
@@ -206,11 +212,12 @@ def _iterations(t: Translation, explore: dict) -> None:
     iterations = []
     for s, stage in enumerate(stages):
         groups = stage if isinstance(stage, list) else [stage]
-        made = [_task_group(t, g, f"explore.stages[{s}][{i}]") for i, g in enumerate(groups)]
+        made = [(i, _task_group(t, g, f"explore.stages[{s}][{i}]")) for i, g in enumerate(groups)]
+        made = [(i, m) for i, m in made if m is not None]
         if not made:
             continue
-        first = made[0]
-        for i, other in enumerate(made[1:], start=1):
+        first = made[0][1]
+        for i, other in made[1:]:
             same = {k: v for k, v in other.items() if k not in ("temps", "pressures")} == \
                 {k: v for k, v in first.items() if k not in ("temps", "pressures")}
             if same:  # one grid: lamflow runs every temperature × pressure of an iteration
