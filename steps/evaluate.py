@@ -17,6 +17,7 @@ Beside the raw errors, the scores OpenLAM's LAMBench ranks models by (``run_ase_
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -59,10 +60,11 @@ def run(params: EvaluateParams) -> EvaluateResult:
     counts, e_err, e_label, f_label = [], [], [], []
     # a labelled extxyz or a mixed-type system holds several compositions: one system each
     systems = [(str(path), system) for path in params.systems for system in read_labelled(Path(path), params.type_map)]
+    per_path = Counter(path for path, _ in systems)
     for path, system in systems:
         if "energies" not in system.data:
             raise InputError(path, "has no labels to evaluate against")
-        key = path if sum(p == path for p, _ in systems) == 1 else f"{path} ({system.formula})"
+        key = path if per_path[path] == 1 else f"{path} ({system.formula})"
         e, f, v = predict(model, system, path, params.batch_size)
         natoms = system.get_natoms()
         err_e = (e - system["energies"]) / natoms

@@ -31,7 +31,7 @@ from .base import OutputPath, Params, StructureFormat, TypeMap, barostat_unused,
 from .artifacts import atomic_dir, write_json
 from .errors import InputError, StepFailed
 from .runtime import exit_status, library_env, run_child, signal_name, tail
-from .structures import check_overlaps, read_atoms, read_system, slab_barostat
+from .structures import check_overlaps, open_axes, read_atoms, read_system, slab_barostat
 
 log = logging.getLogger(__name__)
 
@@ -123,11 +123,10 @@ def _fix(params: ExploreParams, temp: float, pressure: float | None, open_axes: 
     return f"{thermostat} x {pressure} {pressure} {params.tau_p} y {pressure} {pressure} {params.tau_p} couple xy"
 
 
-def open_axes(params: ExploreParams) -> list[str]:
-    """The directions the starting frame's file marks non-periodic (``["c"]`` for a slab), which
-    dpdata's reading drops: the barostat must leave them alone."""
-    atoms = read_atoms(params.structure, params.type_map, params.fmt)[params.frame]
-    return ["abc"[a] for a in np.flatnonzero(~np.asarray(atoms.pbc))]
+def _vacuum_axes(params: ExploreParams) -> list[str]:
+    """The directions the starting frame's file marks non-periodic, which dpdata's reading drops:
+    the barostat must leave them alone."""
+    return open_axes(read_atoms(params.structure, params.type_map, params.fmt)[params.frame])
 
 
 def _template(params: ExploreParams) -> Template:
@@ -199,17 +198,18 @@ def reached_first_step(task: Path) -> bool:
     that would not load, a model it could not open, a cell it could not start) found nothing
     about the student."""
     dump = Path(task) / "traj.dump"
-    return _has_rows(Path(task) / "model_devi.out") or (dump.is_file() and dump.stat().st_size > 0)
+    return has_deviation_rows(Path(task) / "model_devi.out") or (dump.is_file() and dump.stat().st_size > 0)
 
 
-def _has_rows(devi: Path) -> bool:
+def has_deviation_rows(devi: Path) -> bool:
+    """Whether a ``model_devi.out`` holds a row below its header."""
     return devi.is_file() and any(line.strip() and not line.lstrip().startswith("#")
                                   for line in devi.read_text().splitlines())
 
 
 def _md_failed(task: Path) -> str:
     devi = task / "model_devi.out"
-    if _has_rows(devi):
+    if has_deviation_rows(devi):
         data = np.loadtxt(devi, ndmin=2)
         if data.size and not np.all(np.isfinite(data)):
             return "model deviation is NaN"
@@ -233,7 +233,7 @@ def run(params: ExploreParams) -> ExploreResult:
     points = [(t, p if params.ensemble == "npt" else None) for t in params.temps
               for p in (params.pressures if params.ensemble == "npt" else [None])]
     tasks: list[ExploreTask] = []
-    vacuum = open_axes(params) if params.ensemble == "npt" else []
+    vacuum = _vacuum_axes(params) if params.ensemble == "npt" else []
     slab_barostat(vacuum, str(params.structure))
     with atomic_dir(params.output) as work:
         for index, (temp, pressure) in enumerate(points):

@@ -30,7 +30,7 @@ from .base import (CalculatorKwargs, OutputPath, Params, Seed, TypeMap, barostat
 from .calculators import known_calculator, make_calculator
 from .errors import StepFailed, StepInterrupted, first_sentence, out_of_memory
 from .runtime import interrupt_if_stopping
-from .structures import check_overlaps, deepmd_systems, periodic, read_atoms, slab_barostat
+from .structures import check_overlaps, deepmd_systems, open_axes, periodic, read_atoms, slab_barostat
 
 log = logging.getLogger(__name__)
 
@@ -109,7 +109,7 @@ def run(params: LabelMDParams) -> LabelMDResult:
 
     files = [(str(path), a) for path in params.structures for a in read_atoms(path, params.type_map)]
     for where, a in files:
-        slab_barostat(["abc"[i] for i in np.flatnonzero(~a.pbc)] if params.ensemble == "npt" else [], where)
+        slab_barostat(open_axes(a) if params.ensemble == "npt" else [], where)
     starts = [periodic(a, where) for where, a in files]
     check_overlaps(starts, ", ".join(map(str, params.structures)))
     calc = make_calculator(params.calculator, params.calculator_kwargs)

@@ -31,7 +31,7 @@ from .base import OutputPath, Params, Seed, TypeMap, ordered_trust_levels
 
 from .artifacts import atomic_dir, write_json
 from .errors import InputError, StepFailed
-from .explore import ExploreTask, reached_first_step
+from .explore import ExploreTask, has_deviation_rows, reached_first_step
 from .structures import deepmd_systems
 
 
@@ -127,7 +127,7 @@ def _model_devi(task: Path) -> tuple[list[str], np.ndarray]:
         raise InputError(str(path), "not found: explore with at least two models to get deviations")
     lines = path.read_text().splitlines()
     header = lines[0].lstrip("#").split() if lines else []
-    if not any(line.strip() and not line.startswith("#") for line in lines[1:]):
+    if not has_deviation_rows(path):
         return header, np.zeros((0, len(header)))  # a task LAMMPS stopped before its first step
     return header, np.loadtxt(path, ndmin=2)
 

@@ -176,7 +176,10 @@ def check_lammps_types(path: Path, type_map: list[str]) -> None:
     another element, silently. Its header's type count and its ``Masses`` (an element in a
     comment, as ASE and OVITO write it, or a mass that is another ``type_map`` element's and not
     this one's) are checked against ``type_map``: one line naming the type, else nothing."""
-    from ase.data import atomic_masses, chemical_symbols
+    from ase.data import atomic_masses, atomic_numbers
+
+    def mass(element: str) -> float | None:
+        return float(atomic_masses[atomic_numbers[element]]) if element in atomic_numbers else None
 
     lines = path.read_text(errors="replace").splitlines()
     hint = f"a LAMMPS data file's types are numbered in type_map's order ({', '.join(type_map)})"
@@ -184,36 +187,30 @@ def check_lammps_types(path: Path, type_map: list[str]) -> None:
         words = line.split("#")[0].split()
         if words[1:3] == ["atom", "types"] and words[0].isdigit() and int(words[0]) > len(type_map):
             raise InputError(str(path), f"has {words[0]} atom types, type_map names {len(type_map)}: {hint}")
-    try:
-        start = next(i for i, line in enumerate(lines) if line.split("#")[0].strip() == "Masses")
-    except StopIteration:
+    start = next((i for i, line in enumerate(lines) if line.split("#")[0].strip() == "Masses"), None)
+    if start is None:
         return
-    entries = []
+    body_started = False
     for line in lines[start + 1:]:
         body, _, comment = line.partition("#")
         words = body.split()
-        if not words and not entries:
+        if not words and not body_started:
             continue  # the blank line after the section's title
-        if len(words) < 2 or not words[0].isdigit():
-            break
-        entries.append((words, comment))
-    for words, comment in entries:
+        body_started = True
         try:
-            kind, mass = int(words[0]), float(words[1])
-        except ValueError:
-            break  # not a mass: dpdata's reader says what is wrong with the file
+            kind, weight = int(words[0]), float(words[1])
+        except (IndexError, ValueError):
+            break  # the section ended (or is not a mass: dpdata's reader says what is wrong with the file)
         if not 1 <= kind <= len(type_map):
             continue
         named = type_map[kind - 1]
         said = comment.strip().split()[0] if comment.strip() else ""
-        if said in chemical_symbols[1:] and said != named:
+        if said in atomic_numbers and said != "X" and said != named:
             raise InputError(str(path), f"atom type {kind} is {said} (its Masses comment), but type_map[{kind - 1}] "
                                         f"is {named}: {hint}")
-        others = [e for e in type_map if e != named and e in chemical_symbols
-                  and abs(atomic_masses[chemical_symbols.index(e)] - mass) < MASS_MATCH]
-        own = named in chemical_symbols and abs(atomic_masses[chemical_symbols.index(named)] - mass) < MASS_MATCH
-        if others and not own:
-            raise InputError(str(path), f"atom type {kind} has mass {mass:g}, {others[0]}'s, but "
+        near = [e for e in type_map if mass(e) is not None and abs(mass(e) - weight) < MASS_MATCH]
+        if near and named not in near:
+            raise InputError(str(path), f"atom type {kind} has mass {weight:g}, {near[0]}'s, but "
                                         f"type_map[{kind - 1}] is {named}: {hint}")
 
 
@@ -407,10 +404,11 @@ def check_periodic(atoms_list: list, where: str, reach: float) -> list[str]:
     ``reach`` (the student's cut-off) from their images: run periodic, a thinner vacuum lets the
     student and the teacher's labels see the other side, which the file said is not there.
     Returns the non-periodic directions found (``["c"]`` for a slab), for checks that depend on them."""
-    open_axes: set[int] = set()
+    found: set[str] = set()
     for index, atoms in enumerate(atoms_list):
         periodic(atoms, f"{where} frame {index}" if len(atoms_list) > 1 else where)
-        for axis in map(int, np.flatnonzero(~np.asarray(atoms.pbc))):
+        for name in open_axes(atoms):
+            axis = "abc".index(name)
             gap = vacuum_gap(atoms, axis)
             if gap < reach:
                 raise InputError(where, f"frame {index}: not periodic along {'abc'[axis]}, and only {gap:.1f} Å of "
@@ -418,8 +416,14 @@ def check_periodic(atoms_list: list, where: str, reach: float) -> list[str]:
                                         f"periodic, so the student (cut-off {reach:g} Å) would see across it: give "
                                         f"it at least {reach:g} Å (ASE: atoms.center(vacuum={reach / 2:g}, "
                                         f"axis={axis}))")
-            open_axes.add(axis)
-    return ["abc"[a] for a in sorted(open_axes)]
+            found.add(name)
+    return sorted(found)
+
+
+def open_axes(atoms) -> list[str]:
+    """The cell directions a frame's file marks non-periodic (``["c"]`` for a slab as ASE builds
+    it), which lamflow runs periodic across their vacuum."""
+    return ["abc"[a] for a in np.flatnonzero(~np.asarray(atoms.pbc))]
 
 
 def slab_barostat(open_axes: list[str], where: str) -> None:
