@@ -142,6 +142,12 @@ def read_system(path: Path, type_map: list[str] | None, fmt: str | None = None):
 
             frames = ase.io.read(str(path), ":")
             check_ordered(frames, path)
+            formulas = list(dict.fromkeys(a.get_chemical_formula() for a in frames))
+            if len(formulas) > 1:  # dpdata's System holds one composition
+                raise InputError(str(path), f"holds frames of {len(formulas)} compositions ({', '.join(formulas[:3])}"
+                                            f"{', …' if len(formulas) > 3 else ''}) where one structure or system "
+                                            "is read; write each composition to its own file (a pattern such as "
+                                            "confs/*.extxyz lists them all)")
             systems = [dpdata.System(a, fmt="ase/structure") for a in frames]
             system = systems[0]
             for other in systems[1:]:
@@ -434,33 +440,3 @@ def slab_barostat(open_axes: list[str], where: str) -> None:
         raise InputError(where, f"npt: not periodic along {', '.join(open_axes)}: a barostat holds the pressure of a "
                                 "bulk cell, or in the plane of a slab whose vacuum lies along c; use nvt, or "
                                 "turn the slab so its vacuum lies along c")
-
-
-def random_cell(symbols: list[str], density_g_cm3: float, min_distance: float, seed: int,
-                max_tries: int = 1_000_000):
-    """A cubic periodic cell of ``symbols`` at random positions at a mass density, no two atoms
-    (periodic images included) closer than ``min_distance`` Å: the starting cell of a liquid or an
-    amorphous solid, which MD at temperature then relaxes. Random sequential placement jams near a
-    packing fraction of 0.38 (spheres of diameter ``min_distance``): a request beyond it would loop
-    forever, so it stops after ``max_tries`` draws and says what to lower."""
-    from ase import Atoms
-    from ase.data import atomic_masses, atomic_numbers
-
-    from collections import Counter
-
-    mass = sum(n * atomic_masses[atomic_numbers[s]] for s, n in Counter(symbols).items()) / 6.02214076e23  # g
-    length = (mass / density_g_cm3 * 1e24) ** (1 / 3)  # Å
-    rng = np.random.default_rng(seed)
-    positions: list[np.ndarray] = []
-    for _ in range(max_tries):
-        if len(positions) == len(symbols):
-            return Atoms(symbols, positions=positions, cell=[length] * 3, pbc=True)
-        p = rng.uniform(0, length, 3)
-        if positions:
-            d = np.asarray(positions) - p
-            d -= length * np.round(d / length)  # minimum image
-            if np.min(np.linalg.norm(d, axis=1)) < min_distance:
-                continue
-        positions.append(p)
-    raise ValueError(f"placed {len(positions)} of {len(symbols)} atoms at {density_g_cm3} g/cm³ with no pair "
-                     f"closer than {min_distance} Å: lower min_distance or the density")

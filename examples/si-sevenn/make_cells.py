@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from ase.build import bulk
 
-from lamflow.steps.structures import random_cell
+from lamflow.steps.cells import random_cell
 
 N_ATOMS = 64
 MIN_DISTANCE = 2.2  # Å; the Si–Si bond is 2.35 Å

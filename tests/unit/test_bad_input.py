@@ -52,6 +52,7 @@ def files(tmp_path_factory, students, cu_data):
     import ase.io
 
     cuau = ase.io.read(d / "cuau.extxyz")  # written in the order Au, Cu: ASE names them in Masses
+    ase.io.write(d / "two-alloys.extxyz", [*ase.io.read(d / "cu.extxyz", ":"), ase.io.read(d / "cuau.extxyz")])
     ase.io.write(d / "aucu.data", cuau, format="lammps-data", specorder=["Au", "Cu"], masses=True)
     (d / "aucu-bare.data").write_text(  # the same without the names: the masses tell
         "\n".join(line.split("#")[0] for line in (d / "aucu.data").read_text().splitlines()))
@@ -182,6 +183,9 @@ CASES = [
      "aucu-bare.data: atom type 1 has mass 196.967, Au's, but type_map[0] is Cu"),
     ("LAMMPS data with more types than type_map", {"configurations.files": ["aucu.data"]},
      "aucu.data: has 2 atom types, type_map names 1"),
+    ("frames of two compositions in one file", {"type_map": ["Cu", "Au"], "configurations.files": ["two-alloys.extxyz"]},
+     "two-alloys.extxyz: holds frames of 2 compositions (Cu32, Au8Cu24) where one structure or system is read; write "
+     "each composition to its own file"),
     ("a CIF with partially occupied sites", {"type_map": ["Cu", "Au"], "configurations.files": ["disordered.cif"]},
      "disordered.cif: has 2 partially occupied site(s) (site 0: Cu 0.5 + Au 0.5), which ASE reads as one species"),
     ("a one-atom cell", {"configurations.files": ["cu1.extxyz"]},

@@ -12,6 +12,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import ase.build
+import ase.io
+import numpy as np
 import pytest
 import yaml
 
@@ -97,10 +100,13 @@ def test_the_cli_writes_the_config_and_names_what_did_not_translate(tmp_path):
     assert cfg["selection"] == {"trust_lo": "adaptive", "trust_hi": 0.8, "max_candidates": 30}
     assert cfg["convergence"] == {"consecutive": 2, "level_tolerance": 0.02} and cfg["max_iterations"] == 10
     assert cfg["student"] == {"template": "../train.json", "numb_steps": 1234, "init_from_previous": False}
-    assert cfg["configurations"] == {"files": ["../cu.extxyz"]} and "teacher" not in cfg
+    # the alloy configuration: its one cell (fcc, no replicate) made here, as dpgen2 makes it at submit
+    assert cfg["configurations"] == {"files": ["../cu.extxyz", "confs/alloy-1/*.extxyz"]} and "teacher" not in cfg
+    assert [p.name for p in (tmp_path / "lam" / "confs" / "alloy-1").iterdir()] == ["000.extxyz"]
     assert cfg["initial_data"] == {"systems": [], "perturbed_frames": 40}
     for said in ("fp.type 'vasp': lamflow's teacher is a DeePMD-kit model or an ASE calculator",
-                 "explore.configurations[1] (type 'alloy')",
+                 "explore.configurations[1] (type 'alloy'): 1 random 4-atom cells on fcc a = 3.6 Å written to "
+                 "confs/alloy-1/*.extxyz",
                  "explore.stages[0][1]: an iteration explores one ensemble and MD length",
                  "explore.convergence.numb_candi_f 30 above fp.task_max 10: dpgen2 labels 10 of its candidates"):
         assert f"note: {said}" in out.stderr and said in written
@@ -147,3 +153,47 @@ def test_dpgen2s_own_distillation_example_translates(tmp_path):
     assert sum("lmp-template" in n for n in t.notes) == 1
     assert any("dp convert-backend teacher_model.pb teacher_model.pth" in n for n in t.notes)
     assert any("student_model_path" in n for n in t.notes)
+
+
+def test_alloy_configurations_become_the_cells_dpgen2_would_have_made(tmp_path):
+    """dpgen2's alloy configurations (its examples/almg's, written before configurations had a
+    type; a diamond one; one on a lattice read from a file): the cells are made once, seeded, and
+    listed as extxyz; dpgen2's diamond constant is half the cubic one; a bad lattice is one line."""
+    ase.io.write(tmp_path / "POSCAR", ase.build.bulk("Cu", "bcc", a=2.9, cubic=True), format="vasp")
+    source = {
+        "inputs": {"type_map": ["Al", "Mg"]},
+        "explore": {"configurations": [
+            {"lattice": ["fcc", 4.57], "replicate": [2, 2, 2], "numb_confs": 30,
+             "concentration": [[1.0, 0.0], [0.5, 0.5], [0.0, 1.0]]},
+            {"type": "alloy", "lattice": ["diamond", 2.8], "replicate": [2, 2, 2], "numb_confs": 2,
+             "cell_pert_frac": 0.02, "atom_pert_dist": 0.05},
+            {"type": "alloy", "lattice": ["POSCAR", "vasp/poscar"], "replicate": 2},
+        ], "stages": [[{"type": "lmp-md", "temps": [300]}]]},
+    }
+    (tmp_path / "out").mkdir()
+    t = translate(source, tmp_path / "input.json", tmp_path / "out")
+    files = t.config["configurations"]["files"]
+    assert files == ["confs/alloy-0/*.extxyz", "confs/alloy-1/*.extxyz", "confs/alloy-2/*.extxyz"]
+    fcc, diamond, bcc = ([ase.io.read(p) for p in sorted((tmp_path / "out").glob(f))] for f in files)
+    assert len(fcc) == 30 and {len(c) for c in fcc} == {32}
+    assert {"Al32", "Mg32"} < {c.get_chemical_formula() for c in fcc}
+    assert np.allclose(fcc[0].cell.lengths(), 9.14)
+    # dpgen2's ["diamond", 2.8]: its cell vectors 2.8 × (0, 1, 1), a = 5.6 Å, bonds 5.6·√3/4 = 2.42 Å
+    d = diamond[0].get_all_distances(mic=True)
+    assert len(diamond) == 2 and abs(np.sort(d[0])[1] - 5.6 * np.sqrt(3) / 4) < 0.3
+    assert any("half the cubic one" in n for n in t.notes)
+    assert len(bcc) == 1 and len(bcc[0]) == 16 and np.allclose(bcc[0].cell.lengths(), 5.8)
+    # the same input writes the same cells
+    again = translate(source, tmp_path / "input.json", tmp_path / "out")
+    assert again.config == t.config
+    assert np.array_equal(ase.io.read(tmp_path / "out" / "confs" / "alloy-0" / "007.extxyz").positions,
+                          fcc[7].positions)
+    # the config the translation wrote loads, every cell one starting file
+    (tmp_path / "out" / "config.yaml").write_text(yaml.safe_dump({**t.config, "teacher": {"calculator": "emt"}}))
+    assert len(DistillConfig.load(tmp_path / "out" / "config.yaml").configurations.files) == 33
+    for lattice, message in ((["fcc"], r"explore.configurations\[0\].lattice: expected \[lattice type, constant\]"),
+                             (["bcx", 3.0], "lattice 'bcx' is not one of fcc, bcc, hcp, sc, diamond"),
+                             (["nothere", "vasp/poscar"], "lattice file .*nothere not found")):
+        bad = {**source, "explore": {**source["explore"], "configurations": [{"type": "alloy", "lattice": lattice}]}}
+        with pytest.raises(InputError, match=message):
+            translate(bad, tmp_path / "input.json", tmp_path / "out")

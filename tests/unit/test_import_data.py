@@ -76,20 +76,3 @@ def test_a_file_that_does_not_fit_is_one_line_naming_it(tmp_path, case, message)
         import_data(params)
     assert str(outcar) in str(err.value) and "\n" not in str(err.value)
     assert not (tmp_path / "d").exists()
-
-
-def test_a_random_cell_keeps_its_distance_and_density_and_a_jammed_one_says_so():
-    """The starting cells of the liquid and amorphous examples (examples/si-sevenn, the NiAl bench
-    system) come from random_cell: no pair closer than asked, the density asked, and a request
-    beyond random packing's jamming stops with one message instead of looping forever."""
-    from ase.data import atomic_masses, atomic_numbers
-
-    from lamflow.steps.structures import overlaps, random_cell
-
-    atoms = random_cell(["Ni", "Al"] * 8, 5.2, 2.0, seed=3)
-    d = atoms.get_all_distances(mic=True)
-    assert d[np.triu_indices(len(atoms), 1)].min() >= 2.0 and not overlaps([atoms])
-    grams = sum(atomic_masses[atomic_numbers[s]] for s in atoms.get_chemical_symbols()) / 6.02214076e23
-    assert abs(grams / (atoms.get_volume() * 1e-24) - 5.2) < 1e-9
-    with pytest.raises(ValueError, match="placed .* of 16 atoms .* lower min_distance or the density"):
-        random_cell(["Ni", "Al"] * 8, 5.2, 3.5, seed=3, max_tries=20_000)

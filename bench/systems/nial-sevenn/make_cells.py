@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from ase import Atoms
 
-from lamflow.steps.structures import random_cell
+from lamflow.steps.cells import random_cell
 
 MIN_DISTANCE = 2.0  # Å; the Ni–Al bond in B2 NiAl is 2.50 Å (2.2 cannot be packed at random at this density)
 

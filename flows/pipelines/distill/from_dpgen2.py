@@ -17,6 +17,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from lamflow.steps.cells import alloy_cells, read_lattice, unit_cell
 from lamflow.steps.errors import InputError
 
 #: dpgen2's ``lmp-md`` task-group defaults (dpgen2/exploration/task/make_task_group_from_config.py),
@@ -42,12 +43,14 @@ class Translation:
         self.config: dict[str, Any] = {}
         self.notes: list[str] = []
 
-    def path(self, value: str, prefix: str | None = None) -> str:
-        """A path of the dpgen2 input (relative to its folder, or to ``prefix``) relative to the
-        config being written, where lamflow resolves it."""
+    def source_path(self, value: str, prefix: str | None = None) -> Path:
+        """A path of the dpgen2 input: relative to its folder, or to ``prefix``."""
         p = Path(prefix or "") / value
-        p = p if p.is_absolute() else self.source.parent / p
-        return os.path.relpath(p, self.out_dir)
+        return p if p.is_absolute() else self.source.parent / p
+
+    def path(self, value: str, prefix: str | None = None) -> str:
+        """A path of the dpgen2 input relative to the config being written, where lamflow resolves it."""
+        return os.path.relpath(self.source_path(value, prefix), self.out_dir)
 
     def note(self, text: str) -> None:
         self.notes.append(text)
@@ -145,10 +148,13 @@ def _student(t: Translation, train: dict) -> None:
 
 
 def _configurations(t: Translation, explore: dict) -> None:
-    files, fmts = [], set()
+    files, fmts, made = [], set(), []
     prefix = explore.get("configuration_prefix")
     for i, conf in enumerate(explore.get("configurations") or []):
-        kind = conf.get("type", "file")
+        kind = conf.get("type", "alloy" if "lattice" in conf else "file")  # dpgen2 before 0.0.7 had no type
+        if kind == "alloy":
+            made.append(_alloy(t, conf, i, prefix))
+            continue
         if kind != "file":
             t.note(f"explore.configurations[{i}] (type '{kind}'): lamflow starts from files; write its cells to a "
                    "file (ASE) and list it in configurations.files")
@@ -156,15 +162,54 @@ def _configurations(t: Translation, explore: dict) -> None:
         names = conf.get("files") or []
         files += [t.path(f, conf.get("prefix") or prefix) for f in ([names] if isinstance(names, str) else names)]
         fmts.add(conf.get("fmt", "auto"))
+    files += made
     if not files:
         t.note("no configuration files: set configurations.files")
     t.config["configurations"] = {"files": files}
     fmts.discard("auto")
-    if len(fmts) == 1:
+    if len(fmts) == 1 and not made:
         t.config["configurations"]["fmt"] = fmts.pop()
     elif fmts:
-        t.note(f"configurations in several formats ({', '.join(sorted(fmts))}): lamflow guesses each file's from its "
-               "name; give configurations.fmt if one is not guessed")
+        t.note(f"configurations in {', '.join(sorted(fmts))} beside {'the alloy cells (extxyz)' if made else 'others'}"
+               ": lamflow guesses each file's format from its name; rename a file whose format is not guessed")
+
+
+def _alloy(t: Translation, conf: dict, i: int, prefix: str | None) -> str:
+    """dpgen2's ``alloy`` configuration as the cells it would have made: generated once here (dpgen2
+    also generates them once, when the workflow is submitted), one extxyz file each in a folder next
+    to the config, seeded so a second translation writes the same cells. The pattern of their files,
+    as the config lists it."""
+    from ase.io import write
+
+    where = f"explore.configurations[{i}]"
+    lattice = conf.get("lattice")
+    if not isinstance(lattice, (list, tuple)) or len(lattice) != 2:
+        raise InputError(f"{where}.lattice", f"expected [lattice type, constant] or [file, dpdata format], got "
+                                             f"{lattice!r}")
+    kind, second = lattice
+    if isinstance(second, str):
+        base, what = read_lattice(t.source_path(str(kind), prefix), second, f"{where}.lattice"), f"the cell of {kind}"
+    else:
+        # dpgen2's diamond cell is the primitive one with vectors constant × (0, 1, 1): half the cubic constant
+        a = float(second) * (2.0 if kind == "diamond" else 1.0)
+        base, what = unit_cell(str(kind), a, f"{where}.lattice"), f"{kind} a = {a:g} Å"
+        if kind == "diamond":
+            t.note(f"{where}: dpgen2's diamond constant {second} is half the cubic one (its cell's vectors are "
+                   f"{second} × (0, 1, 1)): the cells are diamond with a = {a:g} Å")
+    count = int(conf.get("numb_confs", 1))
+    cells = alloy_cells(t.config["type_map"], base, count, conf.get("replicate"), conf.get("concentration"),
+                        float(conf.get("cell_pert_frac", 0.0)), float(conf.get("atom_pert_dist", 0.0)), seed=i,
+                        where=where)
+    folder = t.out_dir / "confs" / f"alloy-{i}"
+    folder.mkdir(parents=True, exist_ok=True)
+    for old in folder.glob("*.extxyz"):  # a translation written again: no cell of the last one stays
+        old.unlink()
+    for j, cell in enumerate(cells):  # one file each: a file's frames share one composition
+        write(folder / f"{j:03d}.extxyz", cell)
+    name = os.path.relpath(folder / "*.extxyz", t.out_dir)
+    t.note(f"{where} (type 'alloy'): {count} random {len(cells[0])}-atom cells on {what} written to {name} "
+           "(seeded; dpgen2 also makes them once, at submit)")
+    return name
 
 
 def _initial_data(t: Translation, inputs: dict) -> None:
