@@ -197,3 +197,32 @@ def test_alloy_configurations_become_the_cells_dpgen2_would_have_made(tmp_path):
         bad = {**source, "explore": {**source["explore"], "configurations": [{"type": "alloy", "lattice": lattice}]}}
         with pytest.raises(InputError, match=message):
             translate(bad, tmp_path / "input.json", tmp_path / "out")
+
+
+def test_every_lamflow_name_given_for_a_dpgen2_key_is_a_config_key():
+    """An unknown dpgen2 key names lamflow's (flows/core/errors.DPGEN_NAMES), a table kept apart
+    from the converter's (core may not import a pipeline): a lamflow key renamed without it would
+    send a dpgen2 user to a key that is not there. Each name is a path of the distill config, or
+    a key of an iterations entry; each dpgen2 key is also in docs/trust-levels.md's table."""
+    import typing
+
+    from pydantic import BaseModel
+
+    from lamflow.flows.core.errors import DPGEN_NAMES
+
+    def _models_in(annotation) -> list:
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            return [annotation]
+        return [m for arg in typing.get_args(annotation) for m in _models_in(arg)]
+
+    docs = (REPO / "docs" / "trust-levels.md").read_text()
+    iteration = _models_in(DistillConfig.model_fields["iterations"].annotation)
+    for dpgen2_key, ours in DPGEN_NAMES.items():
+        models = [DistillConfig]
+        for part in ours.split("."):
+            found = [m.model_fields[part].annotation for m in models if part in m.model_fields]
+            if not found and models == [DistillConfig]:  # a bare key of an iterations entry
+                found = [m.model_fields[part].annotation for m in iteration if part in m.model_fields]
+            assert found, f"DPGEN_NAMES[{dpgen2_key!r}] = {ours!r}: no such config key"
+            models = [m for f in found for m in _models_in(f)]
+        assert dpgen2_key in docs, f"docs/trust-levels.md does not mention dpgen2's {dpgen2_key}"
