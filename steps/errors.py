@@ -43,3 +43,19 @@ def out_of_memory(exc: BaseException) -> bool:
     failed SCF) must not drop these, or a busy GPU silently costs labels a retry would have made."""
     return (isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError"
             or "out of memory" in str(exc).lower())
+
+
+#: why a labeller left a frame out, as the ``drop_reasons`` of its result count them: a run whose
+#: teacher drops many frames says why (an SCF that does not converge on hot frames wants other
+#: calculator settings; forces beyond ``max_force`` say the students' MD broke)
+NON_FINITE = "a non-finite energy, force or virial"
+ABOVE_MAX_FORCE = "a force above max_force"
+
+
+def above_max_force(max_force: float) -> str:
+    return f"{ABOVE_MAX_FORCE} ({max_force:g} eV/Å)"
+
+
+def count_drop(reasons: dict[str, int], reason: str, n: int = 1) -> None:
+    if n:
+        reasons[reason] = reasons.get(reason, 0) + n

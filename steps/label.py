@@ -17,8 +17,8 @@ from pydantic import BaseModel, Field, field_validator
 from .base import CalculatorKwargs, Chunk, NChunks, OutputPath, Params, StructureFormat, TypeMap, check_type_map
 
 from .artifacts import atomic_dir
-from .calculators import known_calculator, make_calculator
-from .errors import InputError, StepFailed, first_sentence, out_of_memory
+from .calculators import fresh_after_failure, known_calculator, make_calculator
+from .errors import NON_FINITE, InputError, StepFailed, above_max_force, count_drop, first_sentence, out_of_memory
 from .runtime import interrupt_if_stopping
 from .structures import deepmd_systems, read_atoms
 
@@ -54,6 +54,7 @@ class LabelResult(BaseModel):
     systems: list[Path]
     n_frames: int
     n_dropped: int
+    drop_reasons: dict[str, int] = {}  # why: frames (the calculator's own words for a failure)
 
 
 def _labelled_frame(atoms, calc):
@@ -84,7 +85,7 @@ def run(params: LabelParams) -> LabelResult:
     frames = [a for path in params.structures for a in read_atoms(path, params.type_map, params.fmt)]
     mine = np.array_split(np.arange(len(frames)), params.n_chunks)[params.chunk]
     multi = dpdata.MultiSystems(type_map=list(params.type_map))
-    dropped = 0
+    reasons: dict[str, int] = {}
     for index in mine:
         interrupt_if_stopping("label")
         try:
@@ -96,18 +97,21 @@ def run(params: LabelParams) -> LabelResult:
                 raise StepFailed(f"label: frame {index}: the calculator ran out of memory ({first_sentence(exc)}); "
                                  "the step is retried, no frame dropped") from exc
             log.warning("label: frame %d dropped: %s", index, exc)
-            dropped += 1
+            count_drop(reasons, first_sentence(exc) or type(exc).__name__)
+            calc = fresh_after_failure(params.calculator, params.calculator_kwargs)
             continue
         forces = frame.calc.results["forces"]
         energy = frame.calc.results["energy"]
-        if not (np.isfinite(energy) and np.all(np.isfinite(forces))) or (
-            params.max_force is not None and np.abs(forces).max() > params.max_force
-        ):
-            dropped += 1
+        if not (np.isfinite(energy) and np.all(np.isfinite(forces))):
+            count_drop(reasons, NON_FINITE)
+            continue
+        if params.max_force is not None and np.abs(forces).max() > params.max_force:
+            count_drop(reasons, above_max_force(params.max_force))
             continue
         multi.append(dpdata.LabeledSystem(frame, fmt="ase/structure", type_map=params.type_map))
     with atomic_dir(params.output) as out:
         if multi.get_nframes():
             multi.to_deepmd_npy(str(out))
     systems = deepmd_systems(params.output)
-    return LabelResult(systems=systems, n_frames=multi.get_nframes(), n_dropped=dropped)
+    return LabelResult(systems=systems, n_frames=multi.get_nframes(), n_dropped=sum(reasons.values()),
+                       drop_reasons=reasons)

@@ -27,7 +27,7 @@ from pydantic import BaseModel, Field, field_validator, model_validator
 from .artifacts import atomic_dir
 from .base import (CalculatorKwargs, OutputPath, Params, Seed, TypeMap, barostat_unused, frames_after_start,
                    positive_kelvin)
-from .calculators import known_calculator, make_calculator
+from .calculators import fresh_after_failure, known_calculator, make_calculator
 from .errors import StepFailed, StepInterrupted, first_sentence, out_of_memory
 from .runtime import interrupt_if_stopping
 from .structures import check_overlaps, deepmd_systems, open_axes, periodic, read_atoms, slab_barostat
@@ -138,6 +138,7 @@ def run(params: LabelMDParams) -> LabelMDResult:
                                          f"({first_sentence(exc)}); the step is retried") from exc
                     log.warning("label_md: trajectory %d at %g K stopped: %s", n_traj, temp, exc)
                     stopped += 1
+                    calc = fresh_after_failure(params.calculator, params.calculator_kwargs)
                     break
                 if not (np.isfinite(energy) and np.all(np.isfinite(forces))) or (
                         params.max_force is not None and np.abs(forces).max() > params.max_force):

@@ -16,7 +16,7 @@ from pydantic import BaseModel, Field
 from .base import Chunk, NChunks, OutputPath, Params, TypeMap
 
 from .artifacts import atomic_dir
-from .errors import InputError
+from .errors import NON_FINITE, InputError, above_max_force, count_drop
 from .inference import load_model, predict
 from .structures import deepmd_systems, read_system
 
@@ -39,6 +39,7 @@ class TeacherLabelResult(BaseModel):
     systems: list[Path]
     n_frames: int
     n_dropped: int
+    drop_reasons: dict[str, int] = {}
 
 
 def run(params: TeacherLabelParams) -> TeacherLabelResult:
@@ -46,19 +47,20 @@ def run(params: TeacherLabelParams) -> TeacherLabelResult:
         raise InputError("chunk", f"must be < n_chunks ({params.n_chunks}), got {params.chunk}")
     model = load_model(params.model, params.head)
     with atomic_dir(params.output) as out:  # in progress: RUN/.../chunk-000.partial
-        multi, dropped = _label(params, model)
+        multi, reasons = _label(params, model)
         if multi.get_nframes():
             multi.to_deepmd_npy(str(out))
     return TeacherLabelResult(systems=deepmd_systems(params.output), n_frames=multi.get_nframes(),
-                              n_dropped=dropped)
+                              n_dropped=sum(reasons.values()), drop_reasons=reasons)
 
 
 def _label(params: TeacherLabelParams, model):
-    """This chunk's frames of every system with the teacher's labels; NaN frames dropped, counted."""
+    """This chunk's frames of every system with the teacher's labels; the frames dropped (NaN,
+    beyond ``max_force``), counted by why."""
     import dpdata
 
     multi = dpdata.MultiSystems(type_map=list(params.type_map))
-    dropped = 0
+    reasons: dict[str, int] = {}
     for path in params.systems:
         system = read_system(Path(path), params.type_map)
         idx = np.array_split(np.arange(len(system)), params.n_chunks)[params.chunk]
@@ -69,11 +71,13 @@ def _label(params: TeacherLabelParams, model):
                                       "coords", "nopbc") if k in system.data}).sub_system(idx)
         e, f, v = predict(model, system, str(path), params.batch_size)
         good = np.isfinite(e) & np.all(np.isfinite(f), axis=(1, 2)) & np.all(np.isfinite(v), axis=(1, 2))
+        count_drop(reasons, NON_FINITE, int((~good).sum()))
         if params.max_force is not None:
-            good &= np.abs(f).max(axis=(1, 2)) <= params.max_force
+            within = np.abs(np.nan_to_num(f, nan=np.inf)).max(axis=(1, 2)) <= params.max_force
+            count_drop(reasons, above_max_force(params.max_force), int((good & ~within).sum()))
+            good &= within
         if (~good).any():
             log.warning("teacher_label: %s: %d frames dropped (NaN or too large)", path, int((~good).sum()))
-        dropped += int((~good).sum())
         if not good.any():
             continue
         data = dict(system.data)
@@ -81,4 +85,4 @@ def _label(params: TeacherLabelParams, model):
         if not system.nopbc:
             data["virials"] = v
         multi.append(dpdata.LabeledSystem(data=data).sub_system(np.flatnonzero(good)))
-    return multi, dropped
+    return multi, reasons

@@ -26,6 +26,40 @@ from .resources import Resources
 
 log = logging.getLogger(__name__)
 
+#: a run (or a dataset) whose labeller leaves out at least this share of the frames it is given
+#: says why, under its table and in its report
+DROPPING_RATIO = 0.1
+
+
+@dataclass
+class Labelling:
+    """Frames a labeller (the teacher, a dataset's calculator) was given and those it left out,
+    counted by reason (the calculator's own words for a failure such as an SCF that did not
+    converge, a non-finite label, a force above max_force), summed over its labelling steps.
+    Left-out frames are never learnt; when they are many, the run says why."""
+
+    given: int = 0
+    dropped: dict[str, int] = field(default_factory=dict)
+
+    def add(self, results: list) -> None:
+        """Count labelling results (``LabelResult``, ``TeacherLabelResult``)."""
+        for r in results:
+            self.given += r.n_frames + r.n_dropped
+            for why, n in r.drop_reasons.items():
+                self.dropped[why] = self.dropped.get(why, 0) + n
+
+    @property
+    def lost(self) -> int:
+        return sum(self.dropped.values())
+
+    def many_lost(self) -> bool:
+        return self.given > 0 and self.lost >= DROPPING_RATIO * self.given
+
+    def reasons(self) -> str:
+        """The reasons, most frequent first: ``SCF not converged in 250 cycles: 4; …``."""
+        return "; ".join(f"{why}: {n}" for why, n in sorted(self.dropped.items(), key=lambda kv: -kv[1]))
+
+
 #: written next to a step's output; its presence (with a matching key) means "done".
 RECORD_SUFFIX = ".result.json"
 

@@ -19,13 +19,13 @@ from pydantic import Field, model_validator
 from lamflow.steps.calculators import asks_missing_gpu, check_evaluates
 from lamflow.steps.check_data import check_or_raise
 from lamflow.steps.import_data import ImportParams, ImportSource
-from lamflow.steps.label import LabelParams, LabelSettings
+from lamflow.steps.label import LabelParams, LabelResult, LabelSettings
 from lamflow.steps.perturb import PerturbParams, PerturbSettings
 from lamflow.steps.structures import read_atoms
 
 from lamflow.flows.core.book import Book
 from lamflow.flows.core.config import RunConfig, Section
-from lamflow.flows.core.records import StepCall
+from lamflow.flows.core.records import Labelling, StepCall
 
 from .distill.config import LabelSpec
 
@@ -162,26 +162,39 @@ def dataset_calls(cfg: DatasetConfig, root: Path, name: str, perturbed: list[Pat
     return []
 
 
-def build(cfg: DatasetConfig, root: Path, names: list[str], book: Book,
-          seconds: dict[str, float]) -> dict[str, list[Path]]:
+def build(cfg: DatasetConfig, root: Path, names: list[str], book: Book, seconds: dict[str, float],
+          labelling: dict[str, Labelling] | None = None) -> dict[str, list[Path]]:
     """The deepmd/npy systems of the datasets ``names``: given, or made through the engine's
     runner. Independent steps go in one batch per step kind (every perturbation, then every
     label chunk, then every import), not one batch per dataset: they run side by side on every
-    engine, and on dflow they are one planning level each instead of two per dataset."""
+    engine, and on dflow they are one planning level each instead of two per dataset.
+    ``labelling`` gets, per labelled dataset, what its calculator was given and left out."""
     names = list(dict.fromkeys(names))
     given = {n: list(cfg.dataset(n).systems) for n in names if cfg.dataset(n).systems}
     todo = [n for n in names if n not in given]
     perturbing = [n for n in todo if cfg.dataset(n).label and cfg.dataset(n).label.perturbed_frames]
     perturbed = _by_kind(book, {n: dataset_calls(cfg, root, n) for n in perturbing}, seconds)
-    made = _by_kind(book, {n: dataset_calls(cfg, root, n, perturbed.get(n)) for n in todo}, seconds)
+    made = _by_kind(book, {n: dataset_calls(cfg, root, n, perturbed.get(n)) for n in todo}, seconds, labelling)
     return {n: given[n] if n in given else made[n] for n in names}
 
 
-def _by_kind(book: Book, calls: dict[str, list[StepCall]], seconds: dict[str, float]) -> dict[str, list[Path]]:
+def _by_kind(book: Book, calls: dict[str, list[StepCall]], seconds: dict[str, float],
+             labelling: dict[str, Labelling] | None = None) -> dict[str, list[Path]]:
     """Each name's calls run, those of one step kind in one batch; per name, the systems they wrote."""
     out: dict[str, list[Path]] = {n: [] for n in calls}
     for kind in dict.fromkeys(c.step for cs in calls.values() for c in cs):
         batch = [(n, c) for n, cs in calls.items() for c in cs if c.step == kind]
         for (name, _), rec in zip(batch, book.run([c for _, c in batch], seconds)):
             out[name] += [Path(p) for p in rec.result.systems]
+            if labelling is not None and isinstance(rec.result, LabelResult):
+                labelling.setdefault(name, Labelling()).add([rec.result])
     return out
+
+
+def drop_notes(labelling: dict[str, Labelling]) -> list[str]:
+    """One line per dataset whose calculator left out many of its frames, with why: those frames
+    are not in the dataset, and a DFT-like labeller that fails on many wants other settings or
+    another method."""
+    return [f"dataset {name}: its calculator left out {done.lost} of the {done.given} frames it was given "
+            f"({done.reasons()}); they are not in the dataset (datasets[].label.calculator_kwargs, or another "
+            "method, may label them)" for name, done in labelling.items() if done.many_lost()]

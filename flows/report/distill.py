@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from lamflow.steps.artifacts import write_json
+from lamflow.steps.errors import ABOVE_MAX_FORCE, NON_FINITE
 
 from lamflow.flows.pipelines.distill.records import (LARGEST_TO_RMSE, STRUGGLING_FAILED_RATIO, DistillReport,
                                                     FinalRecord)
@@ -192,8 +193,11 @@ def struggling(report: DistillReport) -> str | None:
     if it.failed_ratio < STRUGGLING_FAILED_RATIO:
         return None
     head = f"iteration {it.iteration}: {it.failed_ratio:.0%} of the explored frames failed"
-    dropped = (f"; the teacher's max_force dropped {it.labels_dropped} of its labels (the students' MD broke)"
-               if it.labels_dropped > it.labels_added else "")
+    reasons = report.labelling.dropped
+    capped = not reasons or any(w.startswith(ABOVE_MAX_FORCE) for w in reasons)
+    dropped = "" if it.labels_dropped <= it.labels_added else (
+        f"; the teacher's max_force dropped {it.labels_dropped} of its labels (the students' MD broke)" if capped
+        else f"; the teacher dropped {it.labels_dropped} of its labels")
     if it.explorers_underfit(report.trust_hi):
         return (f"{head}{dropped}. Its students fit their own training frames at {it.fit_rmse_f:.3g} eV/Å "
                 f"(force RMSE; a frame's largest atomic error is about {LARGEST_TO_RMSE:g}x that, against "
@@ -203,6 +207,34 @@ def struggling(report: DistillReport) -> str | None:
     fit = "" if it.fit_rmse_f is None else f", though they fit their own training frames at {it.fit_rmse_f:.3g} eV/Å"
     return (f"{head}{dropped}. Its students' MD{fit}, goes where no training frame is. Start colder or shorter "
             "(iterations is a schedule), or begin from more teacher frames (initial_data.teacher_md).")
+
+
+def dropping(report: DistillReport) -> str | None:
+    """Why the teacher left many frames out, by reason, and what helps; None when it labelled
+    (nearly) all it was given. A calculator that cannot converge an SCF on the students' hot or
+    broken frames otherwise shows only as a number in brackets while the loop learns nothing."""
+    done = report.labelling
+    if not done.many_lost():
+        return None
+    advice = []
+    if any(why != NON_FINITE and not why.startswith(ABOVE_MAX_FORCE) for why in done.dropped):
+        advice.append("Where the calculator failed (its words above), other settings (teacher.calculator_kwargs) "
+                      "or another method may label such frames, and a colder start (iterations is a schedule) "
+                      "gives it fewer broken ones.")
+    if any(why.startswith(ABOVE_MAX_FORCE) for why in done.dropped):
+        advice.append("Forces beyond teacher.max_force say the students' MD broke there, or that the cap is below "
+                      "this system's forces.")
+    if NON_FINITE in done.dropped:
+        advice.append("A teacher that returns NaN was given frames it cannot describe (atoms too close, an element "
+                      "it was not trained on).")
+    return (f"the teacher left out {done.lost} of the {done.given} frames it was given to label ({done.reasons()}); "
+            "they are never learnt. " + " ".join(advice))
+
+
+def notes(report: DistillReport) -> list[str]:
+    """What the terminal, its progress and report.html say under the table: a struggling
+    iteration, a teacher that drops many frames."""
+    return [why for why in (struggling(report), dropping(report)) if why is not None]
 
 
 #: below this many atoms the speed ratio says more about a call's overhead than about MD (Si,
@@ -239,6 +271,6 @@ def summarize(console: Any, cfg: Any, report: DistillReport) -> None:
             console.print(f"[yellow]note[/yellow]: on {report.speed_atoms} atoms a student's step is mostly the fixed "
                           "cost of a call into its model, so the speed ratio understates a production cell's "
                           "(speed: {atoms: 800} times one)", highlight=False)
-    if (why := struggling(report)) is not None:
+    for why in notes(report):
         console.print(f"[yellow]note[/yellow]: {why}", highlight=False)
     console.print(f"report: {Path(report.run_dir) / 'report.json'} (plots beside it)")

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 from lamflow.steps.artifacts import atomic_write_text
 
-from .distill import plot_convergence, plot_deviations, plot_speed, struggling
+from .distill import notes, plot_convergence, plot_deviations, plot_speed
 
 if TYPE_CHECKING:  # pragma: no cover
     from lamflow.flows.pipelines.distill.records import DistillReport
@@ -66,8 +66,7 @@ def figure_html(path: Path, caption: str) -> str:
 
 
 def _note(report: "DistillReport") -> str:
-    why = struggling(report)
-    return "" if why is None else f'<p class="warn"><strong>Note.</strong> {html.escape(why)}</p>'
+    return "".join(f'<p class="warn"><strong>Note.</strong> {html.escape(why)}</p>' for why in notes(report))
 
 
 def render_html(report: "DistillReport", run_dir: Path) -> Path:

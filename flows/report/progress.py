@@ -16,7 +16,7 @@ from rich.text import Text
 from lamflow.flows.core.records import StepCall, StepRecord
 from lamflow.flows.pipelines.distill.records import DistillReport
 
-from .distill import struggling, table
+from .distill import notes, table
 
 
 class Progress:
@@ -39,8 +39,8 @@ class Progress:
         line = Text.assemble(("● ", "cyan"), (self.current, "bold"),
                              f"   steps done {self.done} (cached {self.cached})   {elapsed:,.0f} s")
         if self.report and self.report.iterations:
-            why = struggling(self.report)
-            return Group(table(self.report), *([Text(f"note: {why}", style="yellow")] if why else []), line)
+            return Group(table(self.report), *(Text(f"note: {why}", style="yellow") for why in notes(self.report)),
+                         line)
         return line
 
     def __enter__(self) -> "Progress":
@@ -77,6 +77,6 @@ class Progress:
         else:
             self._say(f"iteration {len(report.iterations) - 1} done")
             self.console.print(table(report))
-            if (why := struggling(report)) is not None:
+            for why in notes(report):
                 self._say(f"note: {why}")
             self.console.file.flush()

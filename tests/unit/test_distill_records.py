@@ -116,3 +116,41 @@ def test_report_html_carries_the_struggling_note(tmp_path):
     assert "<strong>Note.</strong> iteration 1: 90% of the explored frames failed" in page
     it.failed_ratio = 0.1
     assert "Note." not in render_html(r, tmp_path).read_text()
+
+
+def test_a_teacher_that_drops_many_frames_says_why_and_what_helps(tmp_path):
+    """GFN2-xTB as the teacher of LiF (tried, 2 CPU cores): its SCF did not converge on 8 of the 34
+    frames it was given, 7 of one iteration's 10 candidates; the table showed "3 (8)" and nothing
+    said why. The terminal and report.html now name the reasons, counted over the whole run."""
+    from rich.console import Console
+
+    from lamflow.flows.pipelines.distill.records import DistillReport
+    from lamflow.flows.report.distill import dropping, summarize, write_report
+    from lamflow.flows.report.html import render_html
+    from lamflow.steps.label import LabelResult
+
+    r = _report()
+    r.run_dir = str(tmp_path)
+    r.labelling.add([LabelResult(systems=[], n_frames=10, n_dropped=0)])
+    assert dropping(r) is None  # all labelled
+    r.labelling.add([
+        LabelResult(systems=[], n_frames=3, n_dropped=7, drop_reasons={"SCF not converged in 250 cycles": 7}),
+        LabelResult(systems=[], n_frames=4, n_dropped=1, drop_reasons={"SCF not converged in 250 cycles": 1})])
+    assert (r.labelling.given, r.labelling.dropped) == (25, {"SCF not converged in 250 cycles": 8})
+    why = dropping(r)
+    assert why.startswith("the teacher left out 8 of the 25 frames it was given to label (SCF not converged in 250 "
+                          "cycles: 8); they are never learnt.")
+    assert "teacher.calculator_kwargs" in why and "max_force" not in why
+    console = Console(record=True, width=400)
+    summarize(console, None, r)
+    assert "note: the teacher left out 8 of the 25 frames" in console.export_text()
+    assert "<strong>Note.</strong> the teacher left out 8 of the 25" in render_html(r, tmp_path).read_text()
+    # the report keeps the counts
+    r.status = "max_iterations"
+    write_report(r, tmp_path, plots=False)
+    assert DistillReport.from_json(tmp_path / "report.json").labelling == r.labelling
+    # a cap that drops them says the MD broke, not the calculator
+    r.labelling.dropped = {"a force above max_force (20 eV/Å)": 8}
+    assert "students' MD broke" in dropping(r) and "calculator_kwargs" not in dropping(r)
+    r.labelling.dropped = {"a force above max_force (20 eV/Å)": 2}  # fewer than a tenth: nothing to say
+    assert dropping(r) is None

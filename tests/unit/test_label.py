@@ -56,6 +56,7 @@ def test_max_force_drops_frames(tmp_path, cu_frames):
     r = label.run(label.LabelParams(structures=[cu_frames], type_map=["Cu"], calculator="emt",
                                     output=tmp_path / "o", max_force=1e-6))
     assert r.n_frames == 0 and r.n_dropped == 24 and r.systems == []
+    assert r.drop_reasons == {"a force above max_force (1e-06 eV/Å)": 24}
 
 
 @pytest.mark.parametrize(
@@ -171,6 +172,7 @@ def test_a_calculator_out_of_memory_fails_the_step_where_a_failed_scf_drops_the_
     monkeypatch.setattr(label, "make_calculator", lambda *_: Flaky(RuntimeError("SCF did not converge")))
     r = label.run(label.LabelParams(**params, output=tmp_path / "scf"))
     assert (r.n_frames, r.n_dropped) == (23, 1)
+    assert r.drop_reasons == {"SCF did not converge": 1}  # the calculator's own words, counted
     monkeypatch.setattr(label, "make_calculator",
                         lambda *_: Flaky(RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")))
     with pytest.raises(StepFailed, match="frame 1: the calculator ran out of memory .CUDA out of memory"):

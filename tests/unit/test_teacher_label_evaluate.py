@@ -44,13 +44,21 @@ def test_chunks_and_nan_frames_dropped(tmp_path, students, cu_data):
                                                      "orig", "cells", "coords")}
                   ).to("deepmd/npy", str(bad))
     total = dropped = 0
+    reasons = []
     for chunk in range(2):
         r = teacher_label.run(teacher_label.TeacherLabelParams(
             output=tmp_path / f"c{chunk}", model=students[1].model, systems=[bad], type_map=["Cu"],
             chunk=chunk, n_chunks=2))
         total += r.n_frames
         dropped += r.n_dropped
+        reasons.append(r.drop_reasons)
     assert (total, dropped) == (23, 1)
+    assert reasons == [{"a non-finite energy, force or virial": 1}, {}]
+    # a cap on the teacher's force: every frame above it, none counted twice with the NaN one
+    r = teacher_label.run(teacher_label.TeacherLabelParams(
+        output=tmp_path / "capped", model=students[1].model, systems=[bad], type_map=["Cu"], max_force=1e-9))
+    assert r.n_frames == 0 and r.drop_reasons == {"a non-finite energy, force or virial": 1,
+                                                  "a force above max_force (1e-09 eV/Å)": 23}
 
 
 def test_type_map_order_is_remapped(tmp_path, students, cu_data):

@@ -131,7 +131,10 @@ def run_distill(
         report.speed_atoms = teacher_speed.natoms
         # --- initial data and the first student(s)
         perturbed = book.systems(plan.initial_structures(cfg, lay), init_s)
-        labelled = book.systems(plan.teacher_labels(cfg, teacher, perturbed, lay.init / "label", "init/label"), init_s)
+        first = [r.result for r in book.run(plan.teacher_labels(cfg, teacher, perturbed, lay.init / "label",
+                                                                 "init/label"), init_s)]
+        report.labelling.add(first)
+        labelled = [p for r in first for p in r.systems]
         md_frames = book.systems(plan.teacher_md(cfg, lay, teacher), init_s)
         data = [*cfg.initial_data.systems, *labelled, *md_frames]
         if not data:
@@ -165,6 +168,7 @@ def run_distill(
                 plan.teacher_labels(cfg, teacher, sel.validation, it_dir / "validation", f"iter-{k:03d}/validation"),
             ], secs)
             rec.labels_added = sum(r.result.n_frames for r in new)
+            report.labelling.add([r.result for r in new + val])
             rec.labels_dropped = sum(r.result.n_dropped for r in new + val)
             new_systems = [p for r in new for p in r.result.systems]
             validation += [p for r in val for p in r.result.systems]

@@ -14,6 +14,8 @@ from typing import Any
 
 from lamflow.steps.errors import InputError
 
+from lamflow.flows.core.records import Labelling
+
 
 @dataclass
 class IterationRecord:
@@ -113,6 +115,10 @@ class DistillReport:
     step_seconds: float = 0.0  # in steps that ran in the last session
     compute_seconds: float = 0.0  # in every step of the run, whichever session ran it
     cached_steps: int = 0
+    #: frames the teacher was given to label (initial data, every iteration's candidates and
+    #: validation frames), and why it left some out: many dropped frames say the students' MD
+    #: broke, or that the calculator cannot label such frames (an SCF that does not converge)
+    labelling: Labelling = field(default_factory=Labelling)
     #: running, converged, max_iterations (the rule was not met in time), inaccurate (exploration
     #: converged, but the final training's student misses convergence.max_rmse_f), failed
     status: str = "running"
@@ -142,6 +148,8 @@ class DistillReport:
         data["iterations"] = [IterationRecord(**it) for it in data.get("iterations", [])]
         if data.get("final") is not None:
             data["final"] = FinalRecord(**data["final"])
+        if data.get("labelling") is not None:
+            data["labelling"] = Labelling(**data["labelling"])
         return cls(**data)
 
 

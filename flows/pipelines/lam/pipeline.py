@@ -26,9 +26,10 @@ from lamflow.steps.structures import count_frames
 from lamflow.steps.train import Branch, FreezeParams, TrainParams, TrainResult
 
 from lamflow.flows.core.book import Book
+from lamflow.flows.core.records import Labelling
 from lamflow.flows.core.runner import Pending, Runner
 
-from ..datasets import build
+from ..datasets import build, drop_notes
 from ..datasets import call as _call
 from ..distill.loop import run_distill
 from ..distill.records import DistillReport
@@ -39,6 +40,7 @@ class LamReport:
     name: str
     run_dir: str
     datasets: dict[str, int] = field(default_factory=dict)  # name → frames
+    labelling: dict[str, Labelling] = field(default_factory=dict)  # labelled dataset → given, left out
     pretrained: str = ""
     branch_rmse_f: dict[str, float] = field(default_factory=dict)
     finetuned: str = ""
@@ -77,7 +79,7 @@ def run_lam(cfg: LamConfig, run_dir: Path, runner: Runner, on_batch: Callable[[s
             # --- datasets (only those a stage uses)
             used = [*([] if cfg.pretrain.model else cfg.branches()), cfg.finetune.dataset,
                     *([cfg.finetune.validation] if cfg.finetune.validation else [])]
-            data = build(cfg, root, used, book, secs)
+            data = build(cfg, root, used, book, secs, report.labelling)
             report.datasets = {n: count_frames(s) for n, s in data.items()}
             # --- pretrain
             pretrained = cfg.pretrain.model
@@ -166,6 +168,8 @@ def summarize(console: Any, cfg: LamConfig, report: LamReport) -> None:
               "on its own training frames (finetune.validation names a held-out dataset)")
         console.print(f"finetuned on {cfg.finetune.dataset}: force RMSE {report.downstream['rmse_f']:.4f} eV/Å, "
                       f"energy {report.downstream['rmse_e_per_atom'] * 1000:.2f} meV/atom, {on}")
+    for why in drop_notes(report.labelling):
+        console.print(f"[yellow]note[/yellow]: {why}", highlight=False)
     d = report.distill
     console.print(f"distill: {d.get('status')}; student {d.get('final_student')}")
     console.print(f"report: {Path(report.run_dir) / 'lam-report.json'} and {d.get('report')}")
