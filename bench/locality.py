@@ -86,7 +86,7 @@ def constrained_spread(task: Task) -> Spread:
     from ase import units
     from ase.constraints import FixAtoms
     from ase.md.langevin import Langevin
-    from ase.md.velocitydistribution import MaxwellBoltzmannDistribution
+    from ase.md.velocitydistribution import thermalize_momenta
 
     from lamflow.steps.calculators import make_calculator
     from lamflow.steps.structures import read_atoms
@@ -96,7 +96,7 @@ def constrained_spread(task: Task) -> Spread:
     atoms = read_atoms(Path(task.cell), task.type_map)[0].repeat(task.repeat)
     atoms.calc = make_calculator(task.calculator, task.kwargs)
     rng = np.random.default_rng(task.seed)
-    MaxwellBoltzmannDistribution(atoms, temperature_K=task.temp, rng=rng)
+    thermalize_momenta(atoms, task.temp, rng=rng)
 
     def langevin():
         return Langevin(atoms, timestep=TIMESTEP_FS * units.fs, temperature_K=task.temp,

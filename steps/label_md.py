@@ -105,7 +105,7 @@ def run(params: LabelMDParams) -> LabelMDResult:
     import dpdata
     from ase.calculators.singlepoint import SinglePointCalculator
     from ase.constraints import FixCom
-    from ase.md.velocitydistribution import MaxwellBoltzmannDistribution
+    from ase.md.velocitydistribution import thermalize_momenta
 
     files = [(str(path), a) for path in params.structures for a in read_atoms(path, params.type_map)]
     for where, a in files:
@@ -122,7 +122,7 @@ def run(params: LabelMDParams) -> LabelMDResult:
             atoms = start.copy()
             atoms.set_constraint(FixCom())  # no drift of the whole cell (ASE's recommended way)
             atoms.calc = calc
-            MaxwellBoltzmannDistribution(atoms, temperature_K=temp, rng=rng)
+            thermalize_momenta(atoms, temp, rng=rng)
             md = _dynamics(params, atoms, temp, rng, files[s_index][1].pbc)
             md.attach(interrupt_if_stopping, interval=1, what="label_md")
             for _ in range(params.nsteps // params.trj_freq):

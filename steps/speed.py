@@ -126,14 +126,14 @@ def supercell(structure: Path, type_map: list[str], min_atoms: int) -> tuple[int
 def _ase(params: SpeedParams) -> SpeedResult:
     """Velocity Verlet with the calculator on the first frame of ``structure``."""
     from ase import units
-    from ase.md.velocitydistribution import MaxwellBoltzmannDistribution
+    from ase.md.velocitydistribution import thermalize_momenta
     from ase.md.verlet import VelocityVerlet
 
     calc = make_calculator(params.calculator, params.calculator_kwargs, field="calculator")
     atoms = periodic(read_atoms(params.structure, params.type_map)[0], str(params.structure))
     atoms = atoms.repeat(supercell(params.structure, params.type_map, params.min_atoms))  # LAMMPS' cell
     atoms.calc = calc
-    MaxwellBoltzmannDistribution(atoms, temperature_K=params.temp, rng=np.random.default_rng(1))
+    thermalize_momenta(atoms, params.temp, rng=np.random.default_rng(1))
     md = VelocityVerlet(atoms, timestep=1.0 * units.fs)
     md.attach(interrupt_if_stopping, interval=1, what="speed")
     nsteps = max(10, params.nsteps // 10)
