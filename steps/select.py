@@ -11,6 +11,13 @@ A trajectory that blew up (a failed explore task) counts every frame it wrote as
 offers them like any failed frame: when each trajectory of a first student breaks, the frames
 before the break are the only ones the loop can learn from.
 
+A frame whose atoms overlap (closer than half their covalent radii, as no real structure comes)
+is *broken*: the students' MD went where their deviation cannot be trusted. Two students trained
+on the same few frames agree there as readily as anywhere (tried: 100-step students under npt
+fused Cu atoms to 1.2 Å, their deviation stayed below 0.02 eV/Å, every frame "accurate", the
+teacher's forces 84–115 eV/Å). Broken frames are counted (``n_broken``) and the run says so;
+they are still classified by their deviation (dpgen2's distance filter drops them instead).
+
 ``trust_lo: adaptive`` is dpgen2's adaptive-lower report: a fixed ``trust_lo`` must be set to an
 error the student can reach, which nobody knows before the run (an underfit ensemble disagrees
 at 0.2 eV/Å on a hot liquid, and then no frame is ever "accurate"). The adaptive level is instead
@@ -32,7 +39,7 @@ from .base import OutputPath, Params, Seed, TypeMap, ordered_trust_levels
 from .artifacts import atomic_dir, write_json
 from .errors import InputError, StepFailed
 from .explore import ExploreTask, has_deviation_rows, reached_first_step
-from .structures import deepmd_systems
+from .structures import deepmd_systems, overlaps
 
 
 class SelectSettings(Params):
@@ -97,6 +104,7 @@ class SelectResult(BaseModel):
     n_failed: int
     n_selected: int
     n_failed_tasks: int
+    n_broken: int = Field(0, description="explored frames with overlapping atoms (the students' MD broke there)")
     accurate_ratio: float
     candidate_ratio: float
     failed_ratio: float
@@ -151,6 +159,20 @@ def _task_failure(task: Path) -> str | None:
     return (record.reason or "failed") if record.status == "failed" else None
 
 
+def broken_frames(task: Path, frames: np.ndarray, type_map: list[str]) -> np.ndarray:
+    """Which of a task's dumped ``frames`` have overlapping atoms (:func:`structures.overlaps`)."""
+    import dpdata
+
+    mask = np.zeros(len(frames), dtype=bool)
+    if not len(frames) or not (Path(task) / "traj.dump").is_file():
+        return mask
+    traj = dpdata.System(str(Path(task) / "traj.dump"), fmt="lammps/dump", type_map=list(type_map))
+    inside = np.flatnonzero(frames < len(traj))
+    atoms = traj.sub_system(frames[inside].tolist()).to("ase/structure") if len(inside) else []
+    mask[inside[[i for i, _ in overlaps(atoms)]]] = True
+    return mask
+
+
 def adaptive_level(devi: np.ndarray, trust_hi: float, n: int) -> float:
     """The lowest error among the ``n`` highest below ``trust_hi`` (dpgen2's adaptive lower level):
     the candidate zone ``[level, trust_hi)`` then holds ``n`` frames, the labelling budget. With
@@ -162,7 +184,7 @@ def adaptive_level(devi: np.ndarray, trust_hi: float, n: int) -> float:
 def run(params: SelectParams) -> SelectResult:
     rng = np.random.default_rng(params.seed)
     per_task = []  # (task index, explored frame indices, their errors, whether the task failed)
-    n_failed_frames = n_failed_tasks = 0
+    n_failed_frames = n_failed_tasks = n_broken = 0
     unstarted = []  # failed before writing one deviation: LAMMPS could not start, not a blow-up
     for ti, task in enumerate(params.tasks):
         failure = _task_failure(task)
@@ -172,6 +194,8 @@ def run(params: SelectParams) -> SelectResult:
             continue
         frames = explored_frames(task)
         devi = (max_force_deviation(task) * params.deviation_scale)[frames]
+        broken = broken_frames(Path(task), frames, params.type_map)
+        n_broken += int(broken.sum())
         if failure is not None or not np.all(np.isfinite(devi)):
             # A trajectory that blew up (lost atoms, NaN, a crash) counts as failed frame by frame;
             # the frames it wrote before are real configurations, and the last ones are where the
@@ -217,7 +241,7 @@ def run(params: SelectParams) -> SelectResult:
             _frames(params, validation).to_deepmd_npy(str(work / "validation"))
         summary = dict(
             n_frames=total, n_accurate=n_acc, n_candidate=n_cand, n_failed=n_fail,
-            n_selected=multi.get_nframes(), n_failed_tasks=n_failed_tasks,
+            n_selected=multi.get_nframes(), n_failed_tasks=n_failed_tasks, n_broken=n_broken,
             accurate_ratio=n_acc / total if total else 0.0,
             candidate_ratio=n_cand / total if total else 0.0,
             failed_ratio=n_fail / total if total else 0.0, trust_lo=lo,

@@ -154,3 +154,30 @@ def test_a_teacher_that_drops_many_frames_says_why_and_what_helps(tmp_path):
     assert "students' MD broke" in dropping(r) and "calculator_kwargs" not in dropping(r)
     r.labelling.dropped = {"a force above max_force (20 eV/Å)": 2}  # fewer than a tenth: nothing to say
     assert dropping(r) is None
+
+
+def test_students_that_agree_where_they_are_wrong_are_named(tmp_path):
+    """Two 100-step students under npt (tried on a Cu primitive cell): 90 % of their frames
+    "accurate" by their deviation, the first 0.69 eV/Å from the teacher on the unseen frames."""
+    from rich.console import Console
+
+    from lamflow.flows.report.distill import fused, overconfident, summarize
+
+    r = _report()
+    r.trust_hi = 0.35
+    it = r.iterations[-1]
+    it.accurate_ratio, it.rmse_f, it.n_eval_frames, it.failed_ratio = 0.9, 0.688, 2, 0.1
+    why = overconfident(r)
+    assert why.startswith("iteration 1: the students agree with each other on 90% of the explored frames, but the "
+                          "first is 0.688 eV/Å from the teacher on 2 unseen frames, above trust_hi 0.35")
+    assert "convergence.max_rmse_f" in why
+    console = Console(record=True, width=400)
+    summarize(console, None, r)
+    assert "note: iteration 1: the students agree with each other" in console.export_text()
+    it.rmse_f = 0.2  # within trust_hi: a calibrated ensemble
+    assert overconfident(r) is None
+    it.rmse_f, it.accurate_ratio = 0.688, 0.2  # most frames not accurate: the deviation says so itself
+    assert overconfident(r) is None
+    assert fused(r) is None
+    it.n_broken, it.n_frames = 2, 20
+    assert fused(r).startswith("iteration 1: 2 of 20 explored frames have atoms closer than half their covalent radii")

@@ -293,3 +293,41 @@ def test_a_crashed_lammps_runs_once_more_and_a_second_crash_is_recorded(tmp_path
     assert calls == ["task.000", "task.000", "task.001"]
     assert [(t.status, t.crash) for t in twice.tasks] == [("failed", "SIGABRT"), ("ok", None)]
     assert "SIGABRT" in twice.tasks[0].reason
+
+
+def test_frames_whose_atoms_overlap_are_counted_whatever_the_deviation_says(tmp_path, explored):
+    """Two students trained on the same few frames can agree where both are wrong (tried: npt on
+    a Cu primitive cell fused atoms to 1.2 Å at a deviation below 0.02 eV/Å, every frame
+    "accurate"). Frames with two atoms closer than half their covalent radii are counted as
+    broken, whatever their deviation (the tiny students' 900 K MD here fuses some itself)."""
+    import shutil
+
+    from lamflow.steps.structures import overlaps
+
+    tasks = []
+    for t in explored.tasks:
+        copy = tmp_path / "md" / t.path.name
+        shutil.copytree(t.path, copy)
+        tasks.append(copy)
+    params = dict(tasks=tasks, type_map=["Cu"], trust_lo=0.05, trust_hi=10.0, max_candidates=4)
+    before = select.run(select.SelectParams(output=tmp_path / "before", **params))
+    explored_atoms = [dpdata.System(str(t / "traj.dump"), fmt="lammps/dump", type_map=["Cu"]).to("ase/structure")
+                      for t in tasks]
+    fused = sum(len(overlaps([a[i] for i in select.explored_frames(t)])) for a, t in zip(explored_atoms, tasks))
+    assert before.n_broken == fused
+    # frame 3 of the first task (2.3 Å apart at least in the real MD): atom 2 moved onto atom 1
+    assert not overlaps([explored_atoms[0][3]])
+    dump = tasks[0] / "traj.dump"
+    blocks = dump.read_text().split("ITEM: TIMESTEP")
+    lines = blocks[4].splitlines()
+    atoms = lines.index("ITEM: ATOMS id type x y z fx fy fz") + 1
+    first = lines[atoms].split()
+    second = lines[atoms + 1].split()
+    second[2:5] = [f"{float(v) + 0.3 * (i == 0):.6f}" for i, v in enumerate(first[2:5])]
+    lines[atoms + 1] = " ".join(second)
+    blocks[4] = "\n".join(lines) + "\n"
+    dump.write_text("ITEM: TIMESTEP".join(blocks))
+    after = select.run(select.SelectParams(output=tmp_path / "after", **params))
+    assert after.n_broken == before.n_broken + 1
+    assert (after.n_accurate, after.n_candidate, after.n_failed) == (before.n_accurate, before.n_candidate,
+                                                                     before.n_failed)

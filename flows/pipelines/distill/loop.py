@@ -161,6 +161,7 @@ def run_distill(
             rec.n_frames, rec.n_selected = sel.n_frames, sel.n_selected
             rec.accurate_ratio, rec.candidate_ratio = sel.accurate_ratio, sel.candidate_ratio
             rec.failed_ratio, rec.failed_tasks, rec.trust_lo = sel.failed_ratio, sel.n_failed_tasks, sel.trust_lo
+            rec.n_broken = sel.n_broken
             rec.deviations = str(sel.deviations)
             it_dir = lay.iteration(k)
             new, val = book.together([

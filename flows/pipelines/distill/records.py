@@ -25,6 +25,7 @@ class IterationRecord:
     candidate_ratio: float = 0.0
     failed_ratio: float = 0.0
     failed_tasks: int = 0
+    n_broken: int = 0  # explored frames with overlapping atoms (the students' MD broke there)
     trust_lo: float | None = None  # the lower level this iteration's selection used (adaptive: its value)
     n_selected: int = 0
     labels_added: int = 0
