@@ -15,8 +15,9 @@ A frame whose atoms overlap (closer than half their covalent radii, as no real s
 is *broken*: the students' MD went where their deviation cannot be trusted. Two students trained
 on the same few frames agree there as readily as anywhere (tried: 100-step students under npt
 fused Cu atoms to 1.2 Å, their deviation stayed below 0.02 eV/Å, every frame "accurate", the
-teacher's forces 84–115 eV/Å). Broken frames are counted (``n_broken``) and the run says so;
-they are still classified by their deviation (dpgen2's distance filter drops them instead).
+teacher's forces 84–115 eV/Å). A broken frame counts as failed, never as accurate, and is not
+offered for labelling: its label would be a force of 10²–10⁴ eV/Å (dropped by ``max_force``, or
+learnt without one), or an SCF that fails (dpgen2's distance filter drops such frames too).
 
 ``trust_lo: adaptive`` is dpgen2's adaptive-lower report: a fixed ``trust_lo`` must be set to an
 error the student can reach, which nobody knows before the run (an underfit ensemble disagrees
@@ -104,7 +105,7 @@ class SelectResult(BaseModel):
     n_failed: int
     n_selected: int
     n_failed_tasks: int
-    n_broken: int = Field(0, description="explored frames with overlapping atoms (the students' MD broke there)")
+    n_broken: int = Field(0, description="explored frames with overlapping atoms: failed, and not labelled")
     accurate_ratio: float
     candidate_ratio: float
     failed_ratio: float
@@ -203,10 +204,11 @@ def run(params: SelectParams) -> SelectResult:
             n_failed_tasks += 1
             n_failed_frames += len(devi)
             if params.label_failed:
-                kept = np.isfinite(devi) & (frames < _dumped_frames(task))
+                kept = np.isfinite(devi) & (frames < _dumped_frames(task)) & ~broken
                 per_task.append((ti, frames[kept], devi[kept], True))
             continue
-        per_task.append((ti, frames, devi, False))
+        n_failed_frames += int(broken.sum())  # failed, whatever the students' deviation says
+        per_task.append((ti, frames[~broken], devi[~broken], False))
     if unstarted and len(unstarted) == len(params.tasks):
         # nothing was explored: selecting from it would read as "0 frames, converged or stuck"
         raise StepFailed(f"no exploration task ran ({len(unstarted)} failed); first: {unstarted[0]}")

@@ -257,7 +257,7 @@ def fused(report: DistillReport) -> str | None:
         return None
     it = report.iterations[-1]
     return (f"iteration {it.iteration}: {it.n_broken} of {it.n_frames} explored frames have atoms closer than half "
-            "their covalent radii: the students' MD broke there, whatever their deviation says of those frames. "
+            "their covalent radii: the students' MD broke there (failed, whatever their deviation, and not labelled). "
             "Train them longer (student.numb_steps), start colder or shorter (iterations is a schedule), or "
             "begin from more teacher frames (initial_data.teacher_md).")
 

@@ -95,11 +95,20 @@ def test_explore_bad_input(tmp_path, students, cu_frames):
                                           type_map=["Al"], structure=cu_frames, temps=[300]))
 
 
+def _errors(tasks) -> np.ndarray:
+    """Each explored frame's error as select judges it: its deviation, or inf where its atoms
+    overlap (a broken frame: failed, never labelled; the tiny students' 900 K MD fuses some)."""
+    frames = [select.explored_frames(t) for t in tasks]
+    devi = np.concatenate([select.max_force_deviation(t)[f] for t, f in zip(tasks, frames)])
+    broken = np.concatenate([select.broken_frames(t, f, ["Cu"]) for t, f in zip(tasks, frames)])
+    return np.where(broken, np.inf, devi)
+
+
 def test_select_classifies_and_caps(tmp_path, explored):
     tasks = [t.path for t in explored.tasks]
     # the starting cell (step 0) of each task is given, not explored: it is not counted
-    devi = np.concatenate([select.max_force_deviation(t)[select.explored_frames(t)] for t in tasks])
-    lo, hi = np.quantile(devi, [0.25, 0.9])
+    devi = _errors(tasks)
+    lo, hi = np.quantile(devi[np.isfinite(devi)], [0.25, 0.9])
     result = select.run(select.SelectParams(output=tmp_path / "s", tasks=tasks, type_map=["Cu"],
                                             trust_lo=lo, trust_hi=hi, max_candidates=5, seed=3))
     assert result.n_frames == len(devi) == 40
@@ -115,14 +124,14 @@ def test_select_classifies_and_caps(tmp_path, explored):
 def test_select_skips_the_starting_cell_and_can_discard_failed_frames(tmp_path, explored):
     tasks = [t.path for t in explored.tasks]
     assert [select.explored_frames(t)[0] for t in tasks] == [1] * len(tasks)
-    devi = np.concatenate([select.max_force_deviation(t)[select.explored_frames(t)] for t in tasks])
-    hi = float(np.quantile(devi, 0.5))
+    devi = _errors(tasks)
+    hi = float(np.quantile(devi[np.isfinite(devi)], 0.5))
     kept = select.run(select.SelectParams(output=tmp_path / "k", tasks=tasks, type_map=["Cu"], trust_lo=0.0,
                                           trust_hi=hi, max_candidates=100, validation_frames=0))
     dropped = select.run(select.SelectParams(output=tmp_path / "d", tasks=tasks, type_map=["Cu"], trust_lo=0.0,
                                              trust_hi=hi, max_candidates=100, validation_frames=0,
                                              label_failed=False))
-    assert kept.n_selected == len(devi)  # a teacher labels failed frames too (the default)
+    assert kept.n_selected == np.isfinite(devi).sum()  # a teacher labels failed frames too (not broken ones)
     assert dropped.n_selected == int(np.sum(devi < hi)) < len(devi)
     assert kept.n_failed == dropped.n_failed == int(np.sum(devi >= hi))
 
@@ -143,8 +152,8 @@ def test_select_adaptive_lower_level_takes_the_budget_of_worst_frames_below_trus
     """dpgen2's adaptive-lower: the level is read off the exploration, so the candidate zone holds
     max_candidates frames whatever the student's accuracy; failed frames stay failed."""
     tasks = [t.path for t in explored.tasks]
-    devi = np.concatenate([select.max_force_deviation(t)[select.explored_frames(t)] for t in tasks])
-    hi = float(np.quantile(devi, 0.8))
+    devi = _errors(tasks)
+    hi = float(np.quantile(devi[np.isfinite(devi)], 0.8))
     below = np.sort(devi[devi < hi])
     result = select.run(select.SelectParams(output=tmp_path / "a", tasks=tasks, type_map=["Cu"], trust_lo="adaptive",
                                             trust_hi=hi, max_candidates=6, label_failed=False, validation_frames=0))
@@ -231,8 +240,9 @@ def test_frames_of_a_trajectory_that_broke_are_failed_and_still_offered_for_labe
     picked = dpdata.System(str(offered.candidates[0]), fmt="deepmd/npy")
     worst = [dpdata.System(str(t / "traj.dump"), fmt="lammps/dump", type_map=["Cu"]) for t in tasks]
     top = sorted(((d, ti, fi) for ti, t in enumerate(tasks)
-                  for fi, d in zip(select.explored_frames(t), select.max_force_deviation(t)[select.explored_frames(t)])
-                  if fi < len(worst[ti])), reverse=True)[:6]
+                  for fi, d, fused in zip(select.explored_frames(t), select.max_force_deviation(t)[select.explored_frames(t)],
+                                          select.broken_frames(t, select.explored_frames(t), ["Cu"]))
+                  if fi < len(worst[ti]) and not fused), reverse=True)[:6]
     expected = np.array([worst[ti]["coords"][fi] for _, ti, fi in sorted(top, key=lambda x: (x[1], x[2]))])
     assert np.allclose(np.sort(picked["coords"].reshape(6, -1), axis=0), np.sort(expected.reshape(6, -1), axis=0))
     discarded = select.run(select.SelectParams(output=tmp_path / "d", tasks=tasks, type_map=["Cu"], trust_lo="adaptive",
@@ -242,7 +252,8 @@ def test_frames_of_a_trajectory_that_broke_are_failed_and_still_offered_for_labe
     # the budget is not spent on the deviation row without a frame: the `rank` highest offered frames,
     # that row's rank included, fill `rank` labels
     last = select.max_force_deviation(tasks[0])[-1]
-    rank = int(np.sum(devi >= last))
+    fused = np.concatenate([select.broken_frames(t, select.explored_frames(t), ["Cu"]) for t in tasks])
+    rank = int(np.sum(devi[~fused] >= last))  # fused frames are never offered
     budget = select.run(select.SelectParams(output=tmp_path / "b", tasks=tasks, type_map=["Cu"], trust_lo="adaptive",
                                             trust_hi=hi, max_candidates=rank, strategy="highest", validation_frames=0))
     assert budget.n_selected == rank
@@ -295,11 +306,11 @@ def test_a_crashed_lammps_runs_once_more_and_a_second_crash_is_recorded(tmp_path
     assert "SIGABRT" in twice.tasks[0].reason
 
 
-def test_frames_whose_atoms_overlap_are_counted_whatever_the_deviation_says(tmp_path, explored):
+def test_a_frame_whose_atoms_overlap_is_failed_whatever_the_deviation_says(tmp_path, explored):
     """Two students trained on the same few frames can agree where both are wrong (tried: npt on
     a Cu primitive cell fused atoms to 1.2 Å at a deviation below 0.02 eV/Å, every frame
-    "accurate"). Frames with two atoms closer than half their covalent radii are counted as
-    broken, whatever their deviation (the tiny students' 900 K MD here fuses some itself)."""
+    "accurate"). A frame with two atoms closer than half their covalent radii is failed, whatever
+    its deviation, and not offered for labelling (the tiny students' 900 K MD here fuses some)."""
     import shutil
 
     from lamflow.steps.structures import overlaps
@@ -309,7 +320,7 @@ def test_frames_whose_atoms_overlap_are_counted_whatever_the_deviation_says(tmp_
         copy = tmp_path / "md" / t.path.name
         shutil.copytree(t.path, copy)
         tasks.append(copy)
-    params = dict(tasks=tasks, type_map=["Cu"], trust_lo=0.05, trust_hi=10.0, max_candidates=4)
+    params = dict(tasks=tasks, type_map=["Cu"], trust_lo=0.05, trust_hi=10.0, max_candidates=40, validation_frames=40)
     before = select.run(select.SelectParams(output=tmp_path / "before", **params))
     explored_atoms = [dpdata.System(str(t / "traj.dump"), fmt="lammps/dump", type_map=["Cu"]).to("ase/structure")
                       for t in tasks]
@@ -328,6 +339,8 @@ def test_frames_whose_atoms_overlap_are_counted_whatever_the_deviation_says(tmp_
     blocks[4] = "\n".join(lines) + "\n"
     dump.write_text("ITEM: TIMESTEP".join(blocks))
     after = select.run(select.SelectParams(output=tmp_path / "after", **params))
-    assert after.n_broken == before.n_broken + 1
-    assert (after.n_accurate, after.n_candidate, after.n_failed) == (before.n_accurate, before.n_candidate,
-                                                                     before.n_failed)
+    assert after.n_broken == before.n_broken + 1 and after.n_failed == before.n_failed + 1 == after.n_broken
+    assert after.n_accurate + after.n_candidate == before.n_accurate + before.n_candidate - 1
+    offered = dpdata.System(str(after.validation[0]), fmt="deepmd/npy")
+    assert len(offered) == 40 - after.n_broken  # every frame but the fused ones
+    assert not overlaps(offered.to("ase/structure"))
