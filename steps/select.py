@@ -160,14 +160,20 @@ def _task_failure(task: Path) -> str | None:
     return (record.reason or "failed") if record.status == "failed" else None
 
 
-def broken_frames(task: Path, frames: np.ndarray, type_map: list[str]) -> np.ndarray:
-    """Which of a task's dumped ``frames`` have overlapping atoms (:func:`structures.overlaps`)."""
+def read_trajectory(task: Path, type_map: list[str]):
+    """A task's ``traj.dump`` as a dpdata System (None where LAMMPS wrote none): read once per
+    selection, for the overlap check and for the frames it picks."""
     import dpdata
 
+    dump = Path(task) / "traj.dump"
+    return dpdata.System(str(dump), fmt="lammps/dump", type_map=list(type_map)) if dump.is_file() else None
+
+
+def broken_frames(traj, frames: np.ndarray) -> np.ndarray:
+    """Which of a trajectory's dumped ``frames`` have overlapping atoms (:func:`structures.overlaps`)."""
     mask = np.zeros(len(frames), dtype=bool)
-    if not len(frames) or not (Path(task) / "traj.dump").is_file():
+    if traj is None or not len(frames):
         return mask
-    traj = dpdata.System(str(Path(task) / "traj.dump"), fmt="lammps/dump", type_map=list(type_map))
     inside = np.flatnonzero(frames < len(traj))
     atoms = traj.sub_system(frames[inside].tolist()).to("ase/structure") if len(inside) else []
     mask[inside[[i for i, _ in overlaps(atoms)]]] = True
@@ -187,6 +193,7 @@ def run(params: SelectParams) -> SelectResult:
     per_task = []  # (task index, explored frame indices, their errors, whether the task failed)
     n_failed_frames = n_failed_tasks = n_broken = 0
     unstarted = []  # failed before writing one deviation: LAMMPS could not start, not a blow-up
+    trajs = {}  # task index → its dumped trajectory
     for ti, task in enumerate(params.tasks):
         failure = _task_failure(task)
         if failure is not None and not reached_first_step(Path(task)):
@@ -195,7 +202,8 @@ def run(params: SelectParams) -> SelectResult:
             continue
         frames = explored_frames(task)
         devi = (max_force_deviation(task) * params.deviation_scale)[frames]
-        broken = broken_frames(Path(task), frames, params.type_map)
+        trajs[ti] = read_trajectory(Path(task), params.type_map)
+        broken = broken_frames(trajs[ti], frames)
         n_broken += int(broken.sum())
         if failure is not None or not np.all(np.isfinite(devi)):
             # A trajectory that blew up (lost atoms, NaN, a crash) counts as failed frame by frame;
@@ -233,14 +241,14 @@ def run(params: SelectParams) -> SelectResult:
             pool = [pool[i] for i in sorted(keep)]
     n_val = min(params.validation_frames, len(labelable))
     validation = [labelable[i] for i in sorted(rng.choice(len(labelable), size=n_val, replace=False))] if n_val else []
-    multi = _frames(params, pool)
+    multi = _frames(params, trajs, pool)
     total = len(devi) + n_failed_frames
     with atomic_dir(params.output) as work:
         np.save(work / "deviations.npy", devi)
         if multi.get_nframes():
             multi.to_deepmd_npy(str(work / "candidates"))
         if validation:
-            _frames(params, validation).to_deepmd_npy(str(work / "validation"))
+            _frames(params, trajs, validation).to_deepmd_npy(str(work / "validation"))
         summary = dict(
             n_frames=total, n_accurate=n_acc, n_candidate=n_cand, n_failed=n_fail,
             n_selected=multi.get_nframes(), n_failed_tasks=n_failed_tasks, n_broken=n_broken,
@@ -254,8 +262,8 @@ def run(params: SelectParams) -> SelectResult:
                         deviations=params.output / "deviations.npy", **summary)
 
 
-def _frames(params: SelectParams, picks: list[tuple[float, int, int]]):
-    """The picked (task, frame) pairs read from the tasks' LAMMPS dumps."""
+def _frames(params: SelectParams, trajs: dict, picks: list[tuple[float, int, int]]):
+    """The picked (task, frame) pairs from the tasks' trajectories (:func:`read_trajectory`)."""
     import dpdata
 
     multi = dpdata.MultiSystems(type_map=list(params.type_map))
@@ -263,8 +271,7 @@ def _frames(params: SelectParams, picks: list[tuple[float, int, int]]):
     for _, ti, fi in picks:
         by_task.setdefault(ti, []).append(fi)
     for ti, frames in sorted(by_task.items()):
-        traj = dpdata.System(str(Path(params.tasks[ti]) / "traj.dump"), fmt="lammps/dump",
-                             type_map=list(params.type_map))
+        traj = trajs[ti]
         frames = [f for f in frames if f < len(traj)]
         if frames:
             multi.append(traj.sub_system(frames))

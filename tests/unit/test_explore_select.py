@@ -100,7 +100,7 @@ def _errors(tasks) -> np.ndarray:
     overlap (a broken frame: failed, never labelled; the tiny students' 900 K MD fuses some)."""
     frames = [select.explored_frames(t) for t in tasks]
     devi = np.concatenate([select.max_force_deviation(t)[f] for t, f in zip(tasks, frames)])
-    broken = np.concatenate([select.broken_frames(t, f, ["Cu"]) for t, f in zip(tasks, frames)])
+    broken = np.concatenate([select.broken_frames(select.read_trajectory(t, ["Cu"]), f) for t, f in zip(tasks, frames)])
     return np.where(broken, np.inf, devi)
 
 
@@ -241,7 +241,7 @@ def test_frames_of_a_trajectory_that_broke_are_failed_and_still_offered_for_labe
     worst = [dpdata.System(str(t / "traj.dump"), fmt="lammps/dump", type_map=["Cu"]) for t in tasks]
     top = sorted(((d, ti, fi) for ti, t in enumerate(tasks)
                   for fi, d, fused in zip(select.explored_frames(t), select.max_force_deviation(t)[select.explored_frames(t)],
-                                          select.broken_frames(t, select.explored_frames(t), ["Cu"]))
+                                          select.broken_frames(select.read_trajectory(t, ["Cu"]), select.explored_frames(t)))
                   if fi < len(worst[ti]) and not fused), reverse=True)[:6]
     expected = np.array([worst[ti]["coords"][fi] for _, ti, fi in sorted(top, key=lambda x: (x[1], x[2]))])
     assert np.allclose(np.sort(picked["coords"].reshape(6, -1), axis=0), np.sort(expected.reshape(6, -1), axis=0))
@@ -252,7 +252,7 @@ def test_frames_of_a_trajectory_that_broke_are_failed_and_still_offered_for_labe
     # the budget is not spent on the deviation row without a frame: the `rank` highest offered frames,
     # that row's rank included, fill `rank` labels
     last = select.max_force_deviation(tasks[0])[-1]
-    fused = np.concatenate([select.broken_frames(t, select.explored_frames(t), ["Cu"]) for t in tasks])
+    fused = np.concatenate([select.broken_frames(select.read_trajectory(t, ["Cu"]), select.explored_frames(t)) for t in tasks])
     rank = int(np.sum(devi[~fused] >= last))  # fused frames are never offered
     budget = select.run(select.SelectParams(output=tmp_path / "b", tasks=tasks, type_map=["Cu"], trust_lo="adaptive",
                                             trust_hi=hi, max_candidates=rank, strategy="highest", validation_frames=0))
