@@ -44,6 +44,10 @@ def test_a_dataset_failing_verification_makes_no_version(version_run):
     assert "NaN or infinite forces in 1 frame (first: frame 2)" in problem and problem.startswith("error: ")
     assert [v["added"] for v in h["versions"]] == [["cu_bulk", "cuau"], ["alloy"]]
     assert "dataset broken failed verification, no version made" in version_run.resumed.stdout
+    # what each labelled dataset's calculator was given and left out (EMT leaves out nothing);
+    # given or imported datasets have none
+    assert h["labelling"] == {name: {"given": n, "dropped": {}} for name, n in
+                              (("cu_bulk", 6), ("cuau", 6), ("cu_test", 4), ("cuau_test", 4))}
 
 
 @pytest.mark.slow(seconds=5)

@@ -28,6 +28,7 @@ from lamflow.steps.evaluate import EvaluateResult, normalized
 from lamflow.steps.stability import StabilityResult
 
 from lamflow.flows.core.artifact_store import ArtifactStore
+from lamflow.flows.core.records import Labelling
 
 FILE = "versions.json"
 
@@ -103,6 +104,9 @@ class History(BaseModel):
     status: Literal["running", "done", "failed"] = "running"
     seconds: dict[str, float] = Field(default_factory=dict, description="compute seconds per step kind")
     wall_seconds: float = Field(0.0, description="this session's wall time (not a step kind)")
+    labelling: dict[str, Labelling] = Field(default_factory=dict, description="per labelled dataset: the frames "
+                                                                              "its calculator was given and those "
+                                                                              "it left out, by reason")
 
     def save(self, run_dir: Path) -> Path:
         """Written after every version, and mirrored to the artifact store when one is set."""

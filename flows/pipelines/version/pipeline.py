@@ -29,7 +29,7 @@ from lamflow.flows.core.book import Book
 from lamflow.flows.core.records import file_digest
 from lamflow.flows.core.runner import Pending, Runner
 
-from ..datasets import build
+from ..datasets import build, drop_notes
 from ..datasets import call as _call
 from .config import NewVersion, VersionConfig, check_files
 from .history import History, Rejected, Score, Version, read_history
@@ -72,7 +72,7 @@ def run_versions(cfg: VersionConfig, run_dir: Path, runner: Runner, on_batch: Ca
         # per step kind (a dataset that arrives later is made when the config names it, the
         # versions before it are read back)
         trained = [n for added, _ in stages for n in added]
-        data = build(cfg, root, [*(b.dataset for b in cfg.benchmarks), *trained], book, secs)
+        data = build(cfg, root, [*(b.dataset for b in cfg.benchmarks), *trained], book, secs, history.labelling)
         bench = {b.dataset: data[b.dataset] for b in cfg.benchmarks}
         problems = _verify(cfg, root / "checks", book, secs, {n: data[n] for n in trained})
         for added, spec in stages:
@@ -199,4 +199,6 @@ def summarize(console: Any, cfg: VersionConfig, report: History) -> None:
     console.print(history_table(report))
     for line in refusals(report):
         console.print(line, style="yellow", markup=False)
+    for why in drop_notes(report.labelling):
+        console.print(f"[yellow]note[/yellow]: {why}", highlight=False)
     console.print(f"current version: {report.current}; history: {Path(report.run_dir) / 'versions.json'}")
