@@ -76,9 +76,9 @@ def barostat_unused(model: BaseModel, names: tuple[str, ...]) -> None:
                          f"set ensemble: npt, or drop {what}")
 
 
-def positive_kelvin(temps: list[float]) -> list[float]:
+def positive_kelvin(temps: list[float] | None) -> list[float] | None:
     """Validator shared by every MD's ``temps`` (exploration, teacher MD)."""
-    if any(t <= 0 for t in temps):
+    if temps is not None and any(t <= 0 for t in temps):
         raise ValueError(f"temperatures must be positive kelvin, got {temps}")
     return temps
 

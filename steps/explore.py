@@ -6,7 +6,8 @@ In distillation the student drives and the teacher is the second model, so the d
 direct measure of the student's error against the teacher (for two models, DeePMD-kit's
 ``max_devi_f`` is half the largest per-atom force difference).
 
-One task per (temperature, pressure) point: ``task.NNN/`` holds ``in.lammps``, ``conf.lmp``,
+One task per (temperature, pressure) point, or per combination of the revisions of a user's own
+LAMMPS input (``lammps_template``, dpgen2's lmp-template; :mod:`.lammps_input`): ``task.NNN/`` holds ``in.lammps``, ``conf.lmp``,
 ``traj.dump``, ``model_devi.out``, ``log.lammps`` and ``status.json``. A trajectory that blows up
 (lost atoms, NaN) is marked ``failed`` and the step goes on with the next task; one that crashed
 (killed by a signal without an error of its own) runs once more first.
@@ -31,9 +32,13 @@ from .base import OutputPath, Params, StructureFormat, TypeMap, barostat_unused,
 from .artifacts import atomic_dir, write_json
 from .errors import InputError, StepFailed
 from .runtime import exit_status, library_env, run_child, signal_name, tail
+from . import lammps_input
 from .structures import check_overlaps, open_axes, read_atoms, read_system, slab_barostat
 
 log = logging.getLogger(__name__)
+
+#: the MD a lammps_template sets itself: given beside one, they would be ignored without a word
+MD_OF_LAMMPS_TEMPLATE = ("ensemble", "temps", "pressures", "nsteps", "dt", "tau_t", "tau_p")
 
 
 class ExploreSettings(Params):
@@ -42,13 +47,22 @@ class ExploreSettings(Params):
     ensemble: Literal["nvt", "npt", "nve"] = Field("nvt", description="LAMMPS ensemble: nvt (Nosé-Hoover), npt (also "
                                                                       "a barostat at pressures; a slab's in its "
                                                                       "plane), nve")
-    temps: list[float] = Field(min_length=1, description="K")
+    temps: list[float] | None = Field(None, min_length=1, description="K, one MD task each (required, unless "
+                                                                      "lammps_template: its revisions make the tasks)")
     pressures: list[float] = Field(default_factory=lambda: [1.0], description="bar; npt only (refused with nvt or nve)")
     nsteps: int = Field(2000, ge=1, description="MD steps per task (timestep dt)")
     trj_freq: int = Field(10, ge=1, description="dump and deviation every N steps")
     dt: float = Field(0.001, gt=0, description="ps")
     tau_t: float = Field(0.1, gt=0, description="ps, thermostat damping")
     tau_p: float = Field(0.5, gt=0, description="ps, barostat damping")
+    lammps_template: Path | None = Field(
+        None, description="your own LAMMPS input, as dpgen2's lmp-template: lamflow replaces its one "
+                          "'pair_style deepmd' line (the models, their deviation every trj_freq steps) and its "
+                          "'dump dpgen_dump' line (added when missing), and it must 'read_data conf.lmp'; "
+                          "its MD (ensemble, temperatures, steps) is its own (docs/explore-template.md)")
+    revisions: dict[str, list[int | float | str]] = Field(
+        default_factory=dict, description="with lammps_template: each key is replaced in it by each of its values, "
+                                          "one MD task per combination (dpgen2's revisions)")
 
     _positive = field_validator("temps")(classmethod(lambda cls, v: positive_kelvin(v)))
 
@@ -56,9 +70,32 @@ class ExploreSettings(Params):
     def _frames(self) -> "ExploreSettings":
         """An MD that dumps no frame after its start explores nothing: the loop would judge the
         student on its unmoved starting cell and call that converged."""
+        if self.lammps_template is not None:
+            own = [n for n in MD_OF_LAMMPS_TEMPLATE if getattr(self, n) != type(self).model_fields[n].get_default(
+                call_default_factory=True)]
+            if own:
+                raise ValueError(f"{', '.join(own)} given with lammps_template, whose own MD would ignore "
+                                 f"{'them' if len(own) > 1 else 'it'}: set {'them' if len(own) > 1 else 'it'} in "
+                                 "the template, or vary them through revisions")
+            empty = [k for k, v in self.revisions.items() if not v]
+            if empty:
+                raise ValueError(f"revisions.{empty[0]}: expected a non-empty list of values")
+            return self
+        if self.revisions:
+            raise ValueError("revisions given without lammps_template: they revise your own LAMMPS input")
+        if self.temps is None:
+            raise ValueError("temps: required (K, one MD task each), unless lammps_template runs your own MD")
         frames_after_start(self.trj_freq, self.nsteps, "explored")
         barostat_unused(self, ("pressures", "tau_p"))
         return self
+
+    def task_points(self) -> list[dict]:
+        """What each of the MD tasks run from one starting frame changes: a temperature (pressures
+        run inside its task), or, with ``lammps_template``, one combination of ``revisions``."""
+        if self.lammps_template is not None:
+            return [{"revisions": {k: [v] for k, v in point.items()}}
+                    for point in lammps_input.revision_points(self.revisions)]
+        return [{"temps": [t]} for t in self.temps]
 
 
 class ExploreParams(ExploreSettings):
@@ -73,14 +110,14 @@ class ExploreParams(ExploreSettings):
     seed: int = Field(1, ge=1, description="velocity seed of the MD (LAMMPS wants it positive)")
     skin: float = Field(1.0, gt=0, description="LAMMPS neighbour-list skin (Å)")
     timeout: float | None = Field(None, gt=0, description="seconds per task")
-    lammps_template: Path | None = Field(None, description="your own LAMMPS input template (default: lamflow's, "
-                                                           "templates/lammps)")
 
 
 class ExploreTask(BaseModel):
     path: Path
-    temp: float
+    temp: float | None = Field(description="K; None for a task of a lammps_template")
     pressure: float | None
+    revision: dict[str, str] = Field(default_factory=dict, description="the revisions' values of a lammps_template "
+                                                                       "task")
     status: Literal["ok", "failed"]
     reason: str = ""
     crash: str | None = Field(None, description="the signal that killed LAMMPS before it wrote an error of its own "
@@ -129,12 +166,32 @@ def _vacuum_axes(params: ExploreParams) -> list[str]:
     return open_axes(read_atoms(params.structure, params.type_map, params.fmt)[params.frame])
 
 
-def _template(params: ExploreParams) -> Template:
+#: lamflow's own exploration input (string.Template fields; not a user's: see lammps_template)
+MD_INPUT = Template(resources.files("lamflow.templates").joinpath("lammps/md.in").read_text())
+
+
+def _inputs(params: ExploreParams, models: list[str]) -> list[tuple[str, ExploreTask]]:
+    """Each task's LAMMPS input and what it runs (its record, its result still unknown)."""
+    masses = _masses(params.type_map)
+    models = [_quoted(m) for m in models]
+    where = params.output
     if params.lammps_template is not None:
-        if not Path(params.lammps_template).is_file():
-            raise InputError(str(params.lammps_template), "lammps_template: file not found")
-        return Template(Path(params.lammps_template).read_text())
-    return Template(resources.files("lamflow.templates").joinpath("lammps/md.in").read_text())
+        lammps_input.check(params.lammps_template, params.revisions, params.trj_freq)
+        text = Path(params.lammps_template).read_text()
+        return [(lammps_input.render(text, point, models, params.trj_freq),
+                 ExploreTask(path=where / f"task.{i:03d}", temp=None, pressure=None,
+                             revision={k: str(v) for k, v in point.items()}, status="ok"))
+                for i, point in enumerate(lammps_input.revision_points(params.revisions))]
+    vacuum = _vacuum_axes(params) if params.ensemble == "npt" else []
+    slab_barostat(vacuum, str(params.structure))
+    points = [(t, p if params.ensemble == "npt" else None) for t in params.temps
+              for p in (params.pressures if params.ensemble == "npt" else [None])]
+    return [(MD_INPUT.substitute(
+        skin=params.skin, masses=masses, models=" ".join(models), trj_freq=params.trj_freq,
+        type_names=" ".join(params.type_map), temp=temp, seed=params.seed + i,
+        ensemble_fix=_fix(params, temp, pressure, vacuum), dt=params.dt, nsteps=params.nsteps),
+        ExploreTask(path=where / f"task.{i:03d}", temp=temp, pressure=pressure, status="ok"))
+        for i, (temp, pressure) in enumerate(points)]
 
 
 def _write_conf(params: ExploreParams, path: Path) -> None:
@@ -227,25 +284,15 @@ def _run_task(task: Path, env: dict[str, str], timeout: float | None) -> tuple[s
 
 
 def run(params: ExploreParams) -> ExploreResult:
-    models = _check_models(params.models)
-    template = _template(params)
+    inputs = _inputs(params, _check_models(params.models))
     env = library_env()
-    points = [(t, p if params.ensemble == "npt" else None) for t in params.temps
-              for p in (params.pressures if params.ensemble == "npt" else [None])]
     tasks: list[ExploreTask] = []
-    vacuum = _vacuum_axes(params) if params.ensemble == "npt" else []
-    slab_barostat(vacuum, str(params.structure))
     with atomic_dir(params.output) as work:
-        for index, (temp, pressure) in enumerate(points):
-            task = work / f"task.{index:03d}"
+        for text, planned in inputs:
+            task = work / planned.path.name
             task.mkdir()
-            _write_conf(params, task / "conf.lmp")
-            (task / "in.lammps").write_text(template.substitute(
-                skin=params.skin, masses=_masses(params.type_map), models=" ".join(map(_quoted, models)),
-                trj_freq=params.trj_freq, type_names=" ".join(params.type_map), temp=temp,
-                seed=params.seed + index, ensemble_fix=_fix(params, temp, pressure, vacuum), dt=params.dt,
-                nsteps=params.nsteps,
-            ))
+            _write_conf(params, task / lammps_input.CONF)
+            (task / "in.lammps").write_text(text)
             t0 = time.perf_counter()
             reason, crash = _run_task(task, env, params.timeout)
             if crash:
@@ -256,9 +303,8 @@ def run(params: ExploreParams) -> ExploreResult:
                 reason, crash = _run_task(task, env, params.timeout)
             reason = reason or _md_failed(task)
             status = "failed" if reason else "ok"
-            record = ExploreTask(path=params.output / task.name, temp=temp, pressure=pressure,
-                                 status=status, reason=reason[:500], crash=crash,
-                                 seconds=time.perf_counter() - t0)
+            record = planned.model_copy(update=dict(status=status, reason=reason[:500], crash=crash,
+                                                    seconds=time.perf_counter() - t0))
             write_json(task / "status.json", record.model_dump(mode="json"))
             tasks.append(record)
         if all(t.status == "failed" and t.crash is None and not reached_first_step(work / t.path.name)

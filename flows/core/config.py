@@ -30,11 +30,11 @@ class Section(BaseModel):
 
 
 #: keys whose string values are paths (resolved against the config's folder) ...
-PATH_KEYS = frozenset({"model", "workdir", "template"})
+PATH_KEYS = frozenset({"model", "workdir", "template", "lammps_template"})
 #: ... keys whose list values are paths ...
 PATH_LIST_KEYS = frozenset({"files", "structures", "systems", "data"})
 #: ... and keys whose values are handed to a library as they are
-OPAQUE_KEYS = frozenset({"overrides", "calculator_kwargs"})
+OPAQUE_KEYS = frozenset({"overrides", "calculator_kwargs", "revisions"})
 
 
 def map_paths(node: Any, change: Callable[[str, str], str]) -> Any:

@@ -22,7 +22,7 @@ DPGEN_NAMES = {
     "task_max": "selection.max_candidates", "fp_task_max": "selection.max_candidates",
     "stages": "iterations", "model_devi_jobs": "iterations", "sys_configs": "configurations.files",
     "configuration_prefix": "configurations.files", "init_data_sys": "initial_data.systems",
-    "conf_idx": "n_sample",
+    "conf_idx": "n_sample", "lmp_template_fname": "lammps_template", "lmp_template": "lammps_template",
 }
 
 

@@ -79,6 +79,10 @@ def files(tmp_path_factory, students, cu_data):
     (d / "water-types" / "type_map.raw").write_text("O\nH\n")
     (d / "not-yaml.yaml").write_text("name: [unclosed\n  - x: : y\n")
     (d / "list.yaml").write_text("- a\n- b\n")
+    md = ("units metal\natom_style atomic\nread_data conf.lmp\npair_style deepmd\npair_coeff * *\n"
+          "velocity all create V_TEMP 1\nfix 1 all nvt temp V_TEMP V_TEMP 0.1\nrun 100\n")
+    (d / "md.lammps").write_text(md)
+    (d / "eam.lammps").write_text(md.replace("pair_style deepmd", "pair_style eam"))
     return d
 
 
@@ -156,6 +160,17 @@ CASES = [
      "iterations[0]: pressures given, but ensemble 'nvt' has no barostat (the volume stays fixed)"),
     ("teacher MD pressure without a barostat", {"initial_data.teacher_md": {"temps": [300], "pressure": 5000.0}},
      "initial_data.teacher_md: pressure given, but ensemble 'nvt' has no barostat"),
+    ("temperatures beside a LAMMPS template",
+     {"iterations.0.lammps_template": "md.lammps", "iterations.0.revisions": {"V_TEMP": [300]}},
+     "iterations[0]: temps, nsteps given with lammps_template, whose own MD would ignore them"),
+    ("missing LAMMPS template", {"iterations.0": {"lammps_template": "missing.lammps"}},
+     "lammps_template: file not found"),
+    ("LAMMPS template without the model line", {"iterations.0": {"lammps_template": "eam.lammps",
+                                                                 "revisions": {"V_TEMP": [300]}}},
+     "eam.lammps: has no 'pair_style deepmd' line"),
+    ("revision key not in the LAMMPS template", {"iterations.0": {"lammps_template": "md.lammps",
+                                                                  "revisions": {"V_TEMP": [300], "V_PRES": [1]}}},
+     "revisions.V_PRES: does not occur in md.lammps"),
     ("unknown ensemble", {"iterations.0.ensemble": "nvx"}, "iterations[0].ensemble: input should be 'nvt', 'npt' or 'nve'"),
     ("no iterations", {"iterations": []}, "iterations: list should have at least 1 item"),
     ("zero max_iterations", {"max_iterations": 0}, "max_iterations: input should be greater than or equal to 1"),

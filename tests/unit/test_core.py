@@ -54,6 +54,9 @@ SECTION_NOT_THE_SAME |= {(section, "nsteps", step) for step in ("explore", "labe
 #: ... and the loop's teacher caps what it learns from frames a student's broken MD reached (20 eV/Å),
 #: where a labelling step alone labels what it is given (no cap unless asked)
 SECTION_NOT_THE_SAME |= {("Teacher", "max_force", step) for step in ("label", "teacher_label", "label_md")}
+#: ... and an exploration's temperatures are optional (a lammps_template runs its own MD), the
+#: teacher's MD's are not
+SECTION_NOT_THE_SAME |= {("TeacherMD", "temps", "explore"), ("Exploration", "temps", "label_md")}
 
 
 def _bounds(info) -> list[str]:

@@ -190,12 +190,13 @@ def test_select_names_why_no_exploration_task_ran(tmp_path, students, cu_frames,
     import shutil
 
     bad = tmp_path / "bad.in"
-    bad.write_text("not_a_lammps_command\n")
+    bad.write_text("units metal\nread_data conf.lmp\npair_style deepmd\npair_coeff * *\nnot_a_lammps_command\n"
+                   "run 20\n")
     with pytest.raises(StepFailed, match="no exploration task reached its first MD step .1 failed.; first: "
                                          "task.000: .*Unknown command"):
         explore.run(explore.ExploreParams(
             output=tmp_path / "broken", models=[students[0].model, students[1].model], type_map=["Cu"],
-            structure=cu_frames, temps=[300], nsteps=20, trj_freq=10, lammps_template=bad))
+            structure=cu_frames, trj_freq=10, lammps_template=bad))
     assert not (tmp_path / "broken").exists()
     broken = tmp_path / "unstarted" / "task.000"  # one task of a step whose other tasks ran
     shutil.copytree(explored.tasks[0].path, broken)

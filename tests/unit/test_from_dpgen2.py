@@ -107,7 +107,7 @@ def test_the_cli_writes_the_config_and_names_what_did_not_translate(tmp_path):
     for said in ("fp.type 'vasp': lamflow's teacher is a DeePMD-kit model or an ASE calculator",
                  "explore.configurations[1] (type 'alloy'): 1 random 4-atom cells on fcc a = 3.6 Å written to "
                  "confs/alloy-1/*.extxyz",
-                 "explore.stages[0][1]: an iteration explores one ensemble and MD length",
+                 "explore.stages[0][1] (type 'lmp-md'): an iteration explores one ensemble and MD length",
                  "explore.convergence.numb_candi_f 30 above fp.task_max 10: dpgen2 labels 10 of its candidates"):
         assert f"note: {said}" in out.stderr and said in written
     assert "check it with: lamflow config --check lam/config.yaml" in out.stderr
@@ -153,6 +153,57 @@ def test_dpgen2s_own_distillation_example_translates(tmp_path):
     assert sum("lmp-template" in n for n in t.notes) == 1
     assert any("dp convert-backend teacher_model.pb teacher_model.pth" in n for n in t.notes)
     assert any("student_model_path" in n for n in t.notes)
+
+
+#: an lmp-template input as dpgen2's examples/chno has one: LAMMPS variables set from revision keys,
+#: masses of its own, a bare 'pair_style deepmd' and 'dump dpgen_dump' for dpgen2 to fill in
+DPGEN2_TEMPLATE = """variable        NSTEPS          equal V_NSTEPS
+variable        TEMP            equal V_TEMP
+variable        THERMO_FREQ     equal V_DUMPFREQ
+units           metal
+atom_style      atomic
+boundary        p p p
+read_data       conf.lmp
+mass            1 63.546
+pair_style      deepmd
+pair_coeff      * *
+timestep        0.001
+velocity        all create ${TEMP} 1815191 mom yes rot yes dist gaussian
+fix             1 all nve
+fix             2 all temp/csvr ${TEMP} ${TEMP} 0.1 1305191
+thermo          ${THERMO_FREQ}
+dump            dpgen_dump
+run             ${NSTEPS}
+"""
+
+
+def test_an_lmp_template_task_group_becomes_an_iteration_on_the_users_lammps_input(tmp_path):
+    """dpgen2's lmp-template (its own LAMMPS input, the revisions, the dump interval) is an
+    iteration of lamflow's that runs that input, revised by the same rules; a PLUMED one is left
+    out with a note (DeePMD-kit's LAMMPS has no PLUMED); the written config loads."""
+    write_cu_frames(tmp_path / "cu.extxyz", 2, seed=4)
+    (tmp_path / "template.lammps").write_text(DPGEN2_TEMPLATE)
+    group = {"type": "lmp-template", "sys_idx": [0], "n_sample": 2, "lmp": "template.lammps", "trj_freq": 50,
+             "revisions": {"V_NSTEPS": [200], "V_TEMP": [300, 750], "V_DUMPFREQ": 100}}
+    source = {"inputs": {"type_map": ["Cu"]},
+              "explore": {"configurations": [{"type": "file", "files": ["cu.extxyz"]}],
+                          "stages": [[group], [{**group, "plm": "plumed.dat"}]]}}
+    (tmp_path / "out").mkdir()
+    t = translate(source, tmp_path / "input.json", tmp_path / "out")
+    assert t.config["iterations"] == [{"lammps_template": "../template.lammps", "trj_freq": 50, "n_sample": 2,
+                                       "revisions": {"V_NSTEPS": [200], "V_TEMP": [300, 750], "V_DUMPFREQ": [100]}}]
+    assert any("explore.stages[1][0] (type 'lmp-template') is left out: its PLUMED input (plumed.dat)" in n
+               for n in t.notes)
+    (tmp_path / "out" / "config.yaml").write_text(yaml.safe_dump({**t.config, "teacher": {"calculator": "emt"}}))
+    cfg = DistillConfig.load(tmp_path / "out" / "config.yaml")
+    assert cfg.iterations[0].lammps_template.resolve() == tmp_path / "template.lammps"
+    assert [p["revisions"]["V_TEMP"] for p in cfg.iterations[0].task_points()] == [[300], [750]]
+    from lamflow.flows.pipelines.distill.preflight import preflight
+
+    preflight(cfg)  # the template passes the checks a run makes before any work
+    (tmp_path / "template.lammps").write_text(DPGEN2_TEMPLATE.replace("read_data       conf.lmp", "read_data data.in"))
+    with pytest.raises(InputError, match="has no 'read_data conf.lmp' line"):
+        preflight(cfg)
 
 
 def test_alloy_configurations_become_the_cells_dpgen2_would_have_made(tmp_path):

@@ -247,4 +247,5 @@ def check_files(cfg: DistillConfig, with_teacher: bool = True) -> None:
         if cfg.teacher.train.label:
             needed += [(f"teacher.train.label.structures[{i}]", p)
                        for i, p in enumerate(cfg.teacher.train.label.structures)]
+    needed += [(f"iterations[{i}].lammps_template", it.lammps_template) for i, it in enumerate(cfg.iterations)]
     check_exist(needed)

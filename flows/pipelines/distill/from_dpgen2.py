@@ -31,6 +31,9 @@ ADAPTIVE_DEFAULTS = {"numb_candi_f": 200, "level_f_hi": 0.5, "n_checked_steps": 
 #: dpgen2's argcheck aliases of those keys
 LMP_MD_ALIASES = {"ensemble": "ens", "Ts": "temps", "Ps": "press", "t_freq": "trj_freq", "traj_freq": "trj_freq",
                   "sys_idx": "conf_idx"}
+#: ... and of an ``lmp-template`` task group's
+LMP_TEMPLATE_ALIASES = {"lmp_template": "lmp_template_fname", "lmp": "lmp_template_fname",
+                        "plm_template": "plm_template_fname", "plm": "plm_template_fname"}
 #: lamflow's ensembles for dpgen2's (its anisotropic and triclinic barostats are npt here)
 ENSEMBLES = {"nve": "nve", "nvt": "nvt", "npt": "npt", "npt-i": "npt", "npt-a": "npt", "npt-t": "npt"}
 
@@ -225,11 +228,14 @@ def _initial_data(t: Translation, inputs: dict) -> None:
 
 
 def _task_group(t: Translation, group: dict, where: str) -> dict[str, Any] | None:
-    """One ``lmp-md`` task group as an iteration entry; None (and a note) for another kind."""
+    """One ``lmp-md`` or ``lmp-template`` task group as an iteration entry; None (and a note) for
+    another kind."""
     g = {LMP_MD_ALIASES.get(k, k): v for k, v in group.items()}
+    if g.get("type", "lmp-md") == "lmp-template":
+        return _template_group(t, g, where)
     if g.get("type", "lmp-md") not in ("lmp-md", "lmp-npt"):
-        t.note(f"{where} (type '{g.get('type')}') is left out: lamflow explores with its own LAMMPS input (a "
-               "template of yours goes to iterations[].lammps_template)")
+        t.note(f"{where} (type '{g.get('type')}') is left out: lamflow explores with LAMMPS, from its own input "
+               "or from yours (iterations[].lammps_template)")
         return None
     g = {**LMP_MD_DEFAULTS, **g}
     ens = ENSEMBLES.get(g["ens"])
@@ -252,6 +258,27 @@ def _task_group(t: Translation, group: dict, where: str) -> dict[str, Any] | Non
     return out
 
 
+def _template_group(t: Translation, g: dict, where: str) -> dict[str, Any] | None:
+    """An ``lmp-template`` task group: the user's LAMMPS input and revisions, which lamflow
+    revises by dpgen2's rules (steps/lammps_input.py). A PLUMED input has no counterpart: the
+    LAMMPS of DeePMD-kit's wheel is built without PLUMED."""
+    g = {LMP_TEMPLATE_ALIASES.get(k, k): v for k, v in g.items()}
+    if not g.get("lmp_template_fname"):
+        raise InputError(f"{where}.lmp_template_fname", "expected the LAMMPS input of an lmp-template task group")
+    if g.get("plm_template_fname"):
+        t.note(f"{where} (type 'lmp-template') is left out: its PLUMED input ({g['plm_template_fname']}) needs a "
+               "LAMMPS built with PLUMED, which DeePMD-kit's wheel is not; write the bias with COLVARS or a fix "
+               "of LAMMPS' own in the template")
+        return None
+    out: dict[str, Any] = {"lammps_template": t.path(g["lmp_template_fname"]),
+                           "trj_freq": int(g.get("trj_freq", LMP_MD_DEFAULTS["trj_freq"]))}
+    if g.get("revisions"):
+        out["revisions"] = {k: list(v) if isinstance(v, list) else [v] for k, v in g["revisions"].items()}
+    if g.get("n_sample"):
+        out["n_sample"] = int(g["n_sample"])
+    return out
+
+
 def _iterations(t: Translation, explore: dict) -> None:
     stages = explore.get("stages") or []
     iterations = []
@@ -265,15 +292,16 @@ def _iterations(t: Translation, explore: dict) -> None:
         for i, other in made[1:]:
             same = {k: v for k, v in other.items() if k not in ("temps", "pressures")} == \
                 {k: v for k, v in first.items() if k not in ("temps", "pressures")}
-            if same:  # one grid: lamflow runs every temperature × pressure of an iteration
+            if same and "temps" in first:  # one grid: lamflow runs every temperature × pressure of an iteration
                 first["temps"] = sorted({*first["temps"], *other["temps"]})
                 if "pressures" in other:
                     first["pressures"] = sorted({*first.get("pressures", []), *other["pressures"]})
                 t.note(f"explore.stages[{s}][{i}] joins the stage's first task group: an iteration runs every "
                        "temperature × pressure of the two")
             else:
-                t.note(f"explore.stages[{s}][{i}]: an iteration explores one ensemble and MD length; this task "
-                       f"group differs from the stage's first and is left out")
+                t.note(f"explore.stages[{s}][{i}] (type '{groups[i].get('type', 'lmp-md')}'): an iteration explores "
+                       "one ensemble and MD length, or one LAMMPS template; this task group differs from the stage's "
+                       "first and is left out")
         if any("conf_idx" in g for g in groups) and len(explore.get("configurations") or []) > 1:
             t.note(f"explore.stages[{s}]: conf_idx: every iteration starts from every configuration file")
         iterations.append(first)

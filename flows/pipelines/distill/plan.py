@@ -227,18 +227,19 @@ def evaluate_final(cfg: DistillConfig, lay: Layout, model: Path, systems: list[P
 # -- one iteration -----------------------------------------------------------------------------
 
 def explore(cfg: DistillConfig, lay: Layout, k: int, models: list[Path]) -> list[StepCall]:
-    """One task per starting frame × temperature (pressures inside the task): every frame of
-    every configuration file, or ``n_sample`` of them drawn for this iteration."""
+    """One task per starting frame × temperature (pressures inside the task), or × combination
+    of a ``lammps_template``'s revisions: every frame of every configuration file, or
+    ``n_sample`` of them drawn for this iteration."""
     e = cfg.exploration(k)
     where = lay.iteration(k) / "explore"
     settings = e.model_dump(include=set(ExploreSettings.model_fields))
     calls, n = [], 0
     for path, frame in starting_frames(cfg, k):
-        for temp in e.temps:
+        for point in e.task_points():
             calls.append(_call(cfg, "explore", ExploreParams(
                 output=where / f"task-{n:03d}", models=models, type_map=cfg.type_map, structure=path,
                 fmt=cfg.configurations.fmt, frame=frame, seed=cfg.seed + 7919 * k + n + 1,
-                **{**settings, "temps": [temp]}), f"iter-{k:03d}/explore/task-{n:03d}"))
+                **{**settings, **point}), f"iter-{k:03d}/explore/task-{n:03d}"))
             n += 1
     return calls
 

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from lamflow.steps import lammps_input
 from lamflow.steps.check_data import check_or_raise
 from lamflow.steps.dp_input import largest_cutoff, load_template
 from lamflow.steps.errors import InputError, first_sentence
@@ -59,6 +60,9 @@ def preflight(cfg: DistillConfig, with_teacher: bool = True) -> None:
         check_overlaps(system.to("ase/structure"), f"{path} (configurations.files[{i}])")
         probes.append((path, system))
     _many_starts(cfg, n_starts)
+    for i, it in enumerate(cfg.iterations):
+        if it.lammps_template is not None:
+            lammps_input.check(it.lammps_template, it.revisions, it.trj_freq, prefix=f"iterations[{i}].")
     if cfg.initial_data.systems:
         _labelled(cfg.initial_data.systems, type_map, "initial_data.systems")
     _template(cfg.student.template, "student.template")
@@ -83,8 +87,9 @@ def _many_starts(cfg: DistillConfig, n_starts: int) -> None:
     """Not an error (a user may want them all), but a cost nobody should find out in iteration 0."""
     unsampled = [i for i, it in enumerate(cfg.iterations) if it.n_sample is None]
     copies = cfg.initial_data.perturbed_frames
-    costs = [f"iterations[{unsampled[0]}] runs {n_starts * len(cfg.iterations[unsampled[0]].temps)} MD tasks per "
-             "iteration (its n_sample draws fewer)"] if unsampled else []
+    per_start = len(cfg.iterations[unsampled[0]].task_points()) if unsampled else 0
+    costs = [f"iterations[{unsampled[0]}] runs {n_starts * per_start} MD tasks per iteration (its n_sample draws "
+             "fewer)"] if unsampled else []
     costs += [f"initial_data.perturbed_frames makes {n_starts * copies} copies for the teacher to label"] if copies else []
     if n_starts > MANY_STARTS and costs:
         log.warning(f"configurations.files hold {n_starts} frames, each a starting cell: {'; '.join(costs)}")
