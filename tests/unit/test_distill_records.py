@@ -169,12 +169,15 @@ def test_students_that_agree_where_they_are_wrong_are_named(tmp_path):
     it.accurate_ratio, it.rmse_f, it.n_eval_frames, it.failed_ratio = 0.9, 0.688, 2, 0.1
     why = overconfident(r)
     assert why.startswith("iteration 1: the students agree with each other on 90% of the explored frames, but the "
-                          "first is 0.688 eV/Å from the teacher on 2 unseen frames, above trust_hi 0.35")
+                          "first is 0.688 eV/Å from the teacher on 2 unseen frames (force RMSE; a frame's largest "
+                          "atomic error is about 3x that, against trust_hi 0.35)")
     assert "convergence.max_rmse_f" in why
     console = Console(record=True, width=400)
     summarize(console, None, r)
     assert "note: iteration 1: the students agree with each other" in console.export_text()
-    it.rmse_f = 0.2  # within trust_hi: a calibrated ensemble
+    it.rmse_f = 0.15  # below trust_hi, but its largest errors (~0.45) above: mostly "accurate" frames that are not
+    assert overconfident(r) is not None
+    it.rmse_f = 0.1  # largest errors ~0.3, within trust_hi: the deviation does not hide failed frames
     assert overconfident(r) is None
     it.rmse_f, it.accurate_ratio = 0.688, 0.2  # most frames not accurate: the deviation says so itself
     assert overconfident(r) is None
