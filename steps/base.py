@@ -60,16 +60,21 @@ def ordered_trust_levels(lo: float, hi: float) -> None:
         raise ValueError(f"trust_lo ({lo}) must be below trust_hi ({hi})")
 
 
+def changed_from_default(model: BaseModel, names: tuple[str, ...]) -> list[str]:
+    """Which of ``names`` a model holds at other than their defaults. Compared with the default
+    rather than with the keys given, because the pipelines rebuild these models from full dumps."""
+    fields = type(model).model_fields
+    return [n for n in names if getattr(model, n) != fields[n].get_default(call_default_factory=True)]
+
+
 def barostat_unused(model: BaseModel, names: tuple[str, ...]) -> None:
     """Validator shared by every MD with an ``ensemble``: a pressure (or barostat time) given to an
     MD that has no barostat is ignored by LAMMPS, ASE and dpgen2 alike, so the user would get a
-    fixed-volume run while believing it was pressurised. Compared with the default rather than
-    with the keys given, because the pipelines rebuild these models from full dumps."""
+    fixed-volume run while believing it was pressurised."""
     ensemble = getattr(model, "ensemble")
     if ensemble == "npt":
         return
-    fields = type(model).model_fields
-    changed = [n for n in names if getattr(model, n) != fields[n].get_default(call_default_factory=True)]
+    changed = changed_from_default(model, names)
     if changed:
         what = " and ".join(changed)
         raise ValueError(f"{what} given, but ensemble {ensemble!r} has no barostat (the volume stays fixed): "

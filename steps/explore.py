@@ -27,7 +27,8 @@ from typing import Literal
 import numpy as np
 from pydantic import BaseModel, Field, field_validator, model_validator
 
-from .base import OutputPath, Params, StructureFormat, TypeMap, barostat_unused, frames_after_start, positive_kelvin
+from .base import (OutputPath, Params, StructureFormat, TypeMap, barostat_unused, changed_from_default,
+                   frames_after_start, positive_kelvin)
 
 from .artifacts import atomic_dir, write_json
 from .errors import InputError, StepFailed
@@ -71,12 +72,11 @@ class ExploreSettings(Params):
         """An MD that dumps no frame after its start explores nothing: the loop would judge the
         student on its unmoved starting cell and call that converged."""
         if self.lammps_template is not None:
-            own = [n for n in MD_OF_LAMMPS_TEMPLATE if getattr(self, n) != type(self).model_fields[n].get_default(
-                call_default_factory=True)]
+            own = changed_from_default(self, MD_OF_LAMMPS_TEMPLATE)
             if own:
-                raise ValueError(f"{', '.join(own)} given with lammps_template, whose own MD would ignore "
-                                 f"{'them' if len(own) > 1 else 'it'}: set {'them' if len(own) > 1 else 'it'} in "
-                                 "the template, or vary them through revisions")
+                them = "them" if len(own) > 1 else "it"
+                raise ValueError(f"{', '.join(own)} given with lammps_template, whose own MD would ignore {them}: "
+                                 f"set {them} in the template, or vary them through revisions")
             empty = [k for k, v in self.revisions.items() if not v]
             if empty:
                 raise ValueError(f"revisions.{empty[0]}: expected a non-empty list of values")
@@ -166,18 +166,14 @@ def _vacuum_axes(params: ExploreParams) -> list[str]:
     return open_axes(read_atoms(params.structure, params.type_map, params.fmt)[params.frame])
 
 
-#: lamflow's own exploration input (string.Template fields; not a user's: see lammps_template)
-MD_INPUT = Template(resources.files("lamflow.templates").joinpath("lammps/md.in").read_text())
-
-
 def _inputs(params: ExploreParams, models: list[str]) -> list[tuple[str, ExploreTask]]:
-    """Each task's LAMMPS input and what it runs (its record, its result still unknown)."""
-    masses = _masses(params.type_map)
+    """Each task's LAMMPS input and what it runs (its record, its result still unknown): from a
+    user's ``lammps_template``, or from lamflow's own input (``string.Template`` fields)."""
     models = [_quoted(m) for m in models]
+    masses = _masses(params.type_map)  # (and every name of type_map an element, for a template too)
     where = params.output
     if params.lammps_template is not None:
-        lammps_input.check(params.lammps_template, params.revisions, params.trj_freq)
-        text = Path(params.lammps_template).read_text()
+        text = lammps_input.check(params.lammps_template, params.revisions, params.trj_freq)
         return [(lammps_input.render(text, point, models, params.trj_freq),
                  ExploreTask(path=where / f"task.{i:03d}", temp=None, pressure=None,
                              revision={k: str(v) for k, v in point.items()}, status="ok"))
@@ -186,7 +182,8 @@ def _inputs(params: ExploreParams, models: list[str]) -> list[tuple[str, Explore
     slab_barostat(vacuum, str(params.structure))
     points = [(t, p if params.ensemble == "npt" else None) for t in params.temps
               for p in (params.pressures if params.ensemble == "npt" else [None])]
-    return [(MD_INPUT.substitute(
+    md_input = Template(resources.files("lamflow.templates").joinpath("lammps/md.in").read_text())
+    return [(md_input.substitute(
         skin=params.skin, masses=masses, models=" ".join(models), trj_freq=params.trj_freq,
         type_names=" ".join(params.type_map), temp=temp, seed=params.seed + i,
         ensemble_fix=_fix(params, temp, pressure, vacuum), dt=params.dt, nsteps=params.nsteps),

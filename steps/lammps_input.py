@@ -71,10 +71,11 @@ def run_steps(text: str) -> int | None:
     return total
 
 
-def check(path: Path, revisions: dict[str, list], trj_freq: int, prefix: str = "") -> None:
+def check(path: Path, revisions: dict[str, list], trj_freq: int, prefix: str = "") -> str:
     """Everything that can be known before any MD: the file, its lines lamflow revises, the
     revision keys it holds, and whether its MD dumps a frame after the start. One line, naming
     the template or the key (``prefix``: where the settings sit in a config), for each problem.
+    The template's text, once it passes (what :func:`render` revises).
 
     Not a validator of the settings model: a cluster run validates the model where the file is
     not (yet) there, so the pipelines call this before any work and the step before its MD."""
@@ -102,6 +103,7 @@ def check(path: Path, revisions: dict[str, list], trj_freq: int, prefix: str = "
         if steps is not None and steps < trj_freq:
             raise InputError(str(path), f"runs {steps} MD steps{f' with {point}' if point else ''}, fewer than "
                                         f"trj_freq ({trj_freq}): no frame would be explored")
+    return text
 
 
 def render(text: str, point: dict, models: list[str], trj_freq: int) -> str:
