@@ -1,6 +1,6 @@
 """GPU figures: teacher labelling, training and MD speed on one GPU against the same machine's CPU cores.
 
-    python bench/gpu.py [--workdir DIR] [--json FILE] [--quick]
+    python bench/gpu.py [--workdir DIR] [--json FILE] [--quick] [--gpu-only]
 
 Runs the work twice in child processes, first on the GPU, then on every CPU core of the same
 machine (``CUDA_VISIBLE_DEVICES=""``), and prints the card, the figures and the GPU/CPU ratios
@@ -21,6 +21,9 @@ The teacher is trained a few hundred steps: speed does not depend on how well it
 The CPU child reuses the GPU child's models (a frozen model runs on either device). Labelling
 rates include loading the model, as each labelling chunk of a run does. The work directory is
 emptied first: these are timings, and a cached step would report none.
+
+``--gpu-only`` leaves the CPU side out (its 1536-atom teacher MD alone takes minutes on 16 cores):
+the GPU figures of a new commit within a short loan, to hold against an earlier run's.
 """
 
 from __future__ import annotations
@@ -194,6 +197,7 @@ def main() -> None:
     parser.add_argument("--workdir", default=str(REPO / "runs" / "bench-gpu"))
     parser.add_argument("--json", help="also write every figure to this file")
     parser.add_argument("--quick", action="store_true", help="tiny sizes: check the script, not the figures")
+    parser.add_argument("--gpu-only", action="store_true", help="the GPU side alone (no ratios)")
     parser.add_argument("--child", choices=["gpu", "cpu"], help=argparse.SUPPRESS)
     parser.add_argument("--models", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -223,8 +227,10 @@ def main() -> None:
     else:
         print("bench/gpu: no GPU here; measuring the CPU side only")
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
-    subprocess.run([*base, "--child", "cpu", *(["--models", json.dumps(models)] if models else [])], check=False, env=env)
-    if (work / "cpu.json").exists():
+    if not args.gpu_only:
+        subprocess.run([*base, "--child", "cpu", *(["--models", json.dumps(models)] if models else [])],
+                       check=False, env=env)
+    if (work / "cpu.json").exists():  # (absent with --gpu-only)
         results["cpu"] = json.loads((work / "cpu.json").read_text())
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1))

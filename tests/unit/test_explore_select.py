@@ -95,6 +95,29 @@ def test_explore_bad_input(tmp_path, students, cu_frames):
                                           type_map=["Al"], structure=cu_frames, temps=[300]))
 
 
+def test_an_install_without_mpichs_library_is_named_before_any_lammps_starts(tmp_path, monkeypatch, students,
+                                                                            cu_frames):
+    """``pip install --target`` leaves mpich's lib/ out (found on a GPU node's image): the step says
+    so in one line, and how to install instead, before any task (each task failed alike with the
+    loader's error). Where the library is found, nothing is said."""
+    import sys
+
+    from lamflow.steps import runtime
+
+    assert runtime.lammps_cannot_start() is None  # this venv's mpich
+
+    def no_library(name, *args, **kwargs):
+        raise OSError(f"{name}: cannot open shared object file: No such file or directory")
+
+    monkeypatch.setattr(runtime, "_dist_file", lambda dist, name: None)  # the RECORD's path is not there
+    monkeypatch.setattr(sys, "prefix", str(tmp_path))
+    monkeypatch.setattr(runtime.ctypes, "CDLL", no_library)
+    with pytest.raises(StepFailed, match=r"^LAMMPS cannot start here: mpich's libmpi.so.12, .*--target.*--prefix"):
+        explore.run(explore.ExploreParams(output=tmp_path / "x", models=[students[0].model], type_map=["Cu"],
+                                          structure=cu_frames, temps=[300], nsteps=20, trj_freq=10))
+    assert not (tmp_path / "x").exists()
+
+
 def _errors(tasks) -> np.ndarray:
     """Each explored frame's error as select judges it: its deviation, or inf where its atoms
     overlap (a broken frame: failed, never labelled; the tiny students' 900 K MD fuses some)."""
