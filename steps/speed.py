@@ -21,10 +21,10 @@ from pydantic import BaseModel, Field, field_validator, model_validator
 from .artifacts import atomic_dir, write_json
 from .base import CalculatorKwargs, OutputPath, Params, TypeMap
 from .calculators import known_calculator, make_calculator
-from .errors import StepFailed
+from .errors import StepFailed, first_sentence
 from .explore import ExploreParams
 from .explore import run as explore_run
-from .runtime import interrupt_if_stopping
+from .runtime import interrupt_if_stopping, lammps_cannot_start
 from .structures import periodic, read_atoms
 
 #: untimed ASE steps before the clock starts (graph compilation, caches, neighbour lists)
@@ -71,31 +71,45 @@ class SpeedParams(SpeedSettings):
 
 
 class SpeedResult(BaseModel):
-    timesteps_per_second: float
-    natoms: int
+    """A timing, or why there is none.
+
+    A run's product is its model, and the timing beside it a measurement: a timing MD that fails
+    (a LAMMPS abort in a model's library, a supercell too large for the memory left) must not end
+    a distillation or a version hours in. A raised error would, and on a static workflow (Argo)
+    it stops the whole workflow, so the step returns the reason instead and the report shows it."""
+
+    timesteps_per_second: float | None = None
+    natoms: int = 0
     engine: Literal["lammps", "ase"] = "lammps"
+    error: str = Field("", description="why no speed was measured (empty when one was)")
 
     @property
-    def us_per_atom_step(self) -> float:
-        """LAMBench's efficiency unit: microseconds per atom per MD step."""
+    def us_per_atom_step(self) -> float | None:
+        """LAMBench's efficiency unit: microseconds per atom per MD step (None: not measured)."""
+        if self.timesteps_per_second is None:
+            return None
         return 1e6 / (self.timesteps_per_second * max(self.natoms, 1))
 
 
 def run(params: SpeedParams) -> SpeedResult:
     if params.calculator is not None:
         return _ase(params)
-    md = explore_run(ExploreParams(
-        output=params.output, models=[params.model], type_map=params.type_map,
-        structure=params.structure, temps=[params.temp], nsteps=params.nsteps,
-        trj_freq=params.nsteps, replicate=supercell(params.structure, params.type_map, params.min_atoms),
-    ))
+    why = lammps_cannot_start()
+    if why:  # the installation, not this timing: every LAMMPS of the run would fail
+        raise StepFailed(why)
+    try:
+        md = explore_run(ExploreParams(
+            output=params.output, models=[params.model], type_map=params.type_map,
+            structure=params.structure, temps=[params.temp], nsteps=params.nsteps,
+            trj_freq=params.nsteps, replicate=supercell(params.structure, params.type_map, params.min_atoms),
+        ))
+    except StepFailed as exc:  # no task reached its first step (explore ran it twice where it crashed)
+        return SpeedResult(error=first_sentence(exc))
     task = md.tasks[0]
     if task.status != "ok":
-        raise StepFailed(f"speed MD failed: {task.reason}")
+        return SpeedResult(error=f"the timing MD failed: {task.reason}")
     result = lammps_speed((task.path / "log.lammps").read_text())
-    if result is None:
-        raise StepFailed(f"no Performance line in {task.path / 'log.lammps'}")
-    return result
+    return result or SpeedResult(error=f"no Performance line in {task.path / 'log.lammps'}")
 
 
 def lammps_speed(log: str) -> SpeedResult | None:

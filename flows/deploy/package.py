@@ -9,7 +9,8 @@ model, the facts that say how far to trust it, and an input that runs it. The fo
 * ``model-card.json`` and ``README.md``: type map, teacher, labels used, error against the
   teacher on unseen explored frames, speed against the teacher, the run's outcome, and the
   lamflow, DeePMD-kit and PyTorch versions it was made with, with the model's SHA-256;
-* ``conf.lmp``/``conf.extxyz``: the cell its speed was measured on; ``in.lammps`` and
+* ``conf.lmp``/``conf.extxyz``: the cell its speed was measured on (one its exploration started
+  from, where that timing failed); ``in.lammps`` and
   ``md_ase.py``: MD with the model in LAMMPS and in ASE (the tests run both on a packaged model).
 
 A model version (``lamflow version``) is packaged the same way: its newest branch frozen, or the
@@ -75,7 +76,12 @@ def package(run: Path, out: Path) -> ModelCard:
     if it is None:
         raise InputError(report.run_dir, "the report names no iteration of its final student")
     student = Path(report.delivered or report.final_student)
-    cell = Path(report.run_dir) / f"iter-{it.iteration:03d}" / "speed" / "task.000" / "conf.lmp"
+    it_dir = Path(report.run_dir) / f"iter-{it.iteration:03d}"
+    # the cell its speed was measured on; where that timing failed (the run went on without it),
+    # a cell its exploration started from
+    cell = next((c for c in [it_dir / "speed" / "task.000" / "conf.lmp",
+                             *sorted(it_dir.glob("explore/task-*/task.*/conf.lmp"))] if c.is_file()),
+                it_dir / "speed" / "task.000" / "conf.lmp")
     for path in (student, cell):
         if not path.is_file():
             raise InputError(str(path), "missing from the run directory")

@@ -47,9 +47,9 @@ def plot_deviations(report: DistillReport, path: Path) -> None:
     The deviation axis is logarithmic: one exploration spans 0.01 to tens of eV/Å (a broken MD),
     and on a linear axis the trust window is a sliver. The three zones are shaded, and the two
     trust labels sit on the outer sides of their lines, or one above the other where the lines are
-    too close for that, so they never print over each other."""
+    too close for that, so they never print over each other; the legend sits right of the axes."""
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6.5, 4), dpi=110)
+    fig, ax = plt.subplots(figsize=(7.5, 4), dpi=110)
     arrays = [(r.iteration, np.load(r.deviations)) for r in report.iterations
               if r.deviations and Path(r.deviations).is_file()]
     values = np.concatenate([a[np.isfinite(a) & (a > 0)] for _, a in arrays]) if arrays else np.empty(0)
@@ -91,7 +91,8 @@ def plot_deviations(report: DistillReport, path: Path) -> None:
             text = "\n".join(f" {t}" if side == "left" else f"{t} " for t in f"{name}\n{level:.3g}".split("\n"))
             ax.text(level, top * y, text, color="dimgrey", va="top", ha=side, fontsize=8, zorder=3,
                     bbox=dict(facecolor="white", edgecolor="none", alpha=0.85, pad=0.5))  # over the other line
-        ax.legend(loc="upper center", fontsize=8, framealpha=0.8)
+        # beside the axes, not in them: inside, any spot is where some run's levels put a label
+        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
     ax.set_xlabel("max atomic force deviation (eV/Å, log scale)")
     ax.set_ylabel("explored frames")
     ax.set_title(f"{report.name}: model deviation per iteration")
@@ -272,11 +273,22 @@ def fused(report: DistillReport) -> str | None:
             "begin from more teacher frames (initial_data.teacher_md).")
 
 
+def untimed(report: DistillReport) -> str | None:
+    """A timing MD that failed: the run went on without that speed (see ``SpeedResult``)."""
+    failed = ([f"the teacher's: {report.teacher_speed_error}"] if report.teacher_speed_error else []) + [
+        f"iteration {it.iteration}'s student's: {it.speed_error}" for it in report.iterations[-1:] if it.speed_error]
+    if not failed:
+        return None
+    return ("speed not measured, " + "; ".join(failed) + ". The run went on without it; `lamflow step speed` "
+            "times a model by hand (docs/input.md, step speed).")
+
+
 def notes(report: DistillReport) -> list[str]:
     """What the terminal, its progress and report.html say under the table: a struggling
-    iteration, an overconfident ensemble, fused atoms, a teacher that drops many frames."""
-    return [why for why in (struggling(report), overconfident(report), fused(report), dropping(report))
-            if why is not None]
+    iteration, an overconfident ensemble, fused atoms, a teacher that drops many frames, a speed
+    that could not be measured."""
+    return [why for why in (struggling(report), overconfident(report), fused(report), dropping(report),
+                            untimed(report)) if why is not None]
 
 
 #: below this many atoms the speed ratio says more about a call's overhead than about MD (Si,

@@ -58,3 +58,26 @@ def test_a_run_without_a_delivered_student_is_one_line(prefect_cli_run, tmp_path
     out = subprocess.run([*CLI, "package", str(run)], capture_output=True, text=True, timeout=300)
     assert out.returncode == 2 and "the run has not finished (status running)" in out.stderr
     assert out.stderr.count("\n") == 1 and not (run / "package").exists()
+
+
+def test_a_run_whose_timing_md_failed_is_packaged_with_a_cell_it_explored(prefect_cli_run, tmp_path):
+    """A speed MD that fails leaves the run going, without its speed folder: the package then
+    takes a cell the delivered iteration explored from (it had stopped at 'missing')."""
+    import dpdata
+
+    run = tmp_path / "run"
+    with run_in_use(prefect_cli_run) as shared:
+        shutil.copytree(shared, run, symlinks=True)
+    report = json.loads((run / "report.json").read_text())
+    (run / "report.json").write_text(json.dumps({**report, "run_dir": str(run)}))
+    delivered = next(it for it in report["iterations"] if it["student"] == report["final_student"])
+    it_dir = run / f"iter-{delivered['iteration']:03d}"
+    shutil.rmtree(it_dir / "speed")
+    out = subprocess.run([*CLI, "package", str(run), "-o", str(tmp_path / "pkg")], capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    explored = sorted(it_dir.glob("explore/task-*/task.*/conf.lmp"))[0]
+    cell, start = (dpdata.System(str(p), fmt="lammps/lmp", type_map=["Cu"]) for p in (tmp_path / "pkg" / "conf.lmp",
+                                                                                       explored))
+    assert cell.get_natoms() == start.get_natoms()
+    assert abs(cell["cells"] - start["cells"]).max() < 1e-6

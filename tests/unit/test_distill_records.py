@@ -184,3 +184,47 @@ def test_students_that_agree_where_they_are_wrong_are_named(tmp_path):
     assert fused(r) is None
     it.n_broken, it.n_frames = 2, 20
     assert fused(r).startswith("iteration 1: 2 of 20 explored frames have atoms closer than half their covalent radii")
+
+
+def test_the_deviation_plots_legend_covers_no_trust_label(tmp_path, monkeypatch):
+    """Low trust levels put trust_lo's label near the middle of the plot's top, where the legend
+    sat ('upper center'): seen in a report, the legend hid the level. Whatever the levels, the
+    legend covers neither label."""
+    import numpy as np
+
+    from lamflow.flows.report import distill as report_module
+
+    figures = []
+    monkeypatch.setattr(report_module, "_save", lambda plt, fig, path: figures.append(fig))
+    rng = np.random.default_rng(0)
+    for trust_lo, trust_hi in ((0.1, 0.3), (0.02, 0.05), (0.3, 3.0), (0.05, 0.5)):
+        its = []
+        for i in range(3):
+            devi = tmp_path / f"devi-{trust_lo}-{i}.npy"
+            np.save(devi, 10 ** rng.uniform(-2, 0, 300))  # 0.01 to 1 eV/Å
+            its.append(IterationRecord(iteration=i, deviations=str(devi)))
+        report = DistillReport(name="x", run_dir=str(tmp_path), iterations=its, trust_lo=trust_lo, trust_hi=trust_hi)
+        report_module.plot_deviations(report, tmp_path / "deviations.png")
+        fig = figures[-1]
+        fig.tight_layout()
+        fig.canvas.draw()
+        renderer = fig.canvas.get_renderer()
+        ax = fig.axes[0]
+        legend = ax.get_legend().get_window_extent(renderer)
+        labels = [t for t in ax.texts if "trust" in t.get_text()]
+        assert len(labels) == 2
+        for label in labels:
+            assert not legend.overlaps(label.get_window_extent(renderer)), (trust_lo, trust_hi, label.get_text())
+
+
+def test_a_speed_not_measured_is_a_note_with_its_reason():
+    """A timing MD that failed leaves the run going (SpeedResult.error): the notes say which speed
+    is missing and why, and the ratio stays empty rather than wrong."""
+    from lamflow.flows.report.distill import notes
+
+    r = _report()
+    assert not [n for n in notes(r) if "speed" in n]
+    r.iterations[1].speed_error, r.iterations[1].speed_ratio = "the timing MD failed: ERROR: Lost atoms", None
+    r.teacher_speed_error = "no Performance line in speed-teacher/task.000/log.lammps"
+    (note,) = [n for n in notes(r) if "speed not measured" in n]
+    assert "the teacher's: no Performance line" in note and "iteration 1's student's: the timing MD failed" in note

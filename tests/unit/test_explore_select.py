@@ -118,6 +118,21 @@ def test_an_install_without_mpichs_library_is_named_before_any_lammps_starts(tmp
     assert not (tmp_path / "x").exists()
 
 
+def test_a_timing_md_that_fails_returns_its_reason_instead_of_ending_the_run(tmp_path, students, cu_frames):
+    """speed is a measurement beside the run's product: its failed MD is a result with the reason
+    (no speed), not a raised error, which would end a distillation hours in (on Argo, the whole
+    workflow)."""
+    from lamflow.steps import speed
+
+    blown = speed.run(speed.SpeedParams(model=students[0].model, structure=cu_frames, type_map=["Cu"], temp=1e12,
+                                        nsteps=50, output=tmp_path / "blown"))
+    assert blown.timesteps_per_second is None and blown.us_per_atom_step is None
+    assert "Lost atoms" in blown.error or "the timing MD failed" in blown.error, blown.error
+    timed = speed.run(speed.SpeedParams(model=students[0].model, structure=cu_frames, type_map=["Cu"], nsteps=50,
+                                        output=tmp_path / "timed"))
+    assert timed.error == "" and timed.timesteps_per_second > 0 and timed.natoms > 0
+
+
 def _errors(tasks) -> np.ndarray:
     """Each explored frame's error as select judges it: its deviation, or inf where its atoms
     overlap (a broken frame: failed, never labelled; the tiny students' 900 K MD fuses some)."""

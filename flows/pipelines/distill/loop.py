@@ -128,7 +128,7 @@ def run_distill(
             plan.teacher_speed(cfg, teacher, lay.init / "speed-teacher", "init/speed-teacher"), init_s)
         report.teacher_speed, report.teacher_engine = teacher_speed.timesteps_per_second, teacher_speed.engine
         report.teacher_us_per_atom_step = teacher_speed.us_per_atom_step
-        report.speed_atoms = teacher_speed.natoms
+        report.speed_atoms, report.teacher_speed_error = teacher_speed.natoms, teacher_speed.error
         # --- initial data and the first student(s)
         perturbed = book.systems(plan.initial_structures(cfg, lay), init_s)
         first = [r.result for r in book.run(plan.teacher_labels(cfg, teacher, perturbed, lay.init / "label",
@@ -179,7 +179,8 @@ def run_distill(
                 rec.rmse_f, rec.rmse_e_per_atom, rec.n_eval_frames = ev.rmse_f, ev.rmse_e_per_atom, ev.n_frames
             speed: SpeedResult = book.one(plan.speed(cfg, models[0], it_dir / "speed", f"iter-{k:03d}/speed"), secs)
             rec.student_speed, rec.student_us_per_atom_step = speed.timesteps_per_second, speed.us_per_atom_step
-            if report.teacher_speed:
+            rec.speed_error = speed.error
+            if report.teacher_speed and rec.student_speed:
                 rec.speed_ratio = rec.student_speed / report.teacher_speed
             rec.meets_rule = meets_rule(report.iterations, cfg)
             data = [*data, *new_systems]

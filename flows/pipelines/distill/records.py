@@ -37,6 +37,7 @@ class IterationRecord:
     student_speed: float | None = None
     student_us_per_atom_step: float | None = None
     speed_ratio: float | None = None
+    speed_error: str = ""  # why the student's speed was not measured (its timing MD failed)
     student: str = ""
     deviations: str = ""
     seconds: dict[str, float] = field(default_factory=dict)
@@ -103,6 +104,7 @@ class DistillReport:
     teacher_engine: str = "lammps"
     teacher_us_per_atom_step: float | None = None
     speed_atoms: int = 0  # the cell teacher and students were timed on (config section speed)
+    teacher_speed_error: str = ""  # why the teacher's speed was not measured
     trust_lo: float = 0.0  # the fixed level; with an adaptive one, each iteration's is in its record
     trust_lo_adaptive: bool = False
     trust_hi: float = 0.0
