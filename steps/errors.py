@@ -29,6 +29,12 @@ class StepFailed(RuntimeError):
     """A library call (dp, LAMMPS) failed; the message ends with the tail of its log."""
 
 
+class LammpsUnavailable(StepFailed):
+    """No LAMMPS can start in this installation (:func:`lamflow.steps.runtime.lammps_cannot_start`):
+    the installation's fault, not a model's or an MD's, so a caller that turns a failed MD into a
+    result (``speed``) lets it through."""
+
+
 class StepInterrupted(RuntimeError):
     """The run is stopping (SIGINT/SIGTERM): the step's child process was ended on purpose.
 

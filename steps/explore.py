@@ -31,7 +31,7 @@ from .base import (OutputPath, Params, StructureFormat, TypeMap, barostat_unused
                    frames_after_start, positive_kelvin)
 
 from .artifacts import atomic_dir, write_json
-from .errors import InputError, StepFailed
+from .errors import InputError, LammpsUnavailable, StepFailed
 from .runtime import exit_status, lammps_cannot_start, library_env, run_child, signal_name, tail
 from . import lammps_input
 from .structures import check_overlaps, open_axes, read_atoms, read_system, slab_barostat
@@ -284,7 +284,7 @@ def run(params: ExploreParams) -> ExploreResult:
     inputs = _inputs(params, _check_models(params.models))
     why = lammps_cannot_start()
     if why:  # one line, not every task's loader error
-        raise StepFailed(why)
+        raise LammpsUnavailable(why)
     env = library_env()
     tasks: list[ExploreTask] = []
     with atomic_dir(params.output) as work:

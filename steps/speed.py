@@ -21,10 +21,10 @@ from pydantic import BaseModel, Field, field_validator, model_validator
 from .artifacts import atomic_dir, write_json
 from .base import CalculatorKwargs, OutputPath, Params, TypeMap
 from .calculators import known_calculator, make_calculator
-from .errors import StepFailed, first_sentence
+from .errors import LammpsUnavailable, StepFailed, first_sentence
 from .explore import ExploreParams
 from .explore import run as explore_run
-from .runtime import interrupt_if_stopping, lammps_cannot_start
+from .runtime import interrupt_if_stopping
 from .structures import periodic, read_atoms
 
 #: untimed ASE steps before the clock starts (graph compilation, caches, neighbour lists)
@@ -94,15 +94,14 @@ class SpeedResult(BaseModel):
 def run(params: SpeedParams) -> SpeedResult:
     if params.calculator is not None:
         return _ase(params)
-    why = lammps_cannot_start()
-    if why:  # the installation, not this timing: every LAMMPS of the run would fail
-        raise StepFailed(why)
     try:
         md = explore_run(ExploreParams(
             output=params.output, models=[params.model], type_map=params.type_map,
             structure=params.structure, temps=[params.temp], nsteps=params.nsteps,
             trj_freq=params.nsteps, replicate=supercell(params.structure, params.type_map, params.min_atoms),
         ))
+    except LammpsUnavailable:  # the installation, not this timing: every LAMMPS of the run would fail
+        raise
     except StepFailed as exc:  # no task reached its first step (explore ran it twice where it crashed)
         return SpeedResult(error=first_sentence(exc))
     task = md.tasks[0]

@@ -79,9 +79,8 @@ def package(run: Path, out: Path) -> ModelCard:
     it_dir = Path(report.run_dir) / f"iter-{it.iteration:03d}"
     # the cell its speed was measured on; where that timing failed (the run went on without it),
     # a cell its exploration started from
-    cell = next((c for c in [it_dir / "speed" / "task.000" / "conf.lmp",
-                             *sorted(it_dir.glob("explore/task-*/task.*/conf.lmp"))] if c.is_file()),
-                it_dir / "speed" / "task.000" / "conf.lmp")
+    timed = it_dir / "speed" / "task.000" / "conf.lmp"
+    cell = next((c for c in [timed, *sorted(it_dir.glob("explore/task-*/task.*/conf.lmp"))] if c.is_file()), timed)
     for path in (student, cell):
         if not path.is_file():
             raise InputError(str(path), "missing from the run directory")

@@ -116,6 +116,11 @@ def test_an_install_without_mpichs_library_is_named_before_any_lammps_starts(tmp
         explore.run(explore.ExploreParams(output=tmp_path / "x", models=[students[0].model], type_map=["Cu"],
                                           structure=cu_frames, temps=[300], nsteps=20, trj_freq=10))
     assert not (tmp_path / "x").exists()
+    from lamflow.steps import speed
+
+    with pytest.raises(StepFailed, match=r"^LAMMPS cannot start here"):  # not a timing's failure: raised, not kept
+        speed.run(speed.SpeedParams(model=students[0].model, structure=cu_frames, type_map=["Cu"], nsteps=20,
+                                    output=tmp_path / "timed"))
 
 
 def test_a_timing_md_that_fails_returns_its_reason_instead_of_ending_the_run(tmp_path, students, cu_frames):
